@@ -1,0 +1,1 @@
+"""The TinyMLaaS LwM2M server."""

@@ -1,0 +1,1 @@
+"""Simulated LwM2M devices and fleets."""
