@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .errors import DdfError
+from .errors import DdfError, NotADdfError
 from .model import ObjectDef, Operations, ResourceDef, ResourceType
 from .path import MAX_ID
 
@@ -40,8 +40,12 @@ def load_ddf(data: bytes | str, *, source: str = "<bytes>") -> list[ObjectDef]:
     except ET.ParseError as error:
         raise DdfError(f"not well-formed XML ({error})", source=source) from None
     if _local(root.tag) != "LWM2M":
-        raise DdfError(f"root element is <{_local(root.tag)}>, expected <LWM2M>", source=source)
-    objects = [_object(element, source) for element in root if _local(element.tag) == "Object"]
+        raise NotADdfError(f"root element is <{_local(root.tag)}>, expected <LWM2M>", source=source)
+    elements = [element for element in root if _local(element.tag) == "Object"]
+    if elements and all(_child(e, "ObjectID") is None and _child(e, "Name") is None for e in elements):
+        # The registry's Common.xml: a catalogue of reusable resources, no object.
+        raise NotADdfError("no object definition, only reusable resources", source=source)
+    objects = [_object(element, source) for element in elements]
     if not objects:
         raise DdfError("no <Object> element", source=source, element="LWM2M")
     return objects
@@ -129,7 +133,7 @@ def _urn_kind(object_id: int) -> str:
     """URN namespace by id range (Core spec §7.1.1): oma, ext(ended) or x (vendor)."""
     if object_id < 1024:
         return "oma"
-    if 10241 <= object_id <= 26240 or 32769 <= object_id <= 42768:
+    if 10241 <= object_id <= 42768:  # vendor and private ranges (OMNA)
         return "x"
     return "ext"
 

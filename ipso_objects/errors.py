@@ -30,6 +30,10 @@ class DdfError(IpsoError):
         self.element = element
 
 
+class NotADdfError(DdfError):
+    """A well-formed XML file whose root is not ``<LWM2M>`` (e.g. the registry's ``DDF.xml`` index)."""
+
+
 class PathError(IpsoError):
     """A string or id sequence is not a valid LwM2M path."""
 

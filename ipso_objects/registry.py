@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .ddf import load_ddf, load_ddf_file
-from .errors import DdfError
+from .errors import DdfError, NotADdfError
 from .model import ObjectDef, ResourceDef, ResourceType
 from .path import LwM2MPath
 
@@ -48,13 +48,21 @@ class ObjectRegistry:
         self._preferred[definition.id] = definition
 
     def load_folder(self, folder: str | Path) -> list[ObjectDef]:
-        """Load every ``*.xml`` file of ``folder``; the first malformed file raises :class:`DdfError`."""
+        """Load every DDF (``*.xml`` with an ``<LWM2M>`` root) of ``folder``.
+
+        Other XML documents, such as the OMA registry's ``DDF.xml`` index, are
+        skipped; the first malformed DDF raises :class:`DdfError` and nothing
+        of the folder is added.
+        """
         folder = Path(folder)
         if not folder.is_dir():
             raise DdfError("not a directory", source=str(folder))
         loaded: list[ObjectDef] = []
         for file in sorted(folder.glob("*.xml")):
-            loaded.extend(load_ddf_file(file))
+            try:
+                loaded.extend(load_ddf_file(file))
+            except NotADdfError:
+                continue
         for definition in loaded:
             self.add(definition)
         return loaded

@@ -171,7 +171,7 @@ def from_text(text: str, rtype: ResourceType) -> Value:
     if rtype in (ResourceType.STRING, ResourceType.CORELNK):
         return text
     if rtype in (ResourceType.INTEGER, ResourceType.UNSIGNED_INTEGER, ResourceType.TIME):
-        stripped = text.strip()
+        stripped = text.strip(" \t\r\n")
         body = stripped[1:] if stripped[:1] in "+-" else stripped
         if not body or not body.isascii() or not body.isdigit():
             raise DecodeError(f"{text!r} is not a decimal {rtype.value}")
@@ -183,9 +183,10 @@ def from_text(text: str, rtype: ResourceType) -> Value:
         except ModelError as error:
             raise DecodeError(error.reason) from None
     if rtype is ResourceType.FLOAT:
-        if not _DECIMAL_FLOAT.fullmatch(text.strip()):
+        stripped = text.strip(" \t\r\n")
+        if not _DECIMAL_FLOAT.fullmatch(stripped):
             raise DecodeError(f"{text!r} is not a decimal Float")
-        number = float(text)
+        number = float(stripped)
         if not math.isfinite(number):
             raise DecodeError(f"{text!r} overflows a 64-bit Float")
         return number

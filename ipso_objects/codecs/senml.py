@@ -1,0 +1,411 @@
+"""SenML as LwM2M uses it: the record model shared by SenML JSON (110) and SenML CBOR (112).
+
+RFC 8428 defines a *pack* as a list of *records*; LwM2M (Core 1.1 §7.4.4 and
+§7.4.5) names each value by its path (``bn`` + ``n``) and adds the ``vlo``
+field for object links. Here a record is a ``dict`` keyed by the SenML text
+labels (``"bn"``, ``"n"``, ``"v"``, ...), with ``"vd"`` holding ``bytes``. The
+format modules only turn bytes into such packs and back; everything else
+(base fields, paths, the object model, times) lives here.
+
+Value fields by LwM2M type: Integer, Unsigned Integer, Float and Time use
+``v`` (Time as Unix seconds), String and Corelnk ``vs``, Boolean ``vb``,
+Opaque ``vd`` and Objlnk ``vlo`` (``"3:0"``).
+
+Shapes written, as in the Core 1.1 §7.4.4 examples:
+
+- a node read at ``/o/i``: ``bn`` ``"/o/i/"`` on the first record, then
+  relative names ``"r"`` and ``"r/ri"`` (Table 7.4.4-2); a single resource or
+  resource instance: only ``bn``, the full path (Table 7.4.4-5);
+- composite values and path lists: the full path in ``n`` (Tables 7.4.4-6..8);
+- timestamped values: as composite, with ``bt`` on the first record of each
+  timestamp (``bt`` applies to the records after it, RFC 8428 §4.5.3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from ..errors import DecodeError, EncodeError, ModelError, PathError
+from ..model import ResourceType
+from ..nodes import Node, Resource, ResourceInstance, build, flatten
+from ..path import LwM2MPath
+from ..registry import ObjectRegistry
+from ..values import (
+    ObjLnk,
+    Value,
+    coerce,
+    infer_type,
+    time_from_seconds,
+    time_to_seconds,
+)
+from .base import SENML_RELATIVE_TIME_LIMIT, TimestampedValues, decode_errors, encode_errors
+
+Record = dict[str, object]
+"""One SenML record keyed by its text label; ``"vd"`` holds bytes."""
+
+Number = int | float
+
+SENML_VERSION = 10
+"""The SenML version of RFC 8428; a pack claiming a later one must not be used (§4.4)."""
+
+VALUE_LABELS = ("v", "vs", "vb", "vd", "vlo")
+"""The fields that carry a record's value; exactly one may appear."""
+
+_TEXT_LABELS = frozenset({"bn", "n", "bu", "u", "vs", "vlo"})
+_NUMBER_LABELS = frozenset({"bt", "t", "bv", "v", "bs", "s", "ut"})
+_PATH_LIST_FORBIDDEN = ("bt", "t", "bv", "bs", "s", *VALUE_LABELS)
+
+_LABEL_OF_TYPE = {
+    ResourceType.INTEGER: "v",
+    ResourceType.UNSIGNED_INTEGER: "v",
+    ResourceType.FLOAT: "v",
+    ResourceType.TIME: "v",
+    ResourceType.STRING: "vs",
+    ResourceType.CORELNK: "vs",
+    ResourceType.BOOLEAN: "vb",
+    ResourceType.OPAQUE: "vd",
+    ResourceType.OBJLNK: "vlo",
+}
+
+
+# --- RFC 8428: records and their base fields -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRecord:
+    """A record with the base fields that precede it applied (RFC 8428 §4.6)."""
+
+    name: str
+    """Base name + name."""
+    time: Number | None
+    """Base time + time; None when neither was given."""
+    unit: str | None
+    """Unit, or the base unit; LwM2M ignores it."""
+    label: str | None
+    """Which value field carried the value (``"v"``, ``"vs"``, ...); None when none did."""
+    value: object
+    """The value as carried; for ``v`` the base value is already added."""
+
+
+def resolve(pack: Sequence[Mapping[str, object]]) -> list[ResolvedRecord]:
+    """Check every record and apply base name, time, unit and value to it.
+
+    Base fields apply to their own record and every later one until replaced.
+    Unknown fields are ignored unless their label ends in ``_`` (RFC 8428 §4.4).
+    """
+    base_name = ""
+    base_time: Number | None = None
+    base_unit: str | None = None
+    base_value: Number | None = None
+    resolved = []
+    for index, record in enumerate(pack):
+        where = f"record #{index}"
+        _check_fields(record, where)
+        base_name = record.get("bn", base_name)  # type: ignore[assignment]
+        base_time = record.get("bt", base_time)  # type: ignore[assignment]
+        base_unit = record.get("bu", base_unit)  # type: ignore[assignment]
+        base_value = record.get("bv", base_value)  # type: ignore[assignment]
+        time = _time_of(base_time, record.get("t"), where)  # type: ignore[arg-type]
+        label = next((label for label in VALUE_LABELS if label in record), None)
+        value = record.get(label) if label else None
+        if base_value is not None and label in ("v", None):
+            # A missing value counts as zero when a base value is set (§4.5.4).
+            label, value = "v", _add(base_value, value or 0, where)  # type: ignore[arg-type]
+        name = base_name + record.get("n", "")  # type: ignore[operator]
+        unit = record.get("u", base_unit)
+        resolved.append(ResolvedRecord(name, time, unit, label, value))  # type: ignore[arg-type]
+    return resolved
+
+
+def _check_fields(record: Mapping[str, object], where: str) -> None:
+    for label, value in record.items():
+        if not isinstance(label, str):
+            raise DecodeError(f"{where}: label {label!r} is not text")
+        if label.endswith("_"):
+            raise DecodeError(f"{where}: must-understand field {label!r} is not supported")
+        if label in _TEXT_LABELS and not isinstance(value, str):
+            raise DecodeError(f"{where}: {label!r} must be text, got {_kind(value)}")
+        if label in _NUMBER_LABELS and not _is_number(value):
+            raise DecodeError(f"{where}: {label!r} must be a number, got {_kind(value)}")
+        if label == "vb" and not isinstance(value, bool):
+            raise DecodeError(f"{where}: 'vb' must be a boolean, got {_kind(value)}")
+        if label == "vd" and not isinstance(value, bytes):
+            raise DecodeError(f"{where}: 'vd' must be binary data, got {_kind(value)}")
+        if label == "bver" and (type(value) is not int or not 0 <= value <= SENML_VERSION):
+            raise DecodeError(f"{where}: SenML version {value!r} is not supported")
+    values = [label for label in VALUE_LABELS if label in record]
+    if len(values) > 1:
+        raise DecodeError(f"{where}: more than one value field ({', '.join(values)})")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Number) -> bool:
+    return isinstance(value, int) or math.isfinite(value)  # isfinite() overflows on huge ints
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _add(left: Number, right: Number, where: str) -> Number:
+    try:
+        return left + right
+    except OverflowError:
+        raise DecodeError(f"{where}: {left} + {right} overflows a 64-bit float") from None
+
+
+def _time_of(base_time: Number | None, time: Number | None, where: str) -> Number | None:
+    if base_time is None and time is None:
+        return None
+    total = _add(base_time or 0, time or 0, where)
+    if not _is_finite(total):
+        raise DecodeError(f"{where}: time {total} is not a finite number")
+    return total
+
+
+# --- LwM2M: records <-> leaf values --------------------------------------------------------
+
+
+def node_records(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> list[Record]:
+    """The records of ``node`` read at ``path``: ``bn`` first, then relative names."""
+    with encode_errors():
+        leaves = flatten(node, path)
+        if isinstance(node, (Resource, ResourceInstance)):
+            return [{"bn": str(path), **_value_fields(path, leaves[path], registry)}]
+        records: list[Record] = []
+        for leaf, value in leaves.items():
+            record: Record = {} if records else {"bn": f"{path}/"}
+            record["n"] = "/".join(str(i) for i in leaf.ids[len(path) :])
+            record.update(_value_fields(leaf, value, registry))
+            records.append(record)
+        return records
+
+
+def composite_records(values: Mapping[LwM2MPath, Value], registry: ObjectRegistry) -> list[Record]:
+    """One record per leaf, named by its full path (Read-/Write-Composite)."""
+    with encode_errors():
+        return [
+            {"n": str(_leaf(path)), **_value_fields(path, value, registry)}
+            for path, value in values.items()
+        ]
+
+
+def path_records(paths: Iterable[LwM2MPath]) -> list[Record]:
+    """A Read-/Observe-Composite request body: ``[{"n": "/3/0/9"}, ...]``."""
+    records: list[Record] = []
+    for path in paths:
+        if not isinstance(path, LwM2MPath):
+            raise EncodeError(f"{path!r} is not an LwM2MPath")
+        records.append({"n": str(path)})
+    return records
+
+
+def timestamped_records(
+    entries: Iterable[TimestampedValues], registry: ObjectRegistry
+) -> list[Record]:
+    """Leaf values by time (Send, notifications with history), ``bt`` set once per time."""
+    records: list[Record] = []
+    base_time: Number | None = None
+    with encode_errors():
+        for entry in entries:
+            time = _entry_time(entry)
+            if not entry.values:
+                raise EncodeError(f"the entry at time {entry.time} has no values")
+            for path, value in entry.values.items():
+                record: Record = {}
+                if time != base_time:
+                    # A record without time means "now", so returning to "now" is bt 0.
+                    record["bt"] = 0 if time is None else time
+                    base_time = time
+                record["n"] = str(_leaf(path))
+                record.update(_value_fields(path, value, registry))
+                records.append(record)
+    return records
+
+
+def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry) -> Node:
+    """The node at ``path``; a leaf given several times keeps its newest value."""
+    with decode_errors():
+        if not 1 <= len(path) <= 4:
+            raise DecodeError(f"no node can be read at {path}")
+        return build(path, _newest(_typed_leaves(pack, path, registry)), registry)
+
+
+def composite_from_pack(pack: Sequence[Record], registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
+    """Leaf values by full path; a leaf given several times keeps its newest value."""
+    with decode_errors():
+        return _newest(_typed_leaves(pack, LwM2MPath(), registry))
+
+
+def timestamped_from_pack(
+    pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry
+) -> list[TimestampedValues]:
+    """One entry per distinct time, in payload order; time 0 ("now") is None."""
+    groups: dict[Number | None, dict[LwM2MPath, Value]] = {}
+    with decode_errors():
+        for leaf, time, value in _typed_leaves(pack, path, registry):
+            group = groups.setdefault(time or None, {})
+            if leaf in group:
+                raise DecodeError(f"{leaf} has two values at time {time}")
+            group[leaf] = value
+    return [TimestampedValues(time, values) for time, values in groups.items()]
+
+
+def paths_from_pack(pack: Sequence[Record]) -> list[LwM2MPath]:
+    """The paths of a Read-/Observe-Composite request; values and times are refused."""
+    paths = []
+    for index, (record, resolved) in enumerate(zip(pack, resolve(pack))):
+        where = f"record #{index}"
+        refused = [label for label in _PATH_LIST_FORBIDDEN if label in record]
+        if refused:
+            raise DecodeError(f"{where}: a path list carries no {refused[0]!r}")
+        if "n" not in record and "bn" not in record:
+            raise DecodeError(f"{where}: names no path")
+        paths.append(_parse_name(resolved.name, where))
+    return paths
+
+
+# --- helpers: paths, model checks, typed values --------------------------------------------
+
+
+def _leaf(path: object) -> LwM2MPath:
+    if not isinstance(path, LwM2MPath):
+        raise EncodeError(f"{path!r} is not an LwM2MPath")
+    return path
+
+
+def _entry_time(entry: TimestampedValues) -> Number | None:
+    time = entry.time
+    if time is None:
+        return None
+    if not _is_number(time) or not _is_finite(time):
+        raise EncodeError(f"time {time!r} is not a finite number")
+    return time or None
+
+
+def _parse_name(name: str, where: str) -> LwM2MPath:
+    try:
+        return LwM2MPath.parse(name)
+    except PathError as error:
+        raise DecodeError(f"{where}: name {name!r} is not an LwM2M path ({error.reason})") from None
+
+
+def _check_leaf(path: LwM2MPath, registry: ObjectRegistry) -> None:
+    """Raise :class:`ModelError` unless ``path`` can hold a value by the object model."""
+    if len(path) < 3:
+        raise ModelError(f"{path} is not a resource or resource instance path")
+    definition = registry.resource_def(path)
+    if definition is None:
+        return
+    if definition.type is ResourceType.NONE:
+        raise ModelError(f"{path} is executable and holds no value")
+    if definition.multiple and len(path) == 3:
+        raise ModelError(f"{path} is a multiple resource: its values belong to instances")
+    if not definition.multiple and len(path) == 4:
+        raise ModelError(f"{path.parent} is a single resource: it has no instances")
+
+
+def _value_fields(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> Record:
+    _check_leaf(path, registry)
+    try:
+        rtype = registry.value_type(path) or infer_type(value)
+        value = coerce(value, rtype)
+    except ModelError as error:
+        raise EncodeError(f"{path}: {error.reason}") from None
+    if rtype is ResourceType.TIME:
+        return {"v": time_to_seconds(value)}  # type: ignore[arg-type]
+    if rtype is ResourceType.OBJLNK:
+        return {"vlo": str(value)}
+    return {_LABEL_OF_TYPE[rtype]: value}
+
+
+def _typed_leaves(
+    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry
+) -> list[tuple[LwM2MPath, Number | None, Value]]:
+    """(path, time, typed value) of every record, each checked against ``under`` and the model."""
+    leaves = []
+    for index, record in enumerate(resolve(pack)):
+        where = f"record #{index}"
+        path = _parse_name(record.name, where)
+        if not path.startswith(under):
+            raise DecodeError(f"{where}: {path} is outside the requested {under}")
+        try:
+            _check_leaf(path, registry)
+        except ModelError as error:
+            raise DecodeError(f"{where}: {error.reason}") from None
+        leaves.append((path, record.time, _typed_value(record, path, registry)))
+    return leaves
+
+
+def _typed_value(record: ResolvedRecord, path: LwM2MPath, registry: ObjectRegistry) -> Value:
+    label, raw = record.label, record.value
+    if label is None:
+        raise DecodeError(f"{path}: the record has no value")
+    rtype = registry.value_type(path)
+    if rtype is None:
+        return _natural_value(label, raw, path)
+    if label != _LABEL_OF_TYPE[rtype]:
+        expected = _LABEL_OF_TYPE[rtype]
+        raise DecodeError(f"{path}: {rtype.value} resources take {expected!r}, not {label!r}")
+    if label == "v":
+        return _number_value(raw, rtype, path)  # type: ignore[arg-type]
+    if label == "vlo":
+        return ObjLnk.parse(raw)  # type: ignore[arg-type]
+    return raw  # type: ignore[return-value]  # vs/vb/vd: already type-checked
+
+
+def _number_value(raw: Number, rtype: ResourceType, path: LwM2MPath) -> Value:
+    if rtype is ResourceType.FLOAT:
+        try:
+            return float(raw)
+        except OverflowError:
+            raise DecodeError(f"{path}: {raw} does not fit a 64-bit Float") from None
+    # Integer, Unsigned Integer and Time take whole numbers; 300.0 is one, 1.5 is not.
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise DecodeError(f"{path}: {raw!r} is not a whole number ({rtype.value})")
+        raw = int(raw)
+    if rtype is ResourceType.TIME:
+        return time_from_seconds(raw)
+    try:
+        return coerce(raw, rtype)
+    except ModelError as error:
+        raise DecodeError(f"{path}: {error.reason}") from None
+
+
+def _natural_value(label: str, raw: object, path: LwM2MPath) -> Value:
+    """The value of a resource the model does not know, typed by its field."""
+    if label == "vlo":
+        return ObjLnk.parse(raw)  # type: ignore[arg-type]
+    if label == "v" and isinstance(raw, int):
+        try:
+            return coerce(raw, None)  # Integer, or Unsigned above 2**63-1; range-checked
+        except ModelError as error:
+            raise DecodeError(f"{path}: {error.reason}") from None
+    return raw  # type: ignore[return-value]
+
+
+def _age(time: Number | None) -> tuple[int, Number]:
+    """Sort key, oldest first. Relative times (and no time, i.e. "now") are taken to be
+    relative to a "now" later than any absolute time in the same payload."""
+    if time is None or time < SENML_RELATIVE_TIME_LIMIT:
+        return (1, time or 0)
+    return (0, time)
+
+
+def _newest(leaves: list[tuple[LwM2MPath, Number | None, Value]]) -> dict[LwM2MPath, Value]:
+    chosen: dict[LwM2MPath, tuple[tuple[int, Number], Value]] = {}
+    for path, time, value in leaves:
+        age = _age(time)
+        if path in chosen:
+            if age == chosen[path][0]:
+                raise DecodeError(f"{path} has two values at the same time")
+            if age < chosen[path][0]:
+                continue
+        chosen[path] = (age, value)
+    return {path: value for path, (_, value) in chosen.items()}
