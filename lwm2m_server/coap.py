@@ -1,0 +1,311 @@
+"""The aiocoap adapter: the only module that touches aiocoap.
+
+It moves bytes and timers and nothing else. Incoming requests become
+:class:`IncomingRequest` values handed to one async handler; outgoing requests
+are any object with the fields of :class:`CoapRequest` (the server passes its
+``DeviceRequest``). Work-arounds for aiocoap limits measured in DESIGN.md live
+here: a raised SO_RCVBUF, a cap on requests in flight, one request per device
+at a time, and a retry with a smaller block size after 4.13 on Block1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, Protocol
+
+import aiocoap
+import aiocoap.error
+from aiocoap import Code, Message, resource
+
+_METHODS = {
+    "GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE,
+    "FETCH": Code.FETCH, "PATCH": Code.PATCH, "iPATCH": Code.iPATCH,
+}
+_SMALLEST_BLOCK_EXP = 0  # 16-byte blocks
+
+
+class CoapRequest(Protocol):
+    """What the adapter needs of an outgoing request."""
+
+    method: str
+    uri_path: tuple[str, ...]
+    query: tuple[str, ...]
+    content_format: int | None
+    accept: int | None
+    payload: bytes
+    observe: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRequest:
+    """A request a device sent us (Register, Update, De-register, Send)."""
+
+    method: str
+    """``GET``, ``POST``, ``PUT``, ``DELETE``, ``FETCH``..."""
+    uri_path: tuple[str, ...]
+    """Path segments, e.g. ``("rd", "abc")``."""
+    query: tuple[str, ...]
+    """Uri-Query options in order."""
+    content_format: int | None
+    """Content-Format option, None when absent."""
+    payload: bytes
+    """The reassembled (Block1) payload."""
+    address: str
+    """Source ``host:port`` (``[v6]:port``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingResponse:
+    """What the handler answers."""
+
+    code: str
+    """Dotted response code, e.g. ``"2.01"``."""
+    payload: bytes = b""
+    """Diagnostic text for errors, content otherwise."""
+    location_path: tuple[str, ...] = ()
+    """Location-Path options (``("rd", id)`` for Register)."""
+    content_format: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CoapResponse:
+    """A device's answer to one of our requests, or a notification."""
+
+    code: str
+    """Dotted response code, e.g. ``"2.05"``."""
+    content_format: int | None
+    """Content-Format option, None when absent."""
+    payload: bytes
+    """The whole (Block2-reassembled) payload."""
+    location_path: tuple[str, ...] = ()
+    """Location-Path of a Create response."""
+    observe: int | None = None
+    """Observe sequence number of a notification or of an accepted observation."""
+
+    @property
+    def ok(self) -> bool:
+        return self.code.startswith("2.")
+
+
+class DeviceUnreachable(Exception):
+    """No response came (timeout, ICMP error, RST); ``reason`` says which."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"{address}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+def dotted(code: Code) -> str:
+    return code.dotted
+
+
+def _code(dotted_code: str) -> Code:
+    major, minor = dotted_code.split(".")
+    return Code((int(major) << 5) | int(minor))
+
+
+def _response(message: Message) -> CoapResponse:
+    return CoapResponse(
+        code=dotted(message.code),
+        content_format=int(message.opt.content_format) if message.opt.content_format is not None else None,
+        payload=bytes(message.payload),
+        location_path=tuple(message.opt.location_path),
+        observe=message.opt.observe,
+    )
+
+
+def smaller_block_exp(response: Message, current_exp: int) -> int | None:
+    """The block size exponent to retry with after a 4.13, or None to give up.
+
+    A Block1 option in the 4.13 names the size the peer wants (RFC 7959 §2.9.3);
+    otherwise Size1 bounds the body it accepts, so blocks no larger than that;
+    otherwise halve the block size.
+    """
+    if response.opt.block1 is not None:
+        wanted = response.opt.block1.size_exponent
+    elif response.opt.size1 is not None and response.opt.size1 >= 16:
+        wanted = min(current_exp, max(_SMALLEST_BLOCK_EXP, response.opt.size1.bit_length() - 5))
+    else:
+        wanted = current_exp - 1
+    if wanted >= current_exp or wanted < _SMALLEST_BLOCK_EXP:
+        return None
+    return wanted
+
+
+class _Root(resource.Resource):
+    """Every incoming request goes to one handler; the server does the routing."""
+
+    def __init__(self, adapter: CoapAdapter) -> None:
+        super().__init__()
+        self._adapter = adapter
+
+    async def render(self, request: Message) -> Message:
+        return await self._adapter._incoming(request)
+
+
+class CoapAdapter:
+    """One UDP endpoint serving devices and sending requests to them."""
+
+    def __init__(
+        self,
+        handler: Callable[[IncomingRequest], Awaitable[OutgoingResponse]],
+        *,
+        host: str = "::",
+        port: int = 5683,
+        receive_buffer_bytes: int = 4 * 1024 * 1024,
+        max_in_flight: int = 200,
+        block_size: int = 1024,
+        log=None,
+    ) -> None:
+        self._handler = handler
+        self._bind = (host, port)
+        self._receive_buffer_bytes = receive_buffer_bytes
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._per_device: dict[str, asyncio.Lock] = {}
+        self._remotes: dict[str, object] = {}
+        self._block_exp = block_size.bit_length() - 5
+        self._context: aiocoap.Context | None = None
+        self._log = log
+
+    async def start(self) -> None:
+        self._context = await aiocoap.Context.create_server_context(
+            _Root(self), bind=self._bind, transports=["udp6"]
+        )
+        sock = self._socket()
+        # As root SO_RCVBUFFORCE passes net.core.rmem_max; otherwise the kernel caps it.
+        for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+            if option is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, self._receive_buffer_bytes)
+                break
+
+    async def stop(self) -> None:
+        if self._context is not None:
+            await self._context.shutdown()
+            self._context = None
+
+    def _socket(self) -> socket.socket:
+        interface = self._context.request_interfaces[0].token_interface.message_interface
+        return interface.transport.get_extra_info("socket")
+
+    @property
+    def port(self) -> int:
+        return self._socket().getsockname()[1]
+
+    @property
+    def receive_buffer_bytes(self) -> int:
+        return self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    async def _incoming(self, message: Message) -> Message:
+        address = message.remote.hostinfo
+        self._remotes[address] = message.remote
+        incoming = IncomingRequest(
+            method=message.code.name,
+            uri_path=tuple(message.opt.uri_path),
+            query=tuple(message.opt.uri_query),
+            content_format=int(message.opt.content_format) if message.opt.content_format is not None else None,
+            payload=bytes(message.payload),
+            address=address,
+        )
+        answer = await self._handler(incoming)
+        reply = Message(code=_code(answer.code), payload=answer.payload)
+        if answer.location_path:
+            reply.opt.location_path = answer.location_path
+        if answer.content_format is not None:
+            reply.opt.content_format = answer.content_format
+        return reply
+
+    def _message(self, address: str, request: CoapRequest) -> Message:
+        message = Message(code=_METHODS[request.method], payload=request.payload)
+        remote = self._remotes.get(address)
+        if remote is None:
+            message.set_request_uri(f"coap://{address}/")
+        else:
+            message.remote = remote
+        message.opt.uri_path = request.uri_path
+        if request.query:
+            message.opt.uri_query = request.query
+        if request.content_format is not None:
+            message.opt.content_format = request.content_format
+        if request.accept is not None:
+            message.opt.accept = request.accept
+        if request.observe is not None:
+            message.opt.observe = request.observe
+        return message
+
+    def _lock(self, address: str) -> asyncio.Lock:
+        lock = self._per_device.get(address)
+        if lock is None:
+            lock = self._per_device[address] = asyncio.Lock()
+        return lock
+
+    async def request(self, address: str, request: CoapRequest, *, timeout: float) -> CoapResponse:
+        """Send one request and wait for its (block-wise reassembled) response."""
+        async with self._in_flight, self._lock(address):
+            message = self._message(address, request)
+            while True:
+                raw = await self._exchange(address, message, timeout)
+                if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
+                    return _response(raw)
+                current = getattr(raw.remote, "maximum_block_size_exp", self._block_exp)
+                retry_exp = smaller_block_exp(raw, min(current, self._block_exp))
+                if retry_exp is None:
+                    return _response(raw)
+                raw.remote.maximum_block_size_exp = retry_exp
+                self._remotes[address] = raw.remote
+                message = self._message(address, request)
+
+    async def _exchange(self, address: str, message: Message, timeout: float) -> Message:
+        assert self._context is not None, "adapter not started"
+        pending = self._context.request(message)
+        try:
+            raw = await asyncio.wait_for(pending.response, timeout)
+        except asyncio.TimeoutError:
+            pending.response.cancel()
+            raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
+        except aiocoap.error.Error as error:
+            raise DeviceUnreachable(address, str(error) or type(error).__name__) from None
+        self._remotes.setdefault(address, raw.remote)
+        return raw
+
+    async def observe(
+        self, address: str, request: CoapRequest, *, timeout: float
+    ) -> tuple[CoapResponse, AsyncIterator[CoapResponse] | None, Callable[[], None]]:
+        """Start an observation: first response, notification stream, and a
+        canceller that stops listening (the device is told by RST on its next
+        notification: passive cancel, RFC 7641 §3.6)."""
+        assert self._context is not None, "adapter not started"
+        async with self._in_flight, self._lock(address):
+            message = self._message(address, request)
+            pending = self._context.request(message)
+            try:
+                raw = await asyncio.wait_for(pending.response, timeout)
+            except asyncio.TimeoutError:
+                pending.observation.cancel()
+                raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
+            except aiocoap.error.Error as error:
+                raise DeviceUnreachable(address, str(error) or type(error).__name__) from None
+        first = _response(raw)
+        observation = pending.observation
+        if raw.opt.observe is None or not first.ok:
+            if not observation.cancelled:
+                observation.cancel()
+            return first, None, lambda: None
+
+        async def notifications() -> AsyncIterator[CoapResponse]:
+            try:
+                async for notification in observation:
+                    yield _response(notification)
+            except aiocoap.error.Error:
+                return
+
+        def cancel() -> None:
+            if not observation.cancelled:
+                observation.cancel()
+
+        return first, notifications(), cancel

@@ -1,0 +1,23 @@
+"""Persistent server state behind one interface: registrations, observations, queues.
+
+``await SqliteStore.open(path)`` is the default store; other backends implement
+:class:`Store`. Every failure is a :class:`StoreError`.
+"""
+
+from .base import (
+    FINISHED_STATES,
+    QUEUE_STATES,
+    ObservationRecord,
+    QueueEntry,
+    QueueFullError,
+    Store,
+    StoreError,
+    UnknownEntryError,
+    UnknownRegistrationError,
+)
+from .sqlite import SqliteStore
+
+__all__ = [
+    "FINISHED_STATES", "QUEUE_STATES", "ObservationRecord", "QueueEntry", "QueueFullError",
+    "SqliteStore", "Store", "StoreError", "UnknownEntryError", "UnknownRegistrationError",
+]

@@ -1,0 +1,301 @@
+"""The store interface: what the server persists, and the records it persists.
+
+Three kinds of state survive a restart:
+
+* registrations (:class:`~lwm2m_server.registration.Registration`), at most one
+  per endpoint;
+* observations (:class:`ObservationRecord`), keyed by CoAP token, belonging to
+  a registration: deleting or replacing a registration deletes its observations;
+* queued requests for sleeping devices (:class:`QueueEntry`), keyed by id and
+  addressed to an endpoint (they outlive re-registration).
+
+A :class:`Store` is an async adapter (SQLite by default, Redis later). Every
+failure it reports is a :class:`StoreError`; no backend exception leaks out.
+The JSON helpers at the bottom are shared by backends that store documents.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Mapping, Self
+
+from ipso_objects import IpsoError, LwM2MPath
+from lwm2m_server.registration import ObjectLink, ObjectList, Registration
+
+PENDING = "pending"
+DELIVERED = "delivered"
+EXPIRED = "expired"
+FAILED = "failed"
+CANCELLED = "cancelled"
+QUEUE_STATES = (PENDING, DELIVERED, EXPIRED, FAILED, CANCELLED)
+"""Every state a :class:`QueueEntry` can be in."""
+FINISHED_STATES = (DELIVERED, EXPIRED, FAILED, CANCELLED)
+"""States an entry does not leave on its own; :meth:`Store.prune` removes them."""
+MAX_TOKEN_LENGTH = 8
+"""CoAP tokens are 0 to 8 bytes (RFC 7252 §3)."""
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; ``str()`` names the file or server and why."""
+
+
+class QueueFullError(StoreError):
+    """An endpoint already has ``max_pending`` pending requests."""
+
+    def __init__(self, endpoint: str, max_pending: int) -> None:
+        super().__init__(f"queue of endpoint {endpoint!r} is full ({max_pending} pending requests)")
+        self.endpoint = endpoint
+        """The endpoint whose queue is full."""
+        self.max_pending = max_pending
+        """The bound that was reached."""
+
+
+class UnknownEntryError(StoreError):
+    """No queue entry has the given id."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no queue entry {entry_id!r}")
+        self.entry_id = entry_id
+        """The id that was looked up."""
+
+
+class UnknownRegistrationError(StoreError):
+    """An observation names a registration the store does not hold."""
+
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(f"no registration {registration_id!r}")
+        self.registration_id = registration_id
+        """The registration id the observation named."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRecord:
+    """An Observe or Observe-Composite the server holds on a device."""
+
+    token: bytes
+    """CoAP token of the Observe request (0..8 bytes); the key."""
+    endpoint: str
+    """Endpoint client name of the device."""
+    registration_id: str
+    """The registration the observation was made under."""
+    paths: tuple[LwM2MPath, ...]
+    """Observed paths: one for Observe, one or more for Observe-Composite."""
+    content_format: int | None
+    """Content-Format requested (Accept), None for the device's default."""
+    created_at: float
+    """Unix time the observation was established."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.token, bytes) or len(self.token) > MAX_TOKEN_LENGTH:
+            raise ValueError(f"token must be 0..{MAX_TOKEN_LENGTH} bytes, got {self.token!r}")
+        if not isinstance(self.paths, tuple) or not self.paths:
+            raise ValueError("an observation needs a non-empty tuple of paths")
+        if not all(isinstance(path, LwM2MPath) for path in self.paths):
+            raise ValueError(f"paths must be LwM2MPath values, got {self.paths!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A request waiting for a sleeping (queue-mode) device, or its outcome."""
+
+    id: str
+    """Entry id, unique in the store."""
+    endpoint: str
+    """Endpoint client name the request is for."""
+    created_at: float
+    """Unix time the request was queued; pending entries are sent in this order."""
+    expires_at: float
+    """Unix time after which a still-pending request is given up."""
+    state: str = PENDING
+    """One of :data:`QUEUE_STATES`."""
+    request: dict[str, Any] = field(default_factory=dict)
+    """JSON description of the request; the store does not look inside."""
+    result: dict[str, Any] | None = None
+    """JSON outcome (response code, payload, reason), None while pending."""
+
+    def __post_init__(self) -> None:
+        if self.state not in QUEUE_STATES:
+            raise ValueError(f"state {self.state!r} is not one of {', '.join(QUEUE_STATES)}")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+class Store(abc.ABC):
+    """Persistent server state. All methods are coroutines; all failures are StoreError.
+
+    Usable as ``async with await SqliteStore.open(path) as store:``.
+    """
+
+    # -- registrations -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_registration(self, registration: Registration) -> None:
+        """Insert or replace by id, atomically dropping another registration of the endpoint.
+
+        Replacing by id (an Update) keeps the registration's observations;
+        dropping another registration of the endpoint (a new Register) deletes its
+        observations too.
+        """
+
+    @abc.abstractmethod
+    async def delete_registration(self, registration_id: str) -> bool:
+        """Delete a registration and its observations; False if there was none."""
+
+    @abc.abstractmethod
+    async def load_registrations(self) -> list[Registration]:
+        """Every stored registration, ordered by endpoint."""
+
+    # -- observations --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_observation(self, observation: ObservationRecord) -> None:
+        """Insert or replace by token.
+
+        Raises :class:`UnknownRegistrationError` when its registration is not stored.
+        """
+
+    @abc.abstractmethod
+    async def delete_observation(self, token: bytes) -> bool:
+        """Delete one observation; False if there was none."""
+
+    @abc.abstractmethod
+    async def delete_observations_of(self, registration_id: str) -> int:
+        """Delete every observation of a registration; returns how many."""
+
+    @abc.abstractmethod
+    async def load_observations(self) -> list[ObservationRecord]:
+        """Every stored observation, oldest first."""
+
+    # -- queued requests -----------------------------------------------------
+
+    @abc.abstractmethod
+    async def enqueue(self, entry: QueueEntry, max_pending: int) -> None:
+        """Add a pending entry unless the endpoint already has ``max_pending`` pending.
+
+        Check and insert are one atomic step. Raises :class:`QueueFullError`, or
+        :class:`StoreError` for a duplicate id, a non-pending entry or a request
+        that is not plain JSON.
+        """
+
+    @abc.abstractmethod
+    async def pending(self, endpoint: str) -> list[QueueEntry]:
+        """Pending entries of an endpoint, oldest first (the order to send them)."""
+
+    @abc.abstractmethod
+    async def set_state(
+        self, entry_id: str, state: str, result: dict[str, Any] | None = None
+    ) -> QueueEntry:
+        """Set an entry's state and result; returns the updated entry.
+
+        Raises :class:`UnknownEntryError` for an unknown id and :class:`StoreError`
+        for a state not in :data:`QUEUE_STATES`.
+        """
+
+    @abc.abstractmethod
+    async def get_entry(self, entry_id: str) -> QueueEntry | None:
+        """One entry by id, None if unknown."""
+
+    @abc.abstractmethod
+    async def entries(self, endpoint: str, limit: int = 100) -> list[QueueEntry]:
+        """Entries of an endpoint in any state, newest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def expire_entries(self, now: float) -> list[QueueEntry]:
+        """Mark pending entries with ``expires_at < now`` expired; returns them, oldest first."""
+
+    @abc.abstractmethod
+    async def prune(self, before: float) -> int:
+        """Delete finished entries created before ``before``; returns how many."""
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush and release the backend; idempotent. Later calls raise StoreError."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# -- JSON documents shared by backends ------------------------------------------
+
+
+def check_state(state: str) -> str:
+    """``state`` if it is one of :data:`QUEUE_STATES`, else StoreError."""
+    if state not in QUEUE_STATES:
+        raise StoreError(f"state {state!r} is not one of {', '.join(QUEUE_STATES)}")
+    return state
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Compact JSON that loads back equal to ``value``, or StoreError naming ``what``."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise StoreError(f"{what} is not JSON-serialisable: {error}") from None
+    if json.loads(text) != value:
+        # tuples, non-str keys, ...: the loaded value would differ from the saved one
+        raise StoreError(f"{what} does not survive a JSON round trip (tuples or non-str keys?)")
+    return text
+
+
+def object_list_to_json(object_list: ObjectList) -> str:
+    return json.dumps(
+        {
+            "root_path": object_list.root_path,
+            "content_formats": list(object_list.content_formats),
+            "objects": [[str(link.path), link.version] for link in object_list.objects],
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def object_list_from_json(text: str) -> ObjectList:
+    """Raises ValueError, KeyError or TypeError when the document is malformed."""
+    data = json.loads(text)
+    objects = tuple(ObjectLink(_path(path), version) for path, version in data["objects"])
+    return ObjectList(
+        root_path=str(data["root_path"]),
+        content_formats=tuple(int(cf) for cf in data["content_formats"]),
+        objects=objects,
+    )
+
+
+def paths_to_json(paths: tuple[LwM2MPath, ...]) -> str:
+    return json.dumps([str(path) for path in paths], separators=(",", ":"))
+
+
+def paths_from_json(text: str) -> tuple[LwM2MPath, ...]:
+    return tuple(_path(path) for path in json.loads(text))
+
+
+def extra_to_json(extra: Mapping[str, str]) -> str:
+    return json.dumps(dict(extra), separators=(",", ":"), ensure_ascii=False)
+
+
+def extra_from_json(text: str) -> dict[str, str]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("extra parameters are not a JSON object")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _path(text: str) -> LwM2MPath:
+    try:
+        return LwM2MPath.parse(text)
+    except IpsoError as error:
+        raise ValueError(str(error)) from None

@@ -1,0 +1,563 @@
+"""The SQLite store: the default :class:`~lwm2m_server.store.base.Store`.
+
+Every sqlite3 call runs on one dedicated worker thread that owns the
+connection, so the event loop never waits on the disk and the connection is
+never shared between threads. Calls queue on that thread in the order they
+were made; each call is one transaction.
+
+Durability: WAL journal with ``synchronous=NORMAL``. A commit is in the WAL
+file (in the OS page cache) before the call returns, so everything committed
+survives a crash or SIGKILL of the process; only a power loss or kernel crash
+may lose the last commits before the next checkpoint. The database is never
+left corrupt either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from os import PathLike
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import structlog
+
+from lwm2m_server.registration import Registration
+
+from .base import (
+    EXPIRED,
+    FINISHED_STATES,
+    PENDING,
+    ObservationRecord,
+    QueueEntry,
+    QueueFullError,
+    Store,
+    StoreError,
+    UnknownEntryError,
+    UnknownRegistrationError,
+    check_state,
+    dump_json,
+    extra_from_json,
+    extra_to_json,
+    object_list_from_json,
+    object_list_to_json,
+    paths_from_json,
+    paths_to_json,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+MEMORY = ":memory:"
+"""Pass as the path for a throw-away in-memory store (tests)."""
+BUSY_TIMEOUT = 5.0
+"""Seconds to wait for another process's write lock before failing."""
+
+_STATES_SQL = ", ".join(f"'{state}'" for state in (PENDING, *FINISHED_STATES))
+_FINISHED_SQL = ", ".join(f"'{state}'" for state in FINISHED_STATES)
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE registrations (
+            id TEXT PRIMARY KEY,
+            endpoint TEXT NOT NULL UNIQUE,
+            address TEXT NOT NULL,
+            lifetime INTEGER NOT NULL,
+            lwm2m_version TEXT NOT NULL,
+            binding TEXT NOT NULL,
+            queue_mode INTEGER NOT NULL,
+            sms TEXT,
+            object_list TEXT NOT NULL,
+            registered_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            extra TEXT NOT NULL
+        )""",
+        "CREATE INDEX registrations_expires_at ON registrations (expires_at)",
+        """CREATE TABLE observations (
+            token BLOB PRIMARY KEY,
+            endpoint TEXT NOT NULL,
+            registration_id TEXT NOT NULL REFERENCES registrations (id) ON DELETE CASCADE,
+            paths TEXT NOT NULL,
+            content_format INTEGER,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX observations_registration ON observations (registration_id)",
+        "CREATE INDEX observations_endpoint ON observations (endpoint)",
+        # seq orders entries created in the same instant by insertion
+        f"""CREATE TABLE queue (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            endpoint TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ({_STATES_SQL})),
+            request TEXT NOT NULL,
+            result TEXT
+        )""",
+        "CREATE INDEX queue_endpoint_state ON queue (endpoint, state, created_at)",
+        "CREATE INDEX queue_state_expires ON queue (state, expires_at)",
+        "CREATE INDEX queue_endpoint_created ON queue (endpoint, created_at)",
+    ),
+}
+"""Schema migrations: version → statements taking the previous version to it."""
+SCHEMA_VERSION = max(MIGRATIONS)
+
+_REGISTRATION_COLUMNS = (
+    "id, endpoint, address, lifetime, lwm2m_version, binding, queue_mode, sms, "
+    "object_list, registered_at, updated_at, extra"
+)
+_OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"
+_QUEUE_COLUMNS = "id, endpoint, created_at, expires_at, state, request, result"
+
+
+class SqliteStore(Store):
+    """State in one SQLite file; create with ``await SqliteStore.open(path)``."""
+
+    def __init__(self, path: str, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+        self.path = path
+        """The database file (or ``:memory:``)."""
+        self._executor = executor
+        self._connection = connection  # touched only on the executor's thread
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r}{', closed' if self._closed else ''})"
+
+    @classmethod
+    async def open(cls, path: str | PathLike[str]) -> SqliteStore:
+        """Open (creating file and parent folders) and migrate; StoreError if that fails."""
+        name = str(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        loop = asyncio.get_running_loop()
+        try:
+            connection, migrated_from = await loop.run_in_executor(
+                executor, _open_connection, name
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        log.info("store opened", path=name, schema=SCHEMA_VERSION, migrated_from=migrated_from)
+        return cls(name, executor, connection)
+
+    # -- plumbing ------------------------------------------------------------
+
+    async def _run(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(connection, *args)`` on the worker thread; sqlite3 errors → StoreError."""
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path}: {operation} after close")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._call, operation, function, *args)
+        return await loop.run_in_executor(self._executor, call)
+
+    def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
+        try:
+            return function(self._connection, *args)
+        except sqlite3.Error as error:
+            raise _store_error(self.path, operation, error) from error
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            # decoding a row that is not what this code writes
+            raise StoreError(
+                f"SQLite store {self.path}: {operation}: unreadable row ({error!r})"
+            ) from error
+
+    # -- registrations -------------------------------------------------------
+
+    async def save_registration(self, registration: Registration) -> None:
+        row = (
+            registration.id,
+            registration.endpoint,
+            registration.address,
+            registration.lifetime,
+            registration.lwm2m_version,
+            registration.binding,
+            int(registration.queue_mode),
+            registration.sms,
+            object_list_to_json(registration.object_list),
+            registration.registered_at,
+            registration.updated_at,
+            extra_to_json(registration.extra),
+            registration.expires_at,
+        )
+        await self._run("save registration", _save_registration, row)
+
+    async def delete_registration(self, registration_id: str) -> bool:
+        return await self._run("delete registration", _delete_registration, registration_id)
+
+    async def load_registrations(self) -> list[Registration]:
+        return await self._run("load registrations", _load_registrations)
+
+    # -- observations --------------------------------------------------------
+
+    async def save_observation(self, observation: ObservationRecord) -> None:
+        row = (
+            observation.token,
+            observation.endpoint,
+            observation.registration_id,
+            paths_to_json(observation.paths),
+            observation.content_format,
+            observation.created_at,
+        )
+        await self._run("save observation", _save_observation, row)
+
+    async def delete_observation(self, token: bytes) -> bool:
+        return await self._run("delete observation", _delete, "observations", "token", token) > 0
+
+    async def delete_observations_of(self, registration_id: str) -> int:
+        return await self._run(
+            "delete observations", _delete, "observations", "registration_id", registration_id
+        )
+
+    async def load_observations(self) -> list[ObservationRecord]:
+        return await self._run("load observations", _load_observations)
+
+    # -- queued requests -----------------------------------------------------
+
+    async def enqueue(self, entry: QueueEntry, max_pending: int) -> None:
+        if entry.state != PENDING:
+            raise StoreError(f"queue entry {entry.id!r} is {entry.state}, only pending entries queue")
+        if max_pending < 0:
+            raise StoreError(f"max_pending must be >= 0, got {max_pending}")
+        if not isinstance(entry.request, dict):
+            raise StoreError(f"request of queue entry {entry.id!r} must be a dict")
+        row = (
+            entry.id,
+            entry.endpoint,
+            entry.created_at,
+            entry.expires_at,
+            entry.state,
+            dump_json(entry.request, f"request of queue entry {entry.id!r}"),
+            _result_json(entry.id, entry.result),
+        )
+        await self._run("enqueue", _enqueue, row, max_pending)
+
+    async def pending(self, endpoint: str) -> list[QueueEntry]:
+        return await self._run("read queue", _pending, endpoint)
+
+    async def set_state(
+        self, entry_id: str, state: str, result: dict[str, Any] | None = None
+    ) -> QueueEntry:
+        check_state(state)
+        return await self._run(
+            "set queue entry state", _set_state, entry_id, state, _result_json(entry_id, result)
+        )
+
+    async def get_entry(self, entry_id: str) -> QueueEntry | None:
+        return await self._run("read queue", _get_entry, entry_id)
+
+    async def entries(self, endpoint: str, limit: int = 100) -> list[QueueEntry]:
+        if limit < 0:
+            raise StoreError(f"limit must be >= 0, got {limit}")
+        return await self._run("read queue", _entries, endpoint, limit)
+
+    async def expire_entries(self, now: float) -> list[QueueEntry]:
+        return await self._run("expire queue entries", _expire_entries, now)
+
+    async def prune(self, before: float) -> int:
+        return await self._run("prune queue", _prune, before)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True  # calls made from now on fail; calls already queued run first
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, functools.partial(self._call, "close", _close))
+        finally:
+            self._executor.shutdown(wait=False)
+            log.info("store closed", path=self.path)
+
+
+# -- worker-thread side: plain functions of the connection ---------------------
+
+
+def _store_error(path: str, operation: str, error: sqlite3.Error) -> StoreError:
+    code = getattr(error, "sqlite_errorname", None)
+    hints = {
+        "SQLITE_NOTADB": "the file is not a SQLite database",
+        "SQLITE_CORRUPT": "the database file is corrupt",
+        "SQLITE_READONLY": "the database or its folder is read-only",
+        "SQLITE_FULL": "the disk (or the database's size limit) is full",
+        "SQLITE_CANTOPEN": "cannot open the file (missing folder or no permission?)",
+        "SQLITE_BUSY": f"another process held the database lock for {BUSY_TIMEOUT:g} s",
+        "SQLITE_IOERR": "I/O error",
+    }
+    # extended codes (SQLITE_READONLY_DIRECTORY, SQLITE_IOERR_WRITE, …) share the hint
+    hint = next(
+        (text for key, text in hints.items() if code and (code == key or code.startswith(key + "_"))),
+        None,
+    )
+    detail = f"{error} ({code})" if code else str(error)
+    reason = f"{hint}: {detail}" if hint else detail
+    return StoreError(f"SQLite store {path}: {operation} failed: {reason}")
+
+
+def _open_connection(path: str) -> tuple[sqlite3.Connection, int]:
+    """Connect, configure and migrate; returns the connection and the version found."""
+    if path != MEMORY:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"SQLite store {path}: cannot create its folder: {error}") from error
+    try:
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+    except sqlite3.Error as error:
+        raise _store_error(path, "open", error) from error
+    try:
+        # The first statement reads the header: a file that is no database fails here.
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal" and path != MEMORY:
+            log.warning("store without WAL", path=path, journal_mode=mode)
+        # NORMAL in WAL mode: commits survive a process crash/SIGKILL; only power
+        # loss may drop the last commits (the file stays consistent).
+        connection.execute("PRAGMA synchronous = NORMAL")
+        connection.execute("PRAGMA foreign_keys = ON")
+        found = _migrate(connection, path)
+        # A write on every open: a read-only file or folder fails now, not at the
+        # first Register. user_version mirrors the schema version for sqlite3 tools.
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        integrity = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if integrity != "ok":
+            raise StoreError(f"SQLite store {path}: the database file is corrupt: {integrity}")
+        return connection, found
+    except sqlite3.Error as error:
+        connection.close()
+        raise _store_error(path, "open", error) from error
+    except BaseException:
+        connection.close()
+        raise
+
+
+def _migrate(connection: sqlite3.Connection, path: str) -> int:
+    with _transaction(connection):
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        found = connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"SQLite store {path}: schema version {found} is newer than this "
+                f"program's {SCHEMA_VERSION}; upgrade TinyMLaaS"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+    return found
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT; any exception (or a failed COMMIT) rolls back."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _close(connection: sqlite3.Connection) -> None:
+    try:
+        connection.execute("PRAGMA optimize")  # keeps query plans good; optional
+    except sqlite3.Error as error:
+        log.warning("store optimize skipped", error=str(error))
+    connection.close()
+
+
+def _delete(connection: sqlite3.Connection, table: str, column: str, key: object) -> int:
+    with _transaction(connection):
+        return connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,)).rowcount
+
+
+def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    with _transaction(connection):
+        # A new Register of the endpoint replaces its old registration (and,
+        # through the foreign key, that registration's observations).
+        connection.execute(
+            "DELETE FROM registrations WHERE endpoint = ? AND id != ?", (row[1], row[0])
+        )
+        # An upsert, not INSERT OR REPLACE: replacing would delete the row and
+        # cascade to the observations of a registration that is only updated.
+        connection.execute(
+            f"INSERT INTO registrations ({_REGISTRATION_COLUMNS}, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
+            "address = excluded.address, lifetime = excluded.lifetime, "
+            "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
+            "queue_mode = excluded.queue_mode, sms = excluded.sms, "
+            "object_list = excluded.object_list, registered_at = excluded.registered_at, "
+            "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+            "extra = excluded.extra",
+            row,
+        )
+
+
+def _delete_registration(connection: sqlite3.Connection, registration_id: str) -> bool:
+    return _delete(connection, "registrations", "id", registration_id) > 0
+
+
+def _load_registrations(connection: sqlite3.Connection) -> list[Registration]:
+    rows = connection.execute(
+        f"SELECT {_REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint"
+    ).fetchall()
+    return [_registration(row) for row in rows]
+
+
+def _registration(row: tuple[Any, ...]) -> Registration:
+    (id_, endpoint, address, lifetime, version, binding, queue_mode, sms,
+     object_list, registered_at, updated_at, extra) = row
+    return Registration(
+        id=id_,
+        endpoint=endpoint,
+        address=address,
+        lifetime=lifetime,
+        lwm2m_version=version,
+        binding=binding,
+        queue_mode=bool(queue_mode),
+        sms=sms,
+        object_list=object_list_from_json(object_list),
+        registered_at=registered_at,
+        updated_at=updated_at,
+        extra=extra_from_json(extra),
+    )
+
+
+def _save_observation(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    with _transaction(connection):
+        registration_id = row[2]
+        known = connection.execute(
+            "SELECT 1 FROM registrations WHERE id = ?", (registration_id,)
+        ).fetchone()
+        if known is None:
+            raise UnknownRegistrationError(registration_id)
+        connection.execute(
+            f"INSERT INTO observations ({_OBSERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (token) DO UPDATE SET endpoint = excluded.endpoint, "
+            "registration_id = excluded.registration_id, paths = excluded.paths, "
+            "content_format = excluded.content_format, created_at = excluded.created_at",
+            row,
+        )
+
+
+def _load_observations(connection: sqlite3.Connection) -> list[ObservationRecord]:
+    rows = connection.execute(
+        f"SELECT {_OBSERVATION_COLUMNS} FROM observations ORDER BY created_at, rowid"
+    ).fetchall()
+    return [
+        ObservationRecord(
+            token=bytes(token),
+            endpoint=endpoint,
+            registration_id=registration_id,
+            paths=paths_from_json(paths),
+            content_format=content_format,
+            created_at=created_at,
+        )
+        for token, endpoint, registration_id, paths, content_format, created_at in rows
+    ]
+
+
+def _result_json(entry_id: str, result: dict[str, Any] | None) -> str | None:
+    if result is None:
+        return None
+    if not isinstance(result, dict):
+        raise StoreError(f"result of queue entry {entry_id!r} must be a dict or None")
+    return dump_json(result, f"result of queue entry {entry_id!r}")
+
+
+def _entry(row: tuple[Any, ...]) -> QueueEntry:
+    id_, endpoint, created_at, expires_at, state, request, result = row
+    return QueueEntry(
+        id=id_,
+        endpoint=endpoint,
+        created_at=created_at,
+        expires_at=expires_at,
+        state=state,
+        request=json.loads(request),
+        result=json.loads(result) if result is not None else None,
+    )
+
+
+def _enqueue(connection: sqlite3.Connection, row: tuple[Any, ...], max_pending: int) -> None:
+    entry_id, endpoint = row[0], row[1]
+    # BEGIN IMMEDIATE takes the write lock first: count and insert are atomic,
+    # also against other processes using the same file.
+    with _transaction(connection):
+        if connection.execute("SELECT 1 FROM queue WHERE id = ?", (entry_id,)).fetchone():
+            raise StoreError(f"queue entry {entry_id!r} already exists")
+        count = connection.execute(
+            "SELECT count(*) FROM queue WHERE endpoint = ? AND state = ?", (endpoint, PENDING)
+        ).fetchone()[0]
+        if count >= max_pending:
+            raise QueueFullError(endpoint, max_pending)
+        connection.execute(f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+
+def _pending(connection: sqlite3.Connection, endpoint: str) -> list[QueueEntry]:
+    rows = connection.execute(
+        f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE endpoint = ? AND state = ? "
+        "ORDER BY created_at, seq",
+        (endpoint, PENDING),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def _get_entry(connection: sqlite3.Connection, entry_id: str) -> QueueEntry | None:
+    row = connection.execute(f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (entry_id,)).fetchone()
+    return _entry(row) if row is not None else None
+
+
+def _set_state(
+    connection: sqlite3.Connection, entry_id: str, state: str, result: str | None
+) -> QueueEntry:
+    with _transaction(connection):
+        changed = connection.execute(
+            "UPDATE queue SET state = ?, result = ? WHERE id = ?", (state, result, entry_id)
+        ).rowcount
+        if not changed:
+            raise UnknownEntryError(entry_id)
+        entry = _get_entry(connection, entry_id)
+    assert entry is not None
+    return entry
+
+
+def _entries(connection: sqlite3.Connection, endpoint: str, limit: int) -> list[QueueEntry]:
+    rows = connection.execute(
+        f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE endpoint = ? "
+        "ORDER BY created_at DESC, seq DESC LIMIT ?",
+        (endpoint, limit),
+    ).fetchall()
+    return [_entry(row) for row in rows]
+
+
+def _expire_entries(connection: sqlite3.Connection, now: float) -> list[QueueEntry]:
+    with _transaction(connection):
+        rows = connection.execute(
+            f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE state = ? AND expires_at < ? "
+            "ORDER BY created_at, seq",
+            (PENDING, now),
+        ).fetchall()
+        connection.execute(
+            "UPDATE queue SET state = ? WHERE state = ? AND expires_at < ?", (EXPIRED, PENDING, now)
+        )
+    return [_entry(row[:4] + (EXPIRED,) + row[5:]) for row in rows]
+
+
+def _prune(connection: sqlite3.Connection, before: float) -> int:
+    with _transaction(connection):
+        return connection.execute(
+            f"DELETE FROM queue WHERE state IN ({_FINISHED_SQL}) AND created_at < ?", (before,)
+        ).rowcount
