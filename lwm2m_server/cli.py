@@ -1,15 +1,266 @@
-"""``tinymlaas``: the operator's command line."""
+"""``tinymlaas``: run the daemon and operate it through its management API."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
+import urllib.error
+import urllib.request
 from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
 
 from ipso_objects import IpsoError, ObjectRegistry
 
+DEFAULT_CONFIG = "config/server.yaml"
 
-def _objects(args: argparse.Namespace) -> int:
+
+class CliError(Exception):
+    """Printed as ``tinymlaas: <message>``; exit status 1."""
+
+
+class ApiClient:
+    """A small blocking client for the management API (stdlib only)."""
+
+    def __init__(self, base_url: str, token: str, timeout: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/api/v1"
+        self._token = token
+        self._timeout = timeout
+
+    def _open(self, method: str, path: str, body: Any = None, timeout: float | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self._token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            return urllib.request.urlopen(request, timeout=timeout or self._timeout)
+        except urllib.error.HTTPError as error:
+            try:
+                message = json.loads(error.read()).get("error", error.reason)
+            except ValueError:
+                message = error.reason
+            raise CliError(f"{message} (HTTP {error.code})") from None
+        except urllib.error.URLError as error:
+            raise CliError(
+                f"cannot reach the daemon at {self.base_url}: {error.reason} (is `tinymlaas serve` running?)"
+            ) from None
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        with self._open(method, path, body) as response:
+            return response.status, json.loads(response.read() or b"null")
+
+    def stream(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
+        with self._open("GET", path, timeout=timeout) as response:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def _config_values(config_path: str | None) -> tuple[str, str]:
+    """API base URL and token from the daemon's config file (or its defaults)."""
+    from .config import ConfigError, ServerConfig, load_config
+
+    path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    try:
+        config = load_config(path) if path else ServerConfig()
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+    host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    token = config.api.token
+    if token is None:
+        try:
+            token = config.api.token_file.read_text().strip()
+        except OSError as error:
+            raise CliError(
+                f"cannot read the API token from {config.api.token_file}: {error.strerror} "
+                "(start the daemon once, or pass --token)"
+            ) from None
+    return f"http://{host}:{config.api.port}", token
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    url, token = None, args.token or os.environ.get("TINYMLAAS_TOKEN")
+    if args.api is None or token is None:
+        config_url, config_token = _config_values(args.config)
+        url, token = args.api or config_url, token or config_token
+    return ApiClient(url or args.api, token)
+
+
+def _print_result(body: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(body, indent=2))
+        return 0 if body.get("ok", True) else 1
+    if "queued" in body:
+        print(f"queued as {body['queued']}: the device sleeps; the request goes out at its next update")
+        return 0
+    if not body.get("ok"):
+        code = str(body.get("code"))
+        prefix = f"device answered {code}: " if code[:1].isdigit() else ""
+        print(f"tinymlaas: {prefix}{body.get('diagnostic')}", file=sys.stderr)
+        return 1
+    for row in body.get("values", []):
+        print(row["line"])
+    if "links" in body:
+        print(body["links"].replace(",", ",\n"))
+    if "location" in body:
+        print(f"created {body['location']}")
+    if not body.get("values") and "links" not in body and "location" not in body:
+        print(body.get("code"))
+    return 0
+
+
+def _ago(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    _, devices = _client(args).call("GET", "/devices")
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return 0
+    rows = [("ENDPOINT", "LWM2M", "BINDING", "LIFETIME", "UPDATED", "OBJECTS", "ADDRESS")]
+    for d in devices:
+        rows.append((
+            d["endpoint"], d["lwm2m_version"], d["binding"] + ("Q" if d["queue_mode"] else ""),
+            f"{d['lifetime']}s", _ago(d["updated_at"]) + " ago", str(len(d["objects"])), d["address"],
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(f"{len(devices)} device(s)")
+    return 0
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    _, device = _client(args).call("GET", f"/devices/{args.endpoint}")
+    if args.json:
+        print(json.dumps(device, indent=2))
+        return 0
+    print(f"endpoint      {device['endpoint']}  (registration {device['id']})")
+    print(f"lwm2m         {device['lwm2m_version']}  binding {device['binding']}"
+          f"{'  queue mode' if device['queue_mode'] else ''}")
+    print(f"address       {device['address']}")
+    print(f"lifetime      {device['lifetime']}s, updated {_ago(device['updated_at'])} ago")
+    print(f"formats       {' '.join(map(str, device['content_formats'])) or '(not advertised)'}")
+    registry = ObjectRegistry.default()
+    print("objects")
+    for item in device["objects"]:
+        object_id = int(item["path"].split("/")[1])
+        definition = registry.get(object_id)
+        name = definition.name if definition else "(unknown object)"
+        print(f"  {item['path']:<12} {name}" + (f"  ver {item['ver']}" if "ver" in item else ""))
+    for paths in device.get("observations", []):
+        print(f"observing     {', '.join(paths)}")
+    return 0
+
+
+def _operation(args: argparse.Namespace, name: str, body: dict[str, Any]) -> int:
+    _, result = _client(args).call("POST", f"/devices/{args.endpoint}/{name}", body)
+    return _print_result(result, getattr(args, "json", False))
+
+
+def cmd_read(args):
+    return _operation(args, "read", {"path": args.path})
+
+
+def cmd_write(args):
+    return _operation(args, "write", {"path": args.path, "value": args.value, "replace": not args.update})
+
+
+def cmd_exec(args):
+    return _operation(args, "execute", {"path": args.path, "args": args.arguments or ""})
+
+
+def cmd_delete(args):
+    return _operation(args, "delete", {"path": args.path})
+
+
+def cmd_discover(args):
+    return _operation(args, "discover", {"path": args.path})
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str | None]:
+    pairs: dict[str, str | None] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise CliError(f"{what} {item!r} must look like name=value")
+        pairs[name] = value if sep and value != "" else None
+    return pairs
+
+
+def cmd_attributes(args):
+    return _operation(args, "write-attributes", {"path": args.path, "attributes": _pairs(args.attributes, "attribute")})
+
+
+def cmd_create(args):
+    values = _pairs(args.values, "value")
+    return _operation(args, "create", {"path": args.path, "instance": args.instance, "values": values})
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    client = _client(args)
+    _, first = client.call("POST", f"/devices/{args.endpoint}/observe", {"paths": args.paths})
+    if _print_result(first, False) != 0:
+        return 1
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        query = f"/events?endpoint={args.endpoint}&kinds=notification"
+        for event in client.stream(query, timeout=args.timeout or 3600):
+            if event.get("paths") != args.paths:
+                continue
+            stamp = time.strftime("%H:%M:%S")
+            for row in event["result"].get("values", []):
+                print(f"{stamp} {row['line']}", flush=True)
+            if not event["result"].get("ok"):
+                print(f"{stamp} observation ended: {event['result'].get('diagnostic')}", flush=True)
+                return 1
+            seen += 1
+            if args.count and seen >= args.count or deadline and time.monotonic() > deadline:
+                break
+    except KeyboardInterrupt:
+        pass
+    except TimeoutError:
+        pass
+    finally:
+        client.call("POST", f"/devices/{args.endpoint}/cancel-observe", {"paths": args.paths})
+    return 0
+
+
+def cmd_queue(args):
+    _, entry = _client(args).call("GET", f"/queue/{args.id}")
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .daemon import serve
+
+    return serve(args.config or DEFAULT_CONFIG)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from .config import ConfigError, config_to_dict, load_config
+
+    try:
+        config = load_config(args.config or DEFAULT_CONFIG)
+    except ConfigError as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+    return 0
+
+
+def cmd_objects(args: argparse.Namespace) -> int:
     registry = ObjectRegistry.default(args.ddf_dir)
     if args.object_id is None:
         for definition in registry:
@@ -17,8 +268,7 @@ def _objects(args: argparse.Namespace) -> int:
         return 0
     definition = registry.get(args.object_id)
     if definition is None:
-        print(f"object {args.object_id} is not defined", file=sys.stderr)
-        return 1
+        raise CliError(f"object {args.object_id} is not defined")
     kind = "multiple" if definition.multiple else "single"
     print(f"/{definition.id} {definition.name} v{definition.version} ({kind}) {definition.urn}")
     for resource in definition.resources.values():
@@ -34,14 +284,54 @@ def _objects(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinymlaas", description=__doc__)
     parser.add_argument("--version", action="version", version=version("tinymlaas"))
-    commands = parser.add_subparsers(dest="command", required=True)
-    objects = commands.add_parser("objects", help="list known LwM2M objects, or one object's resources")
-    objects.add_argument("object_id", nargs="?", type=int, help="show this object's resources")
-    objects.add_argument(
-        "--ddf-dir", action="append", default=[], metavar="DIR",
-        help="also load the DDF XML files of DIR (repeatable)",
-    )
-    objects.set_defaults(handler=_objects)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help=f"daemon configuration (default {DEFAULT_CONFIG})")
+    common.add_argument("--api", help="management API URL (default from the configuration)")
+    common.add_argument("--token", help="API token (default $TINYMLAAS_TOKEN or api.token_file)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help, *arguments, json_flag=False):
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        for names, options in arguments:
+            sub.add_argument(*names, **options)
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    ep = (("endpoint",), {"help": "device endpoint name"})
+    path = (("path",), {"help": "LwM2M path such as /3/0"})
+    command("serve", cmd_serve, "run the LwM2M server daemon")
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", parents=[common], help="print the effective configuration")
+    show.set_defaults(handler=cmd_config_show)
+    objects = command("objects", cmd_objects, "list known LwM2M objects, or one object's resources",
+                      (("object_id",), {"nargs": "?", "type": int}))
+    objects.add_argument("--ddf-dir", action="append", default=[], metavar="DIR",
+                         help="also load the DDF XML files of DIR (repeatable)")
+    command("devices", cmd_devices, "list registered devices", json_flag=True)
+    command("device", cmd_device, "show a device's registration and objects", ep, json_flag=True)
+    command("read", cmd_read, "read a path and print named values", ep, path, json_flag=True)
+    command("write", cmd_write, "write a resource value (opaque as hex)", ep, path,
+            (("value",), {"help": "the value as text"}),
+            (("--update",), {"action": "store_true", "help": "partial update (POST) instead of replace"}),
+            json_flag=True)
+    command("exec", cmd_exec, "execute a resource", ep, path,
+            (("arguments",), {"nargs": "?", "help": "execute arguments, e.g. \"0='v',1\""}), json_flag=True)
+    command("create", cmd_create, "create an object instance", ep, path,
+            (("instance",), {"type": int, "help": "new instance id"}),
+            (("values",), {"nargs": "*", "help": "resource values as ID=TEXT"}), json_flag=True)
+    command("delete", cmd_delete, "delete an object instance", ep, path, json_flag=True)
+    command("discover", cmd_discover, "discover resources and attributes", ep, path, json_flag=True)
+    command("attributes", cmd_attributes, "write notification attributes (pmin=10 pmax=60 gt= ...)",
+            ep, path, (("attributes",), {"nargs": "+", "help": "NAME=VALUE, or NAME= to unset"}),
+            json_flag=True)
+    command("observe", cmd_observe, "observe paths and print notifications until Ctrl-C", ep,
+            (("paths",), {"nargs": "+", "help": "one path (Observe) or several (Observe-Composite)"}),
+            (("--count",), {"type": int, "default": 0, "help": "stop after N notifications"}),
+            (("--timeout",), {"type": float, "default": 0, "help": "stop after S seconds"}))
+    command("queue", cmd_queue, "show a queued request", (("id",), {"help": "queue entry id"}))
     return parser
 
 
@@ -49,9 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except CliError as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
+        return 1
     except IpsoError as error:
         print(f"tinymlaas: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ class UpdateParams:
     queue_mode: bool | None = None
     sms: str | None = None
     object_list: ObjectList | None = None
+    lwm2m_version: str | None = None
+    """Not an Update parameter in the spec, but lwm2m-node-lib sends it: tolerated
+    when it repeats the registered version."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +287,7 @@ def parse_update(
     """Validate an Update; raises :class:`RegistrationError` (4.00, 4.15)."""
     _check_content_format(content_format, payload)
     params = _query_pairs(query)
-    unknown = set(params) - {"lt", "b", "Q", "sms"}
+    unknown = set(params) - {"lt", "b", "Q", "sms", "lwm2m"}
     if unknown:
         raise bad_request(f"unknown Update parameter(s): {', '.join(sorted(unknown))}")
     lifetime = _value(params, "lt")
@@ -302,6 +305,7 @@ def parse_update(
         queue_mode=queue,
         sms=_sms(sms) if sms is not None else None,
         object_list=parse_object_list(payload) if payload else None,
+        lwm2m_version=_value(params, "lwm2m"),
     )
 
 
@@ -356,6 +360,11 @@ class RegistrationBook:
     def update(self, registration_id: str, params: UpdateParams, address: str, now: float) -> Registration:
         """Apply an Update; unknown or expired ids are 4.04."""
         current = self._live(registration_id, now)
+        if params.lwm2m_version not in (None, current.lwm2m_version):
+            raise bad_request(
+                f"lwm2m={params.lwm2m_version} differs from the registered {current.lwm2m_version}: "
+                "a version change needs a new Register"
+            )
         updated = replace(
             current,
             address=address,

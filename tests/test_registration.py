@@ -84,6 +84,14 @@ def test_update_parameters():
         parse_update(["ep=x"], b"")
 
 
+def test_update_tolerates_a_repeated_lwm2m_version():
+    """lwm2m-node-lib puts lwm2m=1.0 in every Update; a different version is refused."""
+    book, registration = book_with()
+    assert book.update(registration.id, parse_update(["lwm2m=1.0"], b""), "x:1", 1001.0)
+    with pytest.raises(RegistrationError, match="needs a new Register"):
+        book.update(registration.id, parse_update(["lwm2m=1.1"], b""), "x:1", 1002.0)
+
+
 def book_with(endpoint="dev1", now=1000.0, lifetime=60):
     book = RegistrationBook()
     params = parse_register([f"ep={endpoint}", f"lt={lifetime}"], b"</3/0>")

@@ -1,0 +1,356 @@
+"""The management HTTP API (aiohttp), on loopback with a bearer token.
+
+JSON in, JSON out. Device operations answer ``200`` with the decoded result,
+``202`` with a queue entry when the device sleeps (queue mode), ``404`` for an
+unknown endpoint, ``400`` for a request that cannot be built. ``GET
+/api/v1/events`` streams newline-delimited JSON events until the client leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+from datetime import datetime
+from typing import Any, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from ipso_objects import IpsoError, LwM2MPath, ObjLnk, Value
+from ipso_objects.codecs.link_format import NotificationAttributes, encode as encode_links
+from ipso_objects.nodes import flatten
+from ipso_objects.values import from_text
+
+from . import operations
+from .operations import OperationError, Result
+from .registration import Registration
+from .server import DeviceNotRegistered, LwM2MServer, Queued
+from .store.base import QueueEntry, QueueFullError, StoreError
+
+API = "/api/v1"
+
+
+def json_value(value: Value) -> Any:
+    """A value as JSON: opaque as hex, time as ISO 8601, objlnk as ``"3:0"``."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, ObjLnk):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def registration_json(registration: Registration) -> dict[str, Any]:
+    return {
+        "endpoint": registration.endpoint,
+        "id": registration.id,
+        "address": registration.address,
+        "lwm2m_version": registration.lwm2m_version,
+        "binding": registration.binding,
+        "queue_mode": registration.queue_mode,
+        "lifetime": registration.lifetime,
+        "sms": registration.sms,
+        "registered_at": registration.registered_at,
+        "updated_at": registration.updated_at,
+        "expires_at": registration.expires_at,
+        "root_path": registration.object_list.root_path,
+        "content_formats": list(registration.object_list.content_formats),
+        "objects": [
+            {"path": str(link.path), **({"ver": link.version} if link.version else {})}
+            for link in registration.object_list.objects
+        ],
+        "extra": dict(registration.extra),
+    }
+
+
+def result_json(result: Result, server: LwM2MServer, path: LwM2MPath | None = None) -> dict[str, Any]:
+    """A result with its values as rows: path, name, value (JSON) and a display line."""
+    body: dict[str, Any] = {
+        "ok": result.ok, "code": result.code, "content_format": result.content_format,
+        "diagnostic": result.diagnostic,
+    }
+    leaves: dict[LwM2MPath, Value] = {}
+    if result.node is not None and path is not None:
+        leaves = flatten(result.node, path)
+    elif result.values:
+        leaves = dict(result.values)
+    if result.node is not None or result.values:
+        body["values"] = [
+            {
+                "path": str(leaf),
+                "name": _name(leaf, server),
+                "value": json_value(value),
+                "line": operations.describe(leaf, value, server.registry),
+            }
+            for leaf, value in leaves.items()
+        ]
+    if result.links:
+        body["links"] = encode_links(result.links).decode()
+    if result.location is not None:
+        body["location"] = str(result.location)
+    return body
+
+
+def _name(path: LwM2MPath, server: LwM2MServer) -> str | None:
+    definition = server.registry.resource_def(path)
+    return definition.name if definition is not None else None
+
+
+def entry_json(entry: QueueEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id, "endpoint": entry.endpoint, "state": entry.state,
+        "created_at": entry.created_at, "expires_at": entry.expires_at,
+        "operation": entry.request.get("kind"), "result": entry.result,
+    }
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _path(text: Any, field: str = "path") -> LwM2MPath:
+    if not isinstance(text, str):
+        raise ApiError(400, f"{field} must be a string such as \"/3/0\"")
+    try:
+        return LwM2MPath.parse(text)
+    except IpsoError as error:
+        raise ApiError(400, f"{field}: {error.reason}") from None
+
+
+def _paths(body: dict[str, Any]) -> list[LwM2MPath]:
+    raw = body.get("paths", [body["path"]] if "path" in body else None)
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, "give \"path\" or a non-empty list \"paths\"")
+    return [_path(p, "paths") for p in raw]
+
+
+class ManagementApi:
+    """Routes and handlers; :meth:`start` binds the HTTP listener."""
+
+    def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780) -> None:
+        self.server = server
+        self._token = token
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._log = structlog.get_logger("lwm2m_server.api")
+        self.app = web.Application(middlewares=[self._errors, self._auth])
+        r = self.app.router
+        r.add_get(f"{API}/health", self.health)
+        r.add_get(f"{API}/devices", self.devices)
+        r.add_get(f"{API}/devices/{{ep}}", self.device)
+        for name in ("read", "write", "execute", "create", "delete", "discover",
+                     "write-attributes", "observe", "cancel-observe"):
+            r.add_post(f"{API}/devices/{{ep}}/{name}", self._operation(name))
+        r.add_get(f"{API}/queue/{{id}}", self.queue_entry)
+        r.add_get(f"{API}/events", self.events)
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port)
+        await self._site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def port(self) -> int:
+        server = self._site._server if self._site is not None else None  # aiohttp keeps it private
+        return server.sockets[0].getsockname()[1] if server is not None else self._port
+
+    # -- middlewares ------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as error:
+            return web.json_response({"error": error.message}, status=error.status)
+        except DeviceNotRegistered as error:
+            return web.json_response({"error": str(error)}, status=404)
+        except QueueFullError as error:
+            return web.json_response({"error": str(error)}, status=429)
+        except (OperationError, IpsoError) as error:
+            return web.json_response({"error": error.reason}, status=400)
+        except StoreError as error:
+            self._log.error("store_failed", error=str(error))
+            return web.json_response({"error": "server storage unavailable"}, status=503)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.path != f"{API}/health":
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self._token}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+        return await handler(request)
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "registrations": len(self.server.registrations())})
+
+    async def devices(self, request: web.Request) -> web.Response:
+        return web.json_response([registration_json(r) for r in self.server.registrations()])
+
+    async def device(self, request: web.Request) -> web.Response:
+        endpoint = request.match_info["ep"]
+        registration = self.server.registration(endpoint)
+        if registration is None:
+            raise DeviceNotRegistered(endpoint)
+        body = registration_json(registration)
+        body["observations"] = [
+            [str(p) for p in record.paths] for record in self.server.observations(endpoint)
+        ]
+        return web.json_response(body)
+
+    async def queue_entry(self, request: web.Request) -> web.Response:
+        entry = await self.server.queue_entry(request.match_info["id"])
+        if entry is None:
+            raise ApiError(404, f"no queue entry {request.match_info['id']}")
+        return web.json_response(entry_json(entry))
+
+    def _operation(self, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                body = await request.json() if request.can_read_body else {}
+            except json.JSONDecodeError as error:
+                raise ApiError(400, f"body is not JSON: {error}") from None
+            if not isinstance(body, dict):
+                raise ApiError(400, "body must be a JSON object")
+            return await self._perform(name, request.match_info["ep"], body)
+
+        return handler
+
+    async def _perform(self, name: str, endpoint: str, body: dict[str, Any]) -> web.Response:
+        server, registry = self.server, self.server.registry
+        if name == "observe":
+            paths = _paths(body)
+            result = await server.observe(endpoint, paths)
+            return web.json_response(result_json(result, server, paths[0] if len(paths) == 1 else None))
+        if name == "cancel-observe":
+            cancelled = await server.cancel_observation(endpoint, _paths(body))
+            return web.json_response({"cancelled": cancelled})
+        path = _path(body.get("path"))
+        if name == "read":
+            build = lambda reg: operations.read(reg, path, registry=registry)  # noqa: E731
+        elif name == "write":
+            value = self._write_value(path, body)
+            replace = bool(body.get("replace", True))
+            build = lambda reg: operations.write(reg, path, value, replace, registry=registry)  # noqa: E731
+        elif name == "execute":
+            arguments = body.get("args", "")
+            if not isinstance(arguments, str):
+                raise ApiError(400, "args must be a string such as \"0='a',1\"")
+            build = lambda reg: operations.execute(reg, path, arguments, registry=registry)  # noqa: E731
+        elif name == "delete":
+            build = lambda reg: operations.delete(reg, path, registry=registry)  # noqa: E731
+        elif name == "discover":
+            build = lambda reg: operations.discover(reg, path, registry=registry)  # noqa: E731
+        elif name == "write-attributes":
+            attributes = body.get("attributes")
+            if not isinstance(attributes, dict):
+                raise ApiError(400, "attributes must be an object such as {\"pmin\": 10}")
+            query = [f"{k}={v}" if v is not None else k for k, v in attributes.items()]
+            attrs = NotificationAttributes.from_query(query)
+            build = lambda reg: operations.write_attributes(reg, path, attrs, registry=registry)  # noqa: E731
+        elif name == "create":
+            build = self._create_builder(path, body)
+        else:
+            raise ApiError(404, f"unknown operation {name}")
+        outcome = await server.perform(endpoint, build)
+        if isinstance(outcome, Queued):
+            return web.json_response(
+                {"queued": outcome.entry_id, "expires_at": outcome.expires_at}, status=202
+            )
+        return web.json_response(result_json(outcome, server, path))
+
+    def _write_value(self, path: LwM2MPath, body: dict[str, Any]) -> Value:
+        """``{"value": "text"}``: parsed by the resource's type (opaque as hex)."""
+        if not path.is_resource and not path.is_resource_instance:
+            raise ApiError(400, "write takes a resource or resource-instance path")
+        if "value" not in body:
+            raise ApiError(400, "write needs \"value\"")
+        raw = body["value"]
+        rtype = self.server.registry.value_type(path)
+        if rtype is None:
+            return raw if isinstance(raw, (str, int, float, bool)) else str(raw)
+        return text_to_value(str(raw) if not isinstance(raw, bool) else str(int(raw)), rtype)
+
+    def _create_builder(self, path: LwM2MPath, body: dict[str, Any]):
+        from ipso_objects.nodes import ObjectInstance, Resource
+
+        if not path.is_object:
+            raise ApiError(400, "create takes an object path such as \"/3303\"")
+        values = body.get("values", {})
+        instance_id = body.get("instance")
+        if not isinstance(values, dict) or not isinstance(instance_id, int):
+            raise ApiError(400, "create needs \"instance\" (int) and \"values\" ({resource id: text})")
+        resources = {}
+        for key, raw in values.items():
+            if not str(key).isdigit():
+                raise ApiError(400, f"values key {key!r} is not a resource id")
+            leaf = path.child(instance_id).child(int(key))
+            rtype = self.server.registry.value_type(leaf)
+            value = text_to_value(str(raw), rtype) if rtype is not None else raw
+            resources[int(key)] = Resource(int(key), value)
+        node = ObjectInstance(instance_id, resources)
+        registry = self.server.registry
+        return lambda reg: operations.create(reg, path, node, registry=registry)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        endpoint = request.query.get("endpoint")
+        kinds = set(filter(None, request.query.get("kinds", "").split(",")))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        with self.server.events.subscribe() as queue:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 15)
+                except asyncio.TimeoutError:
+                    await response.write(b"\n")  # keep-alive; also notices a gone client
+                    continue
+                if endpoint and event.endpoint != endpoint or kinds and event.kind not in kinds:
+                    continue
+                await response.write(json.dumps(self._event_json(event)).encode() + b"\n")
+
+    def _event_json(self, event) -> dict[str, Any]:
+        body: dict[str, Any] = {"kind": event.kind, "endpoint": event.endpoint, "time": event.time}
+        data = event.data
+        if "registration" in data:
+            body["registration"] = registration_json(data["registration"])
+        if "result" in data:
+            paths = data.get("paths", ())
+            body["paths"] = [str(p) for p in paths]
+            body["result"] = result_json(data["result"], self.server, paths[0] if len(paths) == 1 else None)
+        if "entry" in data:
+            body["entry"] = entry_json(data["entry"])
+        if "entries" in data:
+            body["values"] = [
+                {"time": entry.time, "path": str(path), "value": json_value(value),
+                 "line": operations.describe(path, value, self.server.registry)}
+                for entry in data["entries"] for path, value in entry.values.items()
+            ]
+        return body
+
+
+def text_to_value(text: str, rtype) -> Value:
+    """An operator's text for a typed resource; opaque is hex (``0a1b``)."""
+    from ipso_objects.model import ResourceType
+
+    if rtype is ResourceType.OPAQUE:
+        try:
+            return bytes.fromhex(text.removeprefix("0x"))
+        except ValueError:
+            raise ApiError(400, f"{text!r} is not hex for an Opaque resource") from None
+    return from_text(text, rtype)

@@ -1,0 +1,105 @@
+"""``tinymlaas serve``: load the configuration, wire the parts, run until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from importlib.metadata import entry_points
+
+import structlog
+
+from ipso_objects import DdfError, ObjectRegistry
+
+from .api import ManagementApi
+from .config import ConfigError, ServerConfig, ensure_api_token, load_config
+from .logging_setup import configure_logging
+from .server import LwM2MServer
+from .store.base import Store, StoreError
+
+STORE_PLUGINS = "tinymlaas.stores"
+
+
+async def open_store(config: ServerConfig) -> Store:
+    """The store plugin named by ``store.kind`` (entry point group ``tinymlaas.stores``)."""
+    plugins = {ep.name: ep for ep in entry_points(group=STORE_PLUGINS)}
+    plugin = plugins.get(config.store.kind)
+    if plugin is None:
+        raise StoreError(
+            f"store.kind {config.store.kind!r} has no installed plugin "
+            f"(installed: {', '.join(sorted(plugins)) or 'none'})"
+        )
+    return await plugin.load().open(config.store.path)
+
+
+class Daemon:
+    """The server, its store and its API, started and stopped together."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.server: LwM2MServer | None = None
+        self.api: ManagementApi | None = None
+        self._store: Store | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        token = ensure_api_token(config)
+        registry = ObjectRegistry.default(config.objects.ddf_folders)
+        self._store = await open_store(config)
+        try:
+            self.server = LwM2MServer(config, registry, self._store)
+            await self.server.start()
+            self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port)
+            await self.api.start()
+        except BaseException:
+            await self.stop()
+            raise
+        structlog.get_logger("tinymlaas").info(
+            "ready", coap_port=self.server.port, api=f"http://{config.api.host}:{self.api.port}",
+            objects=len(registry), store=str(config.store.path),
+        )
+
+    async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+        if self.server is not None:
+            await self.server.stop()
+        if self._store is not None:
+            await self._store.close()
+
+
+async def _serve(config: ServerConfig) -> None:
+    daemon = Daemon(config)
+    await daemon.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    structlog.get_logger("tinymlaas").info("stopping")
+    await daemon.stop()
+
+
+def serve(config_path: str) -> int:
+    """Exit status: 0 after a clean stop, 2 for a bad configuration, 1 when startup failed."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level, config.logging.format)
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
+        return 2
+    except DdfError as error:
+        print(f"tinymlaas: objects.ddf_folders: {error}", file=sys.stderr)
+        return 2
+    except StoreError as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"tinymlaas: cannot start: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,787 @@
+"""Device Management & Information Reporting operations, sans-I/O.
+
+Each builder turns one LwM2M operation into a :class:`DeviceRequest` (method,
+Uri-Path under the device's root path, Uri-Query, Content-Format, Accept,
+Observe, payload); :func:`decode_response` turns what the device answered into
+a :class:`Result`. The adapter only moves these through aiocoap. Builders take
+``registry=`` (the object model; default: the shipped DDFs) and raise
+:class:`OperationError` with a reason when the operation cannot be built.
+
+Content format policy (:func:`choose_format`)
+=============================================
+
+*Multi-value* targets (object, object instance, multi-instance resource, and
+composite operations) use the first format the device advertised with ``ct=``
+in this order of preference, by the version it registered with:
+
+====  ======================================================================
+1.0   TLV 11542 > OMA JSON 11543
+1.1   SenML CBOR 112 > SenML JSON 110 > TLV 11542
+1.2   LwM2M CBOR 11544 > SenML CBOR 112 > SenML JSON 110 > TLV 11542
+====  ======================================================================
+
+When it advertised none of them: 1.0 → TLV, which Core 1.0 §6.4 makes
+mandatory ("The LWM2M Client MUST support the TLV data format for all
+requests"); 1.1+ → SenML CBOR. Core 1.1.1 §7.4 (same text in 1.2): "The LwM2M
+Client MUST support plain text, opaque, and CoRE Link data formats and it
+SHOULD support at least one of SenML CBOR or SenML JSON data formats. [...]
+LwM2M Clients supporting LwM2M TS 1.1 or newer SHOULD NOT use the legacy TLV or
+JSON formats." So no multi-value format is guaranteed for 1.1+ (OMA issue
+OMA_LwM2M_for_Developers#514); SenML CBOR is one of the two SHOULDs, the compact
+one, and Zephyr's default. A caller may retry with ``content_format=``/``accept=``
+after a 4.06/4.15.
+
+*Single-value* targets (a single-instance resource, a resource instance):
+
+- LwM2M 1.0: reads send **no Accept** (npm lwm2m-node-lib answers single
+  resources only in text and drops requests with an Accept it does not know);
+  writes use text/plain 0, or opaque 42 for Opaque values.
+- LwM2M 1.1+: Opaque resources use opaque 42 both ways (raw bytes, no base64,
+  mandatory per §7.4 above: the format of firmware and software packages);
+  other values use the preferred advertised format, else text/plain 0 (mandatory).
+
+Responses are decoded by the Content-Format they carry; an absent one means
+text/plain (Core 1.1 §7.4.1 / RFC 7252 §5.10.3 default).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Mapping, Sequence
+
+from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, ObjLnk, PathError, Value
+from ipso_objects.codecs import ContentFormat as CF
+from ipso_objects.codecs import TimestampedValues, link_format
+from ipso_objects import codecs
+from ipso_objects.codecs.link_format import Link, NotificationAttributes
+from ipso_objects.model import ResourceType
+from ipso_objects.nodes import (
+    MultiResource, Node, Object, ObjectInstance, Resource, ResourceInstance, check_node_path,
+)
+
+from .registration import Registration
+
+
+class OperationError(Exception):
+    """An operation that cannot be built, or a Send payload that must be refused.
+
+    ``code`` is the CoAP response to give a peer when the error concerns its
+    request (``4.00`` malformed, ``4.15`` unsupported Content-Format).
+    """
+
+    def __init__(self, reason: str, code: str = "4.00") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+class Operation(enum.Enum):
+    """The LwM2M operations the server sends to a device."""
+
+    READ = "READ"
+    WRITE_REPLACE = "WRITE_REPLACE"
+    WRITE_UPDATE = "WRITE_UPDATE"
+    EXECUTE = "EXECUTE"
+    CREATE = "CREATE"
+    DELETE = "DELETE"
+    DISCOVER = "DISCOVER"
+    WRITE_ATTRIBUTES = "WRITE_ATTRIBUTES"
+    OBSERVE = "OBSERVE"
+    CANCEL_OBSERVE = "CANCEL_OBSERVE"
+    READ_COMPOSITE = "READ_COMPOSITE"
+    OBSERVE_COMPOSITE = "OBSERVE_COMPOSITE"
+    CANCEL_OBSERVE_COMPOSITE = "CANCEL_OBSERVE_COMPOSITE"
+    WRITE_COMPOSITE = "WRITE_COMPOSITE"
+
+
+METHODS = ("GET", "PUT", "POST", "DELETE", "FETCH", "iPATCH")
+_READS = (Operation.READ, Operation.OBSERVE, Operation.CANCEL_OBSERVE)
+_COMPOSITE_READS = (
+    Operation.READ_COMPOSITE, Operation.OBSERVE_COMPOSITE, Operation.CANCEL_OBSERVE_COMPOSITE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """One CoAP request to a device, ready for the adapter to send."""
+
+    kind: Operation
+    """The LwM2M operation."""
+    method: str
+    """CoAP method: GET, PUT, POST, DELETE, FETCH or iPATCH."""
+    uri_path: tuple[str, ...]
+    """Uri-Path segments, the registration's root path first (``("lwm2m", "3", "0")``)."""
+    query: tuple[str, ...] = ()
+    """Uri-Query items (Write-Attributes)."""
+    content_format: int | None = None
+    """Content-Format of the payload; None when there is none."""
+    accept: int | None = None
+    """Accept option; None to send none."""
+    payload: bytes = b""
+    """Request body."""
+    observe: int | None = None
+    """Observe option: 0 register, 1 deregister, None absent."""
+    paths: tuple[LwM2MPath, ...] = ()
+    """The LwM2M paths concerned (one, or several for composite operations)."""
+
+    def __post_init__(self) -> None:
+        for name in ("content_format", "accept"):  # plain ints, not ContentFormat members
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+        if self.method not in METHODS:
+            raise OperationError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.observe not in (None, 0, 1):
+            raise OperationError(f"observe must be 0, 1 or None, got {self.observe!r}")
+
+    @property
+    def uri(self) -> str:
+        """``/lwm2m/3/0?pmin=10``, for logs and the CLI."""
+        text = "/" + "/".join(self.uri_path)
+        return text + ("?" + "&".join(self.query) if self.query else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (payload in base64) for persisting queued requests."""
+        return {"kind": self.kind.value, "method": self.method, "uri_path": list(self.uri_path),
+                "query": list(self.query), "content_format": self.content_format,
+                "accept": self.accept, "payload": base64.b64encode(self.payload).decode("ascii"),
+                "observe": self.observe, "paths": [str(path) for path in self.paths]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceRequest:
+        """The inverse of :meth:`to_dict`; OperationError names a malformed field."""
+        try:
+            kind = Operation(data["kind"])
+            payload = base64.b64decode(str(data.get("payload", "")).encode("ascii"), validate=True)
+            paths = tuple(LwM2MPath.parse(text) for text in data.get("paths", ()))
+            strings = {name: tuple(data.get(name, ())) for name in ("uri_path", "query")}
+            for name, items in strings.items():
+                if not all(isinstance(item, str) for item in items):
+                    raise OperationError(f"request {name} must be a list of strings")
+            options = {name: data.get(name) for name in ("content_format", "accept", "observe")}
+            for name, value in options.items():
+                if value is not None and type(value) is not int:
+                    raise OperationError(f"request {name} must be an integer or null, got {value!r}")
+            return cls(kind, str(data["method"]), strings["uri_path"], strings["query"],
+                       options["content_format"], options["accept"], payload,
+                       options["observe"], paths)
+        except KeyError as missing:
+            raise OperationError(f"request dict lacks {missing.args[0]!r}") from None
+        except ValueError as error:  # unknown kind, bad base64 (binascii.Error)
+            raise OperationError(f"malformed request dict: {error}") from None
+        except PathError as error:
+            raise OperationError(f"malformed request path: {error.reason}") from None
+
+
+# --- content format policy ------------------------------------------------------------------
+
+PREFERENCES: dict[str, tuple[int, ...]] = {
+    "1.0": (CF.TLV, CF.OMA_JSON),
+    "1.1": (CF.SENML_CBOR, CF.SENML_JSON, CF.TLV),
+    "1.2": (CF.LWM2M_CBOR, CF.SENML_CBOR, CF.SENML_JSON, CF.TLV),
+}
+"""Multi-value formats by preference for each enabler version."""
+_DEFAULT_MULTI = {"1.0": CF.TLV, "1.1": CF.SENML_CBOR, "1.2": CF.SENML_CBOR}
+_COMPOSITE_FORMATS = (CF.LWM2M_CBOR, CF.SENML_CBOR, CF.SENML_JSON)
+_PATH_LIST_FORMATS = (CF.SENML_CBOR, CF.SENML_JSON)
+SEND_FORMATS = (CF.SENML_JSON, CF.SENML_CBOR, CF.LWM2M_CBOR)
+"""Formats a Send (``/dp``) may carry."""
+
+
+def _version(reg: Registration) -> str:
+    """1.0, 1.1 or 1.2 (a newer minor version is treated as 1.2)."""
+    return reg.lwm2m_version if reg.lwm2m_version in ("1.0", "1.1") else "1.2"
+
+
+def _advertised(reg: Registration, ranked: Sequence[int]) -> int | None:
+    offered = set(reg.object_list.content_formats)
+    return next((fmt for fmt in ranked if fmt in offered), None)
+
+
+def multi_value_format(reg: Registration) -> int:
+    """The format for objects, instances and multi-instance resources of this device."""
+    version = _version(reg)
+    return _advertised(reg, PREFERENCES[version]) or _DEFAULT_MULTI[version]
+
+
+def _composite_format(reg: Registration, allowed: Sequence[int]) -> int:
+    ranked = [fmt for fmt in PREFERENCES[_version(reg)] if fmt in allowed]
+    return _advertised(reg, ranked) or CF.SENML_CBOR
+
+
+def _single_value(path: LwM2MPath, registry: ObjectRegistry, node: Node | None) -> bool | None:
+    """True for one value, False for several, None when neither path nor model tells."""
+    if len(path) == 4 or isinstance(node, (Resource, ResourceInstance)):
+        definition = registry.resource_def(path)
+        return not (definition is not None and definition.multiple and len(path) == 3)
+    if len(path) < 3 or node is not None:
+        return False
+    definition = registry.resource_def(path)
+    return None if definition is None else not definition.multiple
+
+
+def choose_format(
+    reg: Registration, kind: Operation, path: LwM2MPath, registry: ObjectRegistry,
+    *, node: Node | None = None,
+) -> tuple[int | None, int | None]:
+    """``(Content-Format of the request payload, Accept)`` for ``kind`` on ``path``.
+
+    ``node`` (the value of a Write or Create) refines the choice for resources
+    the model does not know. See the module docstring for the policy.
+    """
+    if kind in (Operation.DELETE, Operation.WRITE_ATTRIBUTES):
+        return None, None
+    if kind is Operation.DISCOVER:
+        return None, CF.LINK
+    if kind is Operation.EXECUTE:
+        return CF.TEXT, None
+    if kind in _COMPOSITE_READS:
+        return _composite_format(reg, _PATH_LIST_FORMATS), _composite_format(reg, _COMPOSITE_FORMATS)
+    if kind is Operation.WRITE_COMPOSITE:
+        return _composite_format(reg, _COMPOSITE_FORMATS), None
+    reading = kind in _READS
+    single = _single_value(path, registry, node)
+    if not single:
+        if single is None and reading and _version(reg) == "1.0":
+            return None, None  # unknown resource on a 1.0 device: let it answer its way
+        fmt = multi_value_format(reg)
+        return (None, fmt) if reading else (fmt, None)
+    rtype = registry.value_type(path)
+    opaque = rtype is ResourceType.OPAQUE or (
+        rtype is None and isinstance(node, (Resource, ResourceInstance))
+        and isinstance(node.value, (bytes, bytearray)))
+    if _version(reg) == "1.0":
+        return (None, None) if reading else (CF.OPAQUE if opaque else CF.TEXT, None)
+    fmt = CF.OPAQUE if opaque else (_advertised(reg, PREFERENCES[_version(reg)]) or CF.TEXT)
+    return (None, fmt) if reading else (fmt, None)
+
+
+# --- builders -----------------------------------------------------------------------------
+
+
+def _registry(registry: ObjectRegistry | None) -> ObjectRegistry:
+    """The caller's registry, else the shipped DDFs (loaded once)."""
+    return registry if registry is not None else _shipped_registry()
+
+
+_shipped_registry = lru_cache(maxsize=1)(ObjectRegistry.default)
+
+
+def _uri(reg: Registration, path: LwM2MPath) -> tuple[str, ...]:
+    root = tuple(part for part in reg.object_list.root_path.split("/") if part)
+    return root + tuple(str(i) for i in path.ids)
+
+
+def _check_path(reg: Registration, path: LwM2MPath, lengths: Sequence[int], operation: str) -> None:
+    if not isinstance(path, LwM2MPath):
+        raise OperationError(f"{operation}: {path!r} is not an LwM2MPath")
+    if len(path) not in lengths:
+        names = {0: "/", 1: "/o", 2: "/o/i", 3: "/o/i/r", 4: "/o/i/r/ri"}
+        allowed = ", ".join(names[n] for n in lengths)
+        raise OperationError(f"{operation} applies to {allowed}, not {path}")
+    if len(path) == 4 and _version(reg) == "1.0":
+        raise OperationError(
+            f"{operation} on resource instance {path} needs LwM2M 1.1+ (device {reg.endpoint} is 1.0)")
+
+
+def _check_composite(reg: Registration) -> None:
+    if _version(reg) == "1.0":
+        raise OperationError("composite operations need LwM2M 1.1+")
+
+
+def _encode(fmt: int, node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
+    try:
+        return codecs.encode(fmt, node, path, registry)
+    except IpsoError as error:
+        raise OperationError(f"cannot encode {path} as {format_name(fmt)}: {error.reason}") from None
+    except ImportError:
+        raise OperationError(f"{format_name(fmt)} is not available on this server") from None
+
+
+def read(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None,
+         accept: int | None = None) -> DeviceRequest:
+    """Read ``/o``, ``/o/i``, ``/o/i/r`` or ``/o/i/r/ri`` (GET); ``accept`` overrides the policy."""
+    return _get(reg, Operation.READ, path, None, _registry(registry), accept)
+
+
+def observe(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None,
+            accept: int | None = None) -> DeviceRequest:
+    """Observe (GET with Observe=0)."""
+    return _get(reg, Operation.OBSERVE, path, 0, _registry(registry), accept)
+
+
+def cancel_observe(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None,
+                   accept: int | None = None) -> DeviceRequest:
+    """Cancel-Observe actively (GET with Observe=1)."""
+    return _get(reg, Operation.CANCEL_OBSERVE, path, 1, _registry(registry), accept)
+
+
+def _get(reg: Registration, kind: Operation, path: LwM2MPath, observe_option: int | None,
+         registry: ObjectRegistry, accept: int | None) -> DeviceRequest:
+    _check_path(reg, path, (1, 2, 3, 4), kind.value.replace("_", "-").title())
+    chosen = choose_format(reg, kind, path, registry)[1] if accept is None else accept
+    return DeviceRequest(kind, "GET", _uri(reg, path), accept=chosen, observe=observe_option,
+                         paths=(path,))
+
+
+def write(reg: Registration, path: LwM2MPath, node: Node | Value, replace: bool = True, *,
+          registry: ObjectRegistry | None = None, content_format: int | None = None) -> DeviceRequest:
+    """Write: replace (PUT on /o/i, /o/i/r, /o/i/r/ri) or partial update (POST on /o/i,
+    or on a multi-instance /o/i/r for 1.1+). A bare value is wrapped as the
+    Resource or ResourceInstance ``path`` names."""
+    registry = _registry(registry)
+    kind = Operation.WRITE_REPLACE if replace else Operation.WRITE_UPDATE
+    if replace:
+        _check_path(reg, path, (2, 3, 4), "Write")
+    else:
+        _check_path(reg, path, (2, 3), "Write (partial update)")
+        definition = registry.resource_def(path)
+        if len(path) == 3 and (_version(reg) == "1.0" or (definition and not definition.multiple)):
+            raise OperationError(f"partial update of {path} needs a multi-instance resource "
+                                 "and LwM2M 1.1+; use replace")
+    node = _as_node(node, path)
+    try:
+        check_node_path(node, path)
+    except IpsoError as error:
+        raise OperationError(f"Write {path}: {error.reason}") from None
+    _check_writable(node, path, registry)
+    fmt = content_format if content_format is not None else (
+        choose_format(reg, kind, path, registry, node=node)[0])
+    assert fmt is not None
+    try:
+        payload = _encode(fmt, node, path, registry)
+    except OperationError as problem:
+        if content_format is not None or fmt not in (CF.TEXT, CF.OPAQUE):
+            raise
+        try:  # a value text cannot carry (a non-finite Float): the device's TLV/SenML
+            fmt, payload = multi_value_format(reg), _encode(multi_value_format(reg), node, path, registry)
+        except OperationError:
+            raise problem from None
+    return DeviceRequest(kind, "PUT" if replace else "POST", _uri(reg, path), content_format=fmt,
+                         payload=payload, paths=(path,))
+
+
+def _as_node(value: Node | Value, path: LwM2MPath) -> Node:
+    if isinstance(value, (Object, ObjectInstance, Resource, MultiResource, ResourceInstance)):
+        return value
+    if len(path) == 3:
+        return Resource(path.ids[2], value)
+    if len(path) == 4:
+        return ResourceInstance(path.ids[3], value)
+    raise OperationError(f"a bare value cannot be written to {path}; give a node")
+
+
+def _check_writable(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> None:
+    if isinstance(node, ObjectInstance):
+        resource_paths = [path.child(rid) for rid in node.resources]
+    elif isinstance(node, (Resource, MultiResource)):
+        resource_paths = [path]
+    elif isinstance(node, ResourceInstance):
+        resource_paths = [path.parent]
+    else:
+        return
+    for resource_path in resource_paths:
+        definition = registry.resource_def(resource_path)
+        if definition is not None and not definition.operations.writable:
+            raise OperationError(f"{resource_path} {definition.name} is not writable "
+                                 f"(operations {definition.operations.value or 'none'})")
+
+
+_ARGVAL = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "'", "\\"}
+
+
+def parse_execute_arguments(text: str) -> dict[int, str | None]:
+    """Check Execute arguments (Core 1.1 §5.4.5): ``0='v',1`` → ``{0: "v", 1: None}``.
+
+    Grammar: ``arglist = argument *("," argument)``, ``argument = DIGIT ["=" "'" *argval "'"]``,
+    ``argval = %x21 / %x23-26 / %x28-5B / %x5D-7E`` (printable, no space, ``"``, ``'``
+    or backslash). A digit given twice is refused too.
+    """
+    if not isinstance(text, str):
+        raise OperationError(f"Execute arguments must be a string, got {type(text).__name__}")
+
+    def expected(what: str, at: int) -> OperationError:
+        found = repr(text[at]) if at < len(text) else "the end"
+        return OperationError(f"Execute arguments {text!r}: expected {what} at offset {at}, found {found}")
+
+    arguments: dict[int, str | None] = {}
+    i = 0
+    while text:
+        if i >= len(text) or text[i] not in "0123456789":
+            raise expected("a digit 0-9", i)
+        digit, value = int(text[i]), None
+        i += 1
+        if i < len(text) and text[i] == "=":
+            if i + 1 >= len(text) or text[i + 1] != "'":
+                raise expected("a quote (') opening the value", i + 1)
+            end = text.find("'", i + 2)
+            if end < 0:
+                raise OperationError(f"Execute arguments {text!r}: the value at offset {i + 1} is never closed")
+            value = text[i + 2:end]
+            bad = next((k for k, char in enumerate(value) if char not in _ARGVAL), None)
+            if bad is not None:
+                raise OperationError(
+                    f"Execute arguments {text!r}: {value[bad]!r} at offset {i + 2 + bad} is not allowed "
+                    "in a value (printable ASCII without space, quotes or backslash)")
+            i = end + 1
+        if digit in arguments:
+            raise OperationError(f"Execute arguments {text!r}: argument {digit} given twice")
+        arguments[digit] = value
+        if i == len(text):
+            break
+        if text[i] != ",":
+            raise expected("',' between arguments", i)
+        i += 1
+    return arguments
+
+
+def execute(reg: Registration, path: LwM2MPath, arguments: str = "", *,
+            registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Execute a resource (POST on /o/i/r); ``arguments`` as the Core spec writes them."""
+    _check_path(reg, path, (3,), "Execute")
+    parse_execute_arguments(arguments)
+    definition = _registry(registry).resource_def(path)
+    if definition is not None and not definition.operations.executable:
+        raise OperationError(f"{path} {definition.name} is not executable "
+                             f"(operations {definition.operations.value or 'none'})")
+    payload = arguments.encode("ascii")
+    return DeviceRequest(Operation.EXECUTE, "POST", _uri(reg, path),
+                         content_format=CF.TEXT if payload else None, payload=payload, paths=(path,))
+
+
+def create(reg: Registration, object_path: LwM2MPath, instance_node: ObjectInstance, *,
+           registry: ObjectRegistry | None = None, content_format: int | None = None) -> DeviceRequest:
+    """Create an object instance (POST on /o); the payload names the instance id."""
+    registry = _registry(registry)
+    _check_path(reg, object_path, (1,), "Create")
+    if not isinstance(instance_node, ObjectInstance):
+        raise OperationError(f"Create needs an ObjectInstance, got {type(instance_node).__name__}")
+    node = Object(object_path.ids[0], {instance_node.id: instance_node})
+    fmt = content_format if content_format is not None else (
+        choose_format(reg, Operation.CREATE, object_path, registry, node=node)[0])
+    assert fmt is not None
+    return DeviceRequest(Operation.CREATE, "POST", _uri(reg, object_path), content_format=fmt,
+                         payload=_encode(fmt, node, object_path, registry), paths=(object_path,))
+
+
+def delete(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Delete an object instance (DELETE on /o/i)."""
+    _check_path(reg, path, (2,), "Delete")
+    return DeviceRequest(Operation.DELETE, "DELETE", _uri(reg, path), paths=(path,))
+
+
+def discover(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Discover attributes and children (GET with Accept: link format)."""
+    _check_path(reg, path, (1, 2, 3), "Discover")
+    return DeviceRequest(Operation.DISCOVER, "GET", _uri(reg, path), accept=CF.LINK, paths=(path,))
+
+
+_ATTRIBUTE_VERSIONS = {"epmin": "1.1", "epmax": "1.1", "edge": "1.2", "con": "1.2", "hqmax": "1.2"}
+_NUMERIC = (ResourceType.INTEGER, ResourceType.UNSIGNED_INTEGER, ResourceType.FLOAT)
+
+
+def write_attributes(reg: Registration, path: LwM2MPath, attrs: NotificationAttributes, *,
+                     registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Write-Attributes (PUT with the attributes as Uri-Query, no payload)."""
+    _check_path(reg, path, (1, 2, 3, 4), "Write-Attributes")
+    query = tuple(attrs.to_query())
+    if not query:
+        raise OperationError("Write-Attributes needs at least one attribute")
+    rtype = _registry(registry).value_type(path)
+    for name in (item.partition("=")[0] for item in query):
+        needed = _ATTRIBUTE_VERSIONS.get(name)
+        if needed and _version(reg) < needed:
+            raise OperationError(f"attribute {name} needs LwM2M {needed}+ "
+                                 f"(device {reg.endpoint} is {reg.lwm2m_version})")
+        if name in ("gt", "lt", "st", "edge") and len(path) < 3:
+            raise OperationError(f"attribute {name} applies to a resource, not {path}")
+        wanted = (ResourceType.BOOLEAN,) if name == "edge" else _NUMERIC
+        if name in ("gt", "lt", "st", "edge") and rtype is not None and rtype not in wanted:
+            raise OperationError(f"attribute {name} does not apply to {rtype.value} resource {path}")
+    return DeviceRequest(Operation.WRITE_ATTRIBUTES, "PUT", _uri(reg, path), query=query, paths=(path,))
+
+
+def read_composite(reg: Registration, paths: Sequence[LwM2MPath], *,
+                   registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Read-Composite (FETCH on the root path, payload = the list of paths)."""
+    return _fetch(reg, Operation.READ_COMPOSITE, paths, None, registry)
+
+
+def observe_composite(reg: Registration, paths: Sequence[LwM2MPath], *,
+                      registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Observe-Composite (FETCH with Observe=0)."""
+    return _fetch(reg, Operation.OBSERVE_COMPOSITE, paths, 0, registry)
+
+
+def cancel_observe_composite(reg: Registration, paths: Sequence[LwM2MPath], *,
+                             registry: ObjectRegistry | None = None) -> DeviceRequest:
+    """Cancel-Observe-Composite (FETCH with Observe=1 and the same paths)."""
+    return _fetch(reg, Operation.CANCEL_OBSERVE_COMPOSITE, paths, 1, registry)
+
+
+def _fetch(reg: Registration, kind: Operation, paths: Sequence[LwM2MPath],
+           observe_option: int | None, registry: ObjectRegistry | None) -> DeviceRequest:
+    _check_composite(reg)
+    paths = tuple(paths)
+    if not paths:
+        raise OperationError(f"{kind.value} needs at least one path")
+    for path in paths:
+        _check_path(reg, path, (1, 2, 3, 4), kind.value)
+    if len(set(paths)) != len(paths):
+        raise OperationError(f"{kind.value}: a path is listed twice")
+    fmt, accept = choose_format(reg, kind, LwM2MPath(), _registry(registry))
+    assert fmt is not None
+    try:
+        payload = codecs.encode_paths(fmt, paths)
+    except (IpsoError, ImportError) as error:
+        raise OperationError(f"cannot encode the path list as {format_name(fmt)}: {error}") from None
+    return DeviceRequest(kind, "FETCH", _uri(reg, LwM2MPath()), content_format=fmt, accept=accept,
+                         payload=payload, observe=observe_option, paths=paths)
+
+
+def write_composite(reg: Registration, values: Mapping[LwM2MPath, Value], *,
+                    registry: ObjectRegistry | None = None,
+                    content_format: int | None = None) -> DeviceRequest:
+    """Write-Composite (iPATCH on the root path) of resource and resource instance values."""
+    registry = _registry(registry)
+    _check_composite(reg)
+    if not values:
+        raise OperationError("Write-Composite needs at least one value")
+    for path in values:
+        _check_path(reg, path, (3, 4), "Write-Composite")
+        _check_writable(_as_node(values[path], path), path, registry)
+    fmt = content_format if content_format is not None else (
+        choose_format(reg, Operation.WRITE_COMPOSITE, LwM2MPath(), registry)[0])
+    assert fmt is not None
+    try:
+        payload = codecs.encode_composite(fmt, dict(values), registry)
+    except (IpsoError, ImportError) as error:
+        raise OperationError(f"cannot encode the values as {format_name(fmt)}: {error}") from None
+    return DeviceRequest(Operation.WRITE_COMPOSITE, "iPATCH", _uri(reg, LwM2MPath()),
+                         content_format=fmt, payload=payload, paths=tuple(values))
+
+
+# --- responses ------------------------------------------------------------------------------
+
+REASONS = {
+    "2.01": "Created", "2.02": "Deleted", "2.03": "Valid", "2.04": "Changed", "2.05": "Content",
+    "2.31": "Continue", "4.00": "Bad Request", "4.01": "Unauthorized", "4.02": "Bad Option",
+    "4.03": "Forbidden", "4.04": "Not Found", "4.05": "Method Not Allowed",
+    "4.06": "Not Acceptable", "4.08": "Request Entity Incomplete", "4.09": "Conflict",
+    "4.12": "Precondition Failed", "4.13": "Request Entity Too Large",
+    "4.15": "Unsupported Content-Format", "5.00": "Internal Server Error",
+    "5.01": "Not Implemented", "5.02": "Bad Gateway", "5.03": "Service Unavailable",
+    "5.04": "Gateway Timeout", "5.05": "Proxying Not Supported",
+}
+"""Reason phrases of RFC 7252 §12.1.2 (and RFC 7959 / RFC 8132 additions)."""
+_CODE = re.compile(r"[2-5]\.[0-9]{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a device answered, decoded."""
+
+    ok: bool
+    """True for a 2.xx whose payload (if any was expected) decoded."""
+    code: str
+    """CoAP response code, e.g. ``"2.05"``."""
+    content_format: int | None = None
+    """Content-Format of the response; None when absent."""
+    node: Node | None = None
+    """Read/Observe: the decoded node at the request path."""
+    values: Mapping[LwM2MPath, Value] = field(default_factory=dict)
+    """Composite reads: leaf values by path."""
+    links: tuple[Link, ...] = ()
+    """Discover: the links."""
+    diagnostic: str = ""
+    """Why ``ok`` is False: the error payload's text (or the code's reason phrase),
+    or what could not be decoded."""
+    location: LwM2MPath | None = None
+    """Create: the new instance, from Location-Path, when the device gave one."""
+    payload: bytes = b""
+    """The raw response payload, kept so a stored result can be decoded again."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary for the queue store; :func:`result_from_dict` re-decodes it."""
+        return {"ok": self.ok, "code": self.code, "content_format": self.content_format,
+                "diagnostic": self.diagnostic,
+                "location": str(self.location) if self.location is not None else None,
+                "payload": base64.b64encode(self.payload).decode("ascii")}
+
+
+def result_from_dict(request: DeviceRequest, data: Mapping[str, Any], registry: ObjectRegistry) -> Result:
+    """Decode a stored :meth:`Result.to_dict` again (node, values, links included)."""
+    try:
+        payload = base64.b64decode(str(data.get("payload", "")).encode("ascii"), validate=True)
+        location = data.get("location")
+        parts = tuple(location.strip("/").split("/")) if location else ()
+        return decode_response(request, str(data["code"]), data.get("content_format"), payload,
+                               registry, location_path=parts)
+    except KeyError as missing:
+        raise OperationError(f"result dict lacks {missing.args[0]!r}") from None
+    except (ValueError, binascii.Error) as error:
+        raise OperationError(f"malformed result dict: {error}") from None
+
+
+def format_name(content_format: int | None) -> str:
+    """``SENML_CBOR (112)``; ``no Content-Format (text/plain)`` for None."""
+    if content_format is None:
+        return "no Content-Format (text/plain)"
+    try:
+        return f"{CF(content_format).name} ({content_format})"
+    except ValueError:
+        return f"content format {content_format}"
+
+
+def decode_response(request: DeviceRequest, code: str, content_format: int | None, payload: bytes,
+                    registry: ObjectRegistry, *, location_path: Sequence[str] = ()) -> Result:
+    """Decode a device's response to ``request``; never raises a codec error.
+
+    Any 2.xx counts as success. Error codes give ``ok=False`` with the payload
+    text as ``diagnostic``; a payload that does not decode gives ``ok=False``
+    with a diagnostic naming the format, the path and the problem.
+    ``location_path`` is the Location-Path of a Create response.
+    """
+    if not isinstance(code, str) or not _CODE.fullmatch(code):
+        raise OperationError(f"{code!r} is not a CoAP response code such as '2.05'")
+    payload = bytes(payload)
+    base = dict(code=code, content_format=content_format, payload=payload)
+    if not code.startswith("2."):
+        text = payload.decode("utf-8", "replace").strip()
+        return Result(False, diagnostic=text or REASONS.get(code, "error"), **base)
+    try:
+        return _decode_success(request, content_format, payload, registry, location_path, base)
+    except (IpsoError, ImportError) as error:
+        what = ", ".join(str(path) for path in request.paths) or "/"
+        reason = error.reason if isinstance(error, IpsoError) else "codec not available"
+        return Result(False, diagnostic=f"{format_name(content_format)} payload for {what} "
+                                        f"could not be decoded: {reason}", **base)
+
+
+def _decode_success(request: DeviceRequest, content_format: int | None, payload: bytes,
+                    registry: ObjectRegistry, location_path: Sequence[str], base: dict) -> Result:
+    kind = request.kind
+    if kind in _READS:
+        fmt = CF.TEXT if content_format is None else content_format
+        return Result(True, node=codecs.decode(fmt, payload, request.paths[0], registry), **base)
+    if kind is Operation.DISCOVER:
+        if content_format not in (None, CF.LINK):
+            raise IpsoError("a Discover response must be link format (40)")
+        return Result(True, links=tuple(link_format.decode(payload)), **base)
+    if kind in _COMPOSITE_READS:
+        fmt = CF.TEXT if content_format is None else content_format
+        return Result(True, values=codecs.decode_composite(fmt, payload, registry), **base)
+    location = None
+    if kind is Operation.CREATE and location_path:
+        ids = [part for part in location_path if part.isascii() and part.isdigit()]
+        try:
+            location = LwM2MPath(tuple(int(part) for part in ids[-2:])) if len(ids) >= 2 else None
+        except PathError:
+            location = None
+    return Result(True, location=location, **base)
+
+
+# --- Send (/dp) -----------------------------------------------------------------------------
+
+
+def parse_send(payload: bytes, content_format: int | None,
+               registry: ObjectRegistry) -> list[TimestampedValues]:
+    """The values of a Send (POST /dp): SenML JSON/CBOR (timestamped) or LwM2M CBOR.
+
+    Raises :class:`OperationError` with ``code`` 4.15 for another format, 4.00 for
+    a payload that does not decode or carries no value.
+    """
+    if content_format not in SEND_FORMATS:
+        raise OperationError(f"Send carries {format_name(content_format)}; expected SenML JSON "
+                             "(110), SenML CBOR (112) or LwM2M CBOR (11544)", code="4.15")
+    try:
+        if content_format == CF.LWM2M_CBOR:  # no timestamps in LwM2M CBOR: all values are "now"
+            entries = [TimestampedValues(None, codecs.decode_composite(content_format, payload, registry))]
+        else:
+            entries = codecs.decode_timestamped(content_format, payload, LwM2MPath(), registry)
+    except IpsoError as error:
+        raise OperationError(f"Send payload ({format_name(content_format)}): {error.reason}") from None
+    except ImportError:
+        raise OperationError(f"{format_name(content_format)} is not available", code="4.15") from None
+    if not any(entry.values for entry in entries):
+        raise OperationError("Send payload carries no value")
+    return entries
+
+
+# --- human-readable lines -------------------------------------------------------------------
+
+_HEX_SHOWN = 32
+
+
+def format_value(value: Value) -> str:
+    """A value for people: strings quoted, opaque as hex with length, time ISO 8601 UTC."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (bytes, bytearray)):
+        shown = bytes(value[:_HEX_SHOWN]).hex()
+        more = "…" if len(value) > _HEX_SHOWN else ""
+        return f"{shown}{more} ({len(value)} bytes)" if value else "(0 bytes)"
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, ObjLnk):
+        return str(value)
+    return str(value)
+
+
+def _label(path: LwM2MPath, registry: ObjectRegistry) -> str:
+    """``/3/0/6/0 Available Power Sources[0]``; the path alone when the model lacks it."""
+    definition = registry.resource_def(path)
+    if definition is None:
+        return str(path)
+    if len(path) == 4:
+        return f"{path} {definition.name}[{path.ids[3]}]"
+    return f"{path} {definition.name}"
+
+
+def describe(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> str:
+    """``/3/0/0 Manufacturer = "Acme"``."""
+    return f"{_label(path, registry)} = {format_value(value)}"
+
+
+def flat_lines(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> list[str]:
+    """One :func:`describe` line per value under ``node``, in id order; empty
+    containers get a line of their own so that nothing read is invisible."""
+    try:
+        check_node_path(node, path)
+    except IpsoError as error:
+        raise OperationError(error.reason) from None
+    lines: list[str] = []
+    _lines(node, path, registry, lines)
+    return lines
+
+
+def _lines(node: Node, path: LwM2MPath, registry: ObjectRegistry, lines: list[str]) -> None:
+    if isinstance(node, (Resource, ResourceInstance)):
+        lines.append(describe(path, node.value, registry))
+    elif isinstance(node, MultiResource):
+        if not node.instances:
+            lines.append(f"{_label(path, registry)} = (no instances)")
+        for ri in sorted(node.instances):
+            lines.append(describe(path.child(ri), node.instances[ri], registry))
+    elif isinstance(node, ObjectInstance):
+        if not node.resources:
+            lines.append(f"{path} (no resources)")
+        for rid in sorted(node.resources):
+            _lines(node.resources[rid], path.child(rid), registry, lines)
+    elif isinstance(node, Object):
+        if not node.instances:
+            lines.append(f"{path} (no instances)")
+        for iid in sorted(node.instances):
+            _lines(node.instances[iid], path.child(iid), registry, lines)
+

@@ -1,0 +1,483 @@
+"""The LwM2M server: wires the registration book, the store, queue mode,
+observations and the CoAP adapter together.
+
+Everything protocol-specific is decided in the sans-I/O modules
+(:mod:`.registration`, :mod:`.operations`, :mod:`.queue_mode`); this module
+sequences them, persists what they return and publishes events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import structlog
+
+from ipso_objects import LwM2MPath, ObjectRegistry
+from ipso_objects.codecs import TimestampedValues
+
+from . import operations
+from .coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from .config import ServerConfig
+from .events import EventHub
+from .operations import DeviceRequest, Operation, OperationError, Result
+from .queue_mode import QueueModePolicy
+from .registration import (
+    Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
+)
+from .store.base import (
+    DELIVERED, EXPIRED, FAILED, PENDING, ObservationRecord, QueueEntry, Store, StoreError,
+)
+
+
+UNREACHABLE = "unreachable"
+"""Result code when no CoAP response came at all."""
+
+
+class DeviceNotRegistered(Exception):
+    """No live registration for the endpoint."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(f"endpoint {endpoint!r} is not registered")
+        self.endpoint = endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A request held for a sleeping device; follow it with :meth:`LwM2MServer.queue_entry`."""
+
+    entry_id: str
+    """Queue entry id."""
+    endpoint: str
+    """The device it waits for."""
+    expires_at: float
+    """Unix time after which it is given up."""
+
+
+@dataclass(slots=True)
+class _LiveObservation:
+    record: ObservationRecord
+    request: DeviceRequest
+    cancel: Callable[[], None] = lambda: None
+    task: asyncio.Task | None = None
+    last: Result | None = None
+
+
+@dataclass(slots=True)
+class _Device:
+    """In-memory facts about a registered device that need no persistence."""
+
+    last_seen: float = 0.0
+    delivering: asyncio.Task | None = None
+    observations: dict[bytes, _LiveObservation] = field(default_factory=dict)
+
+
+class LwM2MServer:
+    """The running server. ``await start()``, use, ``await stop()``."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: ObjectRegistry,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.store = store
+        self.events = EventHub()
+        self._clock = clock
+        self._book = RegistrationBook()
+        self._devices: dict[str, _Device] = {}
+        self._queue_policy = QueueModePolicy(config.queue.awake_window_s)
+        self._log = structlog.get_logger("lwm2m_server")
+        self._adapter = CoapAdapter(
+            self._handle,
+            host=config.coap.host,
+            port=config.coap.port,
+            receive_buffer_bytes=config.coap.receive_buffer_bytes,
+            max_in_flight=config.coap.max_in_flight,
+            block_size=config.coap.block_size,
+        )
+        self._tasks: set[asyncio.Task] = set()
+        self._unrestored: dict[str, list[ObservationRecord]] = {}
+        self._expiry_task: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        now = self._clock()
+        for registration in await self.store.load_registrations():
+            self._book.restore(registration)
+            self._device(registration.endpoint).last_seen = registration.updated_at
+        await self._adapter.start()
+        self._expiry_task = asyncio.create_task(self._expire_loop())
+        restored = await self.store.load_observations()
+        for record in restored:
+            self._spawn(self._restore_observation(record))
+        self._log.info(
+            "server_started", port=self.port, registrations=len(self._book),
+            observations=len(restored), at=now,
+        )
+
+    async def stop(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+        for device in self._devices.values():
+            for live in device.observations.values():
+                live.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._adapter.stop()
+        self._log.info("server_stopped")
+
+    @property
+    def port(self) -> int:
+        return self._adapter.port
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _device(self, endpoint: str) -> _Device:
+        device = self._devices.get(endpoint)
+        if device is None:
+            device = self._devices[endpoint] = _Device()
+        return device
+
+    # -- registrations (read side) ------------------------------------------------
+
+    def registrations(self) -> list[Registration]:
+        return list(self._book)
+
+    def registration(self, endpoint: str) -> Registration | None:
+        return self._book.by_endpoint(endpoint)
+
+    def _require(self, endpoint: str) -> Registration:
+        registration = self._book.by_endpoint(endpoint)
+        if registration is None:
+            raise DeviceNotRegistered(endpoint)
+        return registration
+
+    # -- incoming requests -----------------------------------------------------------
+
+    async def _handle(self, request: IncomingRequest) -> OutgoingResponse:
+        try:
+            return await self._route(request)
+        except RegistrationError as error:
+            self._log.info("request_refused", path="/".join(request.uri_path), code=error.code,
+                           reason=error.reason, address=request.address)
+            return OutgoingResponse(error.code, error.reason.encode())
+        except StoreError as error:
+            self._log.error("store_failed", error=str(error))
+            return OutgoingResponse("5.00", b"server storage unavailable")
+        except Exception:  # one bad request must not take the server down
+            self._log.exception("request_failed", path="/".join(request.uri_path))
+            return OutgoingResponse("5.00", b"internal server error")
+
+    async def _route(self, request: IncomingRequest) -> OutgoingResponse:
+        path, method = request.uri_path, request.method
+        if path == ("rd",) and method == "POST":
+            return await self._register(request)
+        if len(path) == 2 and path[0] == "rd":
+            if method == "POST":
+                return await self._update(path[1], request)
+            if method == "DELETE":
+                return await self._deregister(path[1])
+        if path == ("dp",) and method in ("POST", "iPATCH"):
+            return await self._send_operation(request)
+        if path and path[0] in ("rd", "dp"):
+            return OutgoingResponse("4.05", f"{method} not allowed on /{'/'.join(path)}".encode())
+        return OutgoingResponse("4.04", b"no such resource")
+
+    async def _register(self, request: IncomingRequest) -> OutgoingResponse:
+        params = parse_register(request.query, request.payload, request.content_format)
+        self._check_lifetime(params.lifetime)
+        now = self._clock()
+        registration, previous = self._book.register(params, request.address, now)
+        await self.store.save_registration(registration)
+        if previous is not None:
+            self._drop_observations(previous.endpoint)
+        self._device(registration.endpoint).last_seen = now
+        self._log.info(
+            "registered", ep=registration.endpoint, id=registration.id, lt=registration.lifetime,
+            lwm2m=registration.lwm2m_version, b=registration.binding, queue=registration.queue_mode,
+            address=registration.address, replaced=previous is not None,
+        )
+        self.events.publish("registered", endpoint=registration.endpoint, registration=registration)
+        self._after_contact(registration)
+        return OutgoingResponse("2.01", location_path=("rd", registration.id))
+
+    async def _update(self, registration_id: str, request: IncomingRequest) -> OutgoingResponse:
+        params = parse_update(request.query, request.payload, request.content_format)
+        if params.lifetime is not None:
+            self._check_lifetime(params.lifetime)
+        now = self._clock()
+        registration = self._book.update(registration_id, params, request.address, now)
+        await self.store.save_registration(registration)
+        self._device(registration.endpoint).last_seen = now
+        self._log.info("updated", ep=registration.endpoint, lt=registration.lifetime,
+                       address=registration.address)
+        self.events.publish("updated", endpoint=registration.endpoint, registration=registration)
+        self._after_contact(registration)
+        return OutgoingResponse("2.04")
+
+    def _check_lifetime(self, lifetime: int) -> None:
+        low, high = self.config.registration.min_lifetime_s, self.config.registration.max_lifetime_s
+        if not low <= lifetime <= high:
+            raise RegistrationError("4.00", f"lt={lifetime} outside this server's range {low}..{high}")
+
+    async def _deregister(self, registration_id: str) -> OutgoingResponse:
+        registration = self._book.deregister(registration_id)
+        await self.store.delete_registration(registration.id)
+        self._drop_observations(registration.endpoint)
+        self._log.info("deregistered", ep=registration.endpoint)
+        self.events.publish("deregistered", endpoint=registration.endpoint, registration=registration)
+        return OutgoingResponse("2.02")
+
+    async def _send_operation(self, request: IncomingRequest) -> OutgoingResponse:
+        registration = self._book.by_address(request.address)
+        if registration is None:
+            return OutgoingResponse("4.03", b"Send from an address without registration")
+        try:
+            entries = operations.parse_send(request.payload, request.content_format, self.registry)
+        except OperationError as error:
+            return OutgoingResponse(error.code, error.reason.encode())
+        self._device(registration.endpoint).last_seen = self._clock()
+        self.events.publish("send", endpoint=registration.endpoint, entries=entries)
+        self._log.info("send_received", ep=registration.endpoint, records=sum(len(e.values) for e in entries))
+        return OutgoingResponse("2.04")
+
+    def _after_contact(self, registration: Registration) -> None:
+        """A device spoke: deliver what waits for it and restore lost observations."""
+        device = self._device(registration.endpoint)
+        if registration.queue_mode and (device.delivering is None or device.delivering.done()):
+            device.delivering = self._spawn(self._deliver_queue(registration.endpoint))
+        for record in self._unrestored.pop(registration.endpoint, []):
+            self._spawn(self._restore_observation(record))
+
+    # -- expiry --------------------------------------------------------------------
+
+    async def _expire_loop(self) -> None:
+        interval = self.config.registration.expiry_check_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.expire_now()
+            except StoreError as error:
+                self._log.error("store_failed", error=str(error))
+
+    async def expire_now(self) -> list[Registration]:
+        """Drop registrations whose lifetime ran out and queue entries that expired."""
+        now = self._clock()
+        expired = self._book.expire(now - self.config.registration.grace_s)
+        for registration in expired:
+            await self.store.delete_registration(registration.id)
+            self._drop_observations(registration.endpoint)
+            self._log.info("registration_expired", ep=registration.endpoint)
+            self.events.publish("expired", endpoint=registration.endpoint, registration=registration)
+        for entry in await self.store.expire_entries(now):
+            self.events.publish("queue", endpoint=entry.endpoint, entry=entry)
+        return expired
+
+    # -- device operations -------------------------------------------------------------
+
+    async def perform(
+        self, endpoint: str, build: Callable[[Registration], DeviceRequest], *, queue: bool = True
+    ) -> Result | Queued:
+        """Build a request for ``endpoint``'s registration and send it, or queue it
+        when the device sleeps. Raises :class:`DeviceNotRegistered`,
+        :class:`OperationError`, :class:`QueueFullError`."""
+        registration = self._require(endpoint)
+        request = build(registration)
+        if registration.queue_mode and queue and not self._awake(registration):
+            return await self._enqueue(registration, request)
+        return await self._exchange(registration, request)
+
+    def _awake(self, registration: Registration) -> bool:
+        last_seen = self._device(registration.endpoint).last_seen
+        return self._queue_policy.is_awake(registration, last_seen, self._clock())
+
+    async def _exchange(self, registration: Registration, request: DeviceRequest) -> Result:
+        try:
+            response = await self._adapter.request(
+                registration.address, request, timeout=self.config.coap.request_timeout_s
+            )
+        except DeviceUnreachable as error:
+            self._log.info("device_unreachable", ep=registration.endpoint, reason=error.reason)
+            return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
+        self._device(registration.endpoint).last_seen = self._clock()
+        return operations.decode_response(
+            request, response.code, response.content_format, response.payload, self.registry,
+            location_path=response.location_path,
+        )
+
+    async def _enqueue(self, registration: Registration, request: DeviceRequest) -> Queued:
+        now = self._clock()
+        entry = QueueEntry(
+            id=secrets.token_hex(8),
+            endpoint=registration.endpoint,
+            created_at=now,
+            expires_at=now + self.config.queue.default_expiry_s,
+            state=PENDING,
+            request=request.to_dict(),
+        )
+        await self.store.enqueue(entry, self.config.queue.max_pending_per_device)
+        self._log.info("request_queued", ep=registration.endpoint, id=entry.id, op=request.kind.name)
+        self.events.publish("queue", endpoint=entry.endpoint, entry=entry)
+        return Queued(entry.id, entry.endpoint, entry.expires_at)
+
+    async def _deliver_queue(self, endpoint: str) -> None:
+        for entry in await self.store.pending(endpoint):
+            registration = self._book.by_endpoint(endpoint)
+            if registration is None:
+                return
+            if entry.expires_at < self._clock():
+                finished = await self.store.set_state(entry.id, EXPIRED)
+            else:
+                request = DeviceRequest.from_dict(entry.request)
+                result = await self._exchange(registration, request)
+                state = FAILED if result.code == UNREACHABLE else DELIVERED
+                finished = await self.store.set_state(entry.id, state, result.to_dict())
+                self._log.info("queued_request_delivered", ep=endpoint, id=entry.id, code=result.code)
+            self.events.publish("queue", endpoint=endpoint, entry=finished)
+
+    async def queue_entry(self, entry_id: str) -> QueueEntry | None:
+        return await self.store.get_entry(entry_id)
+
+    async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None:
+        """Wait until a queued request has finished (or ``timeout`` passed)."""
+        with self.events.subscribe() as events:
+            entry = await self.store.get_entry(entry_id)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while entry is not None and not entry.finished:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(events.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if event.kind == "queue" and event.data["entry"].id == entry_id:
+                    entry = event.data["entry"]
+            return entry
+
+    # -- observations -------------------------------------------------------------------
+
+    async def observe(self, endpoint: str, paths: list[LwM2MPath]) -> Result:
+        """Start observing ``paths`` (Observe for one path, Observe-Composite for several)."""
+        registration = self._require(endpoint)
+        if len(paths) == 1:
+            request = operations.observe(registration, paths[0], registry=self.registry)
+        else:
+            request = operations.observe_composite(registration, paths, registry=self.registry)
+        return await self._start_observation(registration, request)
+
+    async def _start_observation(self, registration: Registration, request: DeviceRequest) -> Result:
+        try:
+            first, stream, cancel = await self._adapter.observe(
+                registration.address, request, timeout=self.config.coap.request_timeout_s
+            )
+        except DeviceUnreachable as error:
+            return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
+        result = operations.decode_response(
+            request, first.code, first.content_format, first.payload, self.registry
+        )
+        if stream is None:
+            return result
+        record = ObservationRecord(
+            token=secrets.token_bytes(8),  # our handle; aiocoap keeps the wire token
+            endpoint=registration.endpoint,
+            registration_id=registration.id,
+            paths=request.paths,
+            content_format=request.accept,
+            created_at=self._clock(),
+        )
+        await self.store.save_observation(record)
+        live = _LiveObservation(record, request, cancel, last=result)
+        live.task = self._spawn(self._follow(live, stream))
+        self._device(registration.endpoint).observations[record.token] = live
+        self._log.info("observing", ep=registration.endpoint, paths=[str(p) for p in request.paths])
+        self.events.publish("notification", endpoint=registration.endpoint, paths=request.paths, result=result)
+        return result
+
+    async def _follow(self, live: _LiveObservation, stream) -> None:
+        endpoint = live.record.endpoint
+        async for notification in stream:
+            result = operations.decode_response(
+                live.request, notification.code, notification.content_format,
+                notification.payload, self.registry,
+            )
+            live.last = result
+            self._device(endpoint).last_seen = self._clock()
+            self.events.publish("notification", endpoint=endpoint, paths=live.request.paths, result=result)
+            if not notification.ok:
+                break
+        self._forget_observation(live)
+
+    def _forget_observation(self, live: _LiveObservation) -> None:
+        device = self._devices.get(live.record.endpoint)
+        if device is not None:
+            device.observations.pop(live.record.token, None)
+        self._spawn(self._delete_observation(live.record.token))
+
+    async def _delete_observation(self, token: bytes) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.delete_observation(token)
+
+    async def cancel_observation(self, endpoint: str, paths: list[LwM2MPath]) -> bool:
+        """Stop observing ``paths``: passive cancel (RST on the next notification)."""
+        device = self._devices.get(endpoint)
+        if device is None:
+            return False
+        wanted = tuple(paths)
+        for live in list(device.observations.values()):
+            if live.record.paths == wanted:
+                live.cancel()
+                if live.task is not None:
+                    live.task.cancel()
+                device.observations.pop(live.record.token, None)
+                await self._delete_observation(live.record.token)
+                self._log.info("observation_cancelled", ep=endpoint, paths=[str(p) for p in wanted])
+                return True
+        return False
+
+    def observations(self, endpoint: str | None = None) -> list[ObservationRecord]:
+        devices = [self._devices.get(endpoint)] if endpoint else list(self._devices.values())
+        return [live.record for device in devices if device for live in device.observations.values()]
+
+    def _drop_observations(self, endpoint: str) -> None:
+        device = self._devices.get(endpoint)
+        if device is None:
+            return
+        for live in device.observations.values():
+            live.cancel()
+            if live.task is not None:
+                live.task.cancel()
+        device.observations.clear()
+
+    async def _restore_observation(self, record: ObservationRecord) -> None:
+        """Re-establish an observation persisted before a restart.
+
+        aiocoap cannot adopt the old token, so the server observes anew; the
+        device's old observation ends with an RST on its next notification.
+        """
+        await self._delete_observation(record.token)
+        registration = self._book.by_endpoint(record.endpoint)
+        if registration is None or registration.id != record.registration_id:
+            return
+        if registration.queue_mode and not self._awake(registration):
+            await self.store.save_observation(record)
+            self._unrestored.setdefault(record.endpoint, []).append(record)  # on its next Update
+            return
+        result = await self.observe(record.endpoint, list(record.paths))
+        self._log.info("observation_restored", ep=record.endpoint, ok=result.ok, code=result.code)
+
