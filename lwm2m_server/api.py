@@ -23,7 +23,7 @@ from ipso_objects.codecs.link_format import NotificationAttributes, encode as en
 from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
-from . import operations
+from . import display, operations
 from .operations import OperationError, Result
 from .registration import Registration
 from .server import DeviceNotRegistered, LwM2MServer, Queued
@@ -85,7 +85,7 @@ def result_json(result: Result, server: LwM2MServer, path: LwM2MPath | None = No
                 "path": str(leaf),
                 "name": _name(leaf, server),
                 "value": json_value(value),
-                "line": operations.describe(leaf, value, server.registry),
+                "line": display.describe(leaf, value, server.registry),
             }
             for leaf, value in leaves.items()
         ]
@@ -338,7 +338,7 @@ class ManagementApi:
         if "entries" in data:
             body["values"] = [
                 {"time": entry.time, "path": str(path), "value": json_value(value),
-                 "line": operations.describe(path, value, self.server.registry)}
+                 "line": display.describe(path, value, self.server.registry)}
                 for entry in data["entries"] for path, value in entry.values.items()
             ]
         return body

@@ -49,14 +49,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, ObjLnk, PathError, Value
+from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, PathError, Value
 from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import TimestampedValues, link_format
 from ipso_objects import codecs
@@ -713,75 +711,3 @@ def parse_send(payload: bytes, content_format: int | None,
     if not any(entry.values for entry in entries):
         raise OperationError("Send payload carries no value")
     return entries
-
-
-# --- human-readable lines -------------------------------------------------------------------
-
-_HEX_SHOWN = 32
-
-
-def format_value(value: Value) -> str:
-    """A value for people: strings quoted, opaque as hex with length, time ISO 8601 UTC."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (bytes, bytearray)):
-        shown = bytes(value[:_HEX_SHOWN]).hex()
-        more = "…" if len(value) > _HEX_SHOWN else ""
-        return f"{shown}{more} ({len(value)} bytes)" if value else "(0 bytes)"
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, ObjLnk):
-        return str(value)
-    return str(value)
-
-
-def _label(path: LwM2MPath, registry: ObjectRegistry) -> str:
-    """``/3/0/6/0 Available Power Sources[0]``; the path alone when the model lacks it."""
-    definition = registry.resource_def(path)
-    if definition is None:
-        return str(path)
-    if len(path) == 4:
-        return f"{path} {definition.name}[{path.ids[3]}]"
-    return f"{path} {definition.name}"
-
-
-def describe(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> str:
-    """``/3/0/0 Manufacturer = "Acme"``."""
-    return f"{_label(path, registry)} = {format_value(value)}"
-
-
-def flat_lines(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> list[str]:
-    """One :func:`describe` line per value under ``node``, in id order; empty
-    containers get a line of their own so that nothing read is invisible."""
-    try:
-        check_node_path(node, path)
-    except IpsoError as error:
-        raise OperationError(error.reason) from None
-    lines: list[str] = []
-    _lines(node, path, registry, lines)
-    return lines
-
-
-def _lines(node: Node, path: LwM2MPath, registry: ObjectRegistry, lines: list[str]) -> None:
-    if isinstance(node, (Resource, ResourceInstance)):
-        lines.append(describe(path, node.value, registry))
-    elif isinstance(node, MultiResource):
-        if not node.instances:
-            lines.append(f"{_label(path, registry)} = (no instances)")
-        for ri in sorted(node.instances):
-            lines.append(describe(path.child(ri), node.instances[ri], registry))
-    elif isinstance(node, ObjectInstance):
-        if not node.resources:
-            lines.append(f"{path} (no resources)")
-        for rid in sorted(node.resources):
-            _lines(node.resources[rid], path.child(rid), registry, lines)
-    elif isinstance(node, Object):
-        if not node.instances:
-            lines.append(f"{path} (no instances)")
-        for iid in sorted(node.instances):
-            _lines(node.instances[iid], path.child(iid), registry, lines)
-

@@ -13,18 +13,17 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import structlog
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from ipso_objects.codecs import TimestampedValues
 
 from . import operations
 from .coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
 from .config import ServerConfig
 from .events import EventHub
-from .operations import DeviceRequest, Operation, OperationError, Result
+from .operations import DeviceRequest, OperationError, Result
 from .queue_mode import QueueModePolicy
 from .registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,

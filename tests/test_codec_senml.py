@@ -29,7 +29,6 @@ from ipso_objects import (
     ObjectRegistry,
     ObjLnk,
     Resource,
-    ResourceInstance,
 )
 from ipso_objects.codecs import ContentFormat, TimestampedValues, codec_module
 from ipso_objects.codecs import senml, senml_cbor, senml_json

@@ -15,7 +15,7 @@ from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import TimestampedValues
 from ipso_objects.codecs.link_format import UNSET, NotificationAttributes
 from ipso_objects.nodes import MultiResource, Object, ObjectInstance, Resource, ResourceInstance
-from lwm2m_server import operations as ops
+from lwm2m_server import display, operations as ops
 from lwm2m_server.operations import DeviceRequest, Operation, OperationError, Result
 from lwm2m_server.registration import ObjectList, Registration
 
@@ -511,9 +511,9 @@ def test_result_dict_decodes_again(registry):
 # --- describe / flat_lines -----------------------------------------------------------------
 
 def test_describe_device_values(registry):
-    assert ops.describe(P("/3/0/0"), "Acme", registry) == '/3/0/0 Manufacturer = "Acme"'
-    assert ops.describe(P("/3/0/6/0"), 1, registry) == "/3/0/6/0 Available Power Sources[0] = 1"
-    assert ops.describe(P("/4242/0/1"), 'say "hi"', registry) == r'/4242/0/1 = "say \"hi\""'
+    assert display.describe(P("/3/0/0"), "Acme", registry) == '/3/0/0 Manufacturer = "Acme"'
+    assert display.describe(P("/3/0/6/0"), 1, registry) == "/3/0/6/0 Available Power Sources[0] = 1"
+    assert display.describe(P("/4242/0/1"), 'say "hi"', registry) == r'/4242/0/1 = "say \"hi\""'
 
 
 def test_flat_lines_of_a_device_instance(registry):
@@ -525,7 +525,7 @@ def test_flat_lines_of_a_device_instance(registry):
         11: MultiResource(11, {}),
         13: Resource(13, datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)),
     })
-    assert ops.flat_lines(device_instance, P("/3/0"), registry) == [
+    assert display.flat_lines(device_instance, P("/3/0"), registry) == [
         '/3/0/0 Manufacturer = "Acme"',
         '/3/0/1 Model Number = "X-1"',
         "/3/0/6/0 Available Power Sources[0] = 1",
@@ -541,7 +541,7 @@ def test_flat_lines_value_forms(registry):
         3: Resource(3, 0.1), 4: Resource(4, True), 5: Resource(5, b"\x00\xab"),
         7: Resource(7, ObjLnk(3, 0)), 14: MultiResource(14, {0: bytes(40)}),
     })
-    lines = ops.flat_lines(Object(ALL, {0: instance}), P(f"/{ALL}"), registry)
+    lines = display.flat_lines(Object(ALL, {0: instance}), P(f"/{ALL}"), registry)
     assert lines == [
         f"/{ALL}/0/3 Float Single = 0.1",
         f"/{ALL}/0/4 Boolean Single = true",
@@ -549,11 +549,11 @@ def test_flat_lines_value_forms(registry):
         f"/{ALL}/0/7 Objlnk Single = 3:0",
         f"/{ALL}/0/14/0 Opaque Multiple[0] = {'00' * 32}… (40 bytes)",
     ]
-    assert ops.flat_lines(Object(3303, {}), P("/3303"), registry) == ["/3303 (no instances)"]
-    assert ops.flat_lines(ResourceInstance(2, b""), P(f"/{ALL}/0/14/2"), registry) == [
+    assert display.flat_lines(Object(3303, {}), P("/3303"), registry) == ["/3303 (no instances)"]
+    assert display.flat_lines(ResourceInstance(2, b""), P(f"/{ALL}/0/14/2"), registry) == [
         f"/{ALL}/0/14/2 Opaque Multiple[2] = (0 bytes)"]
     with pytest.raises(OperationError, match="does not match"):
-        ops.flat_lines(Resource(1, 5), P("/3/0/2"), registry)
+        display.flat_lines(Resource(1, 5), P("/3/0/2"), registry)
 
 
 # --- Send ----------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ queue mode, expiry and restart persistence (SQLite)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import aiocoap
