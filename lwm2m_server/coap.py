@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import aiocoap
 import aiocoap.error
-from aiocoap import Code, Message, resource
+from aiocoap import Code, Message, optiontypes, resource
 
 _METHODS = {
     "GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE,
@@ -136,14 +138,38 @@ def smaller_block_exp(response: Message, current_exp: int) -> int | None:
     return wanted
 
 
+@dataclass(frozen=True, slots=True)
+class Download:
+    """A file the server offers for pull delivery (Block2, streamed from disk)."""
+
+    path: Path
+    """The file; it is read one block at a time, never whole."""
+    size: int
+    """Its size in bytes (Size2)."""
+    etag: bytes
+    """1..8 bytes that change when the content changes."""
+    content_format: int = 42
+    """application/octet-stream by default."""
+
+
 class _Root(resource.Resource):
-    """Every incoming request goes to one handler; the server does the routing."""
+    """Every incoming request goes to one handler; the server does the routing.
+
+    GETs of downloads skip aiocoap's Block2 cache, which would hold the whole
+    file in memory, and are answered block by block from disk instead.
+    """
 
     def __init__(self, adapter: CoapAdapter) -> None:
         super().__init__()
         self._adapter = adapter
 
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return self._adapter._download_for(request) is None
+
     async def render(self, request: Message) -> Message:
+        download = self._adapter._download_for(request)
+        if download is not None:
+            return self._adapter._serve_block(request, download)
         return await self._adapter._incoming(request)
 
 
@@ -159,6 +185,7 @@ class CoapAdapter:
         receive_buffer_bytes: int = 4 * 1024 * 1024,
         max_in_flight: int = 200,
         block_size: int = 1024,
+        downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
         log=None,
     ) -> None:
         self._handler = handler
@@ -168,6 +195,7 @@ class CoapAdapter:
         self._per_device: dict[str, asyncio.Lock] = {}
         self._remotes: dict[str, object] = {}
         self._block_exp = block_size.bit_length() - 5
+        self._downloads = downloads
         self._context: aiocoap.Context | None = None
         self._log = log
 
@@ -218,6 +246,37 @@ class CoapAdapter:
             reply.opt.location_path = answer.location_path
         if answer.content_format is not None:
             reply.opt.content_format = answer.content_format
+        return reply
+
+    def _download_for(self, request: Message) -> Download | None:
+        if request.code != Code.GET or request.opt.observe is not None:
+            return None
+        return self._downloads(tuple(request.opt.uri_path))
+
+    def _serve_block(self, request: Message, download: Download) -> Message:
+        """One Block2 block of ``download`` (RFC 7959 §2.4), any block number, so a
+        device resumes where it stopped."""
+        wanted = request.opt.block2
+        exp = min(wanted.size_exponent, self._block_exp) if wanted is not None else self._block_exp
+        size = 1 << (exp + 4)
+        number = wanted.block_number if wanted is not None else 0
+        if wanted is not None and wanted.size_exponent > exp:  # renumber for our smaller blocks
+            number = wanted.block_number << (wanted.size_exponent - exp)
+        offset = number * size
+        if offset >= download.size and not (offset == 0 and download.size == 0):
+            return Message(code=Code.BAD_OPTION, payload=b"block beyond the end of the file")
+        try:
+            with open(download.path, "rb") as file:
+                chunk = os.pread(file.fileno(), size, offset)
+        except OSError as error:
+            return Message(code=Code.INTERNAL_SERVER_ERROR, payload=f"cannot read: {error.strerror}".encode())
+        more = offset + len(chunk) < download.size
+        reply = Message(code=Code.CONTENT, payload=chunk, content_format=download.content_format)
+        reply.opt.etag = download.etag
+        if more or wanted is not None:
+            reply.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(number, more, exp)
+        if number == 0 or request.opt.size2 is not None:
+            reply.opt.size2 = download.size
         return reply
 
     def _message(self, address: str, request: CoapRequest) -> Message:

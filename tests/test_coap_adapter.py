@@ -143,3 +143,53 @@ async def test_silent_device_is_unreachable(adapter):
 async def test_receive_buffer_is_raised(adapter):
     # Linux reports twice the value set; without privileges it is capped at rmem_max.
     assert adapter.receive_buffer_bytes >= 4 * 1024 * 1024
+
+
+@pytest.fixture
+async def file_server(tmp_path):
+    image = bytes((i * 7) % 251 for i in range(300_000))
+    path = tmp_path / "module.bin"
+    path.write_bytes(image)
+    from lwm2m_server.coap import Download
+
+    download = Download(path, len(image), b"\x01\x02\x03\x04")
+
+    async def handler(request):
+        return OutgoingResponse("4.04")
+
+    server = CoapAdapter(handler, host="127.0.0.1", port=0,
+                         downloads=lambda path: download if path == ("fw", "m1") else None)
+    await server.start()
+    yield server, image
+    await server.stop()
+
+
+async def test_download_streams_the_whole_file_block_by_block(file_server):
+    server, image = file_server
+    client = await device(resource.Site())
+    try:
+        response = await client.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/m1")).response
+        assert response.code == Code.CONTENT and response.payload == image
+        assert response.opt.etag == b"\x01\x02\x03\x04"
+    finally:
+        await client.shutdown()
+
+
+async def test_download_resumes_at_any_block_with_size2(file_server):
+    server, image = file_server
+    client = await device(resource.Site())
+    try:
+        request = Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/m1")
+        request.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(100, False, 2)  # 64-byte blocks
+        request.opt.size2 = 0
+        response = await client.request(request, handle_blockwise=False).response
+        assert response.payload == image[6400:6464] and response.opt.block2.more
+        assert response.opt.size2 == len(image)
+        request = Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/m1")
+        request.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(5000, False, 6)
+        response = await client.request(request, handle_blockwise=False).response
+        assert response.code == Code.BAD_OPTION
+        missing = await client.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/other")).response
+        assert missing.code == Code.NOT_FOUND
+    finally:
+        await client.shutdown()
