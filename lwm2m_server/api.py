@@ -316,8 +316,9 @@ class ManagementApi:
         with self.server.events.subscribe() as queue:
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), 15)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(15):
+                        event = await queue.get()
+                except TimeoutError:
                     await response.write(b"\n")  # keep-alive; also notices a gone client
                     continue
                 if endpoint and event.endpoint != endpoint or kinds and event.kind not in kinds:

@@ -200,6 +200,9 @@ class CoapAdapter:
         self._log = log
 
     async def start(self) -> None:
+        # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
+        # then silently share its traffic, and two port-0 binds may get one port.
+        os.environ["AIOCOAP_REUSE_PORT"] = "0"
         self._context = await aiocoap.Context.create_server_context(
             _Root(self), bind=self._bind, transports=["udp6"]
         )
@@ -323,8 +326,10 @@ class CoapAdapter:
         assert self._context is not None, "adapter not started"
         pending = self._context.request(message)
         try:
-            raw = await asyncio.wait_for(pending.response, timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(timeout):
+                raw = await pending.response
+        except TimeoutError:
             pending.response.cancel()
             raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
         except aiocoap.error.Error as error:
@@ -343,8 +348,9 @@ class CoapAdapter:
             message = self._message(address, request)
             pending = self._context.request(message)
             try:
-                raw = await asyncio.wait_for(pending.response, timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    raw = await pending.response
+            except TimeoutError:
                 pending.observation.cancel()
                 raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
             except aiocoap.error.Error as error:

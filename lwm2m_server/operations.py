@@ -247,8 +247,11 @@ def choose_format(
     reading = kind in _READS
     single = _single_value(path, registry, node)
     if not single:
-        if single is None and reading and _version(reg) == "1.0":
-            return None, None  # unknown resource on a 1.0 device: let it answer its way
+        if reading and _version(reg) == "1.0" and (single is None or not reg.object_list.content_formats):
+            # A 1.0 client answers in TLV when not asked otherwise; some (lwm2m-node-lib)
+            # silently drop requests whose Accept they do not know, so ask only for
+            # formats the device advertised.
+            return None, None
         fmt = multi_value_format(reg)
         return (None, fmt) if reading else (fmt, None)
     rtype = registry.value_type(path)

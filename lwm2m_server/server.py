@@ -20,6 +20,7 @@ import structlog
 from ipso_objects import LwM2MPath, ObjectRegistry
 
 from . import operations
+from .capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
 from .coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
 from .config import ServerConfig
 from .events import EventHub
@@ -105,6 +106,7 @@ class LwM2MServer:
         )
         self._tasks: set[asyncio.Task] = set()
         self._unrestored: dict[str, list[ObservationRecord]] = {}
+        self._profiles: dict[str, DeviceProfile] = {}
         self._expiry_task: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -114,6 +116,8 @@ class LwM2MServer:
         for registration in await self.store.load_registrations():
             self._book.restore(registration)
             self._device(registration.endpoint).last_seen = registration.updated_at
+        for endpoint, data in (await self.store.list_documents("profile")).items():
+            self._profiles[endpoint] = DeviceProfile.from_dict(data)
         await self._adapter.start()
         self._expiry_task = asyncio.create_task(self._expire_loop())
         restored = await self.store.load_observations()
@@ -213,6 +217,7 @@ class LwM2MServer:
         )
         self.events.publish("registered", endpoint=registration.endpoint, registration=registration)
         self._after_contact(registration)
+        self._spawn(self._discover(registration))
         return OutgoingResponse("2.01", location_path=("rd", registration.id))
 
     async def _update(self, registration_id: str, request: IncomingRequest) -> OutgoingResponse:
@@ -220,6 +225,7 @@ class LwM2MServer:
         if params.lifetime is not None:
             self._check_lifetime(params.lifetime)
         now = self._clock()
+        previous = self._book.get(registration_id)
         registration = self._book.update(registration_id, params, request.address, now)
         await self.store.save_registration(registration)
         self._device(registration.endpoint).last_seen = now
@@ -227,6 +233,8 @@ class LwM2MServer:
                        address=registration.address)
         self.events.publish("updated", endpoint=registration.endpoint, registration=registration)
         self._after_contact(registration)
+        if needs_discovery(previous, registration) or registration.endpoint not in self._profiles:
+            self._spawn(self._discover(registration))
         return OutgoingResponse("2.04")
 
     def _check_lifetime(self, lifetime: int) -> None:
@@ -262,6 +270,29 @@ class LwM2MServer:
             device.delivering = self._spawn(self._deliver_queue(registration.endpoint))
         for record in self._unrestored.pop(registration.endpoint, []):
             self._spawn(self._restore_observation(record))
+
+    # -- capability discovery ------------------------------------------------------
+
+    async def _discover(self, registration: Registration) -> DeviceProfile:
+        """Read what the device can run and store its profile."""
+        reads: dict[LwM2MPath, object] = {}
+        for path in discovery_paths(registration):
+            request = operations.read(registration, path, registry=self.registry)
+            result = await self._exchange(registration, request)
+            ok = result.ok and result.node is not None
+            reads[path] = result.node if ok else f"{result.code} {result.diagnostic}".strip()
+        profile = build_profile(registration.endpoint, reads, self._clock())
+        if self._book.by_endpoint(registration.endpoint) is None:
+            return profile  # de-registered meanwhile
+        await self.store.put_document("profile", registration.endpoint, profile.to_dict(), self._clock())
+        self._profiles[registration.endpoint] = profile
+        self._log.info("discovered", ep=registration.endpoint, device_class=profile.device_class,
+                       problems=len(profile.problems))
+        self.events.publish("profile", endpoint=registration.endpoint, profile=profile)
+        return profile
+
+    def profile(self, endpoint: str) -> DeviceProfile | None:
+        return self._profiles.get(endpoint)
 
     # -- expiry --------------------------------------------------------------------
 
@@ -362,8 +393,9 @@ class LwM2MServer:
                 if remaining <= 0:
                     break
                 try:
-                    event = await asyncio.wait_for(events.get(), remaining)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        event = await events.get()
+                except TimeoutError:
                     break
                 if event.kind == "queue" and event.data["entry"].id == entry_id:
                     entry = event.data["entry"]

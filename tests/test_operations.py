@@ -41,9 +41,10 @@ def roundtrip(request: DeviceRequest) -> DeviceRequest:
 READ_ACCEPT = [
     # version, advertised ct, path, expected Accept
     ("1.0", (), "/3/0/0", None),            # lwm2m-node-lib: no Accept on single resources
-    ("1.0", (), "/3/0/6", CF.TLV),          # multi-instance resource: TLV, mandatory in 1.0
-    ("1.0", (), "/3/0", CF.TLV),
-    ("1.0", (), "/3", CF.TLV),
+    ("1.0", (), "/3/0/6", None),            # 1.0 answers TLV unasked; lwm2m-node-lib drops
+    ("1.0", (), "/3/0", None),              # an Accept it does not know: ask only for
+    ("1.0", (), "/3", None),                # formats the device advertised
+    ("1.0", (CF.TLV,), "/3/0", CF.TLV),
     ("1.0", (), "/5/0/0", None),            # Opaque, still single: no Accept
     ("1.0", (), "/4242/0/1", None),         # unknown to the model: let the device choose
     ("1.0", (CF.OMA_JSON,), "/3/0", CF.OMA_JSON),

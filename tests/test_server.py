@@ -3,6 +3,7 @@ queue mode, expiry and restart persistence (SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import aiocoap
@@ -57,6 +58,15 @@ class Manufacturer(resource.Resource):
 
 async def peer(site=None):
     return await aiocoap.Context.create_server_context(site or resource.Site(), bind=("127.0.0.1", 0), transports=["udp6"])
+
+
+async def discovered(server, endpoint: str) -> None:
+    """Wait until capability discovery after a Register has finished for ``endpoint``."""
+    for _ in range(200):
+        if server.profile(endpoint) is not None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no profile for {endpoint}")
 
 
 async def send(context, server, method, path, payload=b"", content_format=None):
@@ -131,6 +141,7 @@ async def test_queue_mode_holds_requests_until_the_next_update(server):
     try:
         response = await send(device, server, Code.POST, "/rd?ep=sleepy&b=UQ", b"</3/0>")
         location = "/" + "/".join(response.opt.location_path)
+        await discovered(server, "sleepy")
         clock.now += 10  # past the awake window: the device sleeps
         outcome = await server.perform("sleepy", lambda reg: operations.read(reg, P("/3/0/0"), registry=server.registry))
         assert isinstance(outcome, Queued)
@@ -149,6 +160,7 @@ async def test_full_queue_is_refused(store):
     device = await peer()
     try:
         await send(device, server, Code.POST, "/rd?ep=sleepy&b=UQ", b"</3/0>")
+        await discovered(server, "sleepy")
         server._clock.now += 1
         build = lambda reg: operations.read(reg, P("/3/0/0"), registry=server.registry)  # noqa: E731
         await server.perform("sleepy", build)

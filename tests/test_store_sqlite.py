@@ -497,3 +497,22 @@ async def test_close_lets_queued_calls_finish(db_path: Path):
     await asyncio.gather(*saves)
     async with await SqliteStore.open(db_path) as again:
         assert len(await again.load_registrations()) == 20
+
+
+async def test_documents_round_trip_list_by_prefix_and_survive_reopen(tmp_path):
+    path = tmp_path / "docs.sqlite3"
+    store = await SqliteStore.open(path)
+    await store.put_document("profile", "dev-1", {"a": 1, "nested": {"x": [1, 2]}}, 10.0)
+    await store.put_document("rollout-device", "r1/dev-1", {"state": "pushing"}, 10.0)
+    await store.put_document("rollout-device", "r1/dev-2", {"state": "done"}, 10.0)
+    await store.put_document("rollout-device", "r10/dev-1", {"state": "done"}, 10.0)
+    await store.put_document("profile", "dev-1", {"a": 2}, 11.0)  # replace
+    assert await store.get_document("profile", "dev-1") == {"a": 2}
+    assert list(await store.list_documents("rollout-device", "r1/")) == ["r1/dev-1", "r1/dev-2"]
+    with pytest.raises(StoreError, match="does not survive JSON"):
+        await store.put_document("profile", "dev-2", {"t": (1, 2)}, 12.0)
+    await store.close()
+    store = await SqliteStore.open(path)
+    assert await store.get_document("profile", "dev-1") == {"a": 2}
+    assert await store.delete_document("profile", "dev-1") and not await store.delete_document("profile", "dev-1")
+    await store.close()

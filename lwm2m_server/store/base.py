@@ -212,6 +212,26 @@ class Store(abc.ABC):
     async def prune(self, before: float) -> int:
         """Delete finished entries created before ``before``; returns how many."""
 
+    # -- documents -------------------------------------------------------------
+    # Small JSON documents by (kind, key): device profiles, models, rollouts and
+    # their per-device state. Keys sort; list_documents filters by key prefix.
+
+    @abc.abstractmethod
+    async def put_document(self, kind: str, key: str, data: dict[str, Any], now: float) -> None:
+        """Insert or replace; StoreError unless ``data`` round-trips through JSON."""
+
+    @abc.abstractmethod
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The document, or None."""
+
+    @abc.abstractmethod
+    async def list_documents(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        """Every document of ``kind`` whose key starts with ``prefix``, by key."""
+
+    @abc.abstractmethod
+    async def delete_document(self, kind: str, key: str) -> bool:
+        """False when there was none."""
+
     # -- lifecycle -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -249,6 +269,17 @@ def dump_json(value: Any, what: str) -> str:
     if json.loads(text) != value:
         # tuples, non-str keys, ...: the loaded value would differ from the saved one
         raise StoreError(f"{what} does not survive a JSON round trip (tuples or non-str keys?)")
+    return text
+
+
+def document_to_json(kind: str, key: str, data: dict[str, Any]) -> str:
+    """A document as JSON; StoreError unless it survives the JSON round trip unchanged."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise StoreError(f"{kind} {key!r} is not JSON-serialisable: {error}") from None
+    if json.loads(text) != data:
+        raise StoreError(f"{kind} {key!r} does not survive JSON unchanged (tuples, non-string keys?)")
     return text
 
 

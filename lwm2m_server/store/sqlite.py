@@ -41,6 +41,7 @@ from .base import (
     UnknownEntryError,
     UnknownRegistrationError,
     check_state,
+    document_to_json,
     dump_json,
     extra_from_json,
     extra_to_json,
@@ -103,6 +104,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX queue_endpoint_state ON queue (endpoint, state, created_at)",
         "CREATE INDEX queue_state_expires ON queue (state, expires_at)",
         "CREATE INDEX queue_endpoint_created ON queue (endpoint, created_at)",
+    ),
+    2: (
+        """CREATE TABLE documents (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            data TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
     ),
 }
 """Schema migrations: version → statements taking the previous version to it."""
@@ -262,6 +272,21 @@ class SqliteStore(Store):
         return await self._run("prune queue", _prune, before)
 
     # -- lifecycle -----------------------------------------------------------
+
+    # -- documents -------------------------------------------------------------
+
+    async def put_document(self, kind: str, key: str, data: dict[str, Any], now: float) -> None:
+        text = document_to_json(kind, key, data)
+        await self._run(f"save {kind}", _put_document, kind, key, text, now)
+
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        return await self._run(f"load {kind}", _get_document, kind, key)
+
+    async def list_documents(self, kind: str, prefix: str = "") -> dict[str, dict[str, Any]]:
+        return await self._run(f"list {kind}", _list_documents, kind, prefix)
+
+    async def delete_document(self, kind: str, key: str) -> bool:
+        return await self._run(f"delete {kind}", _delete_document, kind, key)
 
     async def close(self) -> None:
         if self._closed:
@@ -561,3 +586,31 @@ def _prune(connection: sqlite3.Connection, before: float) -> int:
         return connection.execute(
             f"DELETE FROM queue WHERE state IN ({_FINISHED_SQL}) AND created_at < ?", (before,)
         ).rowcount
+
+
+def _put_document(connection: sqlite3.Connection, kind: str, key: str, text: str, now: float) -> None:
+    with _transaction(connection):
+        connection.execute(
+            "INSERT INTO documents (kind, key, data, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            (kind, key, text, now),
+        )
+
+
+def _get_document(connection: sqlite3.Connection, kind: str, key: str) -> dict[str, Any] | None:
+    row = connection.execute("SELECT data FROM documents WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def _list_documents(connection: sqlite3.Connection, kind: str, prefix: str) -> dict[str, dict[str, Any]]:
+    # substr() instead of LIKE: keys may contain % and _
+    rows = connection.execute(
+        "SELECT key, data FROM documents WHERE kind = ? AND substr(key, 1, ?) = ? ORDER BY key",
+        (kind, len(prefix), prefix),
+    )
+    return {key: json.loads(data) for key, data in rows}
+
+
+def _delete_document(connection: sqlite3.Connection, kind: str, key: str) -> bool:
+    with _transaction(connection):
+        return connection.execute("DELETE FROM documents WHERE kind = ? AND key = ?", (kind, key)).rowcount > 0
