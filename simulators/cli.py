@@ -1,22 +1,224 @@
-"""``tinymlaas-sim``: run simulated LwM2M devices."""
+"""``tinymlaas-sim``: run simulated LwM2M devices against an LwM2M server.
+
+    tinymlaas-sim fleet --config config/fleet.yaml --server coap://127.0.0.1:5683 [--count N] [--duration S]
+    tinymlaas-sim device --profile cortex-m4f --endpoint ep1 --server coap://127.0.0.1:5683
+    tinymlaas-sim profiles [--config FILE]
+
+Exit codes: 0 ok, 1 some device could not register, 2 bad config or usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 from importlib.metadata import version
+from typing import TextIO
+
+import structlog
+
+from ipso_objects import ObjectRegistry
+
+from .client import RegistrationFailed, SimulatedDevice
+from .fleet import Fleet, FleetProgress
+from .profiles import ConfigError, FleetConfig, builtin_profiles, get_profile, load_config, parse_config
+
+DEFAULT_SERVER = "coap://127.0.0.1:5683"
+
+
+class ProgressLine:
+    """A live ``registered x/N, failures f`` counter on a terminal; plain lines otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.live = stream.isatty()
+        self._last = ""
+
+    def __call__(self, progress: FleetProgress) -> None:
+        text = f"registered {progress.registered}/{progress.total}, failures {progress.failed}"
+        if progress.deregistered:
+            text += f", deregistered {progress.deregistered}"
+        if text == self._last:
+            return
+        self._last = text
+        if self.live:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+        elif progress.registered + progress.failed in (0, progress.total):
+            self.stream.write(text + "\n")
+
+    def finish(self) -> None:
+        if self.live and self._last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    logging.getLogger("tinymlaas-sim.coap").setLevel(logging.DEBUG if verbosity >= 2 else logging.ERROR)
+
+
+def _server(args: argparse.Namespace, config: FleetConfig | None) -> str:
+    uri = args.server or (config.server if config else None) or DEFAULT_SERVER
+    if not uri.startswith("coap://"):
+        raise ConfigError("--server", f"must be a coap:// URI, got {uri!r}")
+    return uri
+
+
+def _raise_file_limit(devices: int) -> None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = devices + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def _until_stopped() -> asyncio.Event:
+    """An event set by Ctrl-C / SIGTERM (the caller also bounds the wait by ``duration``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(number, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not on POSIX
+            pass
+    return stop
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not config.fleet:
+        raise ConfigError("fleet", "is empty: list at least one {profile, count, endpoint_prefix}")
+    if args.count is not None and args.count < 1:
+        raise ConfigError("--count", f"must be > 0, got {args.count}")
+    server = _server(args, config)
+    devices = config.endpoints(args.count)
+    concurrency = args.concurrency or config.concurrency
+    _raise_file_limit(len(devices))
+    progress_line = ProgressLine(sys.stderr)
+
+    async def main() -> FleetProgress:
+        stop = await _until_stopped()
+        fleet = Fleet(devices, server, ObjectRegistry.default(), concurrency=concurrency,
+                      request_timeout=args.timeout, on_progress=progress_line)
+        return await fleet.run(args.duration, stop)
+
+    try:
+        progress = asyncio.run(main())
+    finally:
+        progress_line.finish()
+    for endpoint, reason in progress.failures[:5]:
+        print(f"tinymlaas-sim: {endpoint}: {reason}", file=sys.stderr)
+    if len(progress.failures) > 5:
+        print(f"tinymlaas-sim: … and {len(progress.failures) - 5} more failures", file=sys.stderr)
+    return 1 if progress.failed else 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config else parse_config({})
+    profile = get_profile(args.profile, config.profiles)
+    server = _server(args, config if args.config else None)
+
+    async def main() -> int:
+        stop = await _until_stopped()
+        device = SimulatedDevice(args.endpoint, profile, server, ObjectRegistry.default(),
+                                 port=args.port, request_timeout=args.timeout)
+        try:
+            await device.start()
+        except RegistrationFailed as error:
+            print(f"tinymlaas-sim: {args.endpoint}: {error}", file=sys.stderr)
+            return 1
+        host, port = device.address
+        print(f"{args.endpoint} registered at {'/' + '/'.join(device.location or ())} "
+              f"from {host}:{port} ({profile.name}, LwM2M {profile.lwm2m_version})", file=sys.stderr)
+        try:
+            async with asyncio.timeout(args.duration):
+                await stop.wait()
+        except TimeoutError:
+            pass
+        finally:
+            await device.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    profiles = load_config(args.config).profiles if args.config else builtin_profiles()
+    for name, profile in sorted(profiles.items()):
+        tinyml = profile.tinyml
+        print(f"{name:<16} LwM2M {profile.lwm2m_version} b={profile.binding}{'Q' if profile.queue_mode else ''} "
+              f"lt={profile.lifetime}  {tinyml.runtime} {tinyml.runtime_version} on {tinyml.cpu_core} "
+              f"@ {tinyml.cpu_clock / 1e6:g} MHz, arena {tinyml.arena_budget} B, "
+              f"{len(tinyml.operators)} ops, sensors: {', '.join(profile.sensors) or '-'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinymlaas-sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tinymlaas-sim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version("tinymlaas"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--server", help=f"LwM2M server URI (default: config's server or {DEFAULT_SERVER})")
+        command.add_argument("--duration", type=float, metavar="S", help="run S seconds, then de-register")
+        command.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                             help="seconds to wait for a Register/Update answer (default 30)")
+        command.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+
+    fleet = commands.add_parser("fleet", help="start a fleet of devices from a config file")
+    fleet.add_argument("--config", required=True, help="YAML file with profiles and a fleet section")
+    fleet.add_argument("--count", type=int, metavar="N", help="start N devices, spread over the fleet groups")
+    fleet.add_argument("--concurrency", type=int, metavar="C", help="registrations in flight (default: config, 50)")
+    common(fleet)
+    fleet.set_defaults(handler=_fleet)
+
+    device = commands.add_parser("device", help="run one device")
+    device.add_argument("--profile", required=True, help="hardware class, e.g. cortex-m4f")
+    device.add_argument("--endpoint", required=True, help="endpoint client name")
+    device.add_argument("--config", help="YAML file whose profiles add to the built-in ones")
+    device.add_argument("--port", type=int, default=0, help="local UDP port (default: ephemeral)")
+    common(device)
+    device.set_defaults(handler=_device)
+
+    profiles = commands.add_parser("profiles", help="list the hardware classes")
+    profiles.add_argument("--config", help="YAML file whose profiles add to the built-in ones")
+    profiles.set_defaults(handler=_profiles, verbose=0)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("tinymlaas-sim: no simulator commands yet (see issue 3)", file=sys.stderr)
-    return 2
+def main(argv: list[str] | None = None, *, configure_logging: bool = True) -> int:
+    """Run the command line; ``configure_logging=False`` leaves structlog's global
+    configuration alone (for callers embedding the simulator, and tests)."""
+    args = build_parser().parse_args(argv)
+    if configure_logging:
+        _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"tinymlaas-sim: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,524 @@
+"""One simulated LwM2M client over CoAP/UDP (aiocoap adapter).
+
+Thin: requests from the server go to :meth:`DeviceObjects.handle`, observation
+timing comes from :mod:`simulators.observe`; this module owns the socket, the
+Register/Update/De-register exchanges and the timers. Each device has its own
+aiocoap context bound to its own UDP port (``127.0.0.1:0`` by default) and sends
+its registration messages from that same port, so the server can reach it at
+the address it registered from.
+
+Queue mode: :meth:`SimulatedDevice.sleep` makes the device drop incoming
+requests (responses to its own requests still arrive, as over a radio that
+listens only after sending); :meth:`SimulatedDevice.wake` sends an Update from
+the same port, then answers again and sends notifications that fell due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import aiocoap
+import aiocoap.error
+import aiocoap.resource
+import structlog
+from aiocoap import Code, Message
+
+from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, codecs
+from ipso_objects.codecs import link_format
+
+from .objects import DeviceObjects, Response
+from .observe import Observation, effective_attributes
+from .profiles import DeviceProfile, get_profile
+
+log = structlog.get_logger(__name__)
+
+_LIFETIME = LwM2MPath.of(1, 0, 1)
+_BINDING = LwM2MPath.of(1, 0, 7)
+
+
+_REUSE_PORT = "AIOCOAP_REUSE_PORT"
+_reuse_port_off = 0
+_reuse_port_saved: str | None = None
+
+
+@contextlib.contextmanager
+def _without_reuse_port():
+    """Bind without SO_REUSEPORT. aiocoap sets it on server sockets, and with it
+    Linux may hand the same ephemeral port to two sockets (measured: 3 duplicates
+    in 400 binds), so two devices would share one address. aiocoap reads
+    ``AIOCOAP_REUSE_PORT`` at bind time; it is set while any device binds."""
+    global _reuse_port_off, _reuse_port_saved
+    if _reuse_port_off == 0:
+        _reuse_port_saved = os.environ.get(_REUSE_PORT)
+        os.environ[_REUSE_PORT] = "0"
+    _reuse_port_off += 1
+    try:
+        yield
+    finally:
+        _reuse_port_off -= 1
+        if _reuse_port_off == 0:
+            if _reuse_port_saved is None:
+                os.environ.pop(_REUSE_PORT, None)
+            else:
+                os.environ[_REUSE_PORT] = _reuse_port_saved
+
+
+class RegistrationFailed(Exception):
+    """Register, Update or De-register got an error response or no response."""
+
+
+@dataclass(slots=True)
+class _LiveObservation:
+    observation: Observation
+    paths: tuple[LwM2MPath, ...]
+    task: asyncio.Task | None
+    attributes_version: int
+    due: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    """Counters of what the device did."""
+
+    requests: int = 0
+    """Requests from the server answered."""
+    notifications: int = 0
+    """Observe notifications sent (the initial Observe responses not counted)."""
+    updates: int = 0
+    """Successful Registration Updates."""
+    registrations: int = 0
+    """Successful Registers."""
+    dropped: int = 0
+    """Requests dropped while asleep."""
+
+
+def _code(dotted: str) -> Code:
+    major, minor = dotted.split(".")
+    return Code(int(major) << 5 | int(minor))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass (``asyncio.timeout``: unlike
+    ``wait_for`` on Python 3.11 it never swallows a cancellation)."""
+    try:
+        async with asyncio.timeout(max(0.0, seconds)):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
+def _is_request(datagram: bytes) -> bool:
+    """True when a CoAP datagram carries a request (code class 0, detail 1..31)."""
+    return len(datagram) >= 4 and datagram[1] >> 5 == 0 and datagram[1] & 0x1F != 0
+
+
+class _DeviceSite(aiocoap.resource.Resource):
+    """The whole URI space of the device: every request goes to the device."""
+
+    def __init__(self, device: SimulatedDevice) -> None:
+        super().__init__()
+        self._device = device
+
+    async def render(self, request: Message) -> Message:
+        return self._device._respond(request)
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        if request.opt.observe == 0 and self._device._observable(request):
+            await self._device._serve_observation(pipe)
+            return
+        if request.opt.observe == 1:
+            self._device._cancel_observation(request)
+        await super().render_to_pipe(pipe)
+
+
+class SimulatedDevice:
+    """A simulated LwM2M client: an object tree, a UDP port and a registration."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        profile: DeviceProfile | str = "cortex-m4f",
+        server_uri: str = "coap://127.0.0.1:5683",
+        registry: ObjectRegistry | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        sensor_interval: float | None = None,
+        request_timeout: float = 30.0,
+        update_fraction: float = 0.8,
+        objects: DeviceObjects | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.server_uri = server_uri.rstrip("/")
+        self.registry = registry or ObjectRegistry.default()
+        self.objects = objects or DeviceObjects(
+            self.registry, self.profile, endpoint=endpoint, server_uri=server_uri, seed=seed
+        )
+        """The device's object tree; tests and hooks may read and change it."""
+        self.host = host
+        self.sensor_interval = sensor_interval or self.profile.sensor_interval
+        self.request_timeout = request_timeout
+        self.update_fraction = update_fraction
+        self.location: tuple[str, ...] | None = None
+        """Location-Path segments of the registration (``("rd", "5a3f")``); None if not registered."""
+        self.asleep = False
+        """True between :meth:`sleep` and :meth:`wake`."""
+        self.stats = DeviceStats()
+        self._port = port
+        self._context: aiocoap.Context | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+        self._observations: dict[tuple[Any, bytes], _LiveObservation] = {}
+        self._update_requested = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._last_update_at = 0.0
+        self._sent: dict[str, Any] = {}
+        self.objects.set_execute_hook(1, 8, lambda objects, path, args: self._update_requested.set())
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Host and UDP port the device listens and sends on (port 0 before :meth:`start`)."""
+        return self.host, self._port
+
+    @property
+    def registered(self) -> bool:
+        """True between a successful Register and De-register."""
+        return self.location is not None
+
+    @property
+    def observation_count(self) -> int:
+        """Observations currently active."""
+        return len(self._observations)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self, *, register: bool = True) -> None:
+        """Bind the UDP port, Register (unless ``register=False``) and start the timers."""
+        self._closing = False
+        await self._open()
+        try:
+            if register:
+                await self.register()
+        except BaseException:
+            await self.stop(deregister=False)
+            raise
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name=f"sim-tick-{self.endpoint}"),
+            asyncio.create_task(self._update_loop(), name=f"sim-update-{self.endpoint}"),
+        ]
+
+    async def _open(self) -> None:
+        with _without_reuse_port():
+            self._context = await aiocoap.Context.create_server_context(
+                _DeviceSite(self), bind=(self.host, self._port), transports=["udp6"],
+                loggername="tinymlaas-sim.coap",
+            )
+        interface = None
+        for manager in getattr(self._context, "request_interfaces", ()):
+            candidate = getattr(getattr(manager, "token_interface", None), "message_interface", None)
+            if hasattr(candidate, "datagram_msg_received"):
+                interface = candidate
+                break
+        if interface is None:
+            raise RuntimeError("aiocoap did not create a udp6 transport")
+        self._port = interface.transport.get_extra_info("socket").getsockname()[1]
+        receive = interface.datagram_msg_received
+
+        def gated(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+            if self.asleep and _is_request(data):
+                self.stats.dropped += 1
+                return
+            receive(data, ancdata, flags, address)
+
+        interface.datagram_msg_received = gated  # asleep: the radio hears responses only
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        """Stop the timers, De-register (unless told not to) and close the port."""
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        while tasks:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+            tasks = [task for task in tasks if not task.done()]
+        if deregister and self.location is not None:
+            try:
+                await self.deregister()
+            except RegistrationFailed as error:
+                log.warning("deregister_failed", ep=self.endpoint, reason=str(error))
+        for live in list(self._observations.values()):
+            if live.task is not None:
+                live.task.cancel()
+        self._observations.clear()
+        if self._context is not None:
+            context, self._context = self._context, None
+            await context.shutdown()
+
+    # -- registration interface -------------------------------------------------------------
+
+    def _lifetime(self) -> int:
+        return int(self.objects.get(_LIFETIME) or self.profile.lifetime)
+
+    def _binding(self) -> str:
+        return str(self.objects.get(_BINDING) or self.profile.binding)
+
+    async def _request(self, message: Message) -> Message:
+        if self._context is None:
+            raise RegistrationFailed("the device is not started")
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await self._context.request(message).response
+        except TimeoutError:
+            raise RegistrationFailed(f"no response within {self.request_timeout:g} s") from None
+        except aiocoap.error.Error as error:
+            raise RegistrationFailed(f"{type(error).__name__}: {error}") from None
+
+    def _message(self, code: Code, path: Sequence[str], query: Sequence[str] = (), payload: bytes = b"") -> Message:
+        message = Message(code=code, uri=self.server_uri, payload=payload)
+        message.opt.uri_path = path
+        message.opt.uri_query = tuple(query)
+        if payload:
+            message.opt.content_format = 40
+        return message
+
+    async def register(self) -> None:
+        """Send Register (POST /rd) and remember the Location-Path."""
+        version = self.objects.lwm2m_version
+        binding = self._binding()
+        query = [f"ep={self.endpoint}", f"lt={self._lifetime()}", f"lwm2m={version}", f"b={binding}"]
+        if self.profile.queue_mode and version != "1.0":
+            query.append("Q")
+        payload = link_format.encode(self.objects.registration_links())
+        response = await self._request(self._message(Code.POST, ("rd",), query, payload))
+        if response.code != Code.CREATED:
+            raise RegistrationFailed(f"Register answered {response.code.dotted} {response.payload[:100]!r}")
+        self.location = tuple(response.opt.location_path)
+        self._sent = {"lt": self._lifetime(), "b": binding, "links": payload}
+        self._last_update_at = asyncio.get_running_loop().time()
+        self.stats.registrations += 1
+        log.info("registered", ep=self.endpoint, location="/" + "/".join(self.location), port=self._port)
+
+    async def update(self, *, send_objects: bool = False) -> None:
+        """Send an Update; lt, b and the object list go along only when they changed
+        (or ``send_objects``). Re-registers when the server answers 4.04."""
+        if self.location is None:
+            await self.register()
+            return
+        query = []
+        lifetime, binding = self._lifetime(), self._binding()
+        if lifetime != self._sent.get("lt"):
+            query.append(f"lt={lifetime}")
+        if binding != self._sent.get("b"):
+            query.append(f"b={binding}")
+        links = link_format.encode(self.objects.registration_links())
+        payload = links if send_objects or links != self._sent.get("links") else b""
+        response = await self._request(self._message(Code.POST, self.location, query, payload))
+        if response.code == Code.NOT_FOUND:
+            log.info("registration_lost", ep=self.endpoint)
+            self.location = None
+            await self.register()
+            return
+        if not response.code.is_successful():
+            raise RegistrationFailed(f"Update answered {response.code.dotted} {response.payload[:100]!r}")
+        self._sent = {"lt": lifetime, "b": binding, "links": links}
+        self._last_update_at = asyncio.get_running_loop().time()
+        self.stats.updates += 1
+        log.debug("updated", ep=self.endpoint, lt=lifetime)
+
+    async def deregister(self) -> None:
+        """Send De-register (DELETE on the registration)."""
+        if self.location is None:
+            return
+        location, self.location = self.location, None
+        response = await self._request(self._message(Code.DELETE, location))
+        if not response.code.is_successful():
+            raise RegistrationFailed(f"De-register answered {response.code.dotted}")
+        log.info("deregistered", ep=self.endpoint)
+
+    # -- queue mode ---------------------------------------------------------------------------
+
+    async def sleep(self) -> None:
+        """Stop answering requests (queue mode); observations wait for :meth:`wake`."""
+        self.asleep = True
+        log.debug("asleep", ep=self.endpoint)
+
+    async def wake(self) -> None:
+        """Send an Update from the same port, then answer requests and send due notifications."""
+        try:
+            await self.update()
+        finally:
+            self.asleep = False
+        self._after_change()
+
+    # -- sensors and observations -------------------------------------------------------------
+
+    def step(self) -> None:
+        """Move the sensors now and send the notifications that fall due."""
+        self.objects.step(time.time())
+        self._after_change()
+
+    def _after_change(self) -> None:
+        changed = self.objects.take_changed()
+        if _LIFETIME in changed or _BINDING in changed or any(len(path) == 2 for path in changed):
+            self._update_requested.set()  # new lifetime, binding or object instances: tell the server
+        self._evaluate()
+
+    def _evaluate(self) -> None:
+        if self.asleep or not self._observations:
+            return
+        now = asyncio.get_running_loop().time()
+        for live in list(self._observations.values()):
+            if live.attributes_version != self.objects.attributes_version:
+                live.observation.set_attributes(self._effective(live.paths))
+                live.attributes_version = self.objects.attributes_version
+            if live.observation.should_notify(now, self._observed(live.paths)):
+                live.due.set()
+
+    def _effective(self, paths: tuple[LwM2MPath, ...]) -> dict:
+        pmin, pmax = self.objects.server_defaults()
+        return {
+            path: effective_attributes(path, self.objects.attributes, default_pmin=pmin, default_pmax=pmax)
+            for path in paths
+        }
+
+    def _observed(self, paths: tuple[LwM2MPath, ...]) -> Any:
+        if len(paths) == 1:
+            return self.objects.observed_value(paths[0])
+        return {path: self.objects.observed_value(path) for path in paths}
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [d for d in (live.observation.next_deadline() for live in self._observations.values())
+                     if d is not None]
+        return min(deadlines) if deadlines else None
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_step = loop.time() + self.sensor_interval
+        while not self._closing:
+            deadline = next_step
+            observation_deadline = self._next_deadline()
+            if observation_deadline is not None and not self.asleep:
+                deadline = min(deadline, observation_deadline)
+            self._wakeup.clear()
+            await _wait(self._wakeup, deadline - loop.time())
+            if loop.time() >= next_step:
+                self.objects.step(time.time())
+                next_step = loop.time() + self.sensor_interval
+            self._after_change()
+
+    async def _update_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            lifetime = self._lifetime()
+            due = self._last_update_at + max(1.0, lifetime * self.update_fraction)
+            await _wait(self._update_requested, due - loop.time())
+            self._update_requested.clear()
+            try:
+                if self.asleep:
+                    await self.wake()
+                else:
+                    await self.update()
+            except RegistrationFailed as error:
+                retry = min(30.0, max(1.0, lifetime * 0.1))
+                log.warning("update_failed", ep=self.endpoint, reason=str(error), retry_in=retry)
+                self._last_update_at = loop.time() + retry - max(1.0, lifetime * self.update_fraction)
+
+    # -- serving requests ---------------------------------------------------------------------
+
+    def _handle(self, request: Message) -> Response:
+        content_format = request.opt.content_format
+        accept = request.opt.accept
+        return self.objects.handle(
+            request.code.name,
+            request.opt.uri_path,
+            request.opt.uri_query,
+            None if content_format is None else int(content_format),
+            None if accept is None else int(accept),
+            request.payload,
+            request.opt.observe,
+            now=time.time(),
+        )
+
+    def _respond(self, request: Message) -> Message:
+        self.stats.requests += 1
+        response = self._handle(request)
+        log.debug("request", ep=self.endpoint, method=request.code.name,
+                  path="/" + "/".join(request.opt.uri_path), code=response.code)
+        self._after_change()
+        return self._to_message(response)
+
+    @staticmethod
+    def _to_message(response: Response) -> Message:
+        message = Message(code=_code(response.code), payload=response.payload)
+        if response.content_format is not None:
+            message.opt.content_format = int(response.content_format)
+        if response.location_path:
+            message.opt.location_path = response.location_path
+        return message
+
+    @staticmethod
+    def _observable(request: Message) -> bool:
+        if request.code == Code.FETCH:
+            return True
+        return request.code == Code.GET and request.opt.accept != 40
+
+    def _observed_paths(self, request: Message) -> tuple[LwM2MPath, ...]:
+        if request.code == Code.FETCH:
+            return tuple(codecs.decode_paths(int(request.opt.content_format), request.payload))
+        return (LwM2MPath.parse("/" + "/".join(request.opt.uri_path)),)
+
+    def _cancel_observation(self, request: Message) -> None:
+        live = self._observations.pop((request.remote, request.token), None)
+        if live is not None and live.task is not None:
+            live.task.cancel()
+
+    async def _serve_observation(self, pipe: Any) -> None:
+        request = pipe.request
+        self.stats.requests += 1
+        response = self._handle(request)
+        message = self._to_message(response)
+        try:
+            paths = self._observed_paths(request) if response.ok else ()
+        except IpsoError:
+            paths = ()
+        if not paths:
+            pipe.add_response(message, is_last=True)
+            return
+        loop = asyncio.get_running_loop()
+        key = (request.remote, request.token)
+        self._cancel_observation(request)  # RFC 7641 §4.1: same token re-registers
+        live = _LiveObservation(
+            Observation(request.token, paths, self._effective(paths), loop.time(), self._observed(paths)),
+            paths, asyncio.current_task(), self.objects.attributes_version,
+        )
+        self._observations[key] = live
+        self._wakeup.set()
+        message.opt.observe = sequence = 0
+        pipe.add_response(message, is_last=False)
+        log.debug("observe", ep=self.endpoint, paths=[str(p) for p in paths])
+        try:
+            while True:
+                await live.due.wait()
+                live.due.clear()
+                response = self._handle(request)
+                message = self._to_message(response)
+                if not response.ok:
+                    pipe.add_response(message, is_last=True)
+                    return
+                sequence = (sequence + 1) % (1 << 24)
+                message.opt.observe = sequence
+                self.stats.notifications += 1
+                pipe.add_response(message, is_last=False)
+        finally:
+            if self._observations.get(key) is live:
+                del self._observations[key]
