@@ -17,6 +17,8 @@ import yaml
 
 from ipso_objects import IpsoError, ObjectRegistry
 
+from .operations import REASONS
+
 DEFAULT_CONFIG = "config/server.yaml"
 
 
@@ -112,7 +114,7 @@ def _print_result(body: dict[str, Any], as_json: bool) -> int:
     if "location" in body:
         print(f"created {body['location']}")
     if not body.get("values") and "links" not in body and "location" not in body:
-        print(body.get("code"))
+        print(f"{body.get('code')} {REASONS.get(body.get('code'), '')}".rstrip())
     return 0
 
 
@@ -347,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `tinymlaas devices | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

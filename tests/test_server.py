@@ -203,3 +203,29 @@ async def test_registrations_survive_a_restart(store, tmp_path):
         assert sorted(r.endpoint for r in second.registrations()) == [f"keep{i}" for i in range(5)]
     finally:
         await second.stop()
+
+
+async def test_send_from_a_registered_device_is_published(server):
+    device = await peer()
+    try:
+        await send(device, server, Code.POST, "/rd?ep=sender&lwm2m=1.1", b"</3303/0>")
+        with server.events.subscribe() as events:
+            payload = b'[{"bn":"/3303/0/","n":"5700","v":21.5,"t":1700000000}]'
+            response = await send(device, server, Code.POST, "/dp", payload, 110)
+            assert response.code == Code.CHANGED
+            event = await events.get()
+            while event.kind != "send":
+                event = await events.get()
+        (entry,) = event.data["entries"]
+        assert event.endpoint == "sender" and entry.time == 1700000000
+        assert entry.values == {P("/3303/0/5700"): 21.5}
+        response = await send(device, server, Code.POST, "/dp", b"[", 110)
+        assert response.code == Code.BAD_REQUEST and b"Send payload" in response.payload
+        stranger = await peer()
+        try:
+            response = await send(stranger, server, Code.POST, "/dp", payload, 110)
+            assert response.code == Code.FORBIDDEN
+        finally:
+            await stranger.shutdown()
+    finally:
+        await device.shutdown()
