@@ -117,7 +117,9 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 def supported_formats(lwm2m_version: str) -> tuple[int, ...]:
     """Content formats a client of this enabler version reads and writes."""
     formats = [ContentFormat.TEXT, ContentFormat.OPAQUE, ContentFormat.TLV]
-    if _version_tuple(lwm2m_version) >= (1, 1):
+    if _version_tuple(lwm2m_version) < (1, 1):
+        formats.append(ContentFormat.OMA_JSON)  # the 1.0 JSON format; 1.1 made it legacy
+    else:
         formats += [ContentFormat.SENML_JSON, ContentFormat.SENML_CBOR]
     if _version_tuple(lwm2m_version) >= (1, 2):
         formats.append(ContentFormat.LWM2M_CBOR)

@@ -117,7 +117,7 @@ async def test_every_operation(setup, version):
 
 
 FORMATS = [
-    ("1.0", CF.TLV), ("1.0", CF.TEXT),
+    ("1.0", CF.TLV), ("1.0", CF.TEXT), ("1.0", CF.OMA_JSON),
     ("1.1", CF.SENML_JSON), ("1.1", CF.SENML_CBOR), ("1.1", CF.TLV), ("1.1", CF.TEXT),
     ("1.2", CF.LWM2M_CBOR), ("1.2", CF.SENML_CBOR),
 ]
