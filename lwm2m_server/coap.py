@@ -307,11 +307,18 @@ class CoapAdapter:
         return lock
 
     async def request(self, address: str, request: CoapRequest, *, timeout: float) -> CoapResponse:
-        """Send one request and wait for its (block-wise reassembled) response."""
+        """Send one request and wait for its (block-wise reassembled) response.
+
+        ``timeout`` applies per block: a large Block1 transfer gets one
+        ``timeout`` for each block it takes, not one for the whole transfer.
+        """
         async with self._in_flight, self._lock(address):
             message = self._message(address, request)
             while True:
-                raw = await self._exchange(address, message, timeout)
+                remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
+                per_block = 1 << (min(remote_exp, self._block_exp) + 4)
+                blocks = max(1, -(-len(request.payload) // per_block))
+                raw = await self._exchange(address, message, timeout * blocks)
                 if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
                     return _response(raw)
                 current = getattr(raw.remote, "maximum_block_size_exp", self._block_exp)
