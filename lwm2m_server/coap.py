@@ -194,6 +194,7 @@ class CoapAdapter:
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._per_device: dict[str, asyncio.Lock] = {}
         self._remotes: dict[str, object] = {}
+        self._block_limits: dict[str, int] = {}
         self._block_exp = block_size.bit_length() - 5
         self._downloads = downloads
         self._context: aiocoap.Context | None = None
@@ -234,7 +235,7 @@ class CoapAdapter:
 
     async def _incoming(self, message: Message) -> Message:
         address = message.remote.hostinfo
-        self._remotes[address] = message.remote
+        self._remember(address, message.remote)
         incoming = IncomingRequest(
             method=message.code.name,
             uri_path=tuple(message.opt.uri_path),
@@ -325,8 +326,8 @@ class CoapAdapter:
                 retry_exp = smaller_block_exp(raw, min(current, self._block_exp))
                 if retry_exp is None:
                     return _response(raw)
-                raw.remote.maximum_block_size_exp = retry_exp
-                self._remotes[address] = raw.remote
+                self._block_limits[address] = retry_exp
+                self._remember(address, raw.remote)
                 message = self._message(address, request)
 
     async def _exchange(self, address: str, message: Message, timeout: float) -> Message:
@@ -341,8 +342,17 @@ class CoapAdapter:
             raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
         except aiocoap.error.Error as error:
             raise DeviceUnreachable(address, str(error) or type(error).__name__) from None
-        self._remotes.setdefault(address, raw.remote)
+        if address not in self._remotes:
+            self._remember(address, raw.remote)
         return raw
+
+    def _remember(self, address: str, remote) -> None:
+        """Keep the newest remote of ``address``, its block size capped at ours and at
+        what the device asked for with a 4.13 (aiocoap makes a new remote per message)."""
+        limit = min(self._block_exp, self._block_limits.get(address, self._block_exp))
+        if remote.maximum_block_size_exp > limit:
+            remote.maximum_block_size_exp = limit
+        self._remotes[address] = remote
 
     async def observe(
         self, address: str, request: CoapRequest, *, timeout: float
