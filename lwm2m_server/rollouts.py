@@ -1,0 +1,243 @@
+"""Rollouts, sans-I/O: which devices a deployment targets, in what order, how many
+at once, and when it pauses.
+
+A rollout names a model, a selector and a strategy. Each matching device gets a
+:class:`DeviceRollout` that moves pending → in_flight → done | failed |
+incompatible, with retries after a backoff. Canaries go first: until the canary
+share has finished without failure, no other device starts. When failed devices
+reach the failure threshold the rollout pauses; an operator resumes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from .capabilities import DeviceProfile
+
+
+class RolloutError(Exception):
+    """A rollout definition or transition that is not allowed; ``str()`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which devices a rollout is for. Empty fields match everything."""
+
+    device_classes: tuple[str, ...] = ()
+    """Device classes (fnmatch patterns, e.g. ``tflite-micro/*``)."""
+    endpoints: tuple[str, ...] = ()
+    """Endpoint name patterns (fnmatch, e.g. ``m4f-*``)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Profile facts that must match exactly: ``manufacturer``, ``model``, ``runtime``, ``cpu_core``."""
+
+    def matches(self, endpoint: str, profile: DeviceProfile | None) -> bool:
+        if self.endpoints and not any(fnmatch.fnmatchcase(endpoint, p) for p in self.endpoints):
+            return False
+        if self.device_classes:
+            device_class = profile.device_class if profile is not None else None
+            if device_class is None or not any(fnmatch.fnmatchcase(device_class, p) for p in self.device_classes):
+                return False
+        for key, wanted in self.labels.items():
+            if _label(profile, key) != wanted:
+                return False
+        return True
+
+
+def _label(profile: DeviceProfile | None, key: str) -> str | None:
+    if profile is None:
+        return None
+    if key in ("manufacturer", "model", "firmware_version", "hardware_version"):
+        return getattr(profile, key)
+    if profile.tinyml is not None and key in ("runtime", "cpu_core"):
+        return getattr(profile.tinyml, key)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """How fast and how carefully."""
+
+    max_in_flight: int = 10
+    """Devices being updated at once."""
+    canary_fraction: float = 0.1
+    """Share of devices (at least one) updated first; the rest waits for them."""
+    failure_threshold: float = 0.2
+    """Pause when failed / finished devices reaches this share (after at least one failure)."""
+    max_attempts: int = 3
+    """Delivery attempts per device before it counts as failed."""
+    retry_backoff_s: float = 30.0
+    """Wait before the first retry; doubles each time."""
+    mode: str = "auto"
+    """``push``, ``pull`` or ``auto`` (what the device prefers, pull when it takes both)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_in_flight > 0, f"max_in_flight must be > 0, got {self.max_in_flight}"),
+            (0 <= self.canary_fraction <= 1, f"canary_fraction must be in 0..1, got {self.canary_fraction}"),
+            (0 < self.failure_threshold <= 1, f"failure_threshold must be in (0, 1], got {self.failure_threshold}"),
+            (self.max_attempts > 0, f"max_attempts must be > 0, got {self.max_attempts}"),
+            (self.retry_backoff_s >= 0, f"retry_backoff_s must be >= 0, got {self.retry_backoff_s}"),
+            (self.mode in ("push", "pull", "auto"), f"mode must be push, pull or auto, got {self.mode!r}"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise RolloutError(reason)
+
+
+class RolloutState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class DeviceStatus(enum.Enum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    RETRY_WAIT = "retry_wait"
+    DONE = "done"
+    FAILED = "failed"
+    INCOMPATIBLE = "incompatible"
+    ROLLED_BACK = "rolled_back"
+    """Failed, and the previous module was restored."""
+
+
+FINAL = (DeviceStatus.DONE, DeviceStatus.FAILED, DeviceStatus.INCOMPATIBLE, DeviceStatus.ROLLED_BACK)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRollout:
+    """One device's progress in one rollout."""
+
+    endpoint: str
+    status: DeviceStatus = DeviceStatus.PENDING
+    attempts: int = 0
+    canary: bool = False
+    next_attempt_at: float = 0.0
+    reason: str = ""
+    """Why it failed or is incompatible."""
+    job: dict[str, Any] | None = None
+    """The persisted :class:`~.delivery.DeliveryJob` of the current attempt."""
+    updated_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceRollout:
+        values = dict(data)
+        values["status"] = DeviceStatus(values["status"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A deployment of one model to the devices a selector picks."""
+
+    id: str
+    model: str
+    """``name@version`` of a registered model."""
+    selector: Selector = field(default_factory=Selector)
+    strategy: Strategy = field(default_factory=Strategy)
+    state: RolloutState = RolloutState.RUNNING
+    created_at: float = 0.0
+    paused_reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "model": self.model, "state": self.state.value,
+            "created_at": self.created_at, "paused_reason": self.paused_reason,
+            "selector": {"device_classes": list(self.selector.device_classes),
+                         "endpoints": list(self.selector.endpoints), "labels": dict(self.selector.labels)},
+            "strategy": asdict(self.strategy),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        selector = data.get("selector", {})
+        return cls(
+            id=data["id"], model=data["model"], state=RolloutState(data.get("state", "running")),
+            created_at=data.get("created_at", 0.0), paused_reason=data.get("paused_reason", ""),
+            selector=Selector(tuple(selector.get("device_classes", ())), tuple(selector.get("endpoints", ())),
+                              dict(selector.get("labels", {}))),
+            strategy=Strategy(**data.get("strategy", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Counts per status, for progress bars."""
+
+    total: int
+    counts: Mapping[str, int]
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.get(s.value, 0) for s in FINAL)
+
+
+def summarize(devices: Iterable[DeviceRollout]) -> Summary:
+    counts: dict[str, int] = {}
+    total = 0
+    for device in devices:
+        total += 1
+        counts[device.status.value] = counts.get(device.status.value, 0) + 1
+    return Summary(total, counts)
+
+
+def assign_canaries(devices: list[DeviceRollout], fraction: float) -> list[DeviceRollout]:
+    """Mark the first ceil(fraction × compatible devices) pending ones as canaries."""
+    candidates = [d for d in devices if d.status is not DeviceStatus.INCOMPATIBLE]
+    wanted = math.ceil(fraction * len(candidates)) if fraction > 0 else 0
+    already = sum(1 for d in candidates if d.canary)
+    out = []
+    for device in devices:
+        if already < wanted and not device.canary and device.status is DeviceStatus.PENDING:
+            device = replace(device, canary=True)
+            already += 1
+        out.append(device)
+    return out
+
+
+def should_pause(rollout: Rollout, devices: Iterable[DeviceRollout]) -> str | None:
+    """The reason to pause, or None."""
+    devices = list(devices)
+    failed = sum(1 for d in devices if d.status in (DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK))
+    finished = sum(1 for d in devices if d.status in (DeviceStatus.DONE, DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK))
+    if failed and finished and failed / finished >= rollout.strategy.failure_threshold:
+        return f"{failed} of {finished} finished devices failed (threshold {rollout.strategy.failure_threshold:.0%})"
+    return None
+
+
+def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float) -> list[str]:
+    """Endpoints to start now: canaries first, never more than max_in_flight at once."""
+    if rollout.state is not RolloutState.RUNNING:
+        return []
+    devices = list(devices)
+    in_flight = sum(1 for d in devices if d.status is DeviceStatus.IN_FLIGHT)
+    room = rollout.strategy.max_in_flight - in_flight
+    canaries = [d for d in devices if d.canary]
+    canaries_done = all(d.status is DeviceStatus.DONE for d in canaries)
+    ready = [
+        d for d in devices
+        if d.status is DeviceStatus.PENDING
+        or (d.status is DeviceStatus.RETRY_WAIT and d.next_attempt_at <= now)
+    ]
+    if not canaries_done:
+        ready = [d for d in ready if d.canary]
+    ready.sort(key=lambda d: (not d.canary, d.endpoint))
+    return [d.endpoint for d in ready[: max(0, room)]]
+
+
+def after_failure(device: DeviceRollout, strategy: Strategy, reason: str, now: float) -> DeviceRollout:
+    """Retry after a backoff, or fail for good once the attempts are used up."""
+    if device.attempts >= strategy.max_attempts:
+        return replace(device, status=DeviceStatus.FAILED, reason=reason, updated_at=now, job=None)
+    backoff = strategy.retry_backoff_s * (2 ** (device.attempts - 1))
+    return replace(device, status=DeviceStatus.RETRY_WAIT, reason=reason, next_attempt_at=now + backoff,
+                   updated_at=now, job=None)
