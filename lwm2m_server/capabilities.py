@@ -8,7 +8,6 @@ The profile is what deployment decisions rest on: the TinyML Capability object
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -16,6 +15,7 @@ from typing import Any, Mapping
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
 from ipso_objects.nodes import Node, flatten
 
+from .compilers.base import InvalidTarget, TargetSpec
 from .registration import Registration
 
 DEVICE, FIRMWARE, SOFTWARE = 3, 5, 9
@@ -68,15 +68,17 @@ class TinyMLCapability:
     active_model_digest: bytes = b""
     """SHA-256 of the installed module payload."""
 
-    @property
-    def device_class(self) -> str:
-        """Devices with the same runtime (major.minor), CPU, accelerators, formats
-        and op set share compiled artefacts; memory filters, it does not split."""
-        major_minor = ".".join(self.runtime_version.split(".")[:2])
-        ops = hashlib.sha256(",".join(self.operators).encode()).hexdigest()[:12]
-        parts = [self.runtime, major_minor, self.cpu_core or "any", "+".join(self.accelerators) or "none",
-                 "+".join(self.model_formats) or "none", f"ops-{ops}"]
-        return "/".join(parts)
+    def target_spec(self, memory_free_kb: int | None = None) -> TargetSpec:
+        """The compiler plugins' view of this device (raises InvalidTarget when incoherent)."""
+        storage = self.storage_bytes
+        if memory_free_kb is not None:
+            storage = min(storage, memory_free_kb * 1024)
+        return TargetSpec(
+            runtime=self.runtime, runtime_version=self.runtime_version, cpu_core=self.cpu_core,
+            ram_bytes=self.ram_bytes, flash_bytes=storage, arena_budget_bytes=self.arena_budget_bytes,
+            ops=frozenset(self.operators), accelerators=frozenset(self.accelerators),
+            formats=frozenset(self.model_formats), cpu_clock_hz=self.cpu_clock_hz,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +110,20 @@ class DeviceProfile:
     problems: tuple[str, ...] = ()
     """Reads that failed, e.g. ``/26241/0: 4.04 Not Found``."""
 
+    def target_spec(self) -> TargetSpec | None:
+        """What the device can run, for compiler selection; None without a TinyML object."""
+        if self.tinyml is None:
+            return None
+        return self.tinyml.target_spec(self.memory_free_kb)
+
     @property
     def device_class(self) -> str | None:
-        return self.tinyml.device_class if self.tinyml is not None else None
+        """Devices of one class share compiled modules (see :attr:`TargetSpec.device_class`)."""
+        try:
+            target = self.target_spec()
+        except InvalidTarget:
+            return None
+        return target.device_class if target is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (lists for tuples, hex for the digest)."""

@@ -28,7 +28,7 @@ class Selector:
     """Which devices a rollout is for. Empty fields match everything."""
 
     device_classes: tuple[str, ...] = ()
-    """Device classes (fnmatch patterns, e.g. ``tflite-micro/*``)."""
+    """Device classes (fnmatch patterns, e.g. ``tflite-micro-*``)."""
     endpoints: tuple[str, ...] = ()
     """Endpoint name patterns (fnmatch, e.g. ``m4f-*``)."""
     labels: Mapping[str, str] = field(default_factory=dict)

@@ -58,7 +58,7 @@ def test_device_class_ignores_memory_and_patch_version_but_not_ops():
 
     assert cls() == cls(arena=99999) == cls(version="1.2.9")
     assert cls() != cls(ops=("FULLY_CONNECTED",)) and cls() != cls(version="1.3.0")
-    assert cls().startswith("tflite-micro/1.2/cortex-m0plus/")
+    assert cls().startswith("tflite-micro-1.2-cortex-m0plus-")
 
 
 def test_rediscovery_when_the_object_list_changes():

@@ -21,9 +21,9 @@ def test_selector_by_class_endpoint_and_label():
     assert Selector().matches("anything", None)
     assert Selector(endpoints=("m4f-*",)).matches("m4f-0001", m4f)
     assert not Selector(endpoints=("m4f-*",)).matches("m0p-0001", m4f)
-    assert Selector(device_classes=("tflite-micro/*",)).matches("a", m4f)
-    assert not Selector(device_classes=("litert/*",)).matches("a", m4f)
-    assert not Selector(device_classes=("tflite-micro/*",)).matches("a", None)  # not discovered yet
+    assert Selector(device_classes=("tflite-micro-*",)).matches("a", m4f)
+    assert not Selector(device_classes=("litert-*",)).matches("a", m4f)
+    assert not Selector(device_classes=("tflite-micro-*",)).matches("a", None)  # not discovered yet
     assert Selector(labels={"cpu_core": "cortex-m4f", "manufacturer": "Acme"}).matches("a", m4f)
     assert not Selector(labels={"runtime": "litert"}).matches("a", m4f)
 
@@ -79,7 +79,7 @@ def test_failure_threshold_pauses():
 
 
 def test_round_trips_and_summary():
-    rollout = Rollout("r", "kws@1.0", Selector(("tflite-micro/*",), ("m4f-*",), {"cpu_core": "x"}),
+    rollout = Rollout("r", "kws@1.0", Selector(("tflite-micro-*",), ("m4f-*",), {"cpu_core": "x"}),
                       Strategy(mode="pull"), created_at=5.0)
     assert Rollout.from_dict(rollout.to_dict()) == rollout
     device = DeviceRollout("d", S.INCOMPATIBLE, reason="op CONV_2D unsupported")
