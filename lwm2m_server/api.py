@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import math
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Awaitable, Callable
 
@@ -25,7 +26,10 @@ from ipso_objects.values import from_text
 
 from . import display, operations
 from .operations import OperationError, Result
+from .deployment import Deployment, DeploymentError
+from .orchestrator import Orchestrator
 from .registration import Registration
+from .rollouts import RolloutError, RolloutState, Selector, Strategy, summarize
 from .server import DeviceNotRegistered, LwM2MServer, Queued
 from .store.base import QueueEntry, QueueFullError, StoreError
 
@@ -135,8 +139,11 @@ def _paths(body: dict[str, Any]) -> list[LwM2MPath]:
 class ManagementApi:
     """Routes and handlers; :meth:`start` binds the HTTP listener."""
 
-    def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780) -> None:
+    def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780,
+                 deployment: Deployment | None = None, orchestrator: Orchestrator | None = None) -> None:
         self.server = server
+        self.deployment = deployment
+        self.orchestrator = orchestrator
         self._token = token
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -151,6 +158,13 @@ class ManagementApi:
                      "write-attributes", "observe", "cancel-observe"):
             r.add_post(f"{API}/devices/{{ep}}/{name}", self._operation(name))
         r.add_get(f"{API}/queue/{{id}}", self.queue_entry)
+        r.add_get(f"{API}/models", self.list_models)
+        r.add_post(f"{API}/models", self.add_model)
+        r.add_get(f"{API}/rollouts", self.list_rollouts)
+        r.add_post(f"{API}/rollouts", self.create_rollout)
+        r.add_get(f"{API}/rollouts/{{id}}", self.get_rollout)
+        for action in ("pause", "resume", "cancel"):
+            r.add_post(f"{API}/rollouts/{{id}}/{action}", self._rollout_action(action))
         r.add_get(f"{API}/events", self.events)
 
     async def start(self) -> None:
@@ -182,6 +196,8 @@ class ManagementApi:
             return web.json_response({"error": str(error)}, status=429)
         except (OperationError, IpsoError) as error:
             return web.json_response({"error": error.reason}, status=400)
+        except (DeploymentError, RolloutError) as error:
+            return web.json_response({"error": str(error)}, status=400)
         except StoreError as error:
             self._log.error("store_failed", error=str(error))
             return web.json_response({"error": "server storage unavailable"}, status=503)
@@ -219,6 +235,77 @@ class ManagementApi:
         if entry is None:
             raise ApiError(404, f"no queue entry {request.match_info['id']}")
         return web.json_response(entry_json(entry))
+
+    # -- models and rollouts -------------------------------------------------------------
+
+    def _deploying(self) -> tuple[Deployment, Orchestrator]:
+        if self.deployment is None or self.orchestrator is None:
+            raise ApiError(503, "model deployment is not running in this server")
+        return self.deployment, self.orchestrator
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        deployment, _ = self._deploying()
+        return web.json_response([asdict(m) for m in await deployment.models()])
+
+    async def add_model(self, request: web.Request) -> web.Response:
+        """``POST /models?name=kws&version=1.0`` with the model file as the body."""
+        deployment, _ = self._deploying()
+        name, version = request.query.get("name", ""), request.query.get("version", "")
+        data = await request.read()
+        if not data:
+            raise ApiError(400, "the body must be the model file")
+        record = await deployment.add_model(data, name, version, request.query.get("format", "tflite"))
+        return web.json_response(asdict(record), status=201)
+
+    async def list_rollouts(self, request: web.Request) -> web.Response:
+        _, orchestrator = self._deploying()
+        return web.json_response([self._rollout_json(r.id) for r in orchestrator.rollouts()])
+
+    async def create_rollout(self, request: web.Request) -> web.Response:
+        _, orchestrator = self._deploying()
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise ApiError(400, "give {\"model\": \"name@version\", \"selector\": {...}, \"strategy\": {...}}")
+        selector = body.get("selector") or {}
+        strategy = body.get("strategy") or {}
+        try:
+            selector = Selector(tuple(selector.get("device_classes", ())), tuple(selector.get("endpoints", ())),
+                                dict(selector.get("labels", {})))
+            strategy = Strategy(**strategy)
+        except (TypeError, AttributeError) as error:
+            raise ApiError(400, f"bad selector or strategy: {error}") from None
+        rollout = await orchestrator.create(body["model"], selector, strategy, body.get("id"))
+        return web.json_response(self._rollout_json(rollout.id), status=201)
+
+    async def get_rollout(self, request: web.Request) -> web.Response:
+        return web.json_response(self._rollout_json(request.match_info["id"], devices=True))
+
+    def _rollout_action(self, action: str):
+        states = {"pause": RolloutState.PAUSED, "resume": RolloutState.RUNNING, "cancel": RolloutState.CANCELLED}
+
+        async def handler(request: web.Request) -> web.Response:
+            _, orchestrator = self._deploying()
+            await orchestrator.set_state(request.match_info["id"], states[action])
+            return web.json_response(self._rollout_json(request.match_info["id"]))
+
+        return handler
+
+    def _rollout_json(self, rollout_id: str, devices: bool = False) -> dict[str, Any]:
+        _, orchestrator = self._deploying()
+        found = orchestrator.rollout(rollout_id)
+        if found is None:
+            raise ApiError(404, f"no rollout {rollout_id}")
+        rollout, states = found
+        body = rollout.to_dict()
+        summary = summarize(states)
+        body["summary"] = {"total": summary.total, "finished": summary.finished, "counts": dict(summary.counts)}
+        if devices:
+            body["devices"] = [
+                {"endpoint": d.endpoint, "status": d.status.value, "attempts": d.attempts, "canary": d.canary,
+                 "reason": d.reason, "phase": (d.job or {}).get("phase"), "mode": (d.job or {}).get("mode")}
+                for d in states
+            ]
+        return body
 
     def _operation(self, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:

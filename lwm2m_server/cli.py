@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from importlib.metadata import version
 from pathlib import Path
@@ -35,11 +36,12 @@ class ApiClient:
         self._timeout = timeout
 
     def _open(self, method: str, path: str, body: Any = None, timeout: float | None = None):
-        data = json.dumps(body).encode() if body is not None else None
+        raw = isinstance(body, bytes)
+        data = body if raw else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self._token}")
         if data is not None:
-            request.add_header("Content-Type", "application/json")
+            request.add_header("Content-Type", "application/octet-stream" if raw else "application/json")
         try:
             return urllib.request.urlopen(request, timeout=timeout or self._timeout)
         except urllib.error.HTTPError as error:
@@ -244,6 +246,114 @@ def cmd_queue(args):
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.models_command == "add":
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as error:
+            raise CliError(f"cannot read {args.file}: {error.strerror}") from None
+        query = urllib.parse.urlencode({"name": args.name, "version": args.model_version})
+        _, model = client.call("POST", f"/models?{query}", data)
+        print(f"added {model['name']}@{model['version']} ({model['size']} bytes, sha256 {model['digest'][:16]}…)")
+        return 0
+    _, models = client.call("GET", "/models")
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    for model in models:
+        print(f"{model['name']}@{model['version']:<12} {model['format']:<7} {model['size']:>8} B  {model['digest'][:16]}")
+    print(f"{len(models)} model(s)")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    strategy = {"max_in_flight": args.max_in_flight, "canary_fraction": args.canary,
+                "failure_threshold": args.failure_threshold, "mode": args.mode}
+    selector = {"device_classes": args.device_class, "endpoints": args.endpoint}
+    body = {"model": args.model, "selector": selector, "strategy": strategy}
+    if args.id:
+        body["id"] = args.id
+    _, rollout = _client(args).call("POST", "/rollouts", body)
+    print(f"rollout {rollout['id']}: {args.model} to {rollout['summary']['total']} matching device(s) so far")
+    if args.watch:
+        return _watch(_client(args), rollout["id"])
+    return 0
+
+
+def _progress_line(rollout: dict[str, Any]) -> str:
+    summary = rollout["summary"]
+    counts, total = summary["counts"], summary["total"]
+    done = counts.get("done", 0)
+    width = 30
+    filled = int(width * summary["finished"] / total) if total else 0
+    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f"{rollout['id']} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({parts}) {rollout['state']}"
+
+
+def _watch(client: ApiClient, rollout_id: str) -> int:
+    tty = sys.stdout.isatty()
+    while True:
+        _, rollout = client.call("GET", f"/rollouts/{rollout_id}")
+        line = _progress_line(rollout)
+        print(("\r" + line + " " * 4) if tty else line, end="" if tty else "\n", flush=True)
+        summary = rollout["summary"]
+        if rollout["state"] != "running" or (summary["total"] and summary["finished"] == summary["total"]):
+            print()
+            if rollout.get("paused_reason"):
+                print(f"paused: {rollout['paused_reason']}")
+            return 0
+        time.sleep(1.0)
+
+
+def cmd_rollouts(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.id is None:
+        _, rollouts = client.call("GET", "/rollouts")
+        for rollout in rollouts:
+            print(_progress_line(rollout))
+        print(f"{len(rollouts)} rollout(s)")
+        return 0
+    if args.action:
+        client.call("POST", f"/rollouts/{args.id}/{args.action}")
+    if args.watch:
+        return _watch(client, args.id)
+    _, rollout = client.call("GET", f"/rollouts/{args.id}")
+    if args.json:
+        print(json.dumps(rollout, indent=2))
+        return 0
+    print(_progress_line(rollout))
+    if rollout.get("paused_reason"):
+        print(f"paused: {rollout['paused_reason']}")
+    for device in rollout["devices"]:
+        detail = device["reason"] or (f"{device['mode']} {device['phase']}" if device["phase"] else "")
+        flag = " canary" if device["canary"] else ""
+        print(f"  {device['endpoint']:<14} {device['status']:<13}{flag:<7} {detail}")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .config import ConfigError, ServerConfig, load_config
+    from .suit import KeyFileError, SuitError, describe_key, generate_key_files
+
+    path = args.path
+    if path is None:
+        config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+        try:
+            config = load_config(config_path) if config_path else ServerConfig()
+        except ConfigError as error:
+            raise CliError(str(error)) from None
+        path = str(config.deployment.signing_key)
+    try:
+        if args.keys_command == "generate":
+            files = generate_key_files(Path(path), args.alg, overwrite=args.force)
+            print(f"wrote {files.private_path} (private, mode 0600) and {files.public_path}")
+        print(describe_key(Path(path)))
+    except (KeyFileError, SuitError) as error:
+        raise CliError(error.reason) from None
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import serve
 
@@ -334,6 +444,42 @@ def build_parser() -> argparse.ArgumentParser:
             (("--count",), {"type": int, "default": 0, "help": "stop after N notifications"}),
             (("--timeout",), {"type": float, "default": 0, "help": "stop after S seconds"}))
     command("queue", cmd_queue, "show a queued request", (("id",), {"help": "queue entry id"}))
+
+    models = commands.add_parser("models", help="register and list TinyML models")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    add = models_commands.add_parser("add", parents=[common], help="register a model file (.tflite)")
+    add.add_argument("file")
+    add.add_argument("--name", required=True)
+    add.add_argument("--version", dest="model_version", required=True)
+    listing = models_commands.add_parser("list", parents=[common], help="list registered models")
+    listing.add_argument("--json", action="store_true")
+    for sub in (add, listing):
+        sub.set_defaults(handler=cmd_models)
+    command("deploy", cmd_deploy, "roll a model out to the devices a selector picks",
+                     (("model",), {"help": "name@version"}),
+                     (("--class",), {"dest": "device_class", "action": "append", "default": [],
+                                     "help": "device class pattern (repeatable)"}),
+                     (("--endpoint",), {"action": "append", "default": [], "help": "endpoint pattern, e.g. 'm4f-*'"}),
+                     (("--max-in-flight",), {"type": int, "default": 10}),
+                     (("--canary",), {"type": float, "default": 0.1, "help": "canary fraction (0..1)"}),
+                     (("--failure-threshold",), {"type": float, "default": 0.2}),
+                     (("--mode",), {"choices": ["auto", "push", "pull"], "default": "auto"}),
+                     (("--id",), {"help": "rollout id (default: generated)"}),
+                     (("--watch",), {"action": "store_true", "help": "show a live progress bar"}))
+    command("rollouts", cmd_rollouts, "list rollouts, or show/pause/resume/cancel one",
+            (("id",), {"nargs": "?"}),
+            (("action",), {"nargs": "?", "choices": ["pause", "resume", "cancel"]}),
+            (("--watch",), {"action": "store_true", "help": "live progress bar until it finishes"}),
+            json_flag=True)
+    keys = commands.add_parser("keys", help="manage the module signing key")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_commands.add_parser("generate", parents=[common], help="create a signing key pair")
+    generate.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256")
+    generate.add_argument("--force", action="store_true", help="replace an existing key")
+    show = keys_commands.add_parser("show", parents=[common], help="print the public key and key id")
+    for sub in (generate, show):
+        sub.add_argument("--path", help="key file (default: deployment.signing_key)")
+        sub.set_defaults(handler=cmd_keys)
     return parser
 
 

@@ -252,6 +252,16 @@ class CoapAdapter:
             reply.opt.content_format = answer.content_format
         return reply
 
+    def local_base(self, address: str) -> str:
+        """``coap://host:port`` of this server as the device at ``address`` reaches it."""
+        remote = self._remotes.get(address)
+        if remote is not None:
+            try:
+                return remote.uri_base_local
+            except (ValueError, AttributeError):  # no packet info for this remote
+                pass
+        return f"coap://127.0.0.1:{self.port}"
+
     def _download_for(self, request: Message) -> Download | None:
         if request.code != Code.GET or request.opt.observe is not None:
             return None

@@ -156,6 +156,43 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclaredRollout:
+    """A rollout declared in YAML; the daemon creates it (once) at start."""
+
+    id: str
+    """Rollout id; a rollout with this id that exists already is left alone."""
+    model_file: Path
+    """The model file (e.g. a .tflite), registered as ``model_name@model_version``."""
+    model_name: str
+    model_version: str
+    selector: Mapping[str, Any] = field(default_factory=dict)
+    """``device_classes``, ``endpoints`` (fnmatch patterns), ``labels``."""
+    strategy: Mapping[str, Any] = field(default_factory=dict)
+    """``max_in_flight``, ``canary_fraction``, ``failure_threshold``, ``max_attempts``,
+    ``retry_backoff_s``, ``mode``."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    """TinyML model deployment."""
+
+    data_dir: Path = Path("data")
+    """Models, compiled artefacts and signed modules live under it."""
+    signing_key: Path = Path("data/keys/signing-es256.pem")
+    """Private key that signs inference modules; created at first start if missing."""
+    vendor_domain: str = "tinymlaas.example"
+    """SUIT vendor id = UUID5(DNS namespace, this); devices check it."""
+    public_host: str = ""
+    """Host put in pull URIs; empty = the address each device contacted."""
+    poll_interval_s: float = 2.0
+    """Seconds between reads of a device's update state."""
+    phase_timeout_s: float = 600.0
+    """Longest wait for one update step (download, install)."""
+    rollouts: tuple[DeclaredRollout, ...] = ()
+    """Rollouts declared here."""
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The whole configuration file."""
 
@@ -173,6 +210,8 @@ class ServerConfig:
     """Operators' API."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Log output."""
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
+    """Model deployment."""
     source: str = field(default="<config>", compare=False)
     """Where the configuration came from (file name), for error messages."""
 
@@ -216,7 +255,7 @@ def parse_config(mapping: Any, source: str = "<config>") -> ServerConfig:
     _check_keys(source, "", mapping, list(_SECTIONS), "section")
     parsers: dict[str, Callable[[_Section], Any]] = {
         "coap": _coap, "registration": _registration, "queue": _queue, "store": _store,
-        "objects": _objects, "api": _api, "logging": _logging,
+        "objects": _objects, "api": _api, "logging": _logging, "deployment": _deployment,
     }
     sections = {
         name: parsers[name](_Section(source, name, mapping[name], cls))
@@ -366,6 +405,53 @@ def _api(s: _Section) -> ApiConfig:
             "(and a TLS-terminating proxy in front)",
         )
     return config
+
+
+def _deployment(s: _Section) -> DeploymentConfig:
+    s.path("data_dir")
+    s.path("signing_key")
+    s.number("poll_interval_s", positive=True)
+    s.number("phase_timeout_s", positive=True)
+    for key in ("vendor_domain", "public_host"):
+        present, value = s._get(key)
+        if present:
+            if not isinstance(value, str) or (key == "vendor_domain" and not value.strip()):
+                s.fail(key, f"must be a{' non-empty' if key == 'vendor_domain' else ''} string, got {_describe(value)}")
+            s.values[key] = value.strip()
+    present, value = s._get("rollouts", nullable=True)
+    if present and value is not None:
+        if not isinstance(value, list):
+            s.fail("rollouts", f"must be a list of rollouts, got {_describe(value)}")
+        s.values["rollouts"] = tuple(_declared_rollout(s, f"rollouts[{i}]", item) for i, item in enumerate(value))
+    return s.build()
+
+
+def _declared_rollout(s: _Section, key: str, item: Any) -> DeclaredRollout:
+    from .rollouts import RolloutError, Selector, Strategy
+
+    if not isinstance(item, Mapping):
+        s.fail(key, f"must be a mapping with id, model, selector, strategy; got {_describe(item)}")
+    _check_keys(s.source, f"deployment.{key}.", item, ["id", "model", "selector", "strategy"], "key")
+    model = item.get("model")
+    if not isinstance(model, Mapping) or not all(isinstance(model.get(k), str) for k in ("file", "name", "version")):
+        s.fail(f"{key}.model", "must be a mapping with file, name and version strings")
+    rollout_id = item.get("id")
+    if not isinstance(rollout_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rollout_id):
+        s.fail(f"{key}.id", f"must be 1..64 letters, digits, '.', '_' or '-', got {_describe(rollout_id)}")
+    selector, strategy = item.get("selector") or {}, item.get("strategy") or {}
+    try:
+        Selector(**{k: tuple(v) if isinstance(v, list) else v for k, v in selector.items()})
+    except TypeError as error:
+        s.fail(f"{key}.selector", f"valid keys are device_classes, endpoints, labels ({error})")
+    try:
+        Strategy(**strategy)
+    except TypeError as error:
+        s.fail(f"{key}.strategy", f"valid keys are max_in_flight, canary_fraction, failure_threshold, "
+                                  f"max_attempts, retry_backoff_s, mode ({error})")
+    except RolloutError as error:
+        s.fail(f"{key}.strategy", str(error))
+    return DeclaredRollout(rollout_id, Path(model["file"]), model["name"], model["version"],
+                           dict(selector), dict(strategy))
 
 
 def _logging(s: _Section) -> LoggingConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from importlib.metadata import entry_points
 
 import structlog
@@ -12,8 +13,11 @@ import structlog
 from ipso_objects import DdfError, ObjectRegistry
 
 from .api import ManagementApi
-from .config import ConfigError, ServerConfig, ensure_api_token, load_config
+from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
+from .deployment import Deployment, DeploymentError
 from .logging_setup import configure_logging
+from .orchestrator import Orchestrator
+from .rollouts import RolloutError, Selector, Strategy
 from .server import LwM2MServer
 from .store.base import Store, StoreError
 
@@ -39,6 +43,7 @@ class Daemon:
         self.config = config
         self.server: LwM2MServer | None = None
         self.api: ManagementApi | None = None
+        self.orchestrator: Orchestrator | None = None
         self._store: Store | None = None
 
     async def start(self) -> None:
@@ -47,9 +52,16 @@ class Daemon:
         registry = ObjectRegistry.default(config.objects.ddf_folders)
         self._store = await open_store(config)
         try:
-            self.server = LwM2MServer(config, registry, self._store)
+            deployment = Deployment(config.deployment, self._store, clock=time.time)
+            await deployment.start()
+            self.server = LwM2MServer(config, registry, self._store, downloads=deployment.download)
             await self.server.start()
-            self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port)
+            self.orchestrator = Orchestrator(self.server, deployment, clock=time.time)
+            await self.orchestrator.start()
+            for declared in config.deployment.rollouts:
+                await _declare(self.orchestrator, deployment, declared)
+            self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port,
+                                     deployment=deployment, orchestrator=self.orchestrator)
             await self.api.start()
         except BaseException:
             await self.stop()
@@ -62,10 +74,29 @@ class Daemon:
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
+        if self.orchestrator is not None:
+            await self.orchestrator.stop()
         if self.server is not None:
             await self.server.stop()
         if self._store is not None:
             await self._store.close()
+
+
+async def _declare(orchestrator: Orchestrator, deployment: Deployment, declared: DeclaredRollout) -> None:
+    """Create a rollout declared in the YAML, unless it exists (restarts re-read the file)."""
+    if orchestrator.rollout(declared.id) is not None:
+        return
+    where = f"deployment.rollouts[{declared.id}]"
+    try:
+        data = declared.model_file.read_bytes()
+    except OSError as error:
+        raise ConfigError("config", f"{where}.model.file", f"cannot read {declared.model_file}: {error.strerror}") from None
+    try:
+        model = await deployment.add_model(data, declared.model_name, declared.model_version)
+        selector = Selector(**{k: tuple(v) if isinstance(v, list) else v for k, v in declared.selector.items()})
+        await orchestrator.create(model.key, selector, Strategy(**declared.strategy), rollout_id=declared.id)
+    except (DeploymentError, RolloutError) as error:
+        raise ConfigError("config", where, str(error)) from None
 
 
 async def _serve(config: ServerConfig) -> None:

@@ -109,6 +109,8 @@ class DeliveryJob:
     expected: Expected
     uri: str = ""
     """Pull: where the device fetches the module."""
+    artifact: str = ""
+    """Download token of the module being delivered (the server finds the file by it)."""
     instance: int = 0
     """SOTA: the /9 instance used."""
     poll_interval_s: float = 2.0
@@ -281,7 +283,7 @@ class DeliveryJob:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "target": self.target.value, "mode": self.mode.value, "uri": self.uri,
+            "target": self.target.value, "mode": self.mode.value, "uri": self.uri, "artifact": self.artifact,
             "instance": self.instance, "poll_interval_s": self.poll_interval_s,
             "phase_timeout_s": self.phase_timeout_s, "phase": self.phase.value,
             "phase_started_at": self.phase_started_at, "next_poll_at": self.next_poll_at,
@@ -298,7 +300,7 @@ class DeliveryJob:
         expected["digest"] = bytes.fromhex(expected.get("digest", ""))
         return cls(
             target=Target(data["target"]), mode=Mode(data["mode"]), expected=Expected(**expected),
-            uri=data.get("uri", ""), instance=data.get("instance", 0),
+            uri=data.get("uri", ""), artifact=data.get("artifact", ""), instance=data.get("instance", 0),
             poll_interval_s=data.get("poll_interval_s", 2.0), phase_timeout_s=data.get("phase_timeout_s", 600.0),
             phase=Phase(data["phase"]), phase_started_at=data.get("phase_started_at"),
             next_poll_at=data.get("next_poll_at", 0.0), reason=data.get("reason", ""),

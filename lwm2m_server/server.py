@@ -21,7 +21,7 @@ from ipso_objects import LwM2MPath, ObjectRegistry
 
 from . import operations
 from .capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
-from .coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from .coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .config import ServerConfig
 from .events import EventHub
 from .operations import DeviceRequest, OperationError, Result
@@ -86,6 +86,7 @@ class LwM2MServer:
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
+        downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -103,6 +104,7 @@ class LwM2MServer:
             receive_buffer_bytes=config.coap.receive_buffer_bytes,
             max_in_flight=config.coap.max_in_flight,
             block_size=config.coap.block_size,
+            downloads=downloads,
         )
         self._tasks: set[asyncio.Task] = set()
         self._unrestored: dict[str, list[ObservationRecord]] = {}
@@ -293,6 +295,13 @@ class LwM2MServer:
 
     def profile(self, endpoint: str) -> DeviceProfile | None:
         return self._profiles.get(endpoint)
+
+    def download_uri(self, endpoint: str, token: str) -> str:
+        """A ``coap://`` URI the device can fetch ``/fw/<token>`` from (pull delivery)."""
+        registration = self._require(endpoint)
+        public = self.config.deployment.public_host
+        base = f"coap://{public}:{self.port}" if public else self._adapter.local_base(registration.address)
+        return f"{base}/fw/{token}"
 
     # -- expiry --------------------------------------------------------------------
 

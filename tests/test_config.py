@@ -165,7 +165,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
 def test_unknown_section_lists_valid_sections(tmp_path: Path) -> None:
     assert load_error(tmp_path, "colap: {}\n") == (
         "colap: unknown section (did you mean 'coap'?); valid sections: "
-        "coap, registration, queue, store, objects, api, logging"
+        "coap, registration, queue, store, objects, api, logging, deployment"
     )
     assert load_error(tmp_path, "zzz: 1").startswith("zzz: unknown section; valid sections:")
 
@@ -217,7 +217,7 @@ def test_wrong_type_names_the_expected_type(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     assert load_error(tmp_path, "- coap\n- api\n") == (
         "top level must be a mapping of sections "
-        "(coap, registration, queue, store, objects, api, logging), got a list"
+        "(coap, registration, queue, store, objects, api, logging, deployment), got a list"
     )
     assert load_error(tmp_path, "just text").endswith("got 'just text'")
 
@@ -418,3 +418,20 @@ def test_reconfiguring_does_not_duplicate_library_lines() -> None:
     logging.getLogger("aiocoap").error("once")
     assert second.getvalue().count("once") == 1
     assert first.getvalue() == ""
+
+
+def test_declared_rollouts_are_validated():
+    document = {"deployment": {"rollouts": [{
+        "id": "kws-m4f", "model": {"file": "m.tflite", "name": "kws", "version": "1.0"},
+        "selector": {"endpoints": ["m4f-*"]}, "strategy": {"max_in_flight": 4, "mode": "pull"},
+    }]}}
+    (rollout,) = parse_config(document).deployment.rollouts
+    assert (rollout.id, rollout.model_name, rollout.strategy["mode"]) == ("kws-m4f", "kws", "pull")
+    document["deployment"]["rollouts"][0]["strategy"] = {"canary_fraction": 2}
+    with pytest.raises(ConfigError, match=r"deployment.rollouts\[0\].strategy: canary_fraction must be in 0..1"):
+        parse_config(document)
+    document["deployment"]["rollouts"][0]["strategy"] = {"speed": 1}
+    with pytest.raises(ConfigError, match=r"deployment.rollouts\[0\].strategy: valid keys"):
+        parse_config(document)
+    with pytest.raises(ConfigError, match=r"deployment.rollouts\[0\].model: must be a mapping"):
+        parse_config({"deployment": {"rollouts": [{"id": "x", "model": "m.tflite"}]}})

@@ -1,0 +1,248 @@
+"""Models and inference modules: the files a rollout delivers.
+
+A registered model is a file under ``<data_dir>/models``. For a device class the
+best fitting compiler plugin compiles it (cached on disk by model digest,
+plugin, plugin version and class), and the result is signed into a SUIT
+envelope under ``<data_dir>/modules``. The envelope carries the compiled model
+integrated, so push (write the envelope) and pull (the device fetches the same
+file over Block2) deliver identical bytes. One envelope serves a whole class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import structlog
+
+from .coap import Download
+from .compilers import (
+    CompileCache, CompilerError, CompilerPlugin, Incompatible, ModelInput, TargetSpec,
+    discover_plugins, fit_reasons, select_plugin,
+)
+from .compilers.tflite_model import parse_model
+from .config import DeploymentConfig
+from .store.base import Store
+from .suit import (
+    ModelMetadata, Quantization, TensorSpec, build_envelope, generate_key_files, key_id,
+    load_private_key, make_class_id, make_vendor_id,
+)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class DeploymentError(Exception):
+    """A model or module operation that cannot be done; ``str()`` says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """A registered model."""
+
+    name: str
+    version: str
+    format: str
+    digest: str
+    """SHA-256 hex of the file."""
+    size: int
+    file: str
+    """Path of the stored copy."""
+    added_at: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A signed inference module for one device class."""
+
+    file: str
+    """The envelope file."""
+    token: str
+    """Its download name: ``/fw/<token>``."""
+    size: int
+    sha256: str
+    """SHA-256 hex of the envelope."""
+    payload_sha256: str
+    """SHA-256 hex of the compiled model inside (what the device reports once active)."""
+    sequence_number: int
+    device_class: str
+    plugin: str
+    arena_bytes: int
+
+
+class Deployment:
+    """Model registry, compile cache, signing and download files."""
+
+    def __init__(
+        self, config: DeploymentConfig, store: Store, *,
+        plugins: list[CompilerPlugin] | None = None, clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.plugins = plugins if plugins is not None else discover_plugins()
+        self._clock = clock
+        self._dir = Path(config.data_dir)
+        self.cache = CompileCache(self._dir / "cache")
+        self.vendor_id = make_vendor_id(config.vendor_domain)
+        self._key = None
+        self._lock = asyncio.Lock()
+        self._artifacts: dict[str, Artifact] = {}
+        self._downloads: dict[str, Download] = {}
+        self._envelopes: dict[str, bytes] = {}
+        self._log = structlog.get_logger("lwm2m_server.deployment")
+
+    async def start(self) -> None:
+        for sub in ("models", "modules", "cache"):
+            (self._dir / sub).mkdir(parents=True, exist_ok=True)
+        key_path = Path(self.config.signing_key)
+        if not key_path.exists():
+            generate_key_files(key_path, "ES256")
+            self._log.info("signing_key_created", path=str(key_path))
+        self._key = load_private_key(key_path)
+        for data in (await self.store.list_documents("module")).values():
+            artifact = Artifact(**data)
+            if Path(artifact.file).is_file():
+                self._remember(artifact)
+        self._log.info("deployment_ready", key_id=key_id(self._key.public_key()), modules=len(self._downloads),
+                       plugins=[p.name for p in self.plugins])
+
+    # -- models ---------------------------------------------------------------------
+
+    async def add_model(self, data: bytes, name: str, version: str, fmt: str = "tflite") -> ModelRecord:
+        """Register a model; the same bytes again are fine, other bytes under a used
+        name@version are refused."""
+        for what, value in (("name", name), ("version", version)):
+            if not _NAME.fullmatch(value):
+                raise DeploymentError(f"model {what} {value!r}: use 1..64 letters, digits, '.', '_', '-'")
+        if fmt != "tflite":
+            raise DeploymentError(f"model format {fmt!r} is not supported (tflite)")
+        try:
+            await asyncio.to_thread(parse_model, data)
+        except CompilerError as error:
+            raise DeploymentError(f"{name}@{version} is not a valid {fmt} model: {error.reason}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        existing = await self.model(f"{name}@{version}")
+        if existing is not None:
+            if existing.digest != digest:
+                raise DeploymentError(f"{name}@{version} is registered with other content; use a new version")
+            return existing
+        path = self._dir / "models" / f"{digest}.{fmt}"
+        _write_atomic(path, data)
+        record = ModelRecord(name, version, fmt, digest, len(data), str(path), self._clock())
+        await self.store.put_document("model", record.key, asdict(record), self._clock())
+        self._log.info("model_added", model=record.key, size=record.size, digest=digest[:16])
+        return record
+
+    async def model(self, key: str) -> ModelRecord | None:
+        data = await self.store.get_document("model", key)
+        return ModelRecord(**data) if data is not None else None
+
+    async def models(self) -> list[ModelRecord]:
+        return [ModelRecord(**d) for d in (await self.store.list_documents("model")).values()]
+
+    # -- modules ---------------------------------------------------------------------
+
+    async def artifact_for(self, model: ModelRecord, target: TargetSpec) -> Artifact:
+        """The signed module of ``model`` for ``target``'s class; :class:`Incompatible`
+        (with every plugin's reason) when nothing fits the device."""
+        source = ModelInput(Path(model.file).read_bytes(), model.format, model.name, model.version)
+        async with self._lock:  # one compile at a time: plugins are CPU-bound
+            plugin, _ = await asyncio.to_thread(select_plugin, self.plugins, source, target)
+            module, hit = await asyncio.to_thread(self.cache.get_or_compile, plugin, source, target)
+            reasons = fit_reasons(module, target)
+            if reasons:
+                raise Incompatible(f"{plugin.name}: " + "; ".join(reasons))
+            key = f"{module.payload_digest}:{target.device_class}"
+            stored = await self.store.get_document("module", key)
+            if stored is not None and Path(stored["file"]).is_file():
+                return Artifact(**stored)
+            artifact = await self._sign(model, module, target, plugin)
+            await self.store.put_document("module", key, asdict(artifact), self._clock())
+        self._log.info("module_built", model=model.key, device_class=target.device_class, plugin=plugin.name,
+                       cache_hit=hit, arena=module.required_arena_bytes, sequence=artifact.sequence_number)
+        return artifact
+
+    async def _sign(self, model: ModelRecord, module, target: TargetSpec, plugin: CompilerPlugin) -> Artifact:
+        sequence = await self._next_sequence()
+        metadata = ModelMetadata(
+            name=model.name, version=model.version, arena_bytes=module.required_arena_bytes,
+            inputs=tuple(_tensor(t) for t in module.inputs), outputs=tuple(_tensor(t) for t in module.outputs),
+            runtime_name=target.runtime, runtime_version=target.runtime_version,
+            compiler_name=module.compiler, compiler_version=module.compiler_version,
+        )
+        envelope = build_envelope(
+            module.payload, sequence_number=sequence, vendor_id=self.vendor_id,
+            class_id=make_class_id(self.vendor_id, target.device_class), metadata=metadata,
+            signing_key=self._key,
+        )
+        sha = hashlib.sha256(envelope).hexdigest()
+        token = sha[:24]
+        path = self._dir / "modules" / f"{token}.suit"
+        _write_atomic(path, envelope)
+        artifact = Artifact(str(path), token, len(envelope), sha, module.payload_digest, sequence,
+                            target.device_class, plugin.name, module.required_arena_bytes)
+        self._remember(artifact)
+        return artifact
+
+    def _remember(self, artifact: Artifact) -> None:
+        self._artifacts[artifact.token] = artifact
+        self._downloads[artifact.token] = _download(artifact)
+
+    async def artifact_by_token(self, token: str) -> Artifact:
+        artifact = self._artifacts.get(token)
+        if artifact is None:
+            raise DeploymentError(f"module {token} is gone from {self._dir / 'modules'}")
+        return artifact
+
+    async def _next_sequence(self) -> int:
+        """Monotonic across restarts, and never below the clock: anti-rollback on the
+        devices needs every new envelope to carry a larger number."""
+        stored = await self.store.get_document("suit", "sequence") or {"next": 0}
+        sequence = max(int(stored["next"]), int(self._clock()))
+        await self.store.put_document("suit", "sequence", {"next": sequence + 1}, self._clock())
+        return sequence
+
+    def envelope(self, artifact: Artifact) -> bytes:
+        """The envelope bytes, read once and shared by every push of the class."""
+        data = self._envelopes.get(artifact.token)
+        if data is None:
+            data = self._envelopes[artifact.token] = Path(artifact.file).read_bytes()
+        return data
+
+    def download(self, uri_path: tuple[str, ...]) -> Download | None:
+        """The adapter's resolver for ``GET /fw/<token>``."""
+        if len(uri_path) == 2 and uri_path[0] == "fw":
+            return self._downloads.get(uri_path[1])
+        return None
+
+
+def _tensor(spec) -> TensorSpec:
+    quantization = Quantization(spec.scale, spec.zero_point) if spec.scale else None
+    return TensorSpec(spec.name, spec.dtype, tuple(spec.shape), quantization)
+
+
+def _download(artifact: Artifact) -> Download:
+    return Download(Path(artifact.file), artifact.size, bytes.fromhex(artifact.sha256)[:8])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

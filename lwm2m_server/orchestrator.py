@@ -1,0 +1,301 @@
+"""Runs rollouts: picks devices (:mod:`.rollouts`), builds their modules
+(:mod:`.deployment`), and drives each delivery (:mod:`.delivery`) through the
+server. Every step is persisted, so a restarted daemon resumes each rollout
+and each device's delivery where it stood.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import replace
+from typing import Callable
+
+import structlog
+
+from ipso_objects import LwM2MPath
+
+from . import operations
+from .compilers import CompilerError, Incompatible
+from .delivery import DeliveryJob, Expected, Mode, Step, StepKind, Target
+from .deployment import Deployment, DeploymentError
+from .operations import DeviceRequest, Result
+from .rollouts import (
+    DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
+    after_failure, assign_canaries, next_devices, should_pause, summarize,
+)
+from .server import LwM2MServer, Queued
+
+ROLLOUT, DEVICE = "rollout", "rollout-device"
+_NOT_ACTIVATED = "package installed but not activated"
+
+
+class Orchestrator:
+    """``await start()`` after the server; ``tick()`` runs every ``interval`` seconds."""
+
+    def __init__(self, server: LwM2MServer, deployment: Deployment, *,
+                 clock: Callable[[], float], interval: float = 0.5) -> None:
+        self.server = server
+        self.deployment = deployment
+        self._clock = clock
+        self._interval = interval
+        self._rollouts: dict[str, Rollout] = {}
+        self._devices: dict[str, dict[str, DeviceRollout]] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task] = {}
+        self._loop: asyncio.Task | None = None
+        self._log = structlog.get_logger("lwm2m_server.rollouts")
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        store = self.server.store
+        for rollout_id, data in (await store.list_documents(ROLLOUT)).items():
+            self._rollouts[rollout_id] = Rollout.from_dict(data)
+            devices = await store.list_documents(DEVICE, f"{rollout_id}/")
+            self._devices[rollout_id] = {d["endpoint"]: DeviceRollout.from_dict(d) for d in devices.values()}
+        resumed = 0
+        for rollout_id, devices in self._devices.items():
+            for endpoint, device in devices.items():
+                if device.status is DeviceStatus.IN_FLIGHT:
+                    self._start_task(self._rollouts[rollout_id], endpoint, resume=True)
+                    resumed += 1
+        self._loop = asyncio.create_task(self._run())
+        self._log.info("orchestrator_started", rollouts=len(self._rollouts), resumed_devices=resumed)
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # keep rolling out whatever one bad tick did
+                self._log.exception("rollout_tick_failed")
+            await asyncio.sleep(self._interval)
+
+    # -- operator side -------------------------------------------------------------
+
+    async def create(self, model: str, selector: Selector, strategy: Strategy,
+                     rollout_id: str | None = None) -> Rollout:
+        if await self.deployment.model(model) is None:
+            raise RolloutError(f"model {model} is not registered (tinymlaas models add)")
+        rollout_id = rollout_id or f"r-{secrets.token_hex(4)}"
+        if rollout_id in self._rollouts:
+            raise RolloutError(f"rollout {rollout_id} exists")
+        rollout = Rollout(rollout_id, model, selector, strategy, created_at=self._clock())
+        await self._save_rollout(rollout)
+        self._devices[rollout_id] = {}
+        self._log.info("rollout_created", id=rollout_id, model=model)
+        await self.tick()
+        return rollout
+
+    def rollouts(self) -> list[Rollout]:
+        return sorted(self._rollouts.values(), key=lambda r: r.created_at)
+
+    def rollout(self, rollout_id: str) -> tuple[Rollout, list[DeviceRollout]] | None:
+        rollout = self._rollouts.get(rollout_id)
+        if rollout is None:
+            return None
+        return rollout, sorted(self._devices[rollout_id].values(), key=lambda d: d.endpoint)
+
+    async def set_state(self, rollout_id: str, state: RolloutState) -> Rollout:
+        rollout = self._rollouts.get(rollout_id)
+        if rollout is None:
+            raise RolloutError(f"no rollout {rollout_id}")
+        if rollout.state is RolloutState.CANCELLED:
+            raise RolloutError(f"rollout {rollout_id} is cancelled")
+        rollout = replace(rollout, state=state, paused_reason="" if state is RolloutState.RUNNING else rollout.paused_reason)
+        await self._save_rollout(rollout)
+        return rollout
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        for rollout in list(self._rollouts.values()):
+            if rollout.state is RolloutState.CANCELLED:
+                continue
+            await self._enrol(rollout)
+            devices = self._devices[rollout.id]
+            if rollout.state is RolloutState.RUNNING:
+                reason = should_pause(rollout, devices.values())
+                if reason is not None:
+                    rollout = replace(rollout, state=RolloutState.PAUSED, paused_reason=reason)
+                    await self._save_rollout(rollout)
+                    self._log.warning("rollout_paused", id=rollout.id, reason=reason)
+                    continue
+            for endpoint in next_devices(rollout, devices.values(), self._clock()):
+                if self.server.registration(endpoint) is None:
+                    continue  # gone for now; stays pending
+                self._start_task(rollout, endpoint, resume=False)
+
+    async def _enrol(self, rollout: Rollout) -> None:
+        """Add matching devices that have a profile; decide compatibility once."""
+        devices = self._devices[rollout.id]
+        model = await self.deployment.model(rollout.model)
+        new: set[str] = set()
+        for registration in self.server.registrations():
+            endpoint = registration.endpoint
+            if endpoint in devices:
+                continue
+            profile = self.server.profile(endpoint)
+            if profile is None or not rollout.selector.matches(endpoint, profile):
+                continue
+            device = DeviceRollout(endpoint, updated_at=self._clock())
+            target = profile.target_spec() if profile.tinyml is not None else None
+            if target is None:
+                device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason="device has no TinyML Capability object")
+            elif model is not None:
+                try:
+                    await self.deployment.artifact_for(model, target)
+                except Incompatible as error:
+                    device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
+                except (CompilerError, DeploymentError, OSError) as error:
+                    device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error}")
+            devices[endpoint] = device
+            new.add(endpoint)
+            if device.status is DeviceStatus.INCOMPATIBLE:
+                self._log.info("device_incompatible", rollout=rollout.id, ep=endpoint, reason=device.reason)
+        if new:
+            for device in assign_canaries(list(devices.values()), rollout.strategy.canary_fraction):
+                if device.endpoint in new or device != devices[device.endpoint]:
+                    devices[device.endpoint] = device
+                    await self._save_device(rollout.id, device)
+
+    def _start_task(self, rollout: Rollout, endpoint: str, *, resume: bool) -> None:
+        key = (rollout.id, endpoint)
+        if key in self._tasks and not self._tasks[key].done():
+            return
+        task = asyncio.create_task(self._deliver(rollout.id, endpoint, resume))
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    # -- one device ------------------------------------------------------------------------
+
+    async def _deliver(self, rollout_id: str, endpoint: str, resume: bool) -> None:
+        rollout = self._rollouts[rollout_id]
+        device = self._devices[rollout_id][endpoint]
+        try:
+            if resume and device.job is not None:
+                job = DeliveryJob.from_dict(device.job)
+                job.resume(self._clock())
+            else:
+                job = await self._new_job(rollout, endpoint)
+                device = replace(device, status=DeviceStatus.IN_FLIGHT, attempts=device.attempts + 1,
+                                 job=job.to_dict(), reason="", updated_at=self._clock())
+                await self._save_device(rollout_id, device)
+            await self._drive(rollout_id, endpoint, job)
+        except Incompatible as error:
+            await self._finish(rollout_id, endpoint, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
+        except (CompilerError, DeploymentError, RolloutError, OSError) as error:
+            await self._failed(rollout_id, endpoint, str(error))
+
+    async def _new_job(self, rollout: Rollout, endpoint: str) -> DeliveryJob:
+        profile = self.server.profile(endpoint)
+        model = await self.deployment.model(rollout.model)
+        if profile is None or profile.tinyml is None or model is None:
+            raise RolloutError("device profile or model missing")
+        artifact = await self.deployment.artifact_for(model, profile.target_spec())
+        mode = _mode(rollout.strategy.mode, profile.firmware_delivery)
+        uri = self.server.download_uri(endpoint, artifact.token) if mode is Mode.PULL else ""
+        instance = profile.software_packages[0].instance if profile.software_packages else 0
+        config = self.deployment.config
+        return DeliveryJob(
+            Target.SOFTWARE, mode,
+            Expected(model.name, model.version, bytes.fromhex(artifact.payload_sha256)),
+            uri=uri, instance=instance, poll_interval_s=config.poll_interval_s,
+            phase_timeout_s=config.phase_timeout_s, artifact=artifact.token,
+        )
+
+    async def _drive(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
+        while True:
+            step = job.next_step(self._clock())
+            if step.kind is StepKind.DONE:
+                await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
+                return
+            if step.kind is StepKind.FAILED:
+                await self._failed(rollout_id, endpoint, step.reason, job)
+                return
+            if step.kind is StepKind.WAIT:
+                await asyncio.sleep(max(0.0, step.at - self._clock()))
+                continue
+            result = await self._perform(endpoint, job, step)
+            job.on_result(step, result, self._clock())
+            await self._save_job(rollout_id, endpoint, job)
+
+    async def _perform(self, endpoint: str, job: DeliveryJob, step: Step) -> Result | dict[LwM2MPath, Result]:
+        registry = self.server.registry
+        if step.kind is StepKind.READ:
+            return {path: await self._send(endpoint, lambda r, p=path: operations.read(r, p, registry=registry))
+                    for path in step.paths}
+        if step.kind is StepKind.WRITE_PACKAGE:
+            artifact = await self.deployment.artifact_by_token(job.artifact)
+            data = self.deployment.envelope(artifact)
+            return await self._send(endpoint, lambda r: operations.write(r, step.path, data, registry=registry))
+        if step.kind is StepKind.WRITE_URI:
+            return await self._send(endpoint, lambda r: operations.write(r, step.path, step.uri, registry=registry))
+        return await self._send(endpoint, lambda r: operations.execute(r, step.path, registry=registry))
+
+    async def _send(self, endpoint: str, build: Callable) -> Result:
+        """One request; for a sleeping device it waits in the queue until delivered."""
+        try:
+            outcome = await self.server.perform(endpoint, build)
+        except Exception as error:  # not registered, queue full, cannot build: a failed step
+            return Result(False, "error", diagnostic=str(error))
+        if not isinstance(outcome, Queued):
+            return outcome
+        entry = await self.server.wait_for_entry(outcome.entry_id, timeout=self.deployment.config.phase_timeout_s)
+        if entry is None or entry.result is None:
+            return Result(False, "timeout", diagnostic="queued request was not delivered")
+        return operations.result_from_dict(DeviceRequest.from_dict(entry.request), entry.result, self.server.registry)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    async def _failed(self, rollout_id: str, endpoint: str, reason: str, job: DeliveryJob | None = None) -> None:
+        rollout = self._rollouts[rollout_id]
+        device = self._devices[rollout_id][endpoint]
+        if reason == _NOT_ACTIVATED:
+            # the device kept its previous module (A/B slots): rolled back, reported
+            await self._finish(rollout_id, endpoint, status=DeviceStatus.ROLLED_BACK,
+                               reason="activation failed; the device runs its previous model", job=job)
+            return
+        device = after_failure(device, rollout.strategy, reason, self._clock())
+        self._devices[rollout_id][endpoint] = device
+        await self._save_device(rollout_id, device)
+        self._log.info("delivery_failed", rollout=rollout_id, ep=endpoint, reason=reason,
+                       attempts=device.attempts, status=device.status.value)
+
+    async def _finish(self, rollout_id: str, endpoint: str, *, status: DeviceStatus, reason: str = "",
+                      job: DeliveryJob | None = None) -> None:
+        device = replace(self._devices[rollout_id][endpoint], status=status, reason=reason,
+                         job=job.to_dict() if job is not None else None, updated_at=self._clock())
+        self._devices[rollout_id][endpoint] = device
+        await self._save_device(rollout_id, device)
+        self._log.info("delivery_finished", rollout=rollout_id, ep=endpoint, status=status.value, reason=reason)
+
+    async def _save_job(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
+        device = replace(self._devices[rollout_id][endpoint], job=job.to_dict(), updated_at=self._clock())
+        self._devices[rollout_id][endpoint] = device
+        await self._save_device(rollout_id, device)
+
+    async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:
+        await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
+        summary = summarize(self._devices[rollout_id].values())
+        self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
+                                   status=device.status.value, counts=dict(summary.counts), total=summary.total)
+
+    async def _save_rollout(self, rollout: Rollout) -> None:
+        self._rollouts[rollout.id] = rollout
+        await self.server.store.put_document(ROLLOUT, rollout.id, rollout.to_dict(), self._clock())
+
+
+def _mode(strategy_mode: str, delivery: int | None) -> Mode:
+    """``auto``: the device's /5/0/9 preference (0 pull only, 1 push only, 2 both → pull,
+    which streams from disk); push when the device does not say."""
+    if strategy_mode != "auto":
+        return Mode(strategy_mode)
+    return Mode.PUSH if delivery in (None, 1) else Mode.PULL
+
