@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..errors import DecodeError, EncodeError, ModelError, PathError
 from ..model import ResourceType
@@ -409,3 +409,41 @@ def _newest(leaves: list[tuple[LwM2MPath, Number | None, Value]]) -> dict[LwM2MP
                 continue
         chosen[path] = (age, value)
     return {path: value for path, (_, value) in chosen.items()}
+
+
+class Serialisation:
+    """The codec contract of one SenML serialisation (JSON, CBOR), given how it turns
+    bytes into a pack of records and back; the serialisation modules export its
+    bound methods as their module functions."""
+
+    def __init__(
+        self,
+        load_pack: Callable[[bytes], list[Record]],
+        dump_pack: Callable[[Sequence[Record]], bytes],
+    ) -> None:
+        self.load_pack = load_pack
+        self.dump_pack = dump_pack
+
+    def encode(self, node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
+        return self.dump_pack(node_records(node, path, registry))
+
+    def decode(self, data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> Node:
+        return node_from_pack(self.load_pack(data), path, registry)
+
+    def encode_composite(self, values: Mapping[LwM2MPath, Value], registry: ObjectRegistry) -> bytes:
+        return self.dump_pack(composite_records(values, registry))
+
+    def decode_composite(self, data: bytes, registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
+        return composite_from_pack(self.load_pack(data), registry)
+
+    def encode_paths(self, paths: Sequence[LwM2MPath]) -> bytes:
+        return self.dump_pack(path_records(paths))
+
+    def decode_paths(self, data: bytes) -> list[LwM2MPath]:
+        return paths_from_pack(self.load_pack(data))
+
+    def encode_timestamped(self, entries: Sequence[TimestampedValues], registry: ObjectRegistry) -> bytes:
+        return self.dump_pack(timestamped_records(entries, registry))
+
+    def decode_timestamped(self, data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> list[TimestampedValues]:
+        return timestamped_from_pack(self.load_pack(data), path, registry)

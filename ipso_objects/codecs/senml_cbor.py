@@ -20,17 +20,12 @@ import io
 import math
 import struct
 from decimal import Decimal
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import cbor2
 
 from ..errors import DecodeError, EncodeError
-from ..nodes import Node
-from ..path import LwM2MPath
-from ..registry import ObjectRegistry
-from ..values import Value
 from . import senml
-from .base import TimestampedValues
 
 LABELS = {
     "bver": -1, "bn": -2, "bt": -3, "bu": -4, "bv": -5, "bs": -6,
@@ -41,43 +36,6 @@ _NAMES = {number: label for label, number in LABELS.items()}
 
 _MAX_DEPTH = 8
 """A pack nests two deep; anything much deeper is refused before it costs anything."""
-
-
-# --- the LwM2M codec contract (see ipso_objects.codecs) ------------------------------------
-
-
-def encode(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.node_records(node, path, registry))
-
-
-def decode(data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> Node:
-    return senml.node_from_pack(load_pack(data), path, registry)
-
-
-def encode_composite(values: Mapping[LwM2MPath, Value], registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.composite_records(values, registry))
-
-
-def decode_composite(data: bytes, registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
-    return senml.composite_from_pack(load_pack(data), registry)
-
-
-def encode_paths(paths: Sequence[LwM2MPath]) -> bytes:
-    return dump_pack(senml.path_records(paths))
-
-
-def decode_paths(data: bytes) -> list[LwM2MPath]:
-    return senml.paths_from_pack(load_pack(data))
-
-
-def encode_timestamped(entries: Sequence[TimestampedValues], registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.timestamped_records(entries, registry))
-
-
-def decode_timestamped(
-    data: bytes, path: LwM2MPath, registry: ObjectRegistry
-) -> list[TimestampedValues]:
-    return senml.timestamped_from_pack(load_pack(data), path, registry)
 
 
 # --- bytes <-> pack ------------------------------------------------------------------------
@@ -181,3 +139,14 @@ def _float(value: float) -> bytes:
         if struct.unpack(layout, packed)[0] == value:  # struct keeps the sign of -0.0
             return bytes([initial]) + packed
     return b"\xfb" + struct.pack(">d", value)
+
+
+_SERIALISATION = senml.Serialisation(load_pack, dump_pack)
+encode = _SERIALISATION.encode
+decode = _SERIALISATION.decode
+encode_composite = _SERIALISATION.encode_composite
+decode_composite = _SERIALISATION.decode_composite
+encode_paths = _SERIALISATION.encode_paths
+decode_paths = _SERIALISATION.decode_paths
+encode_timestamped = _SERIALISATION.encode_timestamped
+decode_timestamped = _SERIALISATION.decode_timestamped

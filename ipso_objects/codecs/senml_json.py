@@ -19,55 +19,13 @@ import base64
 import json
 import math
 import re
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from ..errors import DecodeError, EncodeError
-from ..nodes import Node
-from ..path import LwM2MPath
-from ..registry import ObjectRegistry
-from ..values import Value
 from . import senml
-from .base import TimestampedValues
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
 _TO_STANDARD_ALPHABET = str.maketrans("-_", "+/")
-
-
-# --- the LwM2M codec contract (see ipso_objects.codecs) ------------------------------------
-
-
-def encode(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.node_records(node, path, registry))
-
-
-def decode(data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> Node:
-    return senml.node_from_pack(load_pack(data), path, registry)
-
-
-def encode_composite(values: Mapping[LwM2MPath, Value], registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.composite_records(values, registry))
-
-
-def decode_composite(data: bytes, registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
-    return senml.composite_from_pack(load_pack(data), registry)
-
-
-def encode_paths(paths: Sequence[LwM2MPath]) -> bytes:
-    return dump_pack(senml.path_records(paths))
-
-
-def decode_paths(data: bytes) -> list[LwM2MPath]:
-    return senml.paths_from_pack(load_pack(data))
-
-
-def encode_timestamped(entries: Sequence[TimestampedValues], registry: ObjectRegistry) -> bytes:
-    return dump_pack(senml.timestamped_records(entries, registry))
-
-
-def decode_timestamped(
-    data: bytes, path: LwM2MPath, registry: ObjectRegistry
-) -> list[TimestampedValues]:
-    return senml.timestamped_from_pack(load_pack(data), path, registry)
 
 
 # --- bytes <-> pack ------------------------------------------------------------------------
@@ -172,3 +130,14 @@ def _from_base64(text: object, where: str) -> bytes:
         return base64.b64decode(padded, validate=True)
     except ValueError as error:  # binascii.Error
         raise DecodeError(f"{where}: 'vd' is not base64: {error}") from None
+
+
+_SERIALISATION = senml.Serialisation(load_pack, dump_pack)
+encode = _SERIALISATION.encode
+decode = _SERIALISATION.decode
+encode_composite = _SERIALISATION.encode_composite
+decode_composite = _SERIALISATION.decode_composite
+encode_paths = _SERIALISATION.encode_paths
+decode_paths = _SERIALISATION.decode_paths
+encode_timestamped = _SERIALISATION.encode_timestamped
+decode_timestamped = _SERIALISATION.decode_timestamped
