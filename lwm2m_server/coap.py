@@ -329,7 +329,7 @@ class CoapAdapter:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
                 per_block = 1 << (min(remote_exp, self._block_exp) + 4)
                 blocks = max(1, -(-len(request.payload) // per_block))
-                raw = await self._exchange(address, message, timeout * blocks)
+                _, raw = await self._exchange(address, message, timeout * blocks)
                 if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
                     return _response(raw)
                 current = getattr(raw.remote, "maximum_block_size_exp", self._block_exp)
@@ -340,7 +340,8 @@ class CoapAdapter:
                 self._remember(address, raw.remote)
                 message = self._message(address, request)
 
-    async def _exchange(self, address: str, message: Message, timeout: float) -> Message:
+    async def _exchange(self, address: str, message: Message, timeout: float):
+        """Send ``message``; the pending request and its first response."""
         assert self._context is not None, "adapter not started"
         pending = self._context.request(message)
         try:
@@ -349,12 +350,14 @@ class CoapAdapter:
                 raw = await pending.response
         except TimeoutError:
             pending.response.cancel()
+            if message.opt.observe is not None:
+                pending.observation.cancel()
             raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
         except aiocoap.error.Error as error:
             raise DeviceUnreachable(address, str(error) or type(error).__name__) from None
         if address not in self._remotes:
             self._remember(address, raw.remote)
-        return raw
+        return pending, raw
 
     def _remember(self, address: str, remote) -> None:
         """Keep the newest remote of ``address``, its block size capped at ours and at
@@ -370,18 +373,8 @@ class CoapAdapter:
         """Start an observation: first response, notification stream, and a
         canceller that stops listening (the device is told by RST on its next
         notification: passive cancel, RFC 7641 §3.6)."""
-        assert self._context is not None, "adapter not started"
         async with self._in_flight, self._lock(address):
-            message = self._message(address, request)
-            pending = self._context.request(message)
-            try:
-                async with asyncio.timeout(timeout):
-                    raw = await pending.response
-            except TimeoutError:
-                pending.observation.cancel()
-                raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
-            except aiocoap.error.Error as error:
-                raise DeviceUnreachable(address, str(error) or type(error).__name__) from None
+            pending, raw = await self._exchange(address, self._message(address, request), timeout)
         first = _response(raw)
         observation = pending.observation
         if raw.opt.observe is None or not first.ok:
