@@ -225,6 +225,9 @@ class ManagementApi:
         if registration is None:
             raise DeviceNotRegistered(endpoint)
         body = registration_json(registration)
+        profile = self.server.profile(endpoint)
+        body["profile"] = profile.to_dict() if profile is not None else None
+        body["device_class"] = profile.device_class if profile is not None else None
         body["observations"] = [
             [str(p) for p in record.paths] for record in self.server.observations(endpoint)
         ]

@@ -163,6 +163,13 @@ def cmd_device(args: argparse.Namespace) -> int:
         print(f"  {item['path']:<12} {name}" + (f"  ver {item['ver']}" if "ver" in item else ""))
     for paths in device.get("observations", []):
         print(f"observing     {', '.join(paths)}")
+    tinyml = (device.get("profile") or {}).get("tinyml")
+    if tinyml:
+        print(f"ml runtime    {tinyml['runtime']} {tinyml['runtime_version']} on {tinyml['cpu_core']}, "
+              f"arena budget {tinyml['arena_budget_bytes']} B, {len(tinyml['operators'])} operators")
+        print(f"device class  {device['device_class']}")
+        model = tinyml["active_model_id"]
+        print(f"active model  {model + ' ' + tinyml['active_model_version'] if model else '(none)'}")
     return 0
 
 
