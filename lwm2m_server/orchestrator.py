@@ -215,6 +215,7 @@ class Orchestrator:
             step = job.next_step(self._clock())
             if step.kind is StepKind.DONE:
                 await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
+                await self.server.rediscover(endpoint)  # the profile now names the new model
                 return
             if step.kind is StepKind.FAILED:
                 await self._failed(rollout_id, endpoint, step.reason, job)

@@ -296,6 +296,10 @@ class LwM2MServer:
     def profile(self, endpoint: str) -> DeviceProfile | None:
         return self._profiles.get(endpoint)
 
+    async def rediscover(self, endpoint: str) -> DeviceProfile:
+        """Read the device's capabilities again (e.g. after a new model went active)."""
+        return await self._discover(self._require(endpoint))
+
     def download_uri(self, endpoint: str, token: str) -> str:
         """A ``coap://`` URI the device can fetch ``/fw/<token>`` from (pull delivery)."""
         registration = self._require(endpoint)
