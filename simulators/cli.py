@@ -4,6 +4,10 @@
     tinymlaas-sim device --profile cortex-m4f --endpoint ep1 --server coap://127.0.0.1:5683
     tinymlaas-sim profiles [--config FILE]
 
+Devices accept inference modules and firmware signed by a trust anchor:
+``--trust-anchor keys/signing.pub.pem`` (repeatable), added to the config's
+``trust_anchors``. Without one every package is refused (Update Result 53).
+
 Exit codes: 0 ok, 1 some device could not register, 2 bad config or usage.
 """
 
@@ -20,6 +24,9 @@ from typing import TextIO
 import structlog
 
 from ipso_objects import ObjectRegistry
+from lwm2m_server.suit import KeyFileError, PublicKey
+
+from .updates import load_anchors
 
 from .client import RegistrationFailed, SimulatedDevice
 from .fleet import Fleet, FleetProgress
@@ -103,6 +110,15 @@ async def _until_stopped() -> asyncio.Event:
     return stop
 
 
+def _anchors(args: argparse.Namespace, config: FleetConfig | None) -> tuple[PublicKey, ...]:
+    """The config's trust anchors plus ``--trust-anchor`` files, loaded once."""
+    paths = [*(config.trust_anchors if config else ()), *(args.trust_anchor or ())]
+    try:
+        return load_anchors(paths)
+    except KeyFileError as error:
+        raise ConfigError("trust_anchors", error.reason) from None
+
+
 def _fleet(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.fleet:
@@ -112,13 +128,14 @@ def _fleet(args: argparse.Namespace) -> int:
     server = _server(args, config)
     devices = config.endpoints(args.count)
     concurrency = args.concurrency or config.concurrency
+    anchors = _anchors(args, config)
     _raise_file_limit(len(devices))
     progress_line = ProgressLine(sys.stderr)
 
     async def main() -> FleetProgress:
         stop = await _until_stopped()
         fleet = Fleet(devices, server, ObjectRegistry.default(), concurrency=concurrency,
-                      request_timeout=args.timeout, on_progress=progress_line)
+                      request_timeout=args.timeout, on_progress=progress_line, trust_anchors=anchors)
         return await fleet.run(args.duration, stop)
 
     try:
@@ -136,11 +153,12 @@ def _device(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else parse_config({})
     profile = get_profile(args.profile, config.profiles)
     server = _server(args, config if args.config else None)
+    anchors = _anchors(args, config if args.config else None)
 
     async def main() -> int:
         stop = await _until_stopped()
         device = SimulatedDevice(args.endpoint, profile, server, ObjectRegistry.default(),
-                                 port=args.port, request_timeout=args.timeout)
+                                 port=args.port, request_timeout=args.timeout, trust_anchors=anchors)
         try:
             await device.start()
         except RegistrationFailed as error:
@@ -183,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--duration", type=float, metavar="S", help="run S seconds, then de-register")
         command.add_argument("--timeout", type=float, default=30.0, metavar="S",
                              help="seconds to wait for a Register/Update answer (default 30)")
+        command.add_argument("--trust-anchor", action="append", metavar="PEM",
+                             help="public key whose signed packages devices accept (repeatable)")
         command.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
     fleet = commands.add_parser("fleet", help="start a fleet of devices from a config file")

@@ -11,15 +11,19 @@ Queue mode: :meth:`SimulatedDevice.sleep` makes the device drop incoming
 requests (responses to its own requests still arrive, as over a radio that
 listens only after sending); :meth:`SimulatedDevice.wake` sends an Update from
 the same port, then answers again and sends notifications that fell due.
+
+Updates: a Package URI written to /9 or /5 makes the device fetch the package
+itself, block by block from its own port (:mod:`simulators.fetch`).
+:meth:`SimulatedDevice.reboot` power-cycles the device: timers, observations and
+downloads stop, the port closes without a De-register, the runtime loses its
+interpreters; then it binds the same port, registers again and resumes an
+interrupted download at the next block. A firmware update reboots the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import aiocoap
@@ -31,9 +35,14 @@ from aiocoap import Code, Message
 from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, codecs
 from ipso_objects.codecs import link_format
 
+from .download import BlockDownload, DownloadError
+from .fetch import fetch
 from .objects import DeviceObjects, Response
 from .observe import Observation, effective_attributes
 from .profiles import DeviceProfile, get_profile
+from .transport import (
+    DeviceStats, LiveObservation, coap_code, is_request, wait_event, without_reuse_port,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -41,80 +50,12 @@ _LIFETIME = LwM2MPath.of(1, 0, 1)
 _BINDING = LwM2MPath.of(1, 0, 7)
 
 
-_REUSE_PORT = "AIOCOAP_REUSE_PORT"
-_reuse_port_off = 0
-_reuse_port_saved: str | None = None
-
-
-@contextlib.contextmanager
-def _without_reuse_port():
-    """Bind without SO_REUSEPORT. aiocoap sets it on server sockets, and with it
-    Linux may hand the same ephemeral port to two sockets (measured: 3 duplicates
-    in 400 binds), so two devices would share one address. aiocoap reads
-    ``AIOCOAP_REUSE_PORT`` at bind time; it is set while any device binds."""
-    global _reuse_port_off, _reuse_port_saved
-    if _reuse_port_off == 0:
-        _reuse_port_saved = os.environ.get(_REUSE_PORT)
-        os.environ[_REUSE_PORT] = "0"
-    _reuse_port_off += 1
-    try:
-        yield
-    finally:
-        _reuse_port_off -= 1
-        if _reuse_port_off == 0:
-            if _reuse_port_saved is None:
-                os.environ.pop(_REUSE_PORT, None)
-            else:
-                os.environ[_REUSE_PORT] = _reuse_port_saved
-
-
 class RegistrationFailed(Exception):
     """Register, Update or De-register got an error response or no response."""
 
 
-@dataclass(slots=True)
-class _LiveObservation:
-    observation: Observation
-    paths: tuple[LwM2MPath, ...]
-    task: asyncio.Task | None
-    attributes_version: int
-    due: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-@dataclass(slots=True)
-class DeviceStats:
-    """Counters of what the device did."""
-
-    requests: int = 0
-    """Requests from the server answered."""
-    notifications: int = 0
-    """Observe notifications sent (the initial Observe responses not counted)."""
-    updates: int = 0
-    """Successful Registration Updates."""
-    registrations: int = 0
-    """Successful Registers."""
-    dropped: int = 0
-    """Requests dropped while asleep."""
-
-
-def _code(dotted: str) -> Code:
-    major, minor = dotted.split(".")
-    return Code(int(major) << 5 | int(minor))
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``event`` is set or ``seconds`` pass (``asyncio.timeout``: unlike
-    ``wait_for`` on Python 3.11 it never swallows a cancellation)."""
-    try:
-        async with asyncio.timeout(max(0.0, seconds)):
-            await event.wait()
-    except TimeoutError:
-        pass
-
-
-def _is_request(datagram: bytes) -> bool:
-    """True when a CoAP datagram carries a request (code class 0, detail 1..31)."""
-    return len(datagram) >= 4 and datagram[1] >> 5 == 0 and datagram[1] & 0x1F != 0
+class PowerLoss(Exception):
+    """Raised inside a download to cut the power (see :attr:`SimulatedDevice.crash_after_blocks`)."""
 
 
 class _DeviceSite(aiocoap.resource.Resource):
@@ -154,19 +95,34 @@ class SimulatedDevice:
         request_timeout: float = 30.0,
         update_fraction: float = 0.8,
         objects: DeviceObjects | None = None,
+        trust_anchors: Sequence[Any] = (),
+        vendor_id: Any = None,
+        download_timeout: float = 5.0,
+        download_attempts: int = 3,
+        reboot_on_execute: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.server_uri = server_uri.rstrip("/")
         self.registry = registry or ObjectRegistry.default()
         self.objects = objects or DeviceObjects(
-            self.registry, self.profile, endpoint=endpoint, server_uri=server_uri, seed=seed
+            self.registry, self.profile, endpoint=endpoint, server_uri=server_uri, seed=seed,
+            trust_anchors=trust_anchors, vendor_id=vendor_id,
         )
         """The device's object tree; tests and hooks may read and change it."""
         self.host = host
         self.sensor_interval = sensor_interval or self.profile.sensor_interval
         self.request_timeout = request_timeout
         self.update_fraction = update_fraction
+        self.download_timeout = download_timeout
+        """Seconds to wait for one block of a pull download (per attempt)."""
+        self.download_attempts = download_attempts
+        """Unanswered block requests before the connection counts as lost (result 52 / 4)."""
+        self.reboot_on_execute = reboot_on_execute
+        """Execute Reboot (/3/0/4) power-cycles the device (off by default: only logged)."""
+        self.crash_after_blocks: int | None = None
+        """Test hook: cut the power after this many more download blocks, then
+        :meth:`reboot` (one-shot; the download resumes after the reboot)."""
         self.location: tuple[str, ...] | None = None
         """Location-Path segments of the registration (``("rd", "5a3f")``); None if not registered."""
         self.asleep = False
@@ -176,12 +132,16 @@ class SimulatedDevice:
         self._context: aiocoap.Context | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
-        self._observations: dict[tuple[Any, bytes], _LiveObservation] = {}
+        self._observations: dict[tuple[Any, bytes], LiveObservation] = {}
         self._update_requested = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._last_update_at = 0.0
         self._sent: dict[str, Any] = {}
+        self._fetches: dict[tuple[str, int], tuple[BlockDownload, asyncio.Task]] = {}
+        self._reboot_task: asyncio.Task | None = None
+        self._inference_due: float | None = None
         self.objects.set_execute_hook(1, 8, lambda objects, path, args: self._update_requested.set())
+        self.objects.set_execute_hook(3, 4, self._execute_reboot)
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -216,9 +176,10 @@ class SimulatedDevice:
             asyncio.create_task(self._tick_loop(), name=f"sim-tick-{self.endpoint}"),
             asyncio.create_task(self._update_loop(), name=f"sim-update-{self.endpoint}"),
         ]
+        self._sync_fetches()  # a download interrupted by a reboot goes on
 
     async def _open(self) -> None:
-        with _without_reuse_port():
+        with without_reuse_port():
             self._context = await aiocoap.Context.create_server_context(
                 _DeviceSite(self), bind=(self.host, self._port), transports=["udp6"],
                 loggername="tinymlaas-sim.coap",
@@ -235,7 +196,7 @@ class SimulatedDevice:
         receive = interface.datagram_msg_received
 
         def gated(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
-            if self.asleep and _is_request(data):
+            if (self.asleep or self._closing) and is_request(data):
                 self.stats.dropped += 1
                 return
             receive(data, ancdata, flags, address)
@@ -243,9 +204,14 @@ class SimulatedDevice:
         interface.datagram_msg_received = gated  # asleep: the radio hears responses only
 
     async def stop(self, *, deregister: bool = True) -> None:
-        """Stop the timers, De-register (unless told not to) and close the port."""
+        """Stop the timers and downloads, De-register (unless told not to) and close the port."""
         self._closing = True
         tasks, self._tasks = self._tasks, []
+        tasks += [task for _, task in self._fetches.values() if task is not asyncio.current_task()]
+        self._fetches.clear()
+        reboot = self._reboot_task
+        if reboot is not None and reboot is not asyncio.current_task() and not reboot.done():
+            tasks.append(reboot)
         while tasks:
             for task in tasks:
                 task.cancel()
@@ -263,6 +229,93 @@ class SimulatedDevice:
         if self._context is not None:
             context, self._context = self._context, None
             await context.shutdown()
+
+    async def reboot(self, *, downtime: float = 0.0) -> None:
+        """Power-cycle: stop timers, observations and downloads, close the port without
+        De-register, lose RAM (the interpreters), wait ``downtime`` seconds, then bind the
+        same port, Register again and resume any interrupted download."""
+        log.info("rebooting", ep=self.endpoint)
+        was_registered = self.location is not None
+        await self.stop(deregister=False)
+        self.location = None
+        self.objects.power_cycle(time.time())
+        self.stats.reboots += 1
+        if downtime > 0:
+            await asyncio.sleep(downtime)
+        await self.start(register=False)
+        if was_registered:
+            try:
+                await self.register()
+            except RegistrationFailed as error:  # the update loop keeps trying
+                log.warning("register_after_reboot_failed", ep=self.endpoint, reason=str(error))
+
+    def _schedule_reboot(self, delay: float = 0.05) -> None:
+        """Reboot soon, from a task of its own (after the current response went out)."""
+        if self._reboot_task is not None and not self._reboot_task.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await self.reboot()
+            except (RegistrationFailed, OSError) as error:
+                log.warning("reboot_failed", ep=self.endpoint, reason=str(error))
+
+        self._reboot_task = asyncio.create_task(later(), name=f"sim-reboot-{self.endpoint}")
+
+    def _execute_reboot(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+        log.info("reboot", ep=self.endpoint, power_cycle=self.reboot_on_execute)
+        if self.reboot_on_execute:
+            self._schedule_reboot()
+
+    # -- pull downloads -----------------------------------------------------------------------
+
+    def _sync_fetches(self) -> None:
+        """Run a task for every download the update state machines want, and stop the
+        tasks of downloads they dropped."""
+        if self._context is None or self._closing:
+            return
+        wanted = self.objects.updates.fetches
+        for key, (download, task) in list(self._fetches.items()):
+            if wanted.get(key) is not download:
+                task.cancel()
+                del self._fetches[key]
+        for key, download in wanted.items():
+            if key not in self._fetches:
+                task = asyncio.create_task(self._run_fetch(key, download), name=f"sim-fetch-{self.endpoint}")
+                self._fetches[key] = (download, task)
+
+    async def _run_fetch(self, key: tuple[str, int], download: BlockDownload) -> None:
+        assert self._context is not None
+        updates = self.objects.updates
+        log.info("fetch", ep=self.endpoint, uri=download.uri, offset=len(download.data))
+        try:
+            await fetch(self._context, download, timeout=self.download_timeout,
+                        attempts=self.download_attempts, on_block=self._on_block)
+        except PowerLoss:
+            log.warning("power_loss", ep=self.endpoint, uri=download.uri, received=len(download.data))
+            self._schedule_reboot()
+            return
+        except DownloadError as error:
+            self.objects.now = time.time()
+            updates.fetch_failed(key, download, error)
+        else:
+            self.objects.now = time.time()
+            updates.fetch_done(key, download)
+        finally:
+            entry = self._fetches.get(key)
+            if entry is not None and entry[1] is asyncio.current_task():
+                del self._fetches[key]
+        self._after_change()
+
+    def _on_block(self, download: BlockDownload) -> None:
+        self.stats.blocks_fetched += 1
+        if self.crash_after_blocks is not None:
+            self.crash_after_blocks -= 1
+            if self.crash_after_blocks <= 0:
+                self.crash_after_blocks = None
+                self._closing = True  # from now on the device is off: it answers nothing
+                raise PowerLoss(f"power cut after {len(download.data)} B of {download.uri}")
 
     # -- registration interface -------------------------------------------------------------
 
@@ -371,6 +424,12 @@ class SimulatedDevice:
         changed = self.objects.take_changed()
         if _LIFETIME in changed or _BINDING in changed or any(len(path) == 2 for path in changed):
             self._update_requested.set()  # new lifetime, binding or object instances: tell the server
+        self._sync_fetches()
+        if self.objects.updates.reboot_requested:
+            self.objects.updates.reboot_requested = False
+            self._schedule_reboot()
+        if self.objects.inference.due_at() != self._inference_due:
+            self._wakeup.set()  # the tick loop recomputes its deadline
         self._evaluate()
 
     def _evaluate(self) -> None:
@@ -409,11 +468,16 @@ class SimulatedDevice:
             observation_deadline = self._next_deadline()
             if observation_deadline is not None and not self.asleep:
                 deadline = min(deadline, observation_deadline)
+            self._inference_due = self.objects.inference.due_at()
+            if self._inference_due is not None:
+                deadline = min(deadline, loop.time() + self._inference_due - time.time())
             self._wakeup.clear()
-            await _wait(self._wakeup, deadline - loop.time())
+            await wait_event(self._wakeup, deadline - loop.time())
             if loop.time() >= next_step:
                 self.objects.step(time.time())
                 next_step = loop.time() + self.sensor_interval
+            else:
+                self.objects.inference.tick(time.time())
             self._after_change()
 
     async def _update_loop(self) -> None:
@@ -421,7 +485,7 @@ class SimulatedDevice:
         while not self._closing:
             lifetime = self._lifetime()
             due = self._last_update_at + max(1.0, lifetime * self.update_fraction)
-            await _wait(self._update_requested, due - loop.time())
+            await wait_event(self._update_requested, due - loop.time())
             self._update_requested.clear()
             try:
                 if self.asleep:
@@ -459,7 +523,7 @@ class SimulatedDevice:
 
     @staticmethod
     def _to_message(response: Response) -> Message:
-        message = Message(code=_code(response.code), payload=response.payload)
+        message = Message(code=coap_code(response.code), payload=response.payload)
         if response.content_format is not None:
             message.opt.content_format = int(response.content_format)
         if response.location_path:
@@ -497,7 +561,7 @@ class SimulatedDevice:
         loop = asyncio.get_running_loop()
         key = (request.remote, request.token)
         self._cancel_observation(request)  # RFC 7641 §4.1: same token re-registers
-        live = _LiveObservation(
+        live = LiveObservation(
             Observation(request.token, paths, self._effective(paths), loop.time(), self._observed(paths)),
             paths, asyncio.current_task(), self.objects.attributes_version,
         )

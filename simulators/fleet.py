@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import structlog
 
@@ -52,12 +52,14 @@ class Fleet:
         request_timeout: float = 30.0,
         host: str = "127.0.0.1",
         on_progress: Callable[[FleetProgress], None] | None = None,
+        trust_anchors: Sequence[Any] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be > 0, got {concurrency}")
         registry = registry or ObjectRegistry.default()
         self.devices = [
-            SimulatedDevice(endpoint, profile, server_uri, registry, host=host, request_timeout=request_timeout)
+            SimulatedDevice(endpoint, profile, server_uri, registry, host=host, request_timeout=request_timeout,
+                            trust_anchors=trust_anchors)
             for endpoint, profile in devices
         ]
         self.concurrency = concurrency

@@ -4,15 +4,22 @@ A profile says what a simulated device of one hardware class looks like: its
 LwM2M version and binding, its Device object values, the sensors it carries and
 its TinyML capability (object 26241). The three built-in classes
 (``cortex-m0plus``, ``cortex-m4f``, ``linux-gateway``) are defined in
-:data:`BUILTIN_PROFILES_YAML`; a config file (``config/fleet.yaml``) may
+:data:`simulators.builtin.BUILTIN_PROFILES_YAML`; a config file (``config/fleet.yaml``) may
 redefine them or add more under ``profiles:`` and lists the fleet to start::
 
     profiles:
       cortex-m4f: {...}          # optional: overrides / additions
     server: coap://127.0.0.1:5683  # optional default for --server
     concurrency: 50                # optional: registrations in flight
+    trust_anchors: [keys/signing.pub.pem]  # optional: signers every device trusts
     fleet:
       - {profile: cortex-m4f, count: 10, endpoint_prefix: m4f}
+
+Profile keys for deployments: ``trust_anchors`` (PEM files of signers),
+``vendor_domain`` (SUIT vendor id), ``download_block_size`` (Block2 size of pull
+downloads) and, under ``tinyml``, ``fail_activation`` (fault injection: every
+activation fails and rolls back). Relative file names are relative to the
+config file.
 
 Every problem is a :class:`ConfigError` whose message names the key path,
 e.g. ``fleet[1].count: must be > 0, got 0``.
@@ -26,6 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from .builtin import BUILTIN_PROFILES_YAML
 
 LWM2M_VERSIONS = ("1.0", "1.1", "1.2")
 POWER_SOURCES = {
@@ -85,6 +94,8 @@ class TinyMLProfile:
     """Accelerators (8), e.g. ``cmsis-nn``; empty for reference kernels."""
     model_formats: tuple[str, ...] = ("tflite",)
     """Supported Model Formats (9)."""
+    fail_activation: bool = False
+    """Fault injection: every model activation fails and rolls back (not a resource)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +155,13 @@ class DeviceProfile:
     default_pmax: int | None = None
     """/1/0/3 Default Maximum Period; None leaves the resource out."""
     software_package: SoftwarePackage | None = None
-    """An installed package (object 9 instance 0), or None for no instance."""
+    """A package shown as installed at start in /9/0 (without a model); None: /9/0 is empty."""
+    trust_anchors: tuple[str, ...] = ()
+    """PEM files of the public keys whose signed packages the device accepts."""
+    vendor_domain: str | None = None
+    """Domain the SUIT vendor id is made from; None: the TinyMLaaS vendor id."""
+    download_block_size: int = 1024
+    """Block2 size the device asks for when it fetches a package (16..1024, a power of 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +188,9 @@ class FleetConfig:
     """Default server URI (``--server`` wins)."""
     concurrency: int = 50
     """Registrations (and de-registrations) in flight at once."""
+    trust_anchors: tuple[str, ...] = ()
+    """PEM files every device trusts (the file's top-level ``trust_anchors``), besides
+    its profile's own."""
 
     def total(self) -> int:
         """Number of devices the fleet section asks for."""
@@ -316,8 +336,17 @@ def _version(section: _Section) -> str:
     return value
 
 
-def parse_profile(name: str, data: object, path: str) -> DeviceProfile:
-    """One profile mapping; ``path`` is its key path (``profiles.cortex-m4f``)."""
+def _paths(section: _Section, name: str, base_dir: Path | None) -> tuple[str, ...]:
+    """A list of file names, made absolute against ``base_dir`` (the config file's folder)."""
+    paths = section.strings(name, ())
+    if base_dir is None:
+        return paths
+    return tuple(str(base_dir / path) if not Path(path).is_absolute() else path for path in paths)
+
+
+def parse_profile(name: str, data: object, path: str, base_dir: Path | None = None) -> DeviceProfile:
+    """One profile mapping; ``path`` is its key path (``profiles.cortex-m4f``); relative
+    file names in it are taken from ``base_dir``."""
     section = _Section(data, path)
     tinyml_section = section.section("tinyml")
     if tinyml_section is None:
@@ -333,6 +362,7 @@ def parse_profile(name: str, data: object, path: str) -> DeviceProfile:
         cpu_clock=tinyml_section.integer("cpu_clock", minimum=1),
         accelerators=tinyml_section.strings("accelerators", ()),
         model_formats=tinyml_section.strings("model_formats", ("tflite",), non_empty=True),
+        fail_activation=tinyml_section.flag("fail_activation", False),
     )
     tinyml_section.done()
     sources = section.raw("power_sources", [{"type": "usb", "voltage_mv": 5000, "current_ma": 50}])
@@ -362,6 +392,9 @@ def parse_profile(name: str, data: object, path: str) -> DeviceProfile:
         raise ConfigError(section.key("binding"),
                           f"must be 'U' (the simulator speaks CoAP over UDP only), got {binding!r}")
     flash = section.integer("flash", minimum=1)
+    block = section.integer("download_block_size", 1024, minimum=16, maximum=1024)
+    if block & (block - 1):
+        raise ConfigError(section.key("download_block_size"), f"must be a power of 2, got {block}")
     flash_free = section.integer("flash_free", flash // 2)
     if flash_free > flash:
         raise ConfigError(section.key("flash_free"), f"must be <= flash ({flash}), got {flash_free}")
@@ -388,14 +421,18 @@ def parse_profile(name: str, data: object, path: str) -> DeviceProfile:
         default_pmin=pmin,
         default_pmax=pmax,
         software_package=package,
+        trust_anchors=_paths(section, "trust_anchors", base_dir),
+        vendor_domain=section.text("vendor_domain", None),
+        download_block_size=block,
     )
     section.done()
     return profile
 
 
-def parse_config(data: object, *, base: Mapping[str, DeviceProfile] | None = None) -> FleetConfig:
+def parse_config(data: object, *, base: Mapping[str, DeviceProfile] | None = None,
+                 base_dir: Path | None = None) -> FleetConfig:
     """A whole config document (already parsed from YAML); profiles merge over ``base``
-    (the built-in profiles by default)."""
+    (the built-in profiles by default); relative file names are taken from ``base_dir``."""
     if data is None:
         data = {}
     top = _Section(data, "")
@@ -406,9 +443,10 @@ def parse_config(data: object, *, base: Mapping[str, DeviceProfile] | None = Non
             profile_section.used.add(name)
             if not isinstance(name, str) or not name:
                 raise ConfigError(profile_section.key(str(name)), "a profile name must be a non-empty string")
-            profiles[name] = parse_profile(name, body, profile_section.key(name))
+            profiles[name] = parse_profile(name, body, profile_section.key(name), base_dir)
     server = top.text("server", None)
     concurrency = top.integer("concurrency", 50, minimum=1)
+    anchors = _paths(top, "trust_anchors", base_dir)
     groups_data = top.raw("fleet", [])
     if not isinstance(groups_data, list):
         raise ConfigError("fleet", f"must be a list, got {_show(groups_data)}")
@@ -432,7 +470,8 @@ def parse_config(data: object, *, base: Mapping[str, DeviceProfile] | None = Non
         entry.done()
         groups.append(FleetGroup(name, count, prefix))
     top.done()
-    return FleetConfig(profiles=profiles, fleet=tuple(groups), server=server, concurrency=concurrency)
+    return FleetConfig(profiles=profiles, fleet=tuple(groups), server=server, concurrency=concurrency,
+                       trust_anchors=anchors)
 
 
 def load_config(path: str | Path) -> FleetConfig:
@@ -449,7 +488,7 @@ def load_config(path: str | Path) -> FleetConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or "malformed YAML"
         raise ConfigError(str(path), f"invalid YAML{where}: {problem}") from None
-    return parse_config(data)
+    return parse_config(data, base_dir=path.parent)
 
 
 _BUILTIN: dict[str, DeviceProfile] | None = None
@@ -470,97 +509,3 @@ def get_profile(name: str, profiles: Mapping[str, DeviceProfile] | None = None) 
     if name not in profiles:
         raise ConfigError("profile", f"unknown profile {name!r}, known: {', '.join(sorted(profiles))}")
     return profiles[name]
-
-
-BUILTIN_PROFILES_YAML = """
-cortex-m0plus:
-  manufacturer: Microchip Technology
-  model: SAMD21G18A sensor node
-  firmware_version: 1.4.2
-  hardware_version: rev-b
-  device_type: sensor
-  lwm2m_version: "1.0"
-  queue_mode: true
-  lifetime: 600
-  ram: 32768
-  flash: 262144
-  flash_free: 131072
-  battery_level: 92
-  power_sources:
-    - {type: battery, voltage_mv: 3000, current_ma: 2}
-  sensors: [temperature]
-  sensor_interval: 10
-  tinyml:
-    runtime: tflite-micro
-    runtime_version: "2025-01-15"
-    operators: [FULLY_CONNECTED, SOFTMAX, RESHAPE, QUANTIZE, DEQUANTIZE, LOGISTIC]
-    model_ram: 8192
-    model_storage: 131072
-    arena_budget: 16384
-    cpu_core: cortex-m0plus
-    cpu_clock: 48000000
-    accelerators: []
-    model_formats: [tflite]
-
-cortex-m4f:
-  manufacturer: STMicroelectronics
-  model: STM32F4 sensor node
-  firmware_version: 2.1.0
-  hardware_version: rev-c
-  device_type: sensor
-  lwm2m_version: "1.1"
-  queue_mode: false
-  lifetime: 300
-  ram: 262144
-  flash: 1048576
-  flash_free: 524288
-  power_sources:
-    - {type: usb, voltage_mv: 5000, current_ma: 85}
-  sensors: [temperature, humidity, accelerometer]
-  sensor_interval: 5
-  tinyml:
-    runtime: tflite-micro
-    runtime_version: "2025-01-15"
-    operators: [FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, MAX_POOL_2D,
-                SOFTMAX, RESHAPE, QUANTIZE, DEQUANTIZE, LOGISTIC, ADD, MUL, MEAN, PAD,
-                TANH, RELU, CONCATENATION, STRIDED_SLICE]
-    model_ram: 32768
-    model_storage: 524288
-    arena_budget: 131072
-    cpu_core: cortex-m4f
-    cpu_clock: 168000000
-    accelerators: [cmsis-nn]
-    model_formats: [tflite]
-
-linux-gateway:
-  manufacturer: Raspberry Pi Ltd
-  model: Raspberry Pi 4 Model B gateway
-  firmware_version: 6.6.31
-  hardware_version: "1.5"
-  device_type: gateway
-  lwm2m_version: "1.2"
-  queue_mode: false
-  lifetime: 3600
-  ram: 4294967296
-  flash: 34359738368
-  flash_free: 17179869184
-  power_sources:
-    - {type: dc, voltage_mv: 5100, current_ma: 1200}
-  sensors: [temperature, generic]
-  sensor_interval: 2
-  tinyml:
-    runtime: litert
-    runtime_version: 1.2.0
-    operators: [FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, MAX_POOL_2D,
-                SOFTMAX, RESHAPE, QUANTIZE, DEQUANTIZE, LOGISTIC, ADD, SUB, MUL, DIV, MEAN,
-                PAD, TANH, RELU, RELU6, CONCATENATION, STRIDED_SLICE, TRANSPOSE, GATHER,
-                BATCH_MATMUL, UNIDIRECTIONAL_SEQUENCE_LSTM, SQUEEZE, EXPAND_DIMS, LEAKY_RELU]
-    model_ram: 536870912
-    model_storage: 4294967296
-    arena_budget: 268435456
-    cpu_core: aarch64
-    cpu_clock: 1500000000
-    accelerators: [xnnpack]
-    model_formats: [tflite]
-"""
-"""The built-in hardware classes; ``config/fleet.yaml`` spells the same ones out."""

@@ -50,7 +50,7 @@ def test_initial_values_come_from_the_profile(m4f):
     assert m4f.get("/3/0/6") == {0: 5}  # USB
     assert m4f.get("/1/0/1") == 300 and m4f.get("/1/0/7") == "U"
     assert (m4f.get("/5/0/3"), m4f.get("/5/0/5")) == (0, 0)
-    assert m4f.instances(9) == []
+    assert m4f.instances(9) == [0] and m4f.get("/9/0/7") == 0  # an empty software slot
     assert m4f.get("/26241/0/0") == "tflite-micro"
     assert m4f.get("/26241/0/6") == "cortex-m4f" and m4f.get("/26241/0/7") == 168_000_000
     assert m4f.get("/26241/0/8") == {0: "cmsis-nn"}
@@ -70,7 +70,7 @@ def test_registration_links(m4f, m0):
     assert link_format.encode(links[:1]) == b'</>;rt="oma.lwm2m";ct="110 112 11542"'
     by_target = {link.target: link for link in links}
     assert by_target["/3"].ver == "1.2" and "/3/0" in by_target
-    assert "/9" in by_target and "/0/0" not in by_target
+    assert "/9/0" in by_target and "/0/0" not in by_target
     assert all(link.ver is None for link in m0.registration_links())
 
 
@@ -238,11 +238,11 @@ def test_execute_reboot_and_arguments(m4f):
     assert m4f.handle("POST", ["3", "0", "99"]).code == "4.04"
 
 
-def test_run_inference_and_reset_statistics_defaults(m4f):
+def test_run_inference_without_a_model_is_405_and_reset_statistics_works(m4f):
     assert m4f.get("/26241/0/17") is None
-    assert m4f.handle("POST", ["26241", "0", "18"], now=1_700_000_100).code == "2.04"
-    assert m4f.get("/26241/0/16") == 1 and m4f.get("/26241/0/15") > 0
-    assert m4f.handle("GET", ["26241", "0", "17"]).payload == b"1700000100"
+    response = m4f.handle("POST", ["26241", "0", "18"], now=1_700_000_100)
+    assert response.code == "4.05" and b"no model is active" in response.payload
+    assert m4f.get("/26241/0/16") == 0
     assert m4f.handle("POST", ["26241", "0", "20"]).code == "2.04"
     assert m4f.get("/26241/0/16") == 0
     assert m4f.handle("GET", ["26241", "0", "17"]).code == "4.04"
@@ -267,12 +267,13 @@ def test_create_software_package_instance(m4f, registry):
     instance = ObjectInstance(0, {0: Resource(0, "kws-model"), 1: Resource(1, "1.0.0")})
     body = codecs.encode(11542, instance, P("/9/0"), registry)  # bare resources: the client picks the id
     response = m4f.handle("POST", ["9"], content_format=11542, payload=body)
-    assert (response.code, response.location_path) == ("2.01", ("9", "0"))
-    assert m4f.get("/9/0/0") == "kws-model" and m4f.get("/9/0/7") == 0 and m4f.get("/9/0/12") is False
-    assert m4f.handle("POST", ["9", "0", "4"]).code == "2.04"  # executables exist
+    assert (response.code, response.location_path) == ("2.01", ("9", "1"))  # 0 is the built-in slot
+    assert m4f.get("/9/1/0") == "kws-model" and m4f.get("/9/1/7") == 0 and m4f.get("/9/1/12") is False
+    install = m4f.handle("POST", ["9", "1", "4"])  # executables exist; Install needs a delivered package
+    assert install.code == "4.05" and b"DELIVERED" in install.payload
     wrapped = codecs.encode(110, Object(9, {3: instance}), P("/9"), registry)
     assert m4f.handle("POST", ["9"], content_format=110, payload=wrapped).location_path == ("9", "3")
-    assert m4f.instances(9) == [0, 3]
+    assert m4f.instances(9) == [0, 1, 3]
     again = m4f.handle("POST", ["9"], content_format=110, payload=wrapped)
     assert again.code == "4.00"
 
@@ -331,15 +332,6 @@ def test_step_is_deterministic_per_seed_and_stays_in_range(registry):
     assert P("/3303/0/5700") in changed
     assert 0 <= one.get("/3304/0/5700") <= 100
     assert one.get("/3303/0/5601") <= one.get("/3303/0/5700") <= one.get("/3303/0/5602")
-
-
-def test_inference_period_runs_inferences_on_its_own(m4f):
-    m4f.handle("PUT", ["26241", "0", "19"], content_format=0, payload=b"10")
-    m4f.step(1_700_000_005)
-    assert m4f.get("/26241/0/16") == 0
-    m4f.step(1_700_000_010)
-    m4f.step(1_700_000_020)
-    assert m4f.get("/26241/0/16") == 2
 
 
 # -- profiles ----------------------------------------------------------------------------------------
