@@ -120,6 +120,8 @@ class DeliveryJob:
     phase_started_at: float | None = None
     next_poll_at: float = 0.0
     reason: str = ""
+    resumed: bool = False
+    """Set after a restart: an Install may already have run before it."""
     log: list[str] = field(default_factory=list)
 
     # -- paths -------------------------------------------------------------------
@@ -211,7 +213,7 @@ class DeliveryJob:
         if failure is not None:
             self._fail(f"device reports update result {outcome}: {failure}", now)
             return
-        if self.phase is Phase.AWAIT_DOWNLOAD and self._already_installed(state, outcome):
+        if self.phase is Phase.AWAIT_DOWNLOAD and self.resumed and self._already_installed(state, outcome):
             self._enter(Phase.ACTIVATE if self.target is Target.SOFTWARE else Phase.VERIFY, now)
         elif self._reached(state, outcome):
             following = Phase.INSTALL if self.phase is Phase.AWAIT_DOWNLOAD else (
@@ -229,6 +231,7 @@ class DeliveryJob:
     def resume(self, now: float) -> None:
         """After a server restart: re-check instead of repeating an Execute that
         may already have run; a push or URI write is simply sent again."""
+        self.resumed = True
         if self.phase is Phase.INSTALL:
             self._enter(Phase.AWAIT_DOWNLOAD, now)
         elif self.phase is Phase.ACTIVATE:
@@ -287,7 +290,7 @@ class DeliveryJob:
             "instance": self.instance, "poll_interval_s": self.poll_interval_s,
             "phase_timeout_s": self.phase_timeout_s, "phase": self.phase.value,
             "phase_started_at": self.phase_started_at, "next_poll_at": self.next_poll_at,
-            "reason": self.reason, "log": list(self.log),
+            "reason": self.reason, "resumed": self.resumed, "log": list(self.log),
             "expected": {
                 "model_id": self.expected.model_id, "model_version": self.expected.model_version,
                 "digest": self.expected.digest.hex(), "firmware_version": self.expected.firmware_version,
@@ -304,5 +307,6 @@ class DeliveryJob:
             poll_interval_s=data.get("poll_interval_s", 2.0), phase_timeout_s=data.get("phase_timeout_s", 600.0),
             phase=Phase(data["phase"]), phase_started_at=data.get("phase_started_at"),
             next_poll_at=data.get("next_poll_at", 0.0), reason=data.get("reason", ""),
+            resumed=data.get("resumed", False),
             log=list(data.get("log", [])),
         )

@@ -58,8 +58,6 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -68,6 +66,7 @@ from uuid import UUID
 import structlog
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath
+from lwm2m_server.suit.device_class import device_class_name
 from lwm2m_server.suit import (
     VENDOR_ID, PayloadError, PublicKey, RollbackError, SignatureError, SuitError, VerifiedModule,
     load_public_key, make_class_id, verify_envelope,
@@ -135,20 +134,9 @@ def classify(error: SuitError) -> str:
 # -- identity ----------------------------------------------------------------------------------
 
 
-def _version_key(version: str) -> str:
-    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:[.+-].*)?", version.strip())
-    return f"{match[1]}.{match[2]}" if match else version.strip()
-
-
-def _names(values: Iterable[str], *, lower: bool) -> list[str]:
-    cleaned = (str(v).strip() for v in values)
-    return sorted({(v.lower() if lower else v) for v in cleaned if v})
-
-
 def device_class(resources: Mapping[int, Any]) -> str:
-    """The device class from 26241 resource values (by resource id), computed like the
-    server's ``TargetSpec.device_class``: runtime, runtime version key, CPU core and
-    the sorted accelerators, formats and operators, hashed."""
+    """The device class from 26241 resource values (by resource id), named as the
+    server names it (its ``TargetSpec.device_class`` uses the same function)."""
 
     def many(rid: int) -> list[str]:
         value = resources.get(rid)
@@ -160,13 +148,10 @@ def device_class(resources: Mapping[int, Any]) -> str:
             return [value]
         return [str(v) for v in value]
 
-    runtime = str(resources.get(0, "")).strip().lower()
-    version = _version_key(str(resources.get(1, "")))
-    core = str(resources.get(6, "")).strip().lower()
-    formats = _names(many(9) or ["tflite"], lower=True)
-    key = [runtime, version, core, _names(many(8), lower=True), formats, _names(many(2), lower=False)]
-    digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
-    return f"{runtime}-{version}-{core}-{digest[:16]}"
+    return device_class_name(
+        str(resources.get(0, "")), str(resources.get(1, "")), str(resources.get(6, "")),
+        many(8), many(9) or ["tflite"], many(2),
+    )
 
 
 @functools.lru_cache(maxsize=64)

@@ -118,3 +118,13 @@ def test_resume_after_restart_rechecks_before_executing(phase, state, expected_n
     following = job.next_step(100.0)
     assert following.kind is expected_next
     assert following.path == (P("/9/0/10") if state == 4 else P("/9/0/4"))
+
+
+def test_installed_state_counts_only_after_a_restart():
+    """A device still showing INSTALLED from its previous package must not be taken
+    as having installed the new one; after a restart it may really have."""
+    job = sota()
+    job.on_result(job.next_step(0.0), OK, 0.0)
+    job.on_result(job.next_step(0.0), reads({"/9/0/7": 4, "/9/0/9": 2}), 0.0)
+    step = job.next_step(0.0)
+    assert step.kind is StepKind.EXECUTE and step.path == P("/9/0/4")  # install, not activate

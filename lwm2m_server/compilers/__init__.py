@@ -34,8 +34,8 @@ from .base import (
     options_digest,
     rank_key,
     select_plugin,
-    version_key,
 )
+from ..suit.device_class import version_key
 from .cache import CompileCache, CompileKey
 
 __all__ = [

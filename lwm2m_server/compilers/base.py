@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import json
-import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from importlib.metadata import EntryPoint
 from typing import Any, Iterable, Mapping
 
 import structlog
+
+from ..suit.device_class import device_class_name
 
 log = structlog.get_logger(__name__)
 
@@ -91,17 +91,6 @@ def _names(values: Iterable[str] | str | None, *, lower: bool) -> frozenset[str]
     return frozenset((v.lower() if lower else v) for v in cleaned if v)
 
 
-def version_key(version: str) -> str:
-    """The part of a runtime version that splits device classes.
-
-    A dotted release (``2.14.0``, ``v1.2.3-rc1``) keeps major.minor (``2.14``):
-    patch releases do not change the operator set or the flatbuffer schema. Any
-    other form (a TFLM commit date such as ``2025-01-15``) is kept whole.
-    """
-    match = re.fullmatch(r"v?(\d+)\.(\d+)(?:[.+-].*)?", version.strip())
-    return f"{match[1]}.{match[2]}" if match else version.strip()
-
-
 @dataclass(frozen=True, slots=True)
 class TargetSpec:
     """What a device can run, from TinyML Capability (/26241) and Device (/3) resources."""
@@ -148,17 +137,10 @@ class TargetSpec:
 
     @property
     def device_class(self) -> str:
-        """Stable class id: devices with the same id get the same compiled module.
-
-        Built from runtime name, :func:`version_key` of the runtime version, CPU
-        core, and the sorted accelerators, formats and operators — not memory,
-        which only filters (docs/tinyml-object.md). Readable prefix plus 16 hex
-        digits of SHA-256, e.g. ``tflite-micro-2025-01-15-cortex-m0plus-3f9a…``.
-        """
-        key = [self.runtime, version_key(self.runtime_version), self.cpu_core,
-               sorted(self.accelerators), sorted(self.formats), sorted(self.ops)]
-        digest = hashlib.sha256(json.dumps(key, separators=(",", ":")).encode()).hexdigest()
-        return f"{self.runtime}-{version_key(self.runtime_version)}-{self.cpu_core}-{digest[:16]}"
+        """Stable class id: devices with the same id get the same compiled module
+        (see :func:`~lwm2m_server.suit.device_class.device_class_name`)."""
+        return device_class_name(self.runtime, self.runtime_version, self.cpu_core,
+                                 self.accelerators, self.formats, self.ops)
 
     @classmethod
     def from_resources(cls, resources: Mapping[int, Any], *,
