@@ -48,6 +48,7 @@ cortex-m4f:
     - {type: usb, voltage_mv: 5000, current_ma: 85}
   sensors: [temperature, humidity, accelerometer]
   sensor_interval: 5
+  delivery: push                 # /5/0/9 = 1: the server pushes packages (Block1)
   tinyml:
     runtime: tflite-micro
     runtime_version: "2025-01-15"

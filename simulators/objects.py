@@ -33,7 +33,7 @@ from .management import (
     DeviceManagement, ExecuteHook, ExecuteRefused, Response, WriteHook, _Fail, _version_tuple,
     as_path, supported_formats,
 )
-from .profiles import POWER_SOURCES, SENSORS, DeviceProfile, builtin_profiles
+from .profiles import DELIVERY_METHODS, POWER_SOURCES, SENSORS, DeviceProfile, builtin_profiles
 from .runtime import ModelRuntime
 from .updates import DeviceTrust, UpdateManager, load_anchors
 
@@ -154,7 +154,8 @@ class DeviceObjects(DeviceManagement):
         bearer = 41 if p.device_type == "gateway" else 21
         self._tree[4] = {0: {0: bearer, 1: {0: bearer}, 2: -55 - self.rng.randint(0, 30),
                              3: 80, 4: {0: "127.0.0.1"}, 6: 5}}
-        self._tree[5] = {0: {0: b"", 1: "", 2: None, 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: 2, 10: None}}
+        delivery = DELIVERY_METHODS[p.delivery]
+        self._tree[5] = {0: {0: b"", 1: "", 2: None, 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: delivery, 10: None}}
         package = p.software_package
         self._tree[9] = {0: self._with_defaults(9, (
             {0: "", 1: "", 2: b"", 3: "", 7: 0, 9: 0, 12: False, 16: ""} if package is None else

@@ -17,7 +17,8 @@ redefine them or add more under ``profiles:`` and lists the fleet to start::
 
 Profile keys for deployments: ``trust_anchors`` (PEM files of signers),
 ``vendor_domain`` (SUIT vendor id), ``download_block_size`` (Block2 size of pull
-downloads) and, under ``tinyml``, ``fail_activation`` (fault injection: every
+downloads), ``delivery`` (``pull``, ``push`` or ``both``: /5/0/9, which the server
+also follows for software) and, under ``tinyml``, ``fail_activation`` (fault injection: every
 activation fails and rolls back). Relative file names are relative to the
 config file.
 
@@ -162,6 +163,12 @@ class DeviceProfile:
     """Domain the SUIT vendor id is made from; None: the TinyMLaaS vendor id."""
     download_block_size: int = 1024
     """Block2 size the device asks for when it fetches a package (16..1024, a power of 2)."""
+    delivery: str = "both"
+    """Update delivery it supports (/5/0/9): ``pull``, ``push`` or ``both``."""
+
+
+DELIVERY_METHODS = {"pull": 0, "push": 1, "both": 2}
+"""/5/0/9 Firmware Update Delivery Method values."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +431,10 @@ def parse_profile(name: str, data: object, path: str, base_dir: Path | None = No
         trust_anchors=_paths(section, "trust_anchors", base_dir),
         vendor_domain=section.text("vendor_domain", None),
         download_block_size=block,
+        delivery=section.text("delivery", "both"),
     )
+    if profile.delivery not in DELIVERY_METHODS:
+        raise ConfigError(section.key("delivery"), f"must be pull, push or both, got {profile.delivery!r}")
     section.done()
     return profile
 
