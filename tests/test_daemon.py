@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Daemon:
             f"api: {{port: {self.api_port}}}\nlogging: {{format: json}}\n"
         )
         self.process: subprocess.Popen | None = None
+        self.lines: list[str] = []
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -50,10 +52,25 @@ class Daemon:
         )
         deadline = time.monotonic() + 30
         for line in self.process.stdout:
+            self.lines.append(line)
             if '"event": "ready"' in line:
+                # keep reading, or a chatty daemon blocks once the pipe is full
+                threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
                 return
             assert time.monotonic() < deadline, "daemon did not become ready"
         raise AssertionError(f"daemon exited with {self.process.wait()}")
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def events(self, name: str) -> list[dict]:
+        """The daemon's JSON log records of event ``name``."""
+        found = []
+        for line in self.lines:
+            if f'"event": "{name}"' in line:
+                found.append(json.loads(line))
+        return found
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         self.process.send_signal(sig)
