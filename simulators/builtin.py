@@ -31,6 +31,7 @@ cortex-m0plus:
     cpu_clock: 48000000
     accelerators: []
     model_formats: [tflite]
+    inference_period: 30           # seconds between inferences once a model is active
 
 cortex-m4f:
   manufacturer: STMicroelectronics
@@ -62,6 +63,7 @@ cortex-m4f:
     cpu_clock: 168000000
     accelerators: [cmsis-nn]
     model_formats: [tflite]
+    inference_period: 10           # seconds between inferences once a model is active
 
 linux-gateway:
   manufacturer: Raspberry Pi Ltd
@@ -93,5 +95,6 @@ linux-gateway:
     cpu_clock: 1500000000
     accelerators: [xnnpack]
     model_formats: [tflite]
+    inference_period: 5           # seconds between inferences once a model is active
 """
 """The built-in hardware classes; ``config/fleet.yaml`` spells the same ones out."""

@@ -166,7 +166,7 @@ class DeviceObjects(DeviceManagement):
             0: t.runtime, 1: t.runtime_version, 2: dict(enumerate(t.operators)), 3: t.model_ram,
             4: t.model_storage, 5: t.arena_budget, 6: t.cpu_core, 7: t.cpu_clock,
             8: dict(enumerate(t.accelerators)), 9: dict(enumerate(t.model_formats)),
-            10: "", 11: "", 12: b"", 13: 0, 14: "", 15: 0.0, 16: 0, 18: None, 19: 0, 20: None,
+            10: "", 11: "", 12: b"", 13: 0, 14: "", 15: 0.0, 16: 0, 18: None, 19: t.inference_period, 20: None,
         }}
         for name in p.sensors:
             object_id = SENSORS[name]

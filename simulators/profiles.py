@@ -95,6 +95,8 @@ class TinyMLProfile:
     """Accelerators (8), e.g. ``cmsis-nn``; empty for reference kernels."""
     model_formats: tuple[str, ...] = ("tflite",)
     """Supported Model Formats (9)."""
+    inference_period: int = 0
+    """Inference Period (19), seconds; 0 runs only on Execute (18)."""
     fail_activation: bool = False
     """Fault injection: every model activation fails and rolls back (not a resource)."""
 
@@ -369,6 +371,7 @@ def parse_profile(name: str, data: object, path: str, base_dir: Path | None = No
         cpu_clock=tinyml_section.integer("cpu_clock", minimum=1),
         accelerators=tinyml_section.strings("accelerators", ()),
         model_formats=tinyml_section.strings("model_formats", ("tflite",), non_empty=True),
+        inference_period=tinyml_section.integer("inference_period", 0),
         fail_activation=tinyml_section.flag("fail_activation", False),
     )
     tinyml_section.done()
