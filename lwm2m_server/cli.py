@@ -295,7 +295,10 @@ def _progress_line(rollout: dict[str, Any]) -> str:
     width = 30
     filled = int(width * summary["finished"] / total) if total else 0
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    return f"{rollout['id']} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({parts}) {rollout['state']}"
+    state = rollout["state"]
+    if state == "running" and total and summary["finished"] == total:
+        state = "complete (new matching devices still join)"
+    return f"{rollout['id']} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({parts}) {state}"
 
 
 def _watch(client: ApiClient, rollout_id: str) -> int:
