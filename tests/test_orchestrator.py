@@ -1,0 +1,110 @@
+"""Rollouts in one process with real simulated devices: activation failure rolls
+back and is reported, failures pause a rollout, declared rollouts are created once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ipso_objects import ObjectRegistry
+from lwm2m_server.config import DeclaredRollout, DeploymentConfig, ServerConfig
+from lwm2m_server.daemon import _declare
+from lwm2m_server.deployment import Deployment
+from lwm2m_server.orchestrator import Orchestrator
+from lwm2m_server.rollouts import RolloutState, Selector, Strategy
+from lwm2m_server.server import LwM2MServer
+from lwm2m_server.store.sqlite import SqliteStore
+from simulators.client import SimulatedDevice
+from simulators.profiles import get_profile
+
+MODEL = Path(__file__).parent / "fixtures" / "models" / "dense_int8.tflite"
+
+
+class Stack:
+    """Store, deployment, server and orchestrator as the daemon wires them."""
+
+    async def start(self, tmp_path: Path) -> Stack:
+        self.store = await SqliteStore.open(tmp_path / "state.sqlite3")
+        base = ServerConfig()
+        deployment_config = DeploymentConfig(data_dir=tmp_path / "data", signing_key=tmp_path / "keys" / "k.pem",
+                                             poll_interval_s=0.1, phase_timeout_s=20)
+        config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=5),
+                         deployment=deployment_config)
+        self.deployment = Deployment(deployment_config, self.store, clock=time.time)
+        await self.deployment.start()
+        self.server = LwM2MServer(config, ObjectRegistry.default(), self.store, downloads=self.deployment.download)
+        await self.server.start()
+        self.orchestrator = Orchestrator(self.server, self.deployment, clock=time.time, interval=0.1)
+        await self.orchestrator.start()
+        self.anchor = tmp_path / "keys" / "k.pub.pem"
+        self.devices: list[SimulatedDevice] = []
+        return self
+
+    async def device(self, endpoint: str, profile) -> SimulatedDevice:
+        device = SimulatedDevice(endpoint, profile, f"coap://127.0.0.1:{self.server.port}",
+                                 seed=1, sensor_interval=3600, trust_anchors=[self.anchor])
+        await device.start()
+        self.devices.append(device)
+        async with asyncio.timeout(10):
+            while self.server.profile(endpoint) is None:
+                await asyncio.sleep(0.02)
+        return device
+
+    async def wait(self, rollout_id: str, condition, timeout: float = 30.0):
+        async with asyncio.timeout(timeout):
+            while True:
+                rollout, devices = self.orchestrator.rollout(rollout_id)
+                if condition(rollout, devices):
+                    return rollout, devices
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for device in self.devices:
+            await device.stop(deregister=False)
+        await self.orchestrator.stop()
+        await self.server.stop()
+        await self.store.close()
+
+
+@pytest.fixture
+async def stack(tmp_path):
+    stack = await Stack().start(tmp_path)
+    yield stack
+    await stack.stop()
+
+
+def faulty_m4f():
+    profile = get_profile("cortex-m4f")
+    return replace(profile, name="faulty-m4f", tinyml=replace(profile.tinyml, fail_activation=True))
+
+
+async def test_failed_activation_rolls_back_and_failures_pause_the_rollout(stack):
+    good = await stack.device("m4f-good", "cortex-m4f")
+    bad = await stack.device("m4f-bad", faulty_m4f())
+    model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", "1.0")
+    rollout = await stack.orchestrator.create(
+        model.key, Selector(endpoints=("m4f-*",)),
+        Strategy(max_in_flight=2, canary_fraction=0, failure_threshold=0.5, mode="push"))
+    rollout, devices = await stack.wait(rollout.id, lambda r, ds: all(d.status.value in ("done", "rolled_back") for d in ds))
+    status = {d.endpoint: d for d in devices}
+    assert status["m4f-good"].status.value == "done"
+    assert status["m4f-bad"].status.value == "rolled_back"
+    assert "previous model" in status["m4f-bad"].reason
+    assert good.objects.get("/26241/0/10") == "dense"
+    assert bad.objects.get("/26241/0/10") == "" and bad.objects.get("/9/0/12") is False  # kept the old (none)
+    rollout, _ = await stack.wait(rollout.id, lambda r, ds: r.state is RolloutState.PAUSED)
+    assert "1 of 2 finished devices failed" in rollout.paused_reason
+
+
+async def test_declared_rollouts_are_created_once(stack, tmp_path):
+    await stack.device("gw-1", "linux-gateway")
+    declared = DeclaredRollout("dense-gw", MODEL, "dense", "2.0", {"endpoints": ["gw-*"]}, {"mode": "pull"})
+    await _declare(stack.orchestrator, stack.deployment, declared)
+    await _declare(stack.orchestrator, stack.deployment, declared)  # a restart re-reads the config
+    assert [r.id for r in stack.orchestrator.rollouts()] == ["dense-gw"]
+    _, devices = await stack.wait("dense-gw", lambda r, ds: ds and ds[0].status.value == "done")
+    assert devices[0].job["mode"] == "pull"
