@@ -260,7 +260,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             data = Path(args.file).read_bytes()
         except OSError as error:
             raise CliError(f"cannot read {args.file}: {error.strerror}") from None
-        query = urllib.parse.urlencode({"name": args.name, "version": args.model_version})
+        query = urllib.parse.urlencode({"name": args.name, "version": args.model_version, "format": args.format})
         _, model = client.call("POST", f"/models?{query}", data)
         print(f"added {model['name']}@{model['version']} ({model['size']} bytes, sha256 {model['digest'][:16]}…)")
         return 0
@@ -457,10 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="register and list TinyML models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
-    add = models_commands.add_parser("add", parents=[common], help="register a model file (.tflite)")
+    add = models_commands.add_parser("add", parents=[common], help="register a model (.tflite) or firmware image")
     add.add_argument("file")
     add.add_argument("--name", required=True)
     add.add_argument("--version", dest="model_version", required=True)
+    add.add_argument("--format", choices=["tflite", "firmware"], default="tflite",
+                     help="a TFLite model (installed through /9) or a firmware image (through /5)")
     listing = models_commands.add_parser("list", parents=[common], help="list registered models")
     listing.add_argument("--json", action="store_true")
     for sub in (add, listing):

@@ -35,6 +35,8 @@ from .suit import (
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FORMATS = ("tflite", "firmware")
+"""A TFLite model (SOTA to object 9) or a firmware image (FOTA to object 5)."""
 
 
 class DeploymentError(Exception):
@@ -123,12 +125,15 @@ class Deployment:
         for what, value in (("name", name), ("version", version)):
             if not _NAME.fullmatch(value):
                 raise DeploymentError(f"model {what} {value!r}: use 1..64 letters, digits, '.', '_', '-'")
-        if fmt != "tflite":
-            raise DeploymentError(f"model format {fmt!r} is not supported (tflite)")
-        try:
-            await asyncio.to_thread(parse_model, data)
-        except CompilerError as error:
-            raise DeploymentError(f"{name}@{version} is not a valid {fmt} model: {error.reason}") from None
+        if fmt not in FORMATS:
+            raise DeploymentError(f"format {fmt!r} is not supported ({', '.join(FORMATS)})")
+        if fmt == "tflite":
+            try:
+                await asyncio.to_thread(parse_model, data)
+            except CompilerError as error:
+                raise DeploymentError(f"{name}@{version} is not a valid {fmt} model: {error.reason}") from None
+        elif not data:
+            raise DeploymentError(f"{name}@{version}: the firmware image is empty")
         digest = hashlib.sha256(data).hexdigest()
         existing = await self.model(f"{name}@{version}")
         if existing is not None:
@@ -154,6 +159,8 @@ class Deployment:
     async def artifact_for(self, model: ModelRecord, target: TargetSpec) -> Artifact:
         """The signed module of ``model`` for ``target``'s class; :class:`Incompatible`
         (with every plugin's reason) when nothing fits the device."""
+        if model.format == "firmware":
+            return await self._firmware_artifact(model, target)
         source = ModelInput(Path(model.file).read_bytes(), model.format, model.name, model.version)
         async with self._lock:  # one compile at a time: plugins are CPU-bound
             plugin, _ = await asyncio.to_thread(select_plugin, self.plugins, source, target)
@@ -171,6 +178,26 @@ class Deployment:
                        cache_hit=hit, arena=module.required_arena_bytes, sequence=artifact.sequence_number)
         return artifact
 
+    async def _firmware_artifact(self, model: ModelRecord, target: TargetSpec) -> Artifact:
+        """A firmware image needs no compiling: signed as is for the class, named by suit-text."""
+        if model.size > target.flash_bytes:
+            raise Incompatible(f"firmware image is {model.size} B, device has {target.flash_bytes} B of storage")
+        key = f"{model.digest}:{target.device_class}"
+        async with self._lock:
+            stored = await self.store.get_document("module", key)
+            if stored is not None and Path(stored["file"]).is_file():
+                return Artifact(**stored)
+            image = Path(model.file).read_bytes()
+            sequence = await self._next_sequence()
+            envelope = build_envelope(
+                image, sequence_number=sequence, vendor_id=self.vendor_id,
+                class_id=make_class_id(self.vendor_id, target.device_class), metadata=None,
+                signing_key=self._key, component_text={5: model.name, 6: model.version},
+            )
+            artifact = self._store_envelope(envelope, model.digest, target.device_class, "firmware", 0, sequence)
+            await self.store.put_document("module", key, asdict(artifact), self._clock())
+        return artifact
+
     async def _sign(self, model: ModelRecord, module, target: TargetSpec, plugin: CompilerPlugin) -> Artifact:
         sequence = await self._next_sequence()
         metadata = ModelMetadata(
@@ -184,12 +211,17 @@ class Deployment:
             class_id=make_class_id(self.vendor_id, target.device_class), metadata=metadata,
             signing_key=self._key,
         )
+        return self._store_envelope(envelope, module.payload_digest, target.device_class, plugin.name,
+                                    module.required_arena_bytes, sequence)
+
+    def _store_envelope(self, envelope: bytes, payload_sha256: str, device_class: str, plugin: str,
+                        arena_bytes: int, sequence: int) -> Artifact:
         sha = hashlib.sha256(envelope).hexdigest()
         token = sha[:24]
         path = self._dir / "modules" / f"{token}.suit"
         _write_atomic(path, envelope)
-        artifact = Artifact(str(path), token, len(envelope), sha, module.payload_digest, sequence,
-                            target.device_class, plugin.name, module.required_arena_bytes)
+        artifact = Artifact(str(path), token, len(envelope), sha, payload_sha256, sequence,
+                            device_class, plugin, arena_bytes)
         self._remember(artifact)
         return artifact
 

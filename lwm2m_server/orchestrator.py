@@ -201,14 +201,14 @@ class Orchestrator:
         artifact = await self.deployment.artifact_for(model, profile.target_spec())
         mode = _mode(rollout.strategy.mode, profile.firmware_delivery)
         uri = self.server.download_uri(endpoint, artifact.token) if mode is Mode.PULL else ""
-        instance = profile.software_packages[0].instance if profile.software_packages else 0
         config = self.deployment.config
-        return DeliveryJob(
-            Target.SOFTWARE, mode,
-            Expected(model.name, model.version, bytes.fromhex(artifact.payload_sha256)),
-            uri=uri, instance=instance, poll_interval_s=config.poll_interval_s,
-            phase_timeout_s=config.phase_timeout_s, artifact=artifact.token,
-        )
+        common = dict(uri=uri, poll_interval_s=config.poll_interval_s, phase_timeout_s=config.phase_timeout_s,
+                      artifact=artifact.token)
+        if model.format == "firmware":
+            return DeliveryJob(Target.FIRMWARE, mode, Expected(firmware_version=model.version), **common)
+        instance = profile.software_packages[0].instance if profile.software_packages else 0
+        expected = Expected(model.name, model.version, bytes.fromhex(artifact.payload_sha256))
+        return DeliveryJob(Target.SOFTWARE, mode, expected, instance=instance, **common)
 
     async def _drive(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
         while True:

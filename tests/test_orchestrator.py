@@ -108,3 +108,15 @@ async def test_declared_rollouts_are_created_once(stack, tmp_path):
     assert [r.id for r in stack.orchestrator.rollouts()] == ["dense-gw"]
     _, devices = await stack.wait("dense-gw", lambda r, ds: ds and ds[0].status.value == "done")
     assert devices[0].job["mode"] == "pull"
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+async def test_firmware_rollout_updates_the_device_firmware(stack, mode):
+    device = await stack.device("m4f-fw", "cortex-m4f")
+    image = bytes(range(256)) * 40  # 10 KiB "firmware"
+    firmware = await stack.deployment.add_model(image, "acme-fw", "2.2.0", "firmware")
+    rollout = await stack.orchestrator.create(firmware.key, Selector(), Strategy(canary_fraction=0, mode=mode))
+    _, devices = await stack.wait(rollout.id, lambda r, ds: ds and ds[0].status.value in ("done", "failed"), 60)
+    assert devices[0].status.value == "done", devices[0].reason
+    assert devices[0].job["target"] == "fota" and devices[0].job["mode"] == mode
+    assert device.objects.get("/3/0/3") == "2.2.0"

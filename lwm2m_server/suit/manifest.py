@@ -39,7 +39,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 from uuid import UUID
 
 import cbor2
@@ -392,6 +392,7 @@ def build_envelope(
     component: ComponentId = DEFAULT_COMPONENT,
     payload_key: str = DEFAULT_PAYLOAD_KEY,
     include_kid: bool = True,
+    component_text: Mapping[int, str] | None = None,
 ) -> bytes:
     """A signed inference-module envelope (see the module docstring for its layout).
 
@@ -400,6 +401,8 @@ def build_envelope(
     ``integrated`` defaults to whether bytes were given. ``digest`` (SHA-256) and
     ``size`` are required for a URI and checked against the bytes when integrated.
     The COSE_Sign1 carries the key's ``kid`` unless ``include_kid`` is false.
+    ``component_text`` (suit-text labels such as 5 description and 6 component
+    version, in English) names a firmware image, which has no model metadata.
     Raises BuildError for inconsistent arguments.
     """
     if integrated is None:
@@ -448,6 +451,10 @@ def build_envelope(
     }
     if metadata is not None:
         manifest[MODEL_INFO_KEY] = encode_model_info(metadata)
+    if component_text:
+        if not all(is_int(label) and isinstance(value, str) for label, value in component_text.items()):
+            raise BuildError("component_text maps integer suit-text labels to strings")
+        manifest[TEXT] = wrap({"en": {tuple(component): dict(component_text)}})
     manifest_bytes = wrap(manifest)
     digest_bytes = Digest.of(cbor2.dumps(manifest_bytes)).encode()
     kid = kid_for(signing_key) if include_kid else None
