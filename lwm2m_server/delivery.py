@@ -139,6 +139,16 @@ class DeliveryJob:
     def uri_path(self) -> LwM2MPath:
         return self._p(3 if self.target is Target.SOFTWARE else 1)
 
+    @property
+    def state_path(self) -> LwM2MPath:
+        """Update State (/9/i/7) or State (/5/0/3): worth observing while waiting."""
+        return self._state_paths()[0]
+
+    def state_changed(self, now: float) -> None:
+        """A notification says the state moved: poll now instead of at the next interval."""
+        if self.phase in (Phase.AWAIT_DOWNLOAD, Phase.AWAIT_INSTALL):
+            self.next_poll_at = now
+
     def _state_paths(self) -> tuple[LwM2MPath, ...]:
         if self.target is Target.SOFTWARE:
             return (self._p(7), self._p(9))  # Update State, Update Result

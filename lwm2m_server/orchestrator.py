@@ -211,21 +211,34 @@ class Orchestrator:
         return DeliveryJob(Target.SOFTWARE, mode, expected, instance=instance, **common)
 
     async def _drive(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
-        while True:
-            step = job.next_step(self._clock())
-            if step.kind is StepKind.DONE:
-                await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
-                await self.server.rediscover(endpoint)  # the profile now names the new model
-                return
-            if step.kind is StepKind.FAILED:
-                await self._failed(rollout_id, endpoint, step.reason, job)
-                return
-            if step.kind is StepKind.WAIT:
-                await asyncio.sleep(max(0.0, step.at - self._clock()))
-                continue
-            result = await self._perform(endpoint, job, step)
-            job.on_result(step, result, self._clock())
-            await self._save_job(rollout_id, endpoint, job)
+        """Run the job's steps. The update state is observed where the device allows,
+        so a change ends a wait early; polling stays the fallback."""
+        state_path = [job.state_path]
+        with self.server.events.subscribe() as events:
+            registration = self.server.registration(endpoint)
+            # a sleeping device would hold the job for a whole request timeout: poll it instead
+            observed = registration is not None and not registration.queue_mode and (
+                await self.server.observe(endpoint, state_path)).ok
+            try:
+                while True:
+                    step = job.next_step(self._clock())
+                    if step.kind is StepKind.DONE:
+                        await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
+                        await self.server.rediscover(endpoint)  # the profile now names the new model
+                        return
+                    if step.kind is StepKind.FAILED:
+                        await self._failed(rollout_id, endpoint, step.reason, job)
+                        return
+                    if step.kind is StepKind.WAIT:
+                        if await _notified(events, endpoint, state_path, step.at - self._clock()):
+                            job.state_changed(self._clock())
+                        continue
+                    result = await self._perform(endpoint, job, step)
+                    job.on_result(step, result, self._clock())
+                    await self._save_job(rollout_id, endpoint, job)
+            finally:
+                if observed:
+                    await self.server.cancel_observation(endpoint, state_path)
 
     async def _perform(self, endpoint: str, job: DeliveryJob, step: Step) -> Result | dict[LwM2MPath, Result]:
         registry = self.server.registry
@@ -291,6 +304,18 @@ class Orchestrator:
     async def _save_rollout(self, rollout: Rollout) -> None:
         self._rollouts[rollout.id] = rollout
         await self.server.store.put_document(ROLLOUT, rollout.id, rollout.to_dict(), self._clock())
+
+
+async def _notified(events: asyncio.Queue, endpoint: str, paths: list[LwM2MPath], timeout: float) -> bool:
+    """True when a notification for ``paths`` of ``endpoint`` arrives within ``timeout``."""
+    try:
+        async with asyncio.timeout(max(0.0, timeout)):
+            while True:
+                event = await events.get()
+                if event.kind == "notification" and event.endpoint == endpoint and list(event.data["paths"]) == paths:
+                    return True
+    except TimeoutError:
+        return False
 
 
 def _mode(strategy_mode: str, delivery: int | None) -> Mode:

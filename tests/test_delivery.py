@@ -128,3 +128,12 @@ def test_installed_state_counts_only_after_a_restart():
     job.on_result(job.next_step(0.0), reads({"/9/0/7": 4, "/9/0/9": 2}), 0.0)
     step = job.next_step(0.0)
     assert step.kind is StepKind.EXECUTE and step.path == P("/9/0/4")  # install, not activate
+
+
+def test_a_state_notification_ends_the_wait():
+    job = sota()
+    job.on_result(job.next_step(0.0), OK, 0.0)
+    job.on_result(job.next_step(0.0), reads({"/9/0/7": 1, "/9/0/9": 1}), 0.0)
+    assert job.next_step(0.1).kind is StepKind.WAIT and job.state_path == P("/9/0/7")
+    job.state_changed(0.1)
+    assert job.next_step(0.1).kind is StepKind.READ
