@@ -17,7 +17,7 @@ from ipso_objects import LwM2MPath
 
 from . import operations
 from .compilers import CompilerError, Incompatible
-from .delivery import DeliveryJob, Expected, Mode, Step, StepKind, Target
+from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError
 from .operations import DeviceRequest, Result
 from .rollouts import (
@@ -162,7 +162,6 @@ class Orchestrator:
         if new:
             for device in assign_canaries(list(devices.values()), rollout.strategy.canary_fraction):
                 if device.endpoint in new or device != devices[device.endpoint]:
-                    devices[device.endpoint] = device
                     await self._save_device(rollout.id, device)
 
     def _start_task(self, rollout: Rollout, endpoint: str, *, resume: bool) -> None:
@@ -187,6 +186,10 @@ class Orchestrator:
                 device = replace(device, status=DeviceStatus.IN_FLIGHT, attempts=device.attempts + 1,
                                  job=job.to_dict(), reason="", updated_at=self._clock())
                 await self._save_device(rollout_id, device)
+                if device.attempts > 1 and await self._already_running(endpoint, job):
+                    # an earlier attempt got through before its answer was lost (or the daemon died)
+                    await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
+                    return
             await self._drive(rollout_id, endpoint, job)
         except Incompatible as error:
             await self._finish(rollout_id, endpoint, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
@@ -240,6 +243,14 @@ class Orchestrator:
                 if observed:
                     await self.server.cancel_observation(endpoint, state_path)
 
+    async def _already_running(self, endpoint: str, job: DeliveryJob) -> bool:
+        """Whether the device already runs what ``job`` delivers (its verify reads pass)."""
+        probe = DeliveryJob.from_dict(job.to_dict())
+        probe.phase = Phase.VERIFY
+        step = probe.next_step(self._clock())
+        probe.on_result(step, await self._perform(endpoint, probe, step), self._clock())
+        return probe.phase is Phase.DONE
+
     async def _perform(self, endpoint: str, job: DeliveryJob, step: Step) -> Result | dict[LwM2MPath, Result]:
         registry = self.server.registry
         if step.kind is StepKind.READ:
@@ -277,7 +288,6 @@ class Orchestrator:
                                reason="activation failed; the device runs its previous model", job=job)
             return
         device = after_failure(device, rollout.strategy, reason, self._clock())
-        self._devices[rollout_id][endpoint] = device
         await self._save_device(rollout_id, device)
         self._log.info("delivery_failed", rollout=rollout_id, ep=endpoint, reason=reason,
                        attempts=device.attempts, status=device.status.value)
@@ -286,16 +296,15 @@ class Orchestrator:
                       job: DeliveryJob | None = None) -> None:
         device = replace(self._devices[rollout_id][endpoint], status=status, reason=reason,
                          job=job.to_dict() if job is not None else None, updated_at=self._clock())
-        self._devices[rollout_id][endpoint] = device
         await self._save_device(rollout_id, device)
         self._log.info("delivery_finished", rollout=rollout_id, ep=endpoint, status=status.value, reason=reason)
 
     async def _save_job(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
         device = replace(self._devices[rollout_id][endpoint], job=job.to_dict(), updated_at=self._clock())
-        self._devices[rollout_id][endpoint] = device
         await self._save_device(rollout_id, device)
 
     async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:
+        self._devices[rollout_id][device.endpoint] = device
         await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
         summary = summarize(self._devices[rollout_id].values())
         self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
