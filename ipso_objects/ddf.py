@@ -32,13 +32,18 @@ def load_ddf(data: bytes | str, *, source: str = "<bytes>") -> list[ObjectDef]:
         data = data.encode("utf-8")
     if len(data) > _MAX_DDF_BYTES:
         raise DdfError(f"file is larger than {_MAX_DDF_BYTES} bytes", source=source)
-    # DDFs never need a DTD; refusing one rules out entity-expansion bombs.
+    # DDFs never need a DTD; refusing one rules out entity-expansion bombs. The check reads
+    # bytes, so only ASCII-compatible encodings pass: in UTF-16 or UTF-32 "<!DOCTYPE" hides.
+    if b"\x00" in data or data.startswith((b"\xfe\xff", b"\xff\xfe")):
+        raise DdfError("not UTF-8 text (UTF-16 and UTF-32 DDFs are not accepted)", source=source)
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise DdfError("DTDs and entity declarations are not allowed", source=source)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as error:
         raise DdfError(f"not well-formed XML ({error})", source=source) from None
+    except (LookupError, ValueError) as error:  # encoding="..." unknown, or multi-byte
+        raise DdfError(f"unusable XML encoding declaration ({error})", source=source) from None
     if _local(root.tag) != "LWM2M":
         raise NotADdfError(f"root element is <{_local(root.tag)}>, expected <LWM2M>", source=source)
     elements = [element for element in root if _local(element.tag) == "Object"]

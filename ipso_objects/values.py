@@ -65,10 +65,18 @@ Value = Union[str, int, float, bool, bytes, datetime, ObjLnk]
 """A resource (instance) value; see the module table for which type is which."""
 
 
+def show_number(value: int | float) -> str:
+    """``value`` for an error message. A CBOR bignum can be thousands of digits long, more
+    than Python converts to text (4,300 digits: ValueError): such an integer is given by size."""
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a {value.bit_length()}-bit integer"
+    return str(value)
+
+
 def time_from_seconds(seconds: int) -> datetime:
     """Unix seconds to an aware UTC datetime; DecodeError when out of datetime's range."""
     if not TIME_MIN <= seconds <= TIME_MAX:
-        raise DecodeError(f"time {seconds} s is outside the representable years 1..9999")
+        raise DecodeError(f"time {show_number(seconds)} s is outside the representable years 1..9999")
     return EPOCH + timedelta(seconds=seconds)
 
 
@@ -112,12 +120,12 @@ def coerce(value: object, rtype: ResourceType | None) -> Value:
         if isinstance(value, int) and not isinstance(value, bool):
             if INT_MIN <= value <= INT_MAX:
                 return value
-            raise ModelError(f"integer {value} out of the signed 64-bit range")
+            raise ModelError(f"integer {show_number(value)} out of the signed 64-bit range")
     elif rtype is ResourceType.UNSIGNED_INTEGER:
         if isinstance(value, int) and not isinstance(value, bool):
             if 0 <= value <= UINT_MAX:
                 return value
-            raise ModelError(f"unsigned integer {value} out of range 0..2**64-1")
+            raise ModelError(f"unsigned integer {show_number(value)} out of range 0..2**64-1")
     elif rtype is ResourceType.FLOAT:
         if isinstance(value, float):
             return value

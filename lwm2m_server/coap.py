@@ -14,13 +14,17 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
 
 import aiocoap
 import aiocoap.error
+import structlog
 from aiocoap import Code, Message, optiontypes, resource
+
+from .ratelimit import RateLimiter
 
 _METHODS = {
     "GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE,
@@ -186,9 +190,11 @@ class CoapAdapter:
         max_in_flight: int = 200,
         block_size: int = 1024,
         downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
+        rate_limiter: RateLimiter | None = None,
         log=None,
     ) -> None:
         self._handler = handler
+        self._rate_limiter = rate_limiter
         self._bind = (host, port)
         self._receive_buffer_bytes = receive_buffer_bytes
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -235,6 +241,8 @@ class CoapAdapter:
 
     async def _incoming(self, message: Message) -> Message:
         address = message.remote.hostinfo
+        if self._rate_limiter is not None and (refusal := self._over_limit(address, message)) is not None:
+            return refusal
         self._remember(address, message.remote)
         incoming = IncomingRequest(
             method=message.code.name,
@@ -250,6 +258,23 @@ class CoapAdapter:
             reply.opt.location_path = answer.location_path
         if answer.content_format is not None:
             reply.opt.content_format = answer.content_format
+        return reply
+
+    def _over_limit(self, address: str, message: Message) -> Message | None:
+        """None when ``address`` is within its rate limit; else 4.29 Too Many Requests with
+        Max-Age = seconds until it may retry (RFC 8516 §3), suppressed for a NON request."""
+        decision = self._rate_limiter.check(address, time.monotonic())
+        if decision.allowed:
+            return None
+        if decision.report:
+            (self._log or structlog.get_logger("lwm2m_server.coap")).warning(
+                "rate_limited", address=address, limited_by=decision.limited_by, key=decision.key,
+                refused=decision.refused, retry_after=round(decision.retry_after, 3),
+                refused_total=self._rate_limiter.refused_total,
+            )
+        reply = Message(code=Code.TOO_MANY_REQUESTS, payload=b"too many requests", max_age=decision.max_age)
+        if message.mtype == aiocoap.NON:
+            reply.opt.no_response = 26  # no response of any class: the request is dropped
         return reply
 
     def local_base(self, address: str) -> str:

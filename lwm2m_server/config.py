@@ -44,6 +44,10 @@ STORE_KINDS = ("sqlite",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 MIN_TOKEN_LENGTH = 16
+MAX_YAML_DEPTH = 64
+"""Deepest nesting of YAML collections accepted (a configuration nests four or five)."""
+MAX_CONFIG_BYTES = 256 * 1024
+"""A configuration is a few KB; PyYAML needs ~150 times a file's size in memory."""
 REDACTED = "***"
 
 
@@ -53,11 +57,11 @@ class ConfigError(Exception):
     def __init__(self, source: str, path: str | None, problem: str) -> None:
         self.source = source
         """The file (``server.yaml``) or ``file:line:column`` for YAML syntax errors."""
-        self.path = path
+        self.path = _printable(path) if path is not None else None
         """Key path such as ``objects.ddf_folders[1]``; None when the whole file is at fault."""
-        self.problem = " ".join(problem.split())
+        self.problem = _printable(" ".join(problem.split()))
         """What is wrong and, where it helps, what is expected."""
-        super().__init__(": ".join(part for part in (source, path, self.problem) if part))
+        super().__init__(": ".join(part for part in (source, self.path, self.problem) if part))
 
 
 # --------------------------------------------------------------------------- sections
@@ -81,6 +85,11 @@ class CoapConfig:
     """Seconds before a request to a device fails (CoAP MAX_TRANSMIT_WAIT)."""
     block_size: int = 1024
     """Block-wise transfer size in bytes for pushes (SOTA/FOTA) and large payloads."""
+    rate_limit_per_peer: float = 10
+    """Requests a second one device (source ``host:port``) may send in the long run; a
+    host (IPv4 address, IPv6 /64) gets ten times that. Over it: 4.29. 0 turns limiting off."""
+    rate_limit_burst: int = 50
+    """Requests a device may send at once after a quiet spell (a host: ten times that)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +239,11 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     """Read and validate a YAML configuration file; raise :class:`ConfigError`."""
     source = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(source, None, f"larger than {MAX_CONFIG_BYTES // 1024} KiB: not a configuration file")
+        text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text() does
     except UnicodeDecodeError as error:
         raise ConfigError(source, None, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     except OSError as error:
@@ -239,6 +252,10 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
         document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as error:
         raise _yaml_error(source, text, error) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(source, None, "collections nested too deeply") from None
+    except (ValueError, OverflowError) as error:  # an integer of 5,000 digits, a 13th month
+        raise ConfigError(source, None, f"a value YAML cannot represent: {error}") from None
     return parse_config(document, source)
 
 
@@ -339,6 +356,8 @@ def _coap(s: _Section) -> CoapConfig:
     s.integer("receive_buffer_bytes", 1)
     s.number("request_timeout_s", positive=True)
     s.choice("block_size", BLOCK_SIZES)
+    s.number("rate_limit_per_peer", positive=False, unit="requests per second")
+    s.integer("rate_limit_burst", 1)
     config = s.build()
     if config.max_in_flight_per_device > config.max_in_flight:
         s.fail(
@@ -508,13 +527,13 @@ class _Section:
                 self.fail(key, f"must be {'> 0' if low == 1 else f'>= {low}'}, got {value}")
         self.values[key] = value
 
-    def number(self, key: str, positive: bool) -> None:
-        """Seconds: an integer or a decimal; ``positive`` means > 0, else >= 0."""
+    def number(self, key: str, positive: bool, unit: str = "seconds") -> None:
+        """An integer or a decimal (of ``unit``); ``positive`` means > 0, else >= 0."""
         present, value = self._get(key)
         if not present:
             return
         if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
-            self.fail(key, f"must be a number (seconds), got {_describe(value)}")
+            self.fail(key, f"must be a number ({unit}), got {_describe(value)}")
         if value < 0 or (positive and value == 0):
             self.fail(key, f"must be {'> 0' if positive else '>= 0'}, got {value}")
         self.values[key] = value
@@ -561,6 +580,10 @@ class _Section:
             self.fail(key, f"must be a path (a non-empty string), got {_describe(value)}")
         if "\0" in value:
             self.fail(key, "must not contain a NUL character")
+        try:
+            os.fsencode(value)
+        except UnicodeEncodeError:
+            self.fail(key, f"is not a file name this system can encode: {value!r}")
         return Path(value)
 
     def folders(self, key: str) -> None:
@@ -633,6 +656,13 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped: one printable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -679,7 +709,23 @@ def _plain(value: Any) -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one) and
+    collections nested deeper than :data:`MAX_YAML_DEPTH` (PyYAML composes recursively:
+    thousands of ``[`` cost a second of CPU, then a RecursionError)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"collections nested deeper than {MAX_YAML_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):

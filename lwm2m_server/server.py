@@ -26,6 +26,7 @@ from .config import ServerConfig
 from .events import EventHub
 from .operations import DeviceRequest, OperationError, Result
 from .queue_mode import QueueModePolicy
+from .ratelimit import rate_limiter
 from .registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
@@ -105,6 +106,7 @@ class LwM2MServer:
             max_in_flight=config.coap.max_in_flight,
             block_size=config.coap.block_size,
             downloads=downloads,
+            rate_limiter=rate_limiter(config.coap.rate_limit_per_peer, config.coap.rate_limit_burst),
         )
         self._tasks: set[asyncio.Task] = set()
         self._unrestored: dict[str, list[ObservationRecord]] = {}
@@ -208,7 +210,13 @@ class LwM2MServer:
         self._check_lifetime(params.lifetime)
         now = self._clock()
         registration, previous = self._book.register(params, request.address, now)
-        await self.store.save_registration(registration)
+        try:
+            await self.store.save_registration(registration)
+        except StoreError:  # unsaved means unregistered: the book goes back to what is stored
+            self._book.deregister(registration.id)
+            if previous is not None:
+                self._book.restore(previous)
+            raise
         if previous is not None:
             self._drop_observations(previous.endpoint)
         self._device(registration.endpoint).last_seen = now
@@ -229,7 +237,11 @@ class LwM2MServer:
         now = self._clock()
         previous = self._book.get(registration_id)
         registration = self._book.update(registration_id, params, request.address, now)
-        await self.store.save_registration(registration)
+        try:
+            await self.store.save_registration(registration)
+        except StoreError:
+            self._book.restore(previous)
+            raise
         self._device(registration.endpoint).last_seen = now
         self._log.info("updated", ep=registration.endpoint, lt=registration.lifetime,
                        address=registration.address)
@@ -246,7 +258,11 @@ class LwM2MServer:
 
     async def _deregister(self, registration_id: str) -> OutgoingResponse:
         registration = self._book.deregister(registration_id)
-        await self.store.delete_registration(registration.id)
+        try:
+            await self.store.delete_registration(registration.id)
+        except StoreError:
+            self._book.restore(registration)
+            raise
         self._drop_observations(registration.endpoint)
         self._log.info("deregistered", ep=registration.endpoint)
         self.events.publish("deregistered", endpoint=registration.endpoint, registration=registration)
@@ -286,6 +302,11 @@ class LwM2MServer:
         profile = build_profile(registration.endpoint, reads, self._clock())
         if self._book.by_endpoint(registration.endpoint) is None:
             return profile  # de-registered meanwhile
+        if any(str(outcome).startswith(UNREACHABLE) for outcome in reads.values()):
+            # a sleeping or lossy device: keep what was known and read again at its next Update
+            self._log.info("discovery_incomplete", ep=registration.endpoint, problems=list(profile.problems))
+            self.events.publish("discovery_incomplete", endpoint=registration.endpoint, profile=profile)
+            return profile
         await self.store.put_document("profile", registration.endpoint, profile.to_dict(), self._clock())
         self._profiles[registration.endpoint] = profile
         self._log.info("discovered", ep=registration.endpoint, device_class=profile.device_class,

@@ -101,6 +101,13 @@ logging: {{level: DEBUG, format: json}}
     assert config.source == str(tmp_path / "server.yaml")
 
 
+def test_rate_limit_is_on_by_default_read_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert (ServerConfig().coap.rate_limit_per_peer, ServerConfig().coap.rate_limit_burst) == (10, 50)
+    config = load_config(write(tmp_path, "coap: {rate_limit_per_peer: 0.5, rate_limit_burst: 3}"))
+    assert (config.coap.rate_limit_per_peer, config.coap.rate_limit_burst) == (0.5, 3)
+    assert load_config(write(tmp_path, "coap: {rate_limit_per_peer: 0}")).coap.rate_limit_per_peer == 0
+
+
 def test_config_is_immutable() -> None:
     with pytest.raises(AttributeError):
         ServerConfig().coap.port = 1  # type: ignore[misc]
@@ -145,6 +152,11 @@ def test_config_is_immutable() -> None:
         ("objects: {ddf_folders: /x}",
          "objects.ddf_folders: must be a list of folder paths, got '/x'"),
         ("coap: {port: }", "coap.port: has no value; remove the key to use the default (5683)"),
+        ("coap: {rate_limit_per_peer: -1}", "coap.rate_limit_per_peer: must be >= 0, got -1"),
+        ("coap: {rate_limit_per_peer: fast}",
+         "coap.rate_limit_per_peer: must be a number (requests per second), got 'fast'"),
+        ("coap: {rate_limit_burst: 0}", "coap.rate_limit_burst: must be > 0, got 0"),
+        ("coap: {rate_limit_burst: 2.5}", "coap.rate_limit_burst: must be an integer, got 2.5"),
         ("coap: 5", "coap: must be a mapping of keys, got 5"),
     ],
 )
@@ -155,7 +167,8 @@ def test_invalid_value_names_key_path_and_problem(tmp_path: Path, text: str, mes
 def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
     assert load_error(tmp_path, "coap:\n  prot: 5683\n") == (
         "coap.prot: unknown key (did you mean 'port'?); valid keys: host, port, max_in_flight, "
-        "max_in_flight_per_device, receive_buffer_bytes, request_timeout_s, block_size"
+        "max_in_flight_per_device, receive_buffer_bytes, request_timeout_s, block_size, "
+        "rate_limit_per_peer, rate_limit_burst"
     )
     assert load_error(tmp_path, "api: {tokn_file: x}").startswith(
         "api.tokn_file: unknown key (did you mean 'token_file'?); valid keys: host, port,"

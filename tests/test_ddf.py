@@ -103,7 +103,8 @@ def test_malformed_ddf_names_file_and_element(tmp_path, text, element, reason):
         (b"<LWM2M><Object>", "not well-formed"),
         (b"<Root/>", "expected <LWM2M>"),
         (b'<!DOCTYPE x [<!ENTITY a "aaaa">]><LWM2M/>', "DTDs"),
-        (b"\xff\xfe garbage", "not well-formed"),
+        (b"\xff\xfe garbage", "not UTF-8 text"),
+        (b"\xc3\x28 garbage", "not well-formed"),
     ],
 )
 def test_broken_xml_is_a_ddf_error(data, reason):

@@ -76,7 +76,7 @@ async def setup(tmp_path):
 @pytest.mark.parametrize("version", ["1.0", "1.1", "1.2"])
 async def test_every_operation(setup, version):
     device = await setup.device(f"dev-{version}", PROFILES[version])
-    server, registry, ep = setup.server, setup.registry, device.endpoint
+    registry, ep = setup.registry, device.endpoint
 
     result = await setup.perform(ep, lambda r: ops.read(r, P("/3/0"), registry=registry))
     assert result.ok and result.node.resources[0].value == device.objects.get("/3/0/0")

@@ -37,6 +37,7 @@ from ..values import (
     Value,
     coerce,
     infer_type,
+    show_number,
     time_from_seconds,
     time_to_seconds,
 )
@@ -156,7 +157,7 @@ def _add(left: Number, right: Number, where: str) -> Number:
     try:
         return left + right
     except OverflowError:
-        raise DecodeError(f"{where}: {left} + {right} overflows a 64-bit float") from None
+        raise DecodeError(f"{where}: {show_number(left)} + {show_number(right)} overflows a 64-bit float") from None
 
 
 def _time_of(base_time: Number | None, time: Number | None, where: str) -> Number | None:
@@ -364,7 +365,7 @@ def _number_value(raw: Number, rtype: ResourceType, path: LwM2MPath) -> Value:
         try:
             return float(raw)
         except OverflowError:
-            raise DecodeError(f"{path}: {raw} does not fit a 64-bit Float") from None
+            raise DecodeError(f"{path}: {show_number(raw)} does not fit a 64-bit Float") from None
     # Integer, Unsigned Integer and Time take whole numbers; 300.0 is one, 1.5 is not.
     if isinstance(raw, float):
         if not raw.is_integer():

@@ -185,18 +185,45 @@ class ModelInfo:
         return all(offset % alignment == 0 for offset in self.buffer_offsets)
 
 
+# File space one table of each kind takes at the least as converters write it (its offset
+# in the vector, the soffset to its vtable, the fields: a tensor's name, shape, type and
+# buffer, an operator's opcode, inputs and outputs); a walk charges at least this per table.
+# Real models spend under a fifth of the budget.
+_BUFFER_BYTES = 8
+_CODE_BYTES = 8
+_SUBGRAPH_BYTES = 16
+_TENSOR_BYTES = 24
+_OPERATOR_BYTES = 24
+
+
 class _Reader:
-    """Bounds checks for one flatbuffer walk."""
+    """Bounds checks for one flatbuffer walk.
+
+    Tables and vectors are reached through offsets, so a crafted file can point many
+    entries at one subgraph, tensor or shape: a few KB that expand to millions of
+    entries walked (quadratic time and memory). Every vector walked is charged
+    against a budget of twice the file size: each element at its own size, or at the
+    least a table of its kind occupies (``table_bytes``) when it is a table. A file
+    whose parts are all distinct spends at most its size once.
+    """
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.where = "model"
         """Part being read, named in errors (``subgraph 0 tensor 3``)."""
+        self.budget = 2 * len(data) + 4096
+        """Bytes of vectors that may still be walked."""
 
-    def count(self, n: int, what: str, item_size: int = 4) -> int:
-        """A vector length, refused when it could not fit in the file."""
+    def count(self, n: int, what: str, item_size: int = 4, *, table_bytes: int = 0, walked: bool = True) -> int:
+        """A vector length, refused when it could not fit in the file (or, for a vector
+        that is walked, in what is left of the budget)."""
         if n < 0 or n * item_size > len(self.data):
             raise ModelError(f"{what}: vector length {n} exceeds the file ({len(self.data)} B)")
+        if walked:
+            self.budget -= n * max(item_size, table_bytes)
+            if self.budget < 0:
+                raise ModelError(f"{what}: the model's tables are reached over and over through "
+                                 f"shared offsets, more than a {len(self.data)} B file can hold")
         return n
 
     def ints(self, table: Any, field: str, what: str) -> tuple[int, ...]:
@@ -240,12 +267,12 @@ def _parse(r: _Reader) -> ModelInfo:
     data = r.data
     model = fb.Model.GetRootAs(data, 0)
 
-    n_buffers = r.count(model.BuffersLength(), "buffers")
+    n_buffers = r.count(model.BuffersLength(), "buffers", table_bytes=_BUFFER_BYTES)
     buffer_sizes, offsets = [], []
     for b in range(n_buffers):
         r.where = f"buffer {b}"
         buf = model.Buffers(b)
-        size = r.count(buf.DataLength(), f"buffer {b}", 1)
+        size = r.count(buf.DataLength(), f"buffer {b}", 1, walked=False)
         external_offset, external_size = buf.Offset(), buf.Size()
         if size:
             start = buf._tab.Vector(buf._tab.Offset(4))
@@ -261,7 +288,7 @@ def _parse(r: _Reader) -> ModelInfo:
         buffer_sizes.append(size)
 
     codes = []
-    for c in range(r.count(model.OperatorCodesLength(), "operator codes")):
+    for c in range(r.count(model.OperatorCodesLength(), "operator codes", table_bytes=_CODE_BYTES)):
         r.where = f"operator code {c}"
         code = model.OperatorCodes(c)
         number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
@@ -273,7 +300,7 @@ def _parse(r: _Reader) -> ModelInfo:
         else:
             codes.append((op_names.get(number, f"UNKNOWN_BUILTIN_{number}"), False, code.Version()))
 
-    n_subgraphs = r.count(model.SubgraphsLength(), "subgraphs")
+    n_subgraphs = r.count(model.SubgraphsLength(), "subgraphs", table_bytes=_SUBGRAPH_BYTES)
     if n_subgraphs == 0:
         raise ModelError("the model has no subgraph")
     subgraphs = tuple(_subgraph(r, model.Subgraphs(s), s, type_names, buffer_sizes, codes)
@@ -297,7 +324,7 @@ def _subgraph(r: _Reader, sg: Any, s: int, type_names: dict[int, str], buffer_si
               codes: list[tuple[str, bool, int]]) -> SubgraphInfo:
     where = r.where = f"subgraph {s}"
     tensors = []
-    for t in range(r.count(sg.TensorsLength(), f"{where} tensors")):
+    for t in range(r.count(sg.TensorsLength(), f"{where} tensors", table_bytes=_TENSOR_BYTES)):
         what = r.where = f"{where} tensor {t}"
         tensor = sg.Tensors(t)
         dtype = type_names.get(tensor.Type())
@@ -336,7 +363,7 @@ def _subgraph(r: _Reader, sg: Any, s: int, type_names: dict[int, str], buffer_si
         return values
 
     operators = []
-    for o in range(r.count(sg.OperatorsLength(), f"{where} operators")):
+    for o in range(r.count(sg.OperatorsLength(), f"{where} operators", table_bytes=_OPERATOR_BYTES)):
         what = r.where = f"{where} operator {o}"
         op = sg.Operators(o)
         index = op.OpcodeIndex()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -151,7 +152,7 @@ def _load(
         except TypeError:
             reason = "encrypted and no password given, or a password given for a plain key"
             raise KeyFileError(f"{where}: {reason}") from None
-        except ValueError as error:
+        except (ValueError, UnsupportedAlgorithm) as error:  # e.g. a curve OpenSSL lacks
             raise KeyFileError(f"{where}: not a usable PEM private key ({error})") from None
         _checked_algorithm(key, where)
         return key, True, where  # type: ignore[return-value]
@@ -159,6 +160,8 @@ def _load(
         public = serialization.load_pem_public_key(data)
     except ValueError:
         raise KeyFileError(f"{where}: not a PEM public or private key") from None
+    except UnsupportedAlgorithm as error:  # e.g. an EC key on a curve OpenSSL does not know
+        raise KeyFileError(f"{where}: unsupported public key ({error})") from None
     _checked_algorithm(public, where)
     return public, False, where  # type: ignore[return-value]
 
