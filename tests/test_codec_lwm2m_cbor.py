@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 
 import cbor2
 import pytest
@@ -33,6 +33,7 @@ from ipso_objects.model import ResourceType
 from ipso_objects.nodes import flatten
 from ipso_objects.values import EPOCH, time_from_seconds
 
+from spec_examples import DEVICE_INSTANCE, DEVICE_TIME
 from strategies import (
     ALL_TYPES_OBJECT,
     MULTIPLE_RESOURCE,
@@ -140,22 +141,6 @@ DEVICE_CBOR = X(
     "312e3006a20001010507a200190ed80119138808a200187d011903840918640a"
     "0f0ba100000dc11a5182428f0e662b30323a3030106155"
 )
-DEVICE_TIME = datetime(2013, 5, 2, 10, 40, 15, tzinfo=timezone.utc)  # 1367491215 s
-DEVICE_INSTANCE = ObjectInstance(0, {
-    0: Resource(0, "Open Mobile Alliance"),
-    1: Resource(1, "Lightweight M2M Client"),
-    2: Resource(2, "345000123"),
-    3: Resource(3, "1.0"),
-    6: MultiResource(6, {0: 1, 1: 5}),
-    7: MultiResource(7, {0: 3800, 1: 5000}),
-    8: MultiResource(8, {0: 125, 1: 900}),
-    9: Resource(9, 100),
-    10: Resource(10, 15),
-    11: MultiResource(11, {0: 0}),
-    13: Resource(13, DEVICE_TIME),
-    14: Resource(14, "+02:00"),
-    16: Resource(16, "U"),
-})
 
 
 def test_device_instance_typed_by_the_model(registry) -> None:

@@ -33,6 +33,7 @@ from ipso_objects.errors import DecodeError, EncodeError
 from ipso_objects.nodes import flatten
 
 from strategies import ALL_TYPES_OBJECT, addressed_nodes
+from spec_examples import DEVICE_INSTANCE
 
 P = LwM2MPath.parse
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -73,21 +74,6 @@ DEVICE_JSON = compact("""
   {"n":"14","sv":"+02:00"},
   {"n":"16","sv":"U"}]
 }""")
-DEVICE_INSTANCE = ObjectInstance(0, {
-    0: Resource(0, "Open Mobile Alliance"),
-    1: Resource(1, "Lightweight M2M Client"),
-    2: Resource(2, "345000123"),
-    3: Resource(3, "1.0"),
-    6: MultiResource(6, {0: 1, 1: 5}),
-    7: MultiResource(7, {0: 3800, 1: 5000}),
-    8: MultiResource(8, {0: 125, 1: 900}),
-    9: Resource(9, 100),
-    10: Resource(10, 15),
-    11: MultiResource(11, {0: 0}),
-    13: Resource(13, datetime(2013, 5, 2, 10, 40, 15, tzinfo=timezone.utc)),
-    14: Resource(14, "+02:00"),
-    16: Resource(16, "U"),
-})
 
 
 def test_device_instance_both_ways(registry) -> None:

@@ -33,6 +33,7 @@ from ipso_objects import (
 from ipso_objects.codecs import ContentFormat, TimestampedValues, codec_module
 from ipso_objects.codecs import senml, senml_cbor, senml_json
 from ipso_objects.ddf import load_ddf_file
+from spec_examples import DEVICE_INSTANCE
 from strategies import (
     ALL_TYPES_OBJECT,
     MULTIPLE_RESOURCE,
@@ -79,30 +80,12 @@ DEVICE_CBOR = bytes.fromhex(
     "1388a20063382f3002187da20063382f3102190384a2006139021864a200623130020fa200643131"
     "2f300200a200623133021a5182428fa20062313403662b30323a3030a200623136036155"
 )
-DEVICE = ObjectInstance(
-    0,
-    {
-        0: Resource(0, "Open Mobile Alliance"),
-        1: Resource(1, "Lightweight M2M Client"),
-        2: Resource(2, "345000123"),
-        3: Resource(3, "1.0"),
-        6: MultiResource(6, {0: 1, 1: 5}),
-        7: MultiResource(7, {0: 3800, 1: 5000}),
-        8: MultiResource(8, {0: 125, 1: 900}),
-        9: Resource(9, 100),
-        10: Resource(10, 15),
-        11: MultiResource(11, {0: 0}),
-        13: Resource(13, datetime(2013, 5, 2, 10, 40, 15, tzinfo=timezone.utc)),
-        14: Resource(14, "+02:00"),
-        16: Resource(16, "U"),
-    },
-)
 
 
 @pytest.mark.parametrize("codec, payload", [(senml_json, DEVICE_JSON), (senml_cbor, DEVICE_CBOR)])
 def test_read_device_instance_both_ways(codec, payload, registry):
-    assert codec.decode(payload, P("/3/0"), registry) == DEVICE
-    assert codec.encode(DEVICE, P("/3/0"), registry) == payload
+    assert codec.decode(payload, P("/3/0"), registry) == DEVICE_INSTANCE
+    assert codec.encode(DEVICE_INSTANCE, P("/3/0"), registry) == payload
 
 
 def test_device_cbor_is_the_json_example_with_cbor_labels():

@@ -28,6 +28,7 @@ from ipso_objects.codecs import ContentFormat
 from ipso_objects.codecs import decode as dispatch_decode
 from ipso_objects.codecs import tlv
 from strategies import ALL_TYPES_OBJECT, addressed_nodes
+from spec_examples import DEVICE_INSTANCE
 
 P = LwM2MPath.of
 UNKNOWN_OBJECT = 32001
@@ -50,24 +51,6 @@ DEVICE_INSTANCE_TLV = bytes.fromhex(
     "C40D5182428F"  # /3/0/13 1367491215
     "C60E2B30323A3030"  # /3/0/14 "+02:00"
     "C11055"  # /3/0/16 "U"
-)
-DEVICE_INSTANCE = ObjectInstance(
-    0,
-    {
-        0: Resource(0, "Open Mobile Alliance"),
-        1: Resource(1, "Lightweight M2M Client"),
-        2: Resource(2, "345000123"),
-        3: Resource(3, "1.0"),
-        6: MultiResource(6, {0: 1, 1: 5}),
-        7: MultiResource(7, {0: 3800, 1: 5000}),
-        8: MultiResource(8, {0: 125, 1: 900}),
-        9: Resource(9, 100),
-        10: Resource(10, 15),
-        11: MultiResource(11, {0: 0}),
-        13: Resource(13, datetime(2013, 5, 2, 10, 40, 15, tzinfo=timezone.utc)),
-        14: Resource(14, "+02:00"),
-        16: Resource(16, "U"),
-    },
 )
 # Core 1.0 §6.4.3.2 / 1.1 §7.4.3.2 "Multiple Object Instance Request Examples",
 # A) Request on Single-Instance Object: Read /3 wraps the same resources in one
