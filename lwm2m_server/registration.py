@@ -413,15 +413,6 @@ class RegistrationBook:
                 return registration
         return None
 
-    def touch(self, registration_id: str, address: str) -> Registration | None:
-        """Record a newer source address (e.g. from a Send or a notification)."""
-        registration = self._by_id.get(registration_id)
-        if registration is None or registration.address == address:
-            return registration
-        moved = replace(registration, address=address)
-        self._put(moved)
-        return moved
-
     def __iter__(self):
         return iter(sorted(self._by_id.values(), key=lambda r: r.endpoint))
 
