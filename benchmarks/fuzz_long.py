@@ -10,7 +10,8 @@ Hypothesis mode (the default) runs pytest on ``tests/test_fuzz.py`` with
 structure-aware generators and mutations of the corpus's valid inputs, fed to every
 parser that meets the network or a file (CoAP to the real server over loopback,
 codecs, link format, Register/Update, Send, device responses, DDF XML, SUIT
-envelopes, key files, YAML config, .tflite). The corpus replay and the large-payload
+envelopes, key files, YAML config, .tflite), plus ten datagrams an example of mutated
+DTLS handshakes and noise at the CoAPS port (``tests/test_fuzz_dtls.py``). The corpus replay and the large-payload
 checks do not grow with examples and are left out. Each run draws a fresh seed and
 prints it; ``--seed`` repeats a run. At 100,000 examples expect a few hours on two
 cores (the CoAP properties are the slowest, ~10 ms an example).
@@ -64,9 +65,11 @@ CORPUS_OF = {"register": "link_format", "opaque": "text", "send": "senml_cbor"}
 def hypothesis_run(args: argparse.Namespace, extra: list[str]) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     selection = NOT_SCALED if not args.k else f"({args.k}) and {NOT_SCALED}"
-    command = [sys.executable, "-m", "pytest", str(TESTS / "test_fuzz.py"), "-q", "-p", "no:cacheprovider",
+    command = [sys.executable, "-m", "pytest", str(TESTS / "test_fuzz.py"), str(TESTS / "test_fuzz_dtls.py"),
+               "-q", "-p", "no:cacheprovider",
                f"--hypothesis-seed={seed}", "--hypothesis-show-statistics", "-k", selection, *extra]
-    environment = dict(os.environ, TINYMLAAS_FUZZ_EXAMPLES=str(args.examples))
+    environment = dict(os.environ, TINYMLAAS_FUZZ_EXAMPLES=str(args.examples),
+                       FUZZ_DTLS_DATAGRAMS=str(max(1500, 10 * args.examples)), FUZZ_DTLS_SEED=str(seed))
     print(f"fuzz_long: {args.examples} examples per property, seed {seed}", flush=True)
     print("  " + " ".join(command), flush=True)
     return subprocess.call(command, cwd=ROOT, env=environment)

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import math
+import time
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -26,6 +27,8 @@ from ipso_objects.values import from_text
 
 from . import display, operations
 from .operations import OperationError, Result
+from .credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
+    PskCredential, parse_key
 from .deployment import Deployment, DeploymentError
 from .orchestrator import Orchestrator
 from .registration import Registration
@@ -140,10 +143,12 @@ class ManagementApi:
     """Routes and handlers; :meth:`start` binds the HTTP listener."""
 
     def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780,
-                 deployment: Deployment | None = None, orchestrator: Orchestrator | None = None) -> None:
+                 deployment: Deployment | None = None, orchestrator: Orchestrator | None = None,
+                 credentials: CredentialStore | None = None) -> None:
         self.server = server
         self.deployment = deployment
         self.orchestrator = orchestrator
+        self.credentials = credentials
         self._token = token
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -166,6 +171,9 @@ class ManagementApi:
         for action in ("pause", "resume", "cancel"):
             r.add_post(f"{API}/rollouts/{{id}}/{action}", self._rollout_action(action))
         r.add_get(f"{API}/events", self.events)
+        r.add_get(f"{API}/credentials", self.list_credentials)
+        r.add_put(f"{API}/credentials/{{ep}}", self.put_credential)
+        r.add_delete(f"{API}/credentials/{{ep}}", self.delete_credentials)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -397,6 +405,79 @@ class ManagementApi:
         node = ObjectInstance(instance_id, resources)
         registry = self.server.registry
         return lambda reg: operations.create(reg, path, node, registry=registry)
+
+    # -- credentials (the security store; never a key in an answer) -------------------------
+
+    def _credential_store(self) -> CredentialStore:
+        if self.credentials is None:
+            raise ApiError(503, "the security store is not running in this server")
+        return self.credentials
+
+    def _credential_failure(self, error: CredentialError) -> ApiError:
+        if isinstance(error, CredentialConflict):
+            return ApiError(409, error.reason)
+        if isinstance(error, CredentialStorageError):
+            self._log.error("credentials_store_failed", error=error.reason)
+            return ApiError(503, "credentials storage unavailable")
+        return ApiError(400, error.reason)
+
+    async def list_credentials(self, request: web.Request) -> web.Response:
+        try:
+            credentials = self._credential_store().list()
+        except CredentialError as error:
+            raise self._credential_failure(error) from None
+        return web.json_response([c.public() for c in credentials])
+
+    async def put_credential(self, request: web.Request) -> web.Response:
+        """``{"identity": "...", "key": "<hex>", "scope": "server", "replace": false}``."""
+        store = self._credential_store()
+        endpoint = request.match_info["ep"]
+        try:
+            body = json.loads(await request.text())
+        except UnicodeDecodeError:
+            raise ApiError(400, "body is not UTF-8 JSON") from None
+        except json.JSONDecodeError as error:  # its message names a position, never the text
+            raise ApiError(400, f"body is not JSON: {error.msg} at character {error.pos}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "give {\"key\": \"<hex>\", \"identity\", \"scope\", \"replace\"}")
+        unknown = sorted(set(body) - {"identity", "key", "scope", "replace"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                                "known: identity, key, scope, replace")
+        identity, key, scope = body.get("identity", endpoint), body.get("key"), body.get("scope", "server")
+        replace = body.get("replace", False)
+        if not isinstance(key, str):
+            raise ApiError(400, "key: give the key as a hex string")
+        if not isinstance(identity, str):
+            raise ApiError(400, "identity: must be a string")
+        if scope not in SCOPES:
+            raise ApiError(400, f"scope: must be one of {', '.join(SCOPES)}")
+        if not isinstance(replace, bool):
+            raise ApiError(400, "replace: must be true or false")
+        try:
+            credential = PskCredential(endpoint, identity, parse_key(key), scope)
+            replaced = store.add(credential, replace=replace, now=time.time())
+            stored = store.for_endpoint(endpoint, scope)
+        except CredentialError as error:
+            raise self._credential_failure(error) from None
+        self._log.info("credential_stored", ep=endpoint, scope=scope, identity=identity, replaced=replaced)
+        body = stored.public() if stored is not None else credential.public()
+        return web.json_response(body, status=200 if replaced else 201)
+
+    async def delete_credentials(self, request: web.Request) -> web.Response:
+        """``DELETE /credentials/{ep}[?scope=server|bootstrap]``: 204, or 404 if it had none."""
+        store = self._credential_store()
+        endpoint, scope = request.match_info["ep"], request.query.get("scope")
+        if scope is not None and scope not in SCOPES:
+            raise ApiError(400, f"scope: must be one of {', '.join(SCOPES)}")
+        try:
+            removed = store.remove(endpoint, scope)
+        except CredentialError as error:
+            raise self._credential_failure(error) from None
+        if not removed:
+            raise ApiError(404, f"endpoint {endpoint!r} has no {scope + ' credential' if scope else 'credentials'}")
+        self._log.info("credentials_removed", ep=endpoint, scope=scope or "all", count=removed)
+        return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         endpoint = request.query.get("endpoint")

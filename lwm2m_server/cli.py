@@ -364,6 +364,63 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_credentials(args: argparse.Namespace) -> int:
+    """Works on the security store file itself, so with or without a running daemon."""
+    from .config import ConfigError, ServerConfig, load_config
+    from .credentials import (CredentialConflict, CredentialError, CredentialStorageError, CredentialStore,
+                              PskCredential, generate_key, parse_key)
+    from .logging_setup import configure_logging
+
+    configure_logging("warning", "auto")  # the store's warnings to stderr, never into the output
+
+    config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
+    try:
+        config = load_config(config_path) if config_path else ServerConfig()
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+    try:
+        with CredentialStore(config.security.credentials_path) as store:
+            if args.credentials_command == "add":
+                scope = "bootstrap" if args.bootstrap else "server"
+                key_text = sys.stdin.readline() if args.key == "-" else args.key
+                key = generate_key() if args.generate else parse_key(key_text)
+                credential = PskCredential(args.endpoint, args.identity or args.endpoint, key, scope)
+                replaced = store.add(credential, replace=args.replace, now=time.time())
+                print(f"{'replaced' if replaced else 'added'} the {scope} credential of {credential.endpoint} "
+                      f"(identity {credential.identity})")
+                if args.generate:  # the one place a key is shown: the device needs it
+                    print(f"key {key.hex()}  (shown once: provision it into the device)")
+            elif args.credentials_command == "remove":
+                removed = store.remove(args.endpoint, args.scope)
+                if not removed:
+                    which = f"{args.scope} credential" if args.scope else "credentials"
+                    raise CliError(f"endpoint {args.endpoint} has no {which}")
+                print(f"removed {removed} credential(s) of {args.endpoint}")
+            else:
+                credentials = store.list()
+                if args.json:
+                    print(json.dumps([c.public() for c in credentials], indent=2))
+                    return 0
+                rows = [("ENDPOINT", "SCOPE", "IDENTITY", "CREATED")] + [
+                    (c.endpoint, c.scope, c.identity,
+                     time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(c.created)))
+                    for c in credentials
+                ]
+                widths = [max(len(row[i]) for row in rows) for i in range(4)]
+                for row in rows:
+                    print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+                print(f"{len(credentials)} credential(s)")
+    except CredentialConflict as error:
+        hint = " (choose another with --identity)" if error.field == "identity" else " (--replace to overwrite)"
+        raise CliError(error.reason + hint) from None
+    except CredentialStorageError as error:
+        raise CliError(error.reason) from None
+    except CredentialError as error:  # invalid input
+        print(f"tinymlaas: {error.reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .daemon import serve
 
@@ -492,6 +549,25 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (generate, show):
         sub.add_argument("--path", help="key file (default: deployment.signing_key)")
         sub.set_defaults(handler=cmd_keys)
+    credentials = commands.add_parser("credentials", help="manage device PSK credentials (DTLS)")
+    credentials_commands = credentials.add_subparsers(dest="credentials_command", required=True)
+    add = credentials_commands.add_parser(
+        "add", parents=[common], help="store an endpoint's pre-shared key",
+        description="store an endpoint's pre-shared key (in security.credentials_path)")
+    add.add_argument("endpoint", help="device endpoint name")
+    add.add_argument("--identity", help="PSK identity, 1..32 bytes (default: the endpoint name)")
+    secret = add.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--key", metavar="HEX", help="the key in hex, 1..16 bytes; - reads it from stdin")
+    secret.add_argument("--generate", action="store_true", help="make a random 16-byte key and print it once")
+    add.add_argument("--bootstrap", action="store_true", help="a bootstrap credential (/bs only)")
+    add.add_argument("--replace", action="store_true", help="replace the endpoint's credential of that scope")
+    listing = credentials_commands.add_parser("list", parents=[common], help="list credentials (never keys)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    remove = credentials_commands.add_parser("remove", parents=[common], help="delete an endpoint's credentials")
+    remove.add_argument("endpoint", help="device endpoint name")
+    remove.add_argument("--scope", choices=["server", "bootstrap"], help="only this one (default: both)")
+    for sub in (add, listing, remove):
+        sub.set_defaults(handler=cmd_credentials)
     return parser
 
 

@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Protocol
@@ -22,8 +23,9 @@ from typing import AsyncIterator, Awaitable, Callable, Protocol
 import aiocoap
 import aiocoap.error
 import structlog
-from aiocoap import Code, Message, optiontypes, resource
+from aiocoap import Code, Message, blockwise, optiontypes, resource
 
+from .coap_dtls import DtlsServerInterface, DtlsSession, PskLookup
 from .ratelimit import RateLimiter
 
 _METHODS = {
@@ -60,7 +62,9 @@ class IncomingRequest:
     payload: bytes
     """The reassembled (Block1) payload."""
     address: str
-    """Source ``host:port`` (``[v6]:port``)."""
+    """Source ``host:port`` (``[v6]:port``); ``coaps://host:port`` for a DTLS session."""
+    identity: str | None = None
+    """PSK identity the peer proved in its DTLS handshake; None over plain CoAP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,36 @@ class Download:
     """application/octet-stream by default."""
 
 
+class BodyTooLarge(aiocoap.error.RenderableError):
+    """4.13 Request Entity Too Large with Size1 = the largest body accepted (RFC 7959 §2.9.3)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def to_message(self) -> Message:
+        return Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self.limit,
+                       payload=f"request body over {self.limit} bytes".encode())
+
+
+class _BoundedBlock1(blockwise.Block1Spool):
+    """aiocoap's Block1 reassembly, refusing a body larger than ``limit`` before it
+    is held in memory: announced by Size1, or reached by the blocks."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def feed_and_take(self, req: Message) -> Message:
+        block = req.opt.block1
+        if block is None:
+            if len(req.payload) > self.limit:
+                raise BodyTooLarge(self.limit)
+            return req
+        if (req.opt.size1 or 0) > self.limit or block.start + len(req.payload) > self.limit:
+            raise BodyTooLarge(self.limit)
+        return super().feed_and_take(req)
+
+
 class _Root(resource.Resource):
     """Every incoming request goes to one handler; the server does the routing.
 
@@ -163,14 +197,17 @@ class _Root(resource.Resource):
     file in memory, and are answered block by block from disk instead.
     """
 
-    def __init__(self, adapter: CoapAdapter) -> None:
+    def __init__(self, adapter: CoapAdapter, max_body: int) -> None:
         super().__init__()
         self._adapter = adapter
+        self._block1 = _BoundedBlock1(max_body)
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
         return self._adapter._download_for(request) is None
 
     async def render(self, request: Message) -> Message:
+        if (refusal := self._adapter._refuse_plain(request)) is not None:
+            return refusal
         download = self._adapter._download_for(request)
         if download is not None:
             return self._adapter._serve_block(request, download)
@@ -191,6 +228,13 @@ class CoapAdapter:
         block_size: int = 1024,
         downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
         rate_limiter: RateLimiter | None = None,
+        secure_port: int | None = None,
+        psk_lookup: PskLookup | None = None,
+        max_sessions: int = 10000,
+        session_idle_timeout: float = 86400.0,
+        plain_allowed: bool = True,
+        max_request_body: int = 256 * 1024,
+        max_remotes: int = 100_000,
         log=None,
     ) -> None:
         self._handler = handler
@@ -198,21 +242,27 @@ class CoapAdapter:
         self._bind = (host, port)
         self._receive_buffer_bytes = receive_buffer_bytes
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._per_device: dict[str, asyncio.Lock] = {}
-        self._remotes: dict[str, object] = {}
+        self._per_device: dict[str, list] = {}  # address → [lock, requests using it]
+        self._remotes: OrderedDict[str, object] = OrderedDict()  # least recently heard from first
+        self._max_remotes = max_remotes
         self._block_limits: dict[str, int] = {}
         self._block_exp = block_size.bit_length() - 5
         self._downloads = downloads
         self._context: aiocoap.Context | None = None
         self._log = log
+        self._secure = (secure_port, psk_lookup, max_sessions, session_idle_timeout)
+        self._dtls: DtlsServerInterface | None = None
+        self._plain_allowed = plain_allowed
+        self._max_request_body = max_request_body
 
     async def start(self) -> None:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
         # then silently share its traffic, and two port-0 binds may get one port.
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
         self._context = await aiocoap.Context.create_server_context(
-            _Root(self), bind=self._bind, transports=["udp6"]
+            _Root(self, self._max_request_body), bind=self._bind, transports=["udp6"]
         )
+        self._guard_decoding()
         sock = self._socket()
         # As root SO_RCVBUFFORCE passes net.core.rmem_max; otherwise the kernel caps it.
         for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
@@ -221,6 +271,36 @@ class CoapAdapter:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, option, self._receive_buffer_bytes)
                 break
+        secure_port, lookup, max_sessions, idle_timeout = self._secure
+        if secure_port is not None and lookup is not None:
+            try:
+                await self._context._append_tokenmanaged_messagemanaged_transport(
+                    lambda mman: DtlsServerInterface.create(
+                        mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
+                        idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop()))
+            except BaseException:
+                await self.stop()
+                raise
+            self._dtls = self._context.request_interfaces[-1].token_interface.message_interface
+
+    def _guard_decoding(self) -> None:
+        """aiocoap lets some malformed datagrams raise out of its receive callback (a
+        non-UTF-8 Uri-Path: an asyncio ERROR traceback per datagram, aiocoap #176/#417).
+        Such a datagram is dropped here, and a confirmable one answered with a Reset
+        (RFC 7252 §4.2: a CON that cannot be processed is rejected)."""
+        interface = self._context.request_interfaces[0].token_interface.message_interface
+        receive = interface.datagram_msg_received
+
+        def guarded(data: bytes, ancdata, flags, address) -> None:
+            try:
+                receive(data, ancdata, flags, address)
+            except Exception as error:  # noqa: BLE001 - any decoding failure of one datagram
+                self._logger().info("undecodable_datagram", peer=str(address[:2]), reason=repr(error)[:200])
+                if len(data) >= 4 and data[0] >> 4 == 0x4:  # version 1, confirmable
+                    pktinfo = [item for item in ancdata if item[1] == socket.IPV6_PKTINFO]
+                    interface.transport.sendmsg(bytes((0x70, 0, data[2], data[3])), pktinfo, 0, address)
+
+        interface.datagram_msg_received = guarded
 
     async def stop(self) -> None:
         if self._context is not None:
@@ -236,13 +316,30 @@ class CoapAdapter:
         return self._socket().getsockname()[1]
 
     @property
+    def secure_port(self) -> int | None:
+        """The CoAPS port, None without CoAPS."""
+        if self._dtls is None:
+            return None
+        return self._dtls.endpoint.bound_port
+
+    def _logger(self):
+        return self._log or structlog.get_logger("lwm2m_server.coap")
+
+    def _refuse_plain(self, message: Message) -> Message | None:
+        if self._plain_allowed or isinstance(message.remote, DtlsSession):
+            return None
+        return Message(code=Code.FORBIDDEN, payload=b"plain CoAP refused: this server accepts only CoAPS (DTLS)")
+
+    @property
     def receive_buffer_bytes(self) -> int:
         return self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     async def _incoming(self, message: Message) -> Message:
-        address = message.remote.hostinfo
-        if self._rate_limiter is not None and (refusal := self._over_limit(address, message)) is not None:
+        peer = message.remote.hostinfo
+        if self._rate_limiter is not None and (refusal := self._over_limit(peer, message)) is not None:
             return refusal
+        session = message.remote if isinstance(message.remote, DtlsSession) else None
+        address = peer if session is None else f"coaps://{peer}"
         self._remember(address, message.remote)
         incoming = IncomingRequest(
             method=message.code.name,
@@ -251,6 +348,7 @@ class CoapAdapter:
             content_format=int(message.opt.content_format) if message.opt.content_format is not None else None,
             payload=bytes(message.payload),
             address=address,
+            identity=session.identity.decode("utf-8", "replace") if session is not None else None,
         )
         answer = await self._handler(incoming)
         reply = Message(code=_code(answer.code), payload=answer.payload)
@@ -267,7 +365,7 @@ class CoapAdapter:
         if decision.allowed:
             return None
         if decision.report:
-            (self._log or structlog.get_logger("lwm2m_server.coap")).warning(
+            self._logger().warning(
                 "rate_limited", address=address, limited_by=decision.limited_by, key=decision.key,
                 refused=decision.refused, retry_after=round(decision.retry_after, 3),
                 refused_total=self._rate_limiter.refused_total,
@@ -285,6 +383,8 @@ class CoapAdapter:
                 return remote.uri_base_local
             except (ValueError, AttributeError):  # no packet info for this remote
                 pass
+        if address.startswith("coaps://") and self.secure_port is not None:
+            return f"coaps://127.0.0.1:{self.secure_port}"
         return f"coap://127.0.0.1:{self.port}"
 
     def _download_for(self, request: Message) -> Download | None:
@@ -321,6 +421,9 @@ class CoapAdapter:
     def _message(self, address: str, request: CoapRequest) -> Message:
         message = Message(code=_METHODS[request.method], payload=request.payload)
         remote = self._remotes.get(address)
+        if address.startswith("coaps://") and (remote is None or remote.closed):
+            # only the device opens a DTLS session; until it does, it cannot be reached
+            raise DeviceUnreachable(address, "no DTLS session with the device (it must handshake again)")
         if remote is None:
             message.set_request_uri(f"coap://{address}/")
         else:
@@ -336,11 +439,23 @@ class CoapAdapter:
             message.opt.observe = request.observe
         return message
 
-    def _lock(self, address: str) -> asyncio.Lock:
-        lock = self._per_device.get(address)
-        if lock is None:
-            lock = self._per_device[address] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _turn(self, address: str) -> AsyncIterator[None]:
+        """One request per device at a time; the lock goes when nobody needs it."""
+        entry = self._per_device.setdefault(address, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._per_device[address]
+
+    def forget(self, address: str) -> None:
+        """Drop what is kept about ``address`` (the device moved or left)."""
+        self._remotes.pop(address, None)
+        self._block_limits.pop(address, None)
 
     async def request(self, address: str, request: CoapRequest, *, timeout: float) -> CoapResponse:
         """Send one request and wait for its (block-wise reassembled) response.
@@ -348,7 +463,7 @@ class CoapAdapter:
         ``timeout`` applies per block: a large Block1 transfer gets one
         ``timeout`` for each block it takes, not one for the whole transfer.
         """
-        async with self._in_flight, self._lock(address):
+        async with self._in_flight, self._turn(address):
             message = self._message(address, request)
             while True:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
@@ -391,6 +506,9 @@ class CoapAdapter:
         if remote.maximum_block_size_exp > limit:
             remote.maximum_block_size_exp = limit
         self._remotes[address] = remote
+        self._remotes.move_to_end(address)
+        while len(self._remotes) > self._max_remotes:  # a peer hopping ports must not grow it forever
+            self.forget(next(iter(self._remotes)))
 
     async def observe(
         self, address: str, request: CoapRequest, *, timeout: float
@@ -398,7 +516,7 @@ class CoapAdapter:
         """Start an observation: first response, notification stream, and a
         canceller that stops listening (the device is told by RST on its next
         notification: passive cancel, RFC 7641 §3.6)."""
-        async with self._in_flight, self._lock(address):
+        async with self._in_flight, self._turn(address):
             pending, raw = await self._exchange(address, self._message(address, request), timeout)
         first = _response(raw)
         observation = pending.observation

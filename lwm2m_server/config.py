@@ -20,19 +20,21 @@ Loading has no side effects; the API token file is created by
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import math
 import os
 import re
 import secrets
 import tempfile
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, Callable, Mapping
 
 import structlog
 import yaml
+
+from .config_values import (
+    MIN_TOKEN_LENGTH, ConfigError, Section, YamlLoader, check_keys, describe, is_loopback, plain,
+    yaml_error,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,25 +45,11 @@ BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 STORE_KINDS = ("sqlite",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
-MIN_TOKEN_LENGTH = 16
-MAX_YAML_DEPTH = 64
-"""Deepest nesting of YAML collections accepted (a configuration nests four or five)."""
 MAX_CONFIG_BYTES = 256 * 1024
 """A configuration is a few KB; PyYAML needs ~150 times a file's size in memory."""
 REDACTED = "***"
 
 
-class ConfigError(Exception):
-    """The configuration cannot be used; ``str(error)`` is one line for the operator."""
-
-    def __init__(self, source: str, path: str | None, problem: str) -> None:
-        self.source = source
-        """The file (``server.yaml``) or ``file:line:column`` for YAML syntax errors."""
-        self.path = _printable(path) if path is not None else None
-        """Key path such as ``objects.ddf_folders[1]``; None when the whole file is at fault."""
-        self.problem = _printable(" ".join(problem.split()))
-        """What is wrong and, where it helps, what is expected."""
-        super().__init__(": ".join(part for part in (source, self.path, self.problem) if part))
 
 
 # --------------------------------------------------------------------------- sections
@@ -90,6 +78,10 @@ class CoapConfig:
     host (IPv4 address, IPv6 /64) gets ten times that. Over it: 4.29. 0 turns limiting off."""
     rate_limit_burst: int = 50
     """Requests a device may send at once after a quiet spell (a host: ten times that)."""
+    max_request_body_bytes: int = 256 * 1024
+    """Largest request body (a Register's links, a Send) reassembled from Block1; more: 4.13."""
+    secure_port: int | None = 5684
+    """UDP port of CoAPS (DTLS 1.2 PSK), on ``host``; None = no CoAPS; 0 = any free port."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +143,41 @@ class ApiConfig:
     """Bearer token given inline; None means read (or create) ``token_file``."""
     token_file: Path = Path("data/api-token")
     """File holding the bearer token; created (mode 0600) with a random token if missing."""
+
+
+SECURITY_MODES = ("mixed", "secure-only")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``security``: who may talk to the server, and how."""
+
+    mode: str = "mixed"
+    """``mixed``: CoAP and CoAPS; a device with credentials must use CoAPS.
+    ``secure-only``: every plain CoAP request is refused (4.03)."""
+    credentials_path: Path = Path("data/credentials.sqlite3")
+    """The security store: per-endpoint PSK credentials (mode 0600)."""
+    max_sessions: int = 10000
+    """DTLS sessions kept at once; the least recently used goes when a new one needs room."""
+    session_idle_timeout_s: float = 86400
+    """A DTLS session silent this long is dropped; the device handshakes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapConfig:
+    """``bootstrap``: the LwM2M Bootstrap-Server (``/bs``) in the same daemon."""
+
+    enabled: bool = True
+    """Answer client-initiated bootstrap (it needs the device's bootstrap credentials)."""
+    server_uri: str = ""
+    """LwM2M Server URI written to devices; "" = ``coaps://`` the address the device
+    contacted, at ``coap.secure_port``."""
+    short_server_id: int = 1
+    """Short Server ID of the account written (1..65534)."""
+    lifetime_s: int = 86400
+    """Registration lifetime written to the Server object (/1/x/1)."""
+    binding: str = "U"
+    """Binding written to the Server object (/1/x/7)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +244,10 @@ class ServerConfig:
     """Extra object definitions."""
     api: ApiConfig = field(default_factory=ApiConfig)
     """Operators' API."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    """CoAPS and device credentials."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    """Bootstrap-Server."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Log output."""
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
@@ -249,9 +280,9 @@ def load_config(path: str | os.PathLike[str]) -> ServerConfig:
     except OSError as error:
         raise ConfigError(source, None, f"cannot read: {error.strerror or error}") from None
     try:
-        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        document = yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
     except yaml.YAMLError as error:
-        raise _yaml_error(source, text, error) from None
+        raise yaml_error(source, text, error) from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError(source, None, "collections nested too deeply") from None
     except (ValueError, OverflowError) as error:  # an integer of 5,000 digits, a 13th month
@@ -267,24 +298,28 @@ def parse_config(mapping: Any, source: str = "<config>") -> ServerConfig:
         raise ConfigError(
             source, None,
             f"top level must be a mapping of sections ({', '.join(_SECTIONS)}), "
-            f"got {_describe(mapping)}",
+            f"got {describe(mapping)}",
         )
-    _check_keys(source, "", mapping, list(_SECTIONS), "section")
-    parsers: dict[str, Callable[[_Section], Any]] = {
+    check_keys(source, "", mapping, list(_SECTIONS), "section")
+    parsers: dict[str, Callable[[Section], Any]] = {
         "coap": _coap, "registration": _registration, "queue": _queue, "store": _store,
         "objects": _objects, "api": _api, "logging": _logging, "deployment": _deployment,
+        "security": _security, "bootstrap": _bootstrap,
     }
     sections = {
-        name: parsers[name](_Section(source, name, mapping[name], cls))
+        name: parsers[name](Section(source, name, mapping[name], cls))
         for name, cls in _SECTIONS.items()
         if name in mapping
     }
-    return ServerConfig(**sections, source=source)
+    config = ServerConfig(**sections, source=source)
+    if config.security.mode == "secure-only" and config.coap.secure_port is None:
+        raise ConfigError(source, "security.mode", "secure-only needs CoAPS: set coap.secure_port")
+    return config
 
 
 def config_to_dict(config: ServerConfig) -> dict[str, Any]:
     """Plain data (str/int/float/bool/list/dict) for ``config show``; the token redacted."""
-    result = _plain(config)
+    result = plain(config)
     result.pop("source", None)
     if result["api"]["token"] is not None:
         result["api"]["token"] = REDACTED
@@ -348,7 +383,7 @@ def _create_token_file(source: str, path: Path) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _coap(s: _Section) -> CoapConfig:
+def _coap(s: Section) -> CoapConfig:
     s.host("host")
     s.integer("port", 0, 65535)
     s.integer("max_in_flight", 1)
@@ -358,7 +393,15 @@ def _coap(s: _Section) -> CoapConfig:
     s.choice("block_size", BLOCK_SIZES)
     s.number("rate_limit_per_peer", positive=False, unit="requests per second")
     s.integer("rate_limit_burst", 1)
+    s.integer("max_request_body_bytes", 1024)
+    present, value = s._get("secure_port", nullable=True)
+    if present and value is not None:
+        s.integer("secure_port", 0, 65535)
+    elif present:
+        s.values["secure_port"] = None
     config = s.build()
+    if config.secure_port is not None and config.secure_port == config.port != 0:
+        s.fail("secure_port", f"must differ from coap.port ({config.port})")
     if config.max_in_flight_per_device > config.max_in_flight:
         s.fail(
             "max_in_flight_per_device",
@@ -368,7 +411,7 @@ def _coap(s: _Section) -> CoapConfig:
     return config
 
 
-def _registration(s: _Section) -> RegistrationConfig:
+def _registration(s: Section) -> RegistrationConfig:
     s.integer("min_lifetime_s", 1, MAX_LIFETIME)
     s.integer("max_lifetime_s", 1, MAX_LIFETIME)
     s.number("expiry_check_interval_s", positive=True)
@@ -389,25 +432,25 @@ def _registration(s: _Section) -> RegistrationConfig:
     return config
 
 
-def _queue(s: _Section) -> QueueConfig:
+def _queue(s: Section) -> QueueConfig:
     s.integer("max_pending_per_device", 1)
     s.number("default_expiry_s", positive=True)
     s.number("awake_window_s", positive=True)
     return s.build()
 
 
-def _store(s: _Section) -> StoreConfig:
+def _store(s: Section) -> StoreConfig:
     s.choice("kind", STORE_KINDS)
     s.path("path")
     return s.build()
 
 
-def _objects(s: _Section) -> ObjectsConfig:
+def _objects(s: Section) -> ObjectsConfig:
     s.folders("ddf_folders")
     return s.build()
 
 
-def _api(s: _Section) -> ApiConfig:
+def _api(s: Section) -> ApiConfig:
     s.host("host")
     s.integer("port", 0, 65535)
     s.boolean("allow_remote")
@@ -416,7 +459,7 @@ def _api(s: _Section) -> ApiConfig:
     config = s.build()
     if config.token is not None and "token_file" in s.raw:
         s.fail(None, "set either token or token_file, not both")
-    if not config.allow_remote and not _is_loopback(config.host):
+    if not config.allow_remote and not is_loopback(config.host):
         s.fail(
             "host",
             f"{config.host!r} is not a loopback address; the API controls every device, "
@@ -426,7 +469,32 @@ def _api(s: _Section) -> ApiConfig:
     return config
 
 
-def _deployment(s: _Section) -> DeploymentConfig:
+def _security(s: Section) -> SecurityConfig:
+    s.choice("mode", SECURITY_MODES, lower=True)
+    s.path("credentials_path")
+    s.integer("max_sessions", 1)
+    s.number("session_idle_timeout_s", positive=True)
+    return s.build()
+
+
+def _bootstrap(s: Section) -> BootstrapConfig:
+    s.boolean("enabled")
+    present, value = s._get("server_uri")
+    if present:
+        if not isinstance(value, str) or (value and not re.fullmatch(r"coaps?://\S+", value)):
+            s.fail("server_uri", f"must be \"\" or a coap:// or coaps:// URI, got {describe(value)}")
+        s.values["server_uri"] = value
+    s.integer("short_server_id", 1, 65534)
+    s.integer("lifetime_s", 1, MAX_LIFETIME)
+    present, value = s._get("binding")
+    if present:
+        if not isinstance(value, str) or not re.fullmatch(r"[UMHTSN]{1,6}Q?", value):
+            s.fail("binding", f"must be an LwM2M binding such as U, UQ or N, got {describe(value)}")
+        s.values["binding"] = value
+    return s.build()
+
+
+def _deployment(s: Section) -> DeploymentConfig:
     s.path("data_dir")
     s.path("signing_key")
     s.number("poll_interval_s", positive=True)
@@ -435,28 +503,28 @@ def _deployment(s: _Section) -> DeploymentConfig:
         present, value = s._get(key)
         if present:
             if not isinstance(value, str) or (key == "vendor_domain" and not value.strip()):
-                s.fail(key, f"must be a{' non-empty' if key == 'vendor_domain' else ''} string, got {_describe(value)}")
+                s.fail(key, f"must be a{' non-empty' if key == 'vendor_domain' else ''} string, got {describe(value)}")
             s.values[key] = value.strip()
     present, value = s._get("rollouts", nullable=True)
     if present and value is not None:
         if not isinstance(value, list):
-            s.fail("rollouts", f"must be a list of rollouts, got {_describe(value)}")
+            s.fail("rollouts", f"must be a list of rollouts, got {describe(value)}")
         s.values["rollouts"] = tuple(_declared_rollout(s, f"rollouts[{i}]", item) for i, item in enumerate(value))
     return s.build()
 
 
-def _declared_rollout(s: _Section, key: str, item: Any) -> DeclaredRollout:
+def _declared_rollout(s: Section, key: str, item: Any) -> DeclaredRollout:
     from .rollouts import RolloutError, Selector, Strategy
 
     if not isinstance(item, Mapping):
-        s.fail(key, f"must be a mapping with id, model, selector, strategy; got {_describe(item)}")
-    _check_keys(s.source, f"deployment.{key}.", item, ["id", "model", "selector", "strategy"], "key")
+        s.fail(key, f"must be a mapping with id, model, selector, strategy; got {describe(item)}")
+    check_keys(s.source, f"deployment.{key}.", item, ["id", "model", "selector", "strategy"], "key")
     model = item.get("model")
     if not isinstance(model, Mapping) or not all(isinstance(model.get(k), str) for k in ("file", "name", "version")):
         s.fail(f"{key}.model", "must be a mapping with file, name and version strings")
     rollout_id = item.get("id")
     if not isinstance(rollout_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", rollout_id):
-        s.fail(f"{key}.id", f"must be 1..64 letters, digits, '.', '_' or '-', got {_describe(rollout_id)}")
+        s.fail(f"{key}.id", f"must be 1..64 letters, digits, '.', '_' or '-', got {describe(rollout_id)}")
     selector, strategy = item.get("selector") or {}, item.get("strategy") or {}
     try:
         Selector(**{k: tuple(v) if isinstance(v, list) else v for k, v in selector.items()})
@@ -473,298 +541,7 @@ def _declared_rollout(s: _Section, key: str, item: Any) -> DeclaredRollout:
                            dict(selector), dict(strategy))
 
 
-def _logging(s: _Section) -> LoggingConfig:
+def _logging(s: Section) -> LoggingConfig:
     s.choice("level", LOG_LEVELS, lower=True)
     s.choice("format", LOG_FORMATS, lower=True)
     return s.build()
-
-
-# --------------------------------------------------------------------------- reading values
-
-
-class _Section:
-    """One section of the document: checks its keys, reads and validates values."""
-
-    def __init__(self, source: str, name: str, raw: Any, cls: type) -> None:
-        self.source = source
-        self.name = name
-        self.cls = cls
-        if raw is None:  # "coap:" with everything below commented out
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(source, name, f"must be a mapping of keys, got {_describe(raw)}")
-        _check_keys(source, name + ".", raw, [f.name for f in fields(cls)], "key")
-        self.raw: Mapping[Any, Any] = raw
-        self.values: dict[str, Any] = {}
-        self.defaults = {f.name: f.default for f in fields(cls)}
-
-    def build(self) -> Any:
-        return self.cls(**self.values)
-
-    def fail(self, key: str | None, problem: str) -> NoReturn:
-        raise ConfigError(self.source, f"{self.name}.{key}" if key else self.name, problem)
-
-    def _get(self, key: str, nullable: bool = False) -> tuple[bool, Any]:
-        if key not in self.raw:
-            return False, None
-        value = self.raw[key]
-        if value is None and not nullable:
-            self.fail(key, f"has no value; remove the key to use the default ({_show(self.defaults[key])})")
-        return True, value
-
-    def integer(self, key: str, low: int, high: int | None = None) -> None:
-        present, value = self._get(key)
-        if not present:
-            return
-        if high is not None:
-            expected = f"an integer in {low}..{high}"
-            if not _is_int(value) or not low <= value <= high:
-                self.fail(key, f"must be {expected}, got {_describe(value)}")
-        else:
-            if not _is_int(value):
-                self.fail(key, f"must be an integer, got {_describe(value)}")
-            if value < low:
-                self.fail(key, f"must be {'> 0' if low == 1 else f'>= {low}'}, got {value}")
-        self.values[key] = value
-
-    def number(self, key: str, positive: bool, unit: str = "seconds") -> None:
-        """An integer or a decimal (of ``unit``); ``positive`` means > 0, else >= 0."""
-        present, value = self._get(key)
-        if not present:
-            return
-        if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
-            self.fail(key, f"must be a number ({unit}), got {_describe(value)}")
-        if value < 0 or (positive and value == 0):
-            self.fail(key, f"must be {'> 0' if positive else '>= 0'}, got {value}")
-        self.values[key] = value
-
-    def boolean(self, key: str) -> None:
-        present, value = self._get(key)
-        if present:
-            if not isinstance(value, bool):
-                self.fail(key, f"must be a boolean (true or false), got {_describe(value)}")
-            self.values[key] = value
-
-    def choice(self, key: str, allowed: tuple[Any, ...], lower: bool = False) -> None:
-        present, value = self._get(key)
-        if not present:
-            return
-        if lower and isinstance(value, str):
-            value = value.lower()
-        # bool is an int: "block_size: true" must not pass as 1
-        if isinstance(value, bool) or value not in allowed:
-            names = [_show(option) for option in allowed]
-            options = names[0] if len(names) == 1 else f"one of {', '.join(names[:-1])} or {names[-1]}"
-            self.fail(key, f"must be {options}, got {_describe(value)}")
-        self.values[key] = value
-
-    def host(self, key: str) -> None:
-        present, value = self._get(key)
-        if not present:
-            return
-        if not isinstance(value, str) or not _is_host(value):
-            self.fail(
-                key,
-                "must be an IP address ('::' = all interfaces, '0.0.0.0' = all IPv4, "
-                f"'127.0.0.1' = this machine only) or a host name, got {_describe(value)}",
-            )
-        self.values[key] = value
-
-    def path(self, key: str) -> None:
-        present, value = self._get(key)
-        if present:
-            self.values[key] = self._path_value(key, value)
-
-    def _path_value(self, key: str, value: Any) -> Path:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(key, f"must be a path (a non-empty string), got {_describe(value)}")
-        if "\0" in value:
-            self.fail(key, "must not contain a NUL character")
-        try:
-            os.fsencode(value)
-        except UnicodeEncodeError:
-            self.fail(key, f"is not a file name this system can encode: {value!r}")
-        return Path(value)
-
-    def folders(self, key: str) -> None:
-        present, value = self._get(key, nullable=True)
-        if not present:
-            return
-        if value is None:
-            value = []
-        if not isinstance(value, list):
-            self.fail(key, f"must be a list of folder paths, got {_describe(value)}")
-        folders = tuple(self._path_value(f"{key}[{index}]", item) for index, item in enumerate(value))
-        for index, folder in enumerate(folders):
-            if not folder.is_dir():
-                self.fail(f"{key}[{index}]", f"not a directory: {folder}")
-        self.values[key] = folders
-
-    def token(self, key: str) -> None:
-        """A secret: never echoed in an error message."""
-        present, value = self._get(key, nullable=True)
-        if not present or value is None:
-            return
-        if not isinstance(value, str):
-            self.fail(key, f"must be a string, got {_describe(value, secret=True)}")
-        value = value.strip()
-        if len(value) < MIN_TOKEN_LENGTH or any(character.isspace() for character in value):
-            self.fail(
-                key,
-                f"must be at least {MIN_TOKEN_LENGTH} characters without spaces "
-                "(make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
-            )
-        self.values[key] = value
-
-
-def _check_keys(source: str, prefix: str, mapping: Mapping[Any, Any], valid: list[str], what: str) -> None:
-    for key in mapping:
-        if key in valid:
-            continue
-        name = str(key)
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            source, f"{prefix}{name}", f"unknown {what}{hint}; valid {what}s: {', '.join(valid)}",
-        )
-
-
-# --------------------------------------------------------------------------- helpers
-
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-def _is_host(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        pass
-    name = value[:-1] if value.endswith(".") else value
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # another host name: cannot know without resolving it
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters and lone surrogates escaped: one printable line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _show(value: Any) -> str:
-    """A value as it would be written in YAML (for "did you mean" / default hints)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (str, Path)):
-        return repr(str(value))
-    if isinstance(value, tuple):
-        return "[]" if not value else "[" + ", ".join(_show(item) for item in value) + "]"
-    return str(value)
-
-
-def _describe(value: Any, secret: bool = False) -> str:
-    """The offending value for an error message; containers only by kind."""
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if secret:
-        return {bool: "a boolean", int: "an integer", float: "a number"}.get(type(value), "a value")
-    if isinstance(value, str) and len(value) > 60:
-        value = value[:57] + "..."
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return _show(value)
-    return f"a {type(value).__name__} ({value})"  # YAML dates and the like
-
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_plain(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-# --------------------------------------------------------------------------- YAML
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one) and
-    collections nested deeper than :data:`MAX_YAML_DEPTH` (PyYAML composes recursively:
-    thousands of ``[`` cost a second of CPU, then a RecursionError)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
-        self._depth += 1
-        try:
-            if self._depth > MAX_YAML_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"collections nested deeper than {MAX_YAML_DEPTH} levels",
-                    self.peek_event().start_mark,
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:
-                    continue  # unhashable: the base class reports it
-                if first is not None:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (first at line {first + 1})",
-                        key_node.start_mark,
-                    )
-                seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_error(source: str, text: str, error: yaml.YAMLError) -> ConfigError:
-    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
-        mark = error.problem_mark
-        problem = error.problem or "invalid YAML"
-        if error.context:
-            where = f" at line {error.context_mark.line + 1}" if error.context_mark else ""
-            problem += f" ({error.context}{where})"
-        lines = text.splitlines()
-        line = lines[mark.line] if mark.line < len(lines) else ""
-        if "mapping values are not allowed" in problem and "::" in line:
-            problem += "; quote IPv6 addresses, e.g. host: \"::\""
-        return ConfigError(f"{source}:{mark.line + 1}:{mark.column + 1}", None, problem)
-    if isinstance(error, yaml.reader.ReaderError):
-        before = text[: error.position]
-        line = before.count("\n") + 1
-        column = error.position - (before.rfind("\n") + 1) + 1
-        return ConfigError(
-            f"{source}:{line}:{column}", None,
-            f"unacceptable character #x{error.character:04x}: special characters are not allowed",
-        )
-    return ConfigError(source, None, f"invalid YAML: {error}")

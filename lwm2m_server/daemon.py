@@ -13,7 +13,9 @@ import structlog
 from ipso_objects import DdfError, ObjectRegistry
 
 from .api import ManagementApi
+from .coap_dtls import DtlsUnavailable
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
+from .credentials import CredentialError, CredentialStore
 from .deployment import Deployment, DeploymentError
 from .logging_setup import configure_logging
 from .orchestrator import Orchestrator
@@ -44,6 +46,8 @@ class Daemon:
         self.server: LwM2MServer | None = None
         self.api: ManagementApi | None = None
         self.orchestrator: Orchestrator | None = None
+        self.credentials: CredentialStore | None = None
+        """The security store (PSK credentials), open while the daemon runs."""
         self._store: Store | None = None
 
     async def start(self) -> None:
@@ -52,22 +56,25 @@ class Daemon:
         registry = ObjectRegistry.default(config.objects.ddf_folders)
         self._store = await open_store(config)
         try:
+            self.credentials = CredentialStore(config.security.credentials_path)
             deployment = Deployment(config.deployment, self._store, clock=time.time)
             await deployment.start()
-            self.server = LwM2MServer(config, registry, self._store, downloads=deployment.download)
+            self.server = LwM2MServer(config, registry, self._store, downloads=deployment.download,
+                                      credentials=self.credentials)
             await self.server.start()
             self.orchestrator = Orchestrator(self.server, deployment, clock=time.time)
             await self.orchestrator.start()
             for declared in config.deployment.rollouts:
                 await _declare(self.orchestrator, deployment, declared)
             self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port,
-                                     deployment=deployment, orchestrator=self.orchestrator)
+                                     deployment=deployment, orchestrator=self.orchestrator,
+                                     credentials=self.credentials)
             await self.api.start()
         except BaseException:
             await self.stop()
             raise
         structlog.get_logger("tinymlaas").info(
-            "ready", coap_port=self.server.port, api=f"http://{config.api.host}:{self.api.port}",
+            "ready", coap_port=self.server.port, coaps_port=self.server.secure_port, api=f"http://{config.api.host}:{self.api.port}",
             objects=len(registry), store=str(config.store.path),
         )
 
@@ -80,6 +87,8 @@ class Daemon:
             await self.server.stop()
         if self._store is not None:
             await self._store.close()
+        if self.credentials is not None:
+            self.credentials.close()
 
 
 async def _declare(orchestrator: Orchestrator, deployment: Deployment, declared: DeclaredRollout) -> None:
@@ -129,6 +138,12 @@ def serve(config_path: str) -> int:
         return 2
     except StoreError as error:
         print(f"tinymlaas: {error}", file=sys.stderr)
+        return 1
+    except CredentialError as error:
+        print(f"tinymlaas: security.credentials_path: {error.reason}", file=sys.stderr)
+        return 1
+    except DtlsUnavailable as error:
+        print(f"tinymlaas: coap.secure_port: {error}", file=sys.stderr)
         return 1
     except OSError as error:
         print(f"tinymlaas: cannot start: {error}", file=sys.stderr)

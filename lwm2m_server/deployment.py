@@ -168,7 +168,8 @@ class Deployment:
             reasons = fit_reasons(module, target)
             if reasons:
                 raise Incompatible(f"{plugin.name}: " + "; ".join(reasons))
-            key = f"{module.payload_digest}:{target.device_class}"
+            # the envelope names the model (metadata): the same bytes as another version are another module
+            key = f"{model.key}:{module.payload_digest}:{target.device_class}"
             stored = await self.store.get_document("module", key)
             if stored is not None and Path(stored["file"]).is_file():
                 return Artifact(**stored)
@@ -182,7 +183,7 @@ class Deployment:
         """A firmware image needs no compiling: signed as is for the class, named by suit-text."""
         if model.size > target.flash_bytes:
             raise Incompatible(f"firmware image is {model.size} B, device has {target.flash_bytes} B of storage")
-        key = f"{model.digest}:{target.device_class}"
+        key = f"{model.key}:{model.digest}:{target.device_class}"
         async with self._lock:
             stored = await self.store.get_document("module", key)
             if stored is not None and Path(stored["file"]).is_file():

@@ -128,6 +128,9 @@ class Registration:
     """Unix time of the Register or last Update."""
     extra: Mapping[str, str] = field(default_factory=dict)
     """Unknown query parameters of the Register."""
+    identity: str | None = None
+    """PSK identity the device registered with over CoAPS; None for plain CoAP (NoSec).
+    Every later request of the registration must come from the same identity."""
 
     @property
     def location(self) -> str:
@@ -335,7 +338,8 @@ class RegistrationBook:
         self._by_endpoint[registration.endpoint] = registration.id
 
     def register(
-        self, params: RegisterParams, address: str, now: float, registration_id: str | None = None
+        self, params: RegisterParams, address: str, now: float, registration_id: str | None = None,
+        identity: str | None = None,
     ) -> tuple[Registration, Registration | None]:
         """Add a registration; a previous one of the same endpoint is replaced and returned."""
         previous_id = self._by_endpoint.get(params.endpoint)
@@ -353,6 +357,7 @@ class RegistrationBook:
             registered_at=now,
             updated_at=now,
             extra=dict(params.extra),
+            identity=identity,
         )
         self._put(registration)
         return registration, previous

@@ -13,7 +13,7 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import structlog
 
@@ -21,12 +21,14 @@ from ipso_objects import LwM2MPath, ObjectRegistry
 
 from . import operations
 from .capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
+from .bootstrap_server import BootstrapService, StoreCredentials, signing_key_anchors
 from .coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .config import ServerConfig
 from .events import EventHub
 from .operations import DeviceRequest, OperationError, Result
 from .queue_mode import QueueModePolicy
 from .ratelimit import rate_limiter
+from .security import CredentialLookup, check_identity, check_same_peer
 from .registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
@@ -88,8 +90,12 @@ class LwM2MServer:
         *,
         clock: Callable[[], float] = time.time,
         downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
+        credentials: CredentialLookup | None = None,
+        trust_anchors: Sequence[bytes] | None = None,
     ) -> None:
         self.config = config
+        self.credentials = credentials
+        """The security store; without it there is no CoAPS and every device is NoSec."""
         self.registry = registry
         self.store = store
         self.events = EventHub()
@@ -107,7 +113,21 @@ class LwM2MServer:
             block_size=config.coap.block_size,
             downloads=downloads,
             rate_limiter=rate_limiter(config.coap.rate_limit_per_peer, config.coap.rate_limit_burst),
+            secure_port=config.coap.secure_port if credentials is not None else None,
+            psk_lookup=self._psk_for,
+            max_sessions=config.security.max_sessions,
+            session_idle_timeout=config.security.session_idle_timeout_s,
+            plain_allowed=config.security.mode != "secure-only",
+            max_request_body=config.coap.max_request_body_bytes,
         )
+        self._bootstrap = BootstrapService(  # POST /bs; trust anchors: the signing key's, read at start
+            config.bootstrap, config.coap, self._adapter.request,
+            credentials=StoreCredentials(credentials) if credentials is not None else None,
+            trust_anchors=trust_anchors or (), security_mode=config.security.mode,
+            local_base=self._adapter.local_base, bound_ports=lambda: (self.port, self.secure_port),
+            events=self.events, clock=clock, registry=registry,
+        )
+        self._bootstrap_anchors_given = trust_anchors is not None
         self._tasks: set[asyncio.Task] = set()
         self._unrestored: dict[str, list[ObservationRecord]] = {}
         self._profiles: dict[str, DeviceProfile] = {}
@@ -122,13 +142,16 @@ class LwM2MServer:
             self._device(registration.endpoint).last_seen = registration.updated_at
         for endpoint, data in (await self.store.list_documents("profile")).items():
             self._profiles[endpoint] = DeviceProfile.from_dict(data)
+        if not self._bootstrap_anchors_given:
+            self._bootstrap.trust_anchors = tuple(signing_key_anchors(self.config.deployment.signing_key))
         await self._adapter.start()
         self._expiry_task = asyncio.create_task(self._expire_loop())
         restored = await self.store.load_observations()
         for record in restored:
             self._spawn(self._restore_observation(record))
         self._log.info(
-            "server_started", port=self.port, registrations=len(self._book),
+            "server_started", port=self.port, secure_port=self.secure_port,
+            mode=self.config.security.mode, registrations=len(self._book),
             observations=len(restored), at=now,
         )
 
@@ -141,12 +164,26 @@ class LwM2MServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._bootstrap.close()
         await self._adapter.stop()
         self._log.info("server_stopped")
 
     @property
     def port(self) -> int:
         return self._adapter.port
+
+    @property
+    def secure_port(self) -> int | None:
+        """The CoAPS port; None when CoAPS is off."""
+        return self._adapter.secure_port
+
+    def _psk_for(self, identity: bytes) -> bytes | None:
+        """The key of a PSK identity (called by DTLS mid-handshake)."""
+        try:
+            credential = self.credentials.by_identity(identity.decode("utf-8"))
+        except UnicodeDecodeError:
+            return None
+        return credential.key if credential is not None else None
 
     def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.create_task(coroutine)
@@ -198,7 +235,9 @@ class LwM2MServer:
             if method == "POST":
                 return await self._update(path[1], request)
             if method == "DELETE":
-                return await self._deregister(path[1])
+                return await self._deregister(path[1], request)
+        if path == ("bs",) and method == "POST":
+            return await self._bootstrap.handle(request)
         if path == ("dp",) and method in ("POST", "iPATCH"):
             return await self._send_operation(request)
         if path and path[0] in ("rd", "dp"):
@@ -208,8 +247,9 @@ class LwM2MServer:
     async def _register(self, request: IncomingRequest) -> OutgoingResponse:
         params = parse_register(request.query, request.payload, request.content_format)
         self._check_lifetime(params.lifetime)
+        check_identity(params.endpoint, request.identity, self.credentials)
         now = self._clock()
-        registration, previous = self._book.register(params, request.address, now)
+        registration, previous = self._book.register(params, request.address, now, identity=request.identity)
         try:
             await self.store.save_registration(registration)
         except StoreError:  # unsaved means unregistered: the book goes back to what is stored
@@ -223,7 +263,7 @@ class LwM2MServer:
         self._log.info(
             "registered", ep=registration.endpoint, id=registration.id, lt=registration.lifetime,
             lwm2m=registration.lwm2m_version, b=registration.binding, queue=registration.queue_mode,
-            address=registration.address, replaced=previous is not None,
+            address=registration.address, identity=registration.identity, replaced=previous is not None,
         )
         self.events.publish("registered", endpoint=registration.endpoint, registration=registration)
         self._after_contact(registration)
@@ -236,6 +276,8 @@ class LwM2MServer:
             self._check_lifetime(params.lifetime)
         now = self._clock()
         previous = self._book.get(registration_id)
+        if previous is not None:
+            check_same_peer(previous, request.identity, self.credentials)
         registration = self._book.update(registration_id, params, request.address, now)
         try:
             await self.store.save_registration(registration)
@@ -243,6 +285,8 @@ class LwM2MServer:
             self._book.restore(previous)
             raise
         self._device(registration.endpoint).last_seen = now
+        if previous is not None and previous.address != registration.address:
+            self._adapter.forget(previous.address)
         self._log.info("updated", ep=registration.endpoint, lt=registration.lifetime,
                        address=registration.address)
         self.events.publish("updated", endpoint=registration.endpoint, registration=registration)
@@ -256,7 +300,10 @@ class LwM2MServer:
         if not low <= lifetime <= high:
             raise RegistrationError("4.00", f"lt={lifetime} outside this server's range {low}..{high}")
 
-    async def _deregister(self, registration_id: str) -> OutgoingResponse:
+    async def _deregister(self, registration_id: str, request: IncomingRequest) -> OutgoingResponse:
+        current = self._book.get(registration_id)
+        if current is not None:
+            check_same_peer(current, request.identity, self.credentials)
         registration = self._book.deregister(registration_id)
         try:
             await self.store.delete_registration(registration.id)
@@ -264,6 +311,7 @@ class LwM2MServer:
             self._book.restore(registration)
             raise
         self._drop_observations(registration.endpoint)
+        self._adapter.forget(registration.address)
         self._log.info("deregistered", ep=registration.endpoint)
         self.events.publish("deregistered", endpoint=registration.endpoint, registration=registration)
         return OutgoingResponse("2.02")
@@ -272,6 +320,7 @@ class LwM2MServer:
         registration = self._book.by_address(request.address)
         if registration is None:
             return OutgoingResponse("4.03", b"Send from an address without registration")
+        check_same_peer(registration, request.identity, self.credentials)
         try:
             entries = operations.parse_send(request.payload, request.content_format, self.registry)
         except OperationError as error:
@@ -322,10 +371,16 @@ class LwM2MServer:
         return await self._discover(self._require(endpoint))
 
     def download_uri(self, endpoint: str, token: str) -> str:
-        """A ``coap://`` URI the device can fetch ``/fw/<token>`` from (pull delivery)."""
+        """A URI the device can fetch ``/fw/<token>`` from (pull delivery): ``coaps://``
+        for a device registered over CoAPS, so the module comes over its session."""
         registration = self._require(endpoint)
         public = self.config.deployment.public_host
-        base = f"coap://{public}:{self.port}" if public else self._adapter.local_base(registration.address)
+        if not public:
+            base = self._adapter.local_base(registration.address)
+        elif registration.identity is not None:
+            base = f"coaps://{public}:{self.secure_port}"
+        else:
+            base = f"coap://{public}:{self.port}"
         return f"{base}/fw/{token}"
 
     # -- expiry --------------------------------------------------------------------
@@ -346,6 +401,7 @@ class LwM2MServer:
         for registration in expired:
             await self.store.delete_registration(registration.id)
             self._drop_observations(registration.endpoint)
+            self._adapter.forget(registration.address)
             self._log.info("registration_expired", ep=registration.endpoint)
             self.events.publish("expired", endpoint=registration.endpoint, registration=registration)
         for entry in await self.store.expire_entries(now):

@@ -4,6 +4,12 @@
     tinymlaas-sim device --profile cortex-m4f --endpoint ep1 --server coap://127.0.0.1:5683
     tinymlaas-sim profiles [--config FILE]
 
+Client-initiated bootstrap: ``--bootstrap coap://host:5683`` makes devices start
+with only a Bootstrap-Server account; they send Bootstrap-Request, take the
+LwM2M server URI, credentials and trust anchors the Bootstrap-Server writes, and
+register there (``--server`` is then ignored). ``device`` also takes
+``--bootstrap-psk IDENTITY:HEXKEY`` for a coaps:// Bootstrap-Server.
+
 Devices accept inference modules and firmware signed by a trust anchor:
 ``--trust-anchor keys/signing.pub.pem`` (repeatable), added to the config's
 ``trust_anchors``. Without one every package is refused (Update Result 53).
@@ -28,6 +34,7 @@ from lwm2m_server.suit import KeyFileError, PublicKey
 
 from .updates import load_anchors
 
+from .bootstrap import parse_psk
 from .client import RegistrationFailed, SimulatedDevice
 from .fleet import Fleet, FleetProgress
 from .profiles import ConfigError, FleetConfig, builtin_profiles, get_profile, load_config, parse_config
@@ -83,6 +90,21 @@ def _server(args: argparse.Namespace, config: FleetConfig | None) -> str:
     return uri
 
 
+def _bootstrap(args: argparse.Namespace) -> tuple[str | None, tuple[bytes, bytes] | None]:
+    """``--bootstrap`` URI and the ``--bootstrap-psk`` credential (None when not given)."""
+    uri, psk_text = args.bootstrap, getattr(args, "bootstrap_psk", None)
+    if uri is not None and not uri.startswith(("coap://", "coaps://")):
+        raise ConfigError("--bootstrap", f"must be a coap:// or coaps:// URI, got {uri!r}")
+    if psk_text is None:
+        return uri, None
+    if uri is None:
+        raise ConfigError("--bootstrap-psk", "needs --bootstrap")
+    try:
+        return uri, parse_psk(psk_text)
+    except ValueError as error:
+        raise ConfigError("--bootstrap-psk", str(error)) from None
+
+
 def _raise_file_limit(devices: int) -> None:
     try:
         import resource
@@ -129,13 +151,15 @@ def _fleet(args: argparse.Namespace) -> int:
     devices = config.endpoints(args.count)
     concurrency = args.concurrency or config.concurrency
     anchors = _anchors(args, config)
+    bootstrap_uri, _ = _bootstrap(args)
     _raise_file_limit(len(devices))
     progress_line = ProgressLine(sys.stderr)
 
     async def main() -> FleetProgress:
         stop = await _until_stopped()
         fleet = Fleet(devices, server, ObjectRegistry.default(), concurrency=concurrency,
-                      request_timeout=args.timeout, on_progress=progress_line, trust_anchors=anchors)
+                      request_timeout=args.timeout, on_progress=progress_line, trust_anchors=anchors,
+                      bootstrap_uri=bootstrap_uri)
         return await fleet.run(args.duration, stop)
 
     try:
@@ -154,11 +178,13 @@ def _device(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile, config.profiles)
     server = _server(args, config if args.config else None)
     anchors = _anchors(args, config if args.config else None)
+    bootstrap_uri, bootstrap_psk = _bootstrap(args)
 
     async def main() -> int:
         stop = await _until_stopped()
         device = SimulatedDevice(args.endpoint, profile, server, ObjectRegistry.default(),
-                                 port=args.port, request_timeout=args.timeout, trust_anchors=anchors)
+                                 port=args.port, request_timeout=args.timeout, trust_anchors=anchors,
+                                 bootstrap_uri=bootstrap_uri, bootstrap_psk=bootstrap_psk)
         try:
             await device.start()
         except RegistrationFailed as error:
@@ -203,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="seconds to wait for a Register/Update answer (default 30)")
         command.add_argument("--trust-anchor", action="append", metavar="PEM",
                              help="public key whose signed packages devices accept (repeatable)")
+        command.add_argument("--bootstrap", metavar="URI",
+                             help="bootstrap first from this Bootstrap-Server (coap:// or coaps://)")
         command.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
 
     fleet = commands.add_parser("fleet", help="start a fleet of devices from a config file")
@@ -217,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--endpoint", required=True, help="endpoint client name")
     device.add_argument("--config", help="YAML file whose profiles add to the built-in ones")
     device.add_argument("--port", type=int, default=0, help="local UDP port (default: ephemeral)")
+    device.add_argument("--bootstrap-psk", metavar="IDENTITY:HEXKEY",
+                        help="bootstrap credential for a coaps:// --bootstrap URI")
     common(device)
     device.set_defaults(handler=_device)
 

@@ -18,6 +18,11 @@ itself, block by block from its own port (:mod:`simulators.fetch`).
 downloads stop, the port closes without a De-register, the runtime loses its
 interpreters; then it binds the same port, registers again and resumes an
 interrupted download at the next block. A firmware update reboots the same way.
+
+Bootstrap: a device made with ``bootstrap_uri`` has only a Bootstrap-Server
+account; :meth:`SimulatedDevice.start` sends Bootstrap-Request, hands the
+Bootstrap-Server's requests to :mod:`simulators.bootstrap` until Bootstrap-Finish,
+then registers at the URI (and with the PSK) that was written.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ from ipso_objects.codecs import link_format
 
 from .download import BlockDownload, DownloadError
 from .fetch import fetch
+from .bootstrap import FINISHED, PSK, BootstrapInterface
 from .objects import DeviceObjects, Response
+from lwm2m_server.coap_dtls import DtlsUnavailable, tinydtls
+
+from .dtls import DtlsClientInterface
 from .observe import Observation, effective_attributes
 from .profiles import DeviceProfile, get_profile
 from .transport import (
@@ -100,8 +109,14 @@ class SimulatedDevice:
         download_timeout: float = 5.0,
         download_attempts: int = 3,
         reboot_on_execute: bool = False,
+        psk: tuple[str | bytes, bytes] | None = None,
+        bootstrap_uri: str | None = None,
+        bootstrap_psk: tuple[str | bytes, bytes] | None = None,
+        bootstrap_timeout: float = 60.0,
     ) -> None:
         self.endpoint = endpoint
+        self.psk = (psk[0].encode() if isinstance(psk[0], str) else psk[0], psk[1]) if psk else None
+        """DTLS PSK ``(identity, key)`` for a ``coaps://`` server_uri."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.server_uri = server_uri.rstrip("/")
         self.registry = registry or ObjectRegistry.default()
@@ -128,6 +143,7 @@ class SimulatedDevice:
         self.asleep = False
         """True between :meth:`sleep` and :meth:`wake`."""
         self.stats = DeviceStats()
+        self._dtls: DtlsClientInterface | None = None
         self._port = port
         self._context: aiocoap.Context | None = None
         self._tasks: list[asyncio.Task] = []
@@ -140,6 +156,12 @@ class SimulatedDevice:
         self._fetches: dict[tuple[str, int], tuple[BlockDownload, asyncio.Task]] = {}
         self._reboot_task: asyncio.Task | None = None
         self._inference_due: float | None = None
+        self.bootstrap = BootstrapInterface(self.objects, bootstrap_uri, bootstrap_psk) if bootstrap_uri else None
+        """The Bootstrap interface when the device starts from a Bootstrap-Server account
+        (``bootstrap_uri``, with ``bootstrap_psk`` for coaps://); None otherwise."""
+        self.bootstrap_timeout = bootstrap_timeout
+        """Seconds from the Bootstrap-Request's 2.04 to Bootstrap-Finish."""
+        self._bootstrap_done = asyncio.Event()
         self.objects.set_execute_hook(1, 8, lambda objects, path, args: self._update_requested.set())
         self.objects.set_execute_hook(3, 4, self._execute_reboot)
 
@@ -167,6 +189,10 @@ class SimulatedDevice:
         self._closing = False
         await self._open()
         try:
+            if self.bootstrap is not None:
+                if register and self.bootstrap.account() is None:
+                    await self.request_bootstrap()
+                self._use_account()
             if register:
                 await self.register()
         except BaseException:
@@ -177,6 +203,26 @@ class SimulatedDevice:
             asyncio.create_task(self._update_loop(), name=f"sim-update-{self.endpoint}"),
         ]
         self._sync_fetches()  # a download interrupted by a reboot goes on
+
+    async def _open_dtls(self) -> None:
+        """Add the CoAPS client (when tinydtls is installed) and the server's PSK."""
+        try:
+            tinydtls()
+        except DtlsUnavailable:
+            if self.server_uri.startswith("coaps://"):
+                raise
+            return
+        await self._context._append_tokenmanaged_messagemanaged_transport(
+            lambda mman: DtlsClientInterface.create(mman, log=log, loop=asyncio.get_running_loop()))
+        self._dtls = self._context.request_interfaces[-1].token_interface.message_interface
+        if self.psk is not None:
+            self.use_psk(self.server_uri, *self.psk)
+
+    def use_psk(self, uri: str, identity: bytes, key: bytes) -> None:
+        """Talk to the server at ``uri`` (coaps://host:port) with this PSK."""
+        base = uri.rstrip("/")
+        self._context.client_credentials.load_from_dict(
+            {f"{base}/*": {"dtls": {"psk": key, "client-identity": identity}}})
 
     async def _open(self) -> None:
         with without_reuse_port():
@@ -192,6 +238,7 @@ class SimulatedDevice:
                 break
         if interface is None:
             raise RuntimeError("aiocoap did not create a udp6 transport")
+        await self._open_dtls()
         self._port = interface.transport.get_extra_info("socket").getsockname()[1]
         receive = interface.datagram_msg_received
 
@@ -317,6 +364,47 @@ class SimulatedDevice:
                 self._closing = True  # from now on the device is off: it answers nothing
                 raise PowerLoss(f"power cut after {len(download.data)} B of {download.uri}")
 
+    # -- bootstrap interface ----------------------------------------------------------------
+
+    async def request_bootstrap(self) -> None:
+        """Bootstrap-Request (POST /bs?ep=...), then serve the Bootstrap-Server until
+        Bootstrap-Finish; RegistrationFailed when it is refused or does not finish."""
+        assert self.bootstrap is not None and self._context is not None
+        bootstrap = self.bootstrap
+        if bootstrap.psk is not None and bootstrap.uri.startswith("coaps://"):
+            self.use_psk(bootstrap.uri, *bootstrap.psk)
+        message = Message(code=Code.POST, uri=bootstrap.uri)
+        message.opt.uri_path = ("bs",)
+        message.opt.uri_query = tuple(bootstrap.request_query(self.endpoint))
+        self._bootstrap_done.clear()
+        bootstrap.begin()
+        log.info("bootstrap_request", ep=self.endpoint, uri=bootstrap.uri)
+        try:
+            response = await self._request(message)
+            if response.code != Code.CHANGED:
+                raise RegistrationFailed(f"Bootstrap-Request answered {response.code.dotted} {response.payload[:100]!r}")
+            try:
+                async with asyncio.timeout(self.bootstrap_timeout):
+                    await self._bootstrap_done.wait()
+            except TimeoutError:
+                raise RegistrationFailed(f"no Bootstrap-Finish within {self.bootstrap_timeout:g} s") from None
+            if bootstrap.state != FINISHED:
+                raise RegistrationFailed(f"Bootstrap-Finish refused: {bootstrap.refusal}")
+        finally:
+            bootstrap.abort()
+        self.objects.take_changed()  # what bootstrap wrote is configuration, not news for a server
+
+    def _use_account(self) -> None:
+        """Register where bootstrap said, with the credentials it gave."""
+        account = self.bootstrap.account() if self.bootstrap is not None else None
+        if account is None:
+            return
+        self.server_uri = account.uri.rstrip("/")
+        if account.security_mode == PSK:
+            self.psk = (account.identity, account.key)
+            if self._context is not None:
+                self.use_psk(self.server_uri, account.identity, account.key)
+
     # -- registration interface -------------------------------------------------------------
 
     def _lifetime(self) -> int:
@@ -328,9 +416,22 @@ class SimulatedDevice:
     async def _request(self, message: Message) -> Message:
         if self._context is None:
             raise RegistrationFailed("the device is not started")
+        uri = message.get_request_uri()
         try:
-            async with asyncio.timeout(self.request_timeout):
-                return await self._context.request(message).response
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    return await self._context.request(message).response
+            except TimeoutError:
+                if self._dtls is None or not uri.startswith("coaps://"):
+                    raise
+                # As Wakaama and Anjay do: silence over DTLS may mean the server lost the
+                # session (a restart); handshake again and try once more.
+                log.info("dtls_rehandshake", ep=self.endpoint)
+                self._dtls.close_all()
+                retry = Message(code=message.code, uri=uri, payload=message.payload,
+                                content_format=message.opt.content_format)
+                async with asyncio.timeout(self.request_timeout):
+                    return await self._context.request(retry).response
         except TimeoutError:
             raise RegistrationFailed(f"no response within {self.request_timeout:g} s") from None
         except aiocoap.error.Error as error:
@@ -515,11 +616,26 @@ class SimulatedDevice:
 
     def _respond(self, request: Message) -> Message:
         self.stats.requests += 1
+        if self.bootstrap is not None and self.bootstrap.active:
+            return self._to_message(self._bootstrap_request(request))
         response = self._handle(request)
         log.debug("request", ep=self.endpoint, method=request.code.name,
                   path="/" + "/".join(request.opt.uri_path), code=response.code)
         self._after_change()
         return self._to_message(response)
+
+    def _bootstrap_request(self, request: Message) -> Response:
+        assert self.bootstrap is not None
+        content_format, accept = request.opt.content_format, request.opt.accept
+        response = self.bootstrap.handle(
+            request.code.name, request.opt.uri_path, request.opt.uri_query,
+            None if content_format is None else int(content_format), None if accept is None else int(accept),
+            request.payload)
+        log.debug("bootstrap_interface", ep=self.endpoint, method=request.code.name,
+                  path="/" + "/".join(request.opt.uri_path), code=response.code)
+        if tuple(request.opt.uri_path) == ("bs",):
+            self._bootstrap_done.set()  # Bootstrap-Finish, accepted or not
+        return response
 
     @staticmethod
     def _to_message(response: Response) -> Message:

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 MAX_URI_LENGTH = 255
 """Package URI resources are at most 255 bytes."""
-SCHEMES = ("coap",)
+SCHEMES = ("coap", "coaps")
+"""coaps: over the DTLS session to that server (the credentials of its URI)."""
 """Schemes the simulated device fetches from (no DTLS, no HTTP)."""
 
 

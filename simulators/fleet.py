@@ -40,7 +40,8 @@ class FleetProgress:
 
 
 class Fleet:
-    """Start, run and stop a list of ``(endpoint, profile)`` devices against one server."""
+    """Start, run and stop a list of ``(endpoint, profile)`` devices against one server
+    (or, with ``bootstrap_uri``, against the server a Bootstrap-Server gives each of them)."""
 
     def __init__(
         self,
@@ -53,13 +54,14 @@ class Fleet:
         host: str = "127.0.0.1",
         on_progress: Callable[[FleetProgress], None] | None = None,
         trust_anchors: Sequence[Any] = (),
+        bootstrap_uri: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be > 0, got {concurrency}")
         registry = registry or ObjectRegistry.default()
         self.devices = [
             SimulatedDevice(endpoint, profile, server_uri, registry, host=host, request_timeout=request_timeout,
-                            trust_anchors=trust_anchors)
+                            trust_anchors=trust_anchors, bootstrap_uri=bootstrap_uri)
             for endpoint, profile in devices
         ]
         self.concurrency = concurrency

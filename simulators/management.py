@@ -16,6 +16,9 @@ Operations (LwM2M Core 1.1 §6.3/§6.4, as a client answers them)::
 
 The Security object (0) exists but, as for any Device Management server, is
 invisible: every operation on it answers 4.04, and Register does not list it.
+Other resources without operations (Module Trust Anchors, /26241/0/21) are
+written by the Bootstrap-Server only (:mod:`simulators.bootstrap`): Read, Write
+and Discover of them answer 4.05 and Discover of their instance omits them.
 
 :class:`DeviceManagement` is a mixin of :class:`simulators.objects.DeviceObjects`,
 which owns the tree, the hooks and the device-side accessors it uses.
@@ -191,6 +194,12 @@ class DeviceManagement:
     def _rdef(self, path: LwM2MPath) -> ResourceDef | None:
         return self.registry.resource_def(path) if len(path) >= 3 else None
 
+    def _bootstrap_only(self, object_id: int, resource_id: int) -> bool:
+        """A resource with no operations (e.g. /26241/x/21 Module Trust Anchors): only the
+        Bootstrap-Server touches it, so a management server does not even discover it."""
+        rdef = self.registry.resource_def(LwM2MPath.of(object_id, 0, resource_id))
+        return rdef is not None and rdef.operations.value == ""
+
     def _readable(self, object_id: int, resource_id: int) -> bool:
         rdef = self.registry.resource_def(LwM2MPath.of(object_id, 0, resource_id))
         return rdef is not None and rdef.operations.readable
@@ -296,6 +305,8 @@ class DeviceManagement:
         if path.is_root:
             raise _Fail("4.05", "Discover on / is a Bootstrap-Discover")
         self._check(path)
+        if len(path) >= 3 and self._bootstrap_only(path.ids[0], path.ids[2]):
+            raise _Fail("4.05", f"{LwM2MPath(path.ids[:3])} is not open to a management server")
 
         def link(target: LwM2MPath, attributes: NotificationAttributes | None) -> Link:
             params: list[LinkParam] = []
@@ -310,7 +321,7 @@ class DeviceManagement:
         def resources(instance_path: LwM2MPath) -> list[Link]:
             instance = self._tree[instance_path.ids[0]][instance_path.ids[1]]
             return [link(instance_path.child(rid), self.attributes.get(instance_path.child(rid)))
-                    for rid in sorted(instance)]
+                    for rid in sorted(instance) if not self._bootstrap_only(instance_path.ids[0], rid)]
 
         links: list[Link] = []
         if len(path) == 1:

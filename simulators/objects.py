@@ -155,7 +155,7 @@ class DeviceObjects(DeviceManagement):
         self._tree[4] = {0: {0: bearer, 1: {0: bearer}, 2: -55 - self.rng.randint(0, 30),
                              3: 80, 4: {0: "127.0.0.1"}, 6: 5}}
         delivery = DELIVERY_METHODS[p.delivery]
-        self._tree[5] = {0: {0: b"", 1: "", 2: None, 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: delivery, 10: None}}
+        self._tree[5] = {0: {0: b"", 1: "", 2: None, 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0, 1: 1}, 9: delivery, 10: None}}
         package = p.software_package
         self._tree[9] = {0: self._with_defaults(9, (
             {0: "", 1: "", 2: b"", 3: "", 7: 0, 9: 0, 12: False, 16: ""} if package is None else

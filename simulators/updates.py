@@ -47,7 +47,7 @@ unsupported    malformed envelope, unsupported SUIT feature, other      54    6
                vendor or class, no integrated payload, no model
                metadata, a runtime or model format the device lacks
 uri            malformed URI, unknown host, 4.xx from the server        56    7
-protocol       a scheme other than coap                                 56    9
+protocol       a scheme other than coap or coaps                        56    9
 rollback       sequence number not greater than the installed one       57    8
 install        the runtime cannot load (Install) or run (Activate)      58    8
 =============  =====================================================  ====  ====

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 
 import aiocoap
@@ -191,5 +192,77 @@ async def test_download_resumes_at_any_block_with_size2(file_server):
         assert response.code == Code.BAD_OPTION
         missing = await client.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/other")).response
         assert missing.code == Code.NOT_FOUND
+    finally:
+        await client.shutdown()
+
+
+async def test_a_body_over_the_limit_is_refused_with_413_before_it_is_held():
+    async def handler(request: IncomingRequest) -> OutgoingResponse:
+        return OutgoingResponse("2.04")
+
+    server = CoapAdapter(handler, host="127.0.0.1", port=0, max_request_body=4096)
+    await server.start()
+    client = await device(resource.Site())
+    try:
+        uri = f"coap://127.0.0.1:{server.port}/dp"
+        fits = await client.request(Message(code=Code.POST, uri=uri, payload=b"x" * 4096)).response
+        assert fits.code == Code.CHANGED
+        # aiocoap sends 1 KiB blocks: the fifth block would pass 4096 bytes
+        refused = await client.request(Message(code=Code.POST, uri=uri, payload=b"x" * 6000)).response
+        assert refused.code == Code.REQUEST_ENTITY_TOO_LARGE and refused.opt.size1 == 4096
+        # a first block whose Size1 announces 1 MB (RFC 7959 §4) is refused at once
+        announced = Message(mtype=aiocoap.CON, mid=7, token=b"\x07", code=Code.POST, payload=b"x" * 1024)
+        announced.opt.uri_path = ("dp",)
+        announced.opt.block1 = optiontypes.BlockOption.BlockwiseTuple(0, True, 6)
+        announced.opt.size1 = 1_000_000
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.setblocking(False)
+            raw.connect(("127.0.0.1", server.port))
+            await loop.sock_sendall(raw, announced.encode())
+            async with asyncio.timeout(5):
+                refused = Message.decode(await loop.sock_recv(raw, 2048))
+        assert refused.code == Code.REQUEST_ENTITY_TOO_LARGE and refused.opt.size1 == 4096
+        still = await client.request(Message(code=Code.POST, uri=uri, payload=b"ok")).response
+        assert still.code == Code.CHANGED
+    finally:
+        await client.shutdown()
+        await server.stop()
+
+
+async def test_per_peer_tables_stay_bounded(adapter):
+    adapter._max_remotes = 3
+    clients = [await device(resource.Site()) for _ in range(5)]
+    try:
+        for client in clients:  # five peers, as a device hopping source ports would look
+            await client.request(Message(code=Code.POST, uri=f"coap://127.0.0.1:{adapter.port}/rd?ep=a")).response
+        assert len(adapter._remotes) == 3
+        newest = adapter.seen[-1].address
+        assert newest in adapter._remotes and adapter.seen[0].address not in adapter._remotes
+        adapter.forget(newest)
+        assert newest not in adapter._remotes
+        answer = await adapter.request(adapter.seen[-2].address, Req("GET", ("3", "0")), timeout=2)
+        assert answer.code == "4.04"
+        assert adapter._per_device == {}  # the lock of a device lives only while it is used
+    finally:
+        for client in clients:
+            await client.shutdown()
+
+
+async def test_a_non_utf8_uri_path_gets_a_reset_and_no_traceback(adapter, caplog):
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        raw.setblocking(False)
+        raw.connect(("127.0.0.1", adapter.port))
+        # CON GET, Message ID 0x1234, Uri-Path 0xFF (not UTF-8)
+        await loop.sock_sendall(raw, bytes((0x40, 0x01, 0x12, 0x34, 0xB1, 0xFF)))
+        async with asyncio.timeout(5):
+            answer = await loop.sock_recv(raw, 64)
+    assert answer == bytes((0x70, 0x00, 0x12, 0x34))  # Reset, same Message ID
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    client = await device(resource.Site())
+    try:
+        response = await client.request(Message(code=Code.POST, uri=f"coap://127.0.0.1:{adapter.port}/rd?ep=a")).response
+        assert response.code == Code.CREATED
     finally:
         await client.shutdown()

@@ -158,6 +158,16 @@ def test_config_is_immutable() -> None:
         ("coap: {rate_limit_burst: 0}", "coap.rate_limit_burst: must be > 0, got 0"),
         ("coap: {rate_limit_burst: 2.5}", "coap.rate_limit_burst: must be an integer, got 2.5"),
         ("coap: 5", "coap: must be a mapping of keys, got 5"),
+        ("coap: {secure_port: 70000}", "coap.secure_port: must be an integer in 0..65535, got 70000"),
+        ("coap: {port: 5683, secure_port: 5683}", "coap.secure_port: must differ from coap.port (5683)"),
+        ("security: {mode: paranoid}", "security.mode: must be one of 'mixed' or 'secure-only', got 'paranoid'"),
+        ("security: {max_sessions: 0}", "security.max_sessions: must be > 0, got 0"),
+        ("coap: {secure_port: null}\nsecurity: {mode: secure-only}",
+         "security.mode: secure-only needs CoAPS: set coap.secure_port"),
+        ("bootstrap: {server_uri: 'http://x'}",
+         'bootstrap.server_uri: must be "" or a coap:// or coaps:// URI, got \'http://x\''),
+        ("bootstrap: {short_server_id: 65535}", "bootstrap.short_server_id: must be an integer in 1..65534, got 65535"),
+        ("bootstrap: {binding: X}", "bootstrap.binding: must be an LwM2M binding such as U, UQ or N, got 'X'"),
     ],
 )
 def test_invalid_value_names_key_path_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -168,7 +178,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
     assert load_error(tmp_path, "coap:\n  prot: 5683\n") == (
         "coap.prot: unknown key (did you mean 'port'?); valid keys: host, port, max_in_flight, "
         "max_in_flight_per_device, receive_buffer_bytes, request_timeout_s, block_size, "
-        "rate_limit_per_peer, rate_limit_burst"
+        "rate_limit_per_peer, rate_limit_burst, max_request_body_bytes, secure_port"
     )
     assert load_error(tmp_path, "api: {tokn_file: x}").startswith(
         "api.tokn_file: unknown key (did you mean 'token_file'?); valid keys: host, port,"
@@ -178,7 +188,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
 def test_unknown_section_lists_valid_sections(tmp_path: Path) -> None:
     assert load_error(tmp_path, "colap: {}\n") == (
         "colap: unknown section (did you mean 'coap'?); valid sections: "
-        "coap, registration, queue, store, objects, api, logging, deployment"
+        "coap, registration, queue, store, objects, api, security, bootstrap, logging, deployment"
     )
     assert load_error(tmp_path, "zzz: 1").startswith("zzz: unknown section; valid sections:")
 
@@ -230,7 +240,7 @@ def test_wrong_type_names_the_expected_type(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     assert load_error(tmp_path, "- coap\n- api\n") == (
         "top level must be a mapping of sections "
-        "(coap, registration, queue, store, objects, api, logging, deployment), got a list"
+        "(coap, registration, queue, store, objects, api, security, bootstrap, logging, deployment), got a list"
     )
     assert load_error(tmp_path, "just text").endswith("got 'just text'")
 

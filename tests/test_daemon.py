@@ -37,9 +37,10 @@ class Daemon:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.coap_port = free_port(socket.SOCK_DGRAM)
+        self.coaps_port = free_port(socket.SOCK_DGRAM)
         self.api_port = free_port(socket.SOCK_STREAM)
         (folder / "server.yaml").write_text(
-            f'coap: {{host: "127.0.0.1", port: {self.coap_port}}}\n'
+            f'coap: {{host: "127.0.0.1", port: {self.coap_port}, secure_port: {self.coaps_port}}}\n'
             f"api: {{port: {self.api_port}}}\nlogging: {{format: json}}\n"
         )
         self.process: subprocess.Popen | None = None
@@ -129,3 +130,58 @@ def test_invalid_config_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "server.yaml: coap.port:" in result.stderr and "'seventy'" in result.stderr
+
+
+def api_call(daemon: Daemon, method: str, path: str, token: str | None, body: dict | None = None):
+    """(status, body text) of one API request."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.api_port}/api/v1{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_secrets_stay_out_of_logs_and_answers_and_a_device_gets_in_over_coaps(daemon):
+    from simulators.client import SimulatedDevice
+
+    daemon.start()
+    token = (daemon.folder / "data" / "api-token").read_text().strip()
+    wrong = "wrong-token-" + "z" * 20
+    key = "8f1c33a09b7e4d2e5a6b7c8d9e0f1a2b"
+
+    assert api_call(daemon, "GET", "/devices", None)[0] == 401
+    assert api_call(daemon, "GET", "/devices", wrong)[0] == 401
+    status, stored = api_call(daemon, "PUT", "/credentials/sec-1", token, {"identity": "sec-1", "key": key})
+    assert status == 201
+    answers = [stored, api_call(daemon, "GET", "/credentials", token)[1],
+               api_call(daemon, "PUT", "/credentials/sec-2", token, {"identity": "sec-1", "key": key})[1]]
+    listed = cli("credentials", "list", cwd=daemon.folder)
+    shown = cli("config", "show", cwd=daemon.folder)
+
+    async def register() -> None:
+        device = SimulatedDevice("sec-1", "cortex-m4f", f"coaps://127.0.0.1:{daemon.coaps_port}",
+                                 psk=("sec-1", bytes.fromhex(key)), request_timeout=10, sensor_interval=3600)
+        await device.start()
+        await device.stop()
+
+    asyncio.run(register())
+    assert daemon.events("registered")[-1]["identity"] == "sec-1"
+    assert daemon.events("dtls_session_started")
+
+    private_key = (daemon.folder / "data" / "keys" / "signing-es256.pem").read_text()
+    body = "".join(line for line in private_key.splitlines() if not line.startswith("-----"))
+    daemon.kill(signal.SIGTERM)
+    logs = "".join(daemon.lines)
+    for where, text in [("daemon log", logs), ("API answers", "".join(answers)),
+                        ("credentials list", listed.stdout + listed.stderr), ("config show", shown.stdout)]:
+        for secret in (token, wrong, key, key.upper(), body[:40]):
+            assert secret not in text, f"a secret appears in the {where}"

@@ -72,3 +72,15 @@ async def test_sequence_numbers_only_grow(deployment):
     first = await deployment.artifact_for(dense, M4F)
     second = await deployment.artifact_for(wide, M4F)
     assert second.sequence_number > first.sequence_number >= 1_800_000_000
+
+
+async def test_the_same_bytes_as_a_new_version_are_a_new_module(deployment, tmp_path):
+    data = (MODELS / "dense_int8.tflite").read_bytes()
+    first = await deployment.artifact_for(await deployment.add_model(data, "dense", "1.0"), M4F)
+    second = await deployment.artifact_for(await deployment.add_model(data, "dense", "1.1"), M4F)
+    assert second.token != first.token and second.sequence_number > first.sequence_number
+    anchors = [load_public_key(tmp_path / "keys" / "signing.pub.pem")]
+    versions = [verify_envelope(Path(a.file).read_bytes(), trust_anchors=anchors, expected_vendor_id=deployment.vendor_id,
+                                expected_class_id=make_class_id(deployment.vendor_id, M4F.device_class),
+                                min_sequence_number=None).metadata.version for a in (first, second)]
+    assert versions == ["1.0", "1.1"]  # the device reports the version it was sent

@@ -582,7 +582,7 @@ def test_unwritable_store_path_exits_1_with_one_line_naming_it(tmp_path, case):
         (tmp_path / "state.sqlite3").write_bytes(garbage)
         path = "state.sqlite3"
     (tmp_path / "server.yaml").write_text(
-        'coap: {host: "127.0.0.1", port: 0}\napi: {port: 0}\nlogging: {format: json}\n'
+        'coap: {host: "127.0.0.1", port: 0, secure_port: 0}\napi: {port: 0}\nlogging: {format: json}\n'
         f"store: {{path: {path}}}\n")
     result = subprocess.run([sys.executable, "-m", "lwm2m_server.cli", "serve", "--config", "server.yaml"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)

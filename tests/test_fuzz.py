@@ -38,7 +38,7 @@ import cbor2
 import pytest
 import yaml
 from aiocoap import Code, Message, resource
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -49,7 +49,7 @@ from ipso_objects import (
     DdfError, DecodeError, LwM2MPath, MultiResource, Object, ObjectInstance, Resource, ResourceType,
 )
 from ipso_objects.codecs import (
-    ContentFormat, link_format, lwm2m_cbor, oma_json, opaque, senml_cbor, senml_json, text, tlv,
+    link_format, lwm2m_cbor, oma_json, opaque, senml_cbor, senml_json, text, tlv,
 )
 from ipso_objects.ddf import load_ddf
 from ipso_objects.errors import EncodeError, IpsoError

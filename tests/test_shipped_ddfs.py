@@ -139,8 +139,8 @@ def test_descriptions_are_our_own_words():
 def test_tinyml_object_id_is_in_the_vendor_reuse_range_and_single_instance():
     tinyml = shipped(TINYML_OBJECT_ID)
     assert 26241 <= tinyml.id <= 32768
-    assert tinyml.urn == f"urn:oma:lwm2m:x:{TINYML_OBJECT_ID}"
-    assert (tinyml.version, tinyml.multiple, tinyml.mandatory) == ("1.0", False, False)
+    assert tinyml.urn == f"urn:oma:lwm2m:x:{TINYML_OBJECT_ID}:1.1"  # 1.1 added resource 21
+    assert (tinyml.version, tinyml.multiple, tinyml.mandatory) == ("1.1", False, False)
     assert sorted(tinyml.resources) == list(range(len(tinyml.resources)))
 
 
@@ -162,6 +162,8 @@ def test_tinyml_key_resources():
         18: ("Run Inference", ResourceType.NONE, Operations.E, False, False),
         19: ("Inference Period", UINT, Operations.RW, False, False),
         20: ("Reset Statistics", ResourceType.NONE, Operations.E, False, False),
+        # Written by the Bootstrap-Server only: no operation for a management server.
+        21: ("Module Trust Anchors", ResourceType.OPAQUE, Operations.NONE, True, False),
     }
     for rid, facts in expected.items():
         resource = r[rid]
@@ -256,9 +258,9 @@ def test_a_users_folder_adds_vendor_objects_and_overrides_shipped_ones(tmp_path)
 def test_a_folder_ddf_with_the_shipped_version_replaces_it(tmp_path):
     (tmp_path / "26241-tinyml.xml").write_text(VENDOR_DDF.format(
         name="Other Vendor Object", oid=TINYML_OBJECT_ID,
-        urn=f"urn:oma:lwm2m:x:{TINYML_OBJECT_ID}", version="1.0", resource="Something Else",
+        urn=f"urn:oma:lwm2m:x:{TINYML_OBJECT_ID}:1.1", version="1.1", resource="Something Else",
     ))
     registry = ObjectRegistry.default(folders=[tmp_path])
-    assert registry.versions(TINYML_OBJECT_ID) == ["1.0"]
-    assert registry.get(TINYML_OBJECT_ID, "1.0").name == "Other Vendor Object"
+    assert registry.versions(TINYML_OBJECT_ID) == ["1.1"]
+    assert registry.get(TINYML_OBJECT_ID, "1.1").name == "Other Vendor Object"
     assert ObjectRegistry.default().get(TINYML_OBJECT_ID).name == "TinyML Capability"

@@ -315,7 +315,7 @@ def test_reboot_reloads_the_active_model_from_flash():
 
 
 @pytest.mark.parametrize("uri, result", [
-    ("http://example.com/fw", 56), ("coaps://example.com/fw", 56), ("not a uri", 56), ("coap:///fw", 56),
+    ("http://example.com/fw", 56), ("coap+tcp://example.com/fw", 56), ("not a uri", 56), ("coap:///fw", 56),
 ])
 def test_bad_package_uri_is_56(uri, result):
     objects = device()

@@ -114,13 +114,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (kind, key)
         )""",
     ),
+    3: ("ALTER TABLE registrations ADD COLUMN identity TEXT",),
 }
 """Schema migrations: version → statements taking the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
 
 _REGISTRATION_COLUMNS = (
     "id, endpoint, address, lifetime, lwm2m_version, binding, queue_mode, sms, "
-    "object_list, registered_at, updated_at, extra"
+    "object_list, registered_at, updated_at, extra, identity"
 )
 _OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"
 _QUEUE_COLUMNS = "id, endpoint, created_at, expires_at, state, request, result"
@@ -192,6 +193,7 @@ class SqliteStore(Store):
             registration.registered_at,
             registration.updated_at,
             extra_to_json(registration.extra),
+            registration.identity,
             registration.expires_at,
         )
         await self._run("save registration", _save_registration, row)
@@ -419,14 +421,14 @@ def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> 
         # cascade to the observations of a registration that is only updated.
         connection.execute(
             f"INSERT INTO registrations ({_REGISTRATION_COLUMNS}, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
             "address = excluded.address, lifetime = excluded.lifetime, "
             "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
             "queue_mode = excluded.queue_mode, sms = excluded.sms, "
             "object_list = excluded.object_list, registered_at = excluded.registered_at, "
             "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
-            "extra = excluded.extra",
+            "extra = excluded.extra, identity = excluded.identity",
             row,
         )
 
@@ -444,7 +446,7 @@ def _load_registrations(connection: sqlite3.Connection) -> list[Registration]:
 
 def _registration(row: tuple[Any, ...]) -> Registration:
     (id_, endpoint, address, lifetime, version, binding, queue_mode, sms,
-     object_list, registered_at, updated_at, extra) = row
+     object_list, registered_at, updated_at, extra, identity) = row
     return Registration(
         id=id_,
         endpoint=endpoint,
@@ -458,6 +460,7 @@ def _registration(row: tuple[Any, ...]) -> Registration:
         registered_at=registered_at,
         updated_at=updated_at,
         extra=extra_from_json(extra),
+        identity=identity,
     )
 
 

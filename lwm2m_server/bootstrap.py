@@ -1,0 +1,449 @@
+"""Client-initiated bootstrap (LwM2M Core 1.1, Bootstrap Interface), sans-I/O.
+
+A device sends **Bootstrap-Request** ``POST /bs?ep=NAME[&pct=FORMAT]``; the
+Bootstrap-Server answers 2.04 and then configures the device with a sequence of
+requests of its own. :func:`parse_bootstrap_request` checks the request,
+:class:`BootstrapSession` yields that sequence one request at a time and judges
+each answer; :func:`plan` lists it whole. The adapter
+(:mod:`lwm2m_server.bootstrap_server`) only moves the requests.
+
+The sequence, and why::
+
+    Bootstrap-Delete   /0           every Security instance except the Bootstrap-Server
+                                    account, which Bootstrap-Delete never removes
+    Bootstrap-Delete   /1           every Server account
+    Bootstrap-Discover /            which Security instances are left (the bootstrap
+                                    account) and whether /26241/0 exists
+    Bootstrap-Write    /0/s         the LwM2M Server account (s: the lowest free id)
+    Bootstrap-Write    /1/v         its Server object instance
+    Bootstrap-Write    /26241/0/21  Module Trust Anchors (when there are any)
+    Bootstrap-Finish   POST /bs
+
+``/0`` and ``/1`` rather than ``/``: a Bootstrap-Delete of ``/`` wipes every object
+instance but the Device object and the bootstrap account, so the device would
+lose its TinyML state, software packages and sensors (object 9, 26241, 33xx).
+Deleting ``/0`` keeps the bootstrap account by definition of the operation, so
+the device can still bootstrap again. Bootstrap-Discover exists since LwM2M 1.1;
+a 1.0 client refuses it and the plan then writes Security instance 1 (the
+bootstrap account is instance 0 on Zephyr, Wakaama and Anjay alike).
+
+Writes use the ``pct`` the device asked for when it is a format that carries
+object instances (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), otherwise TLV
+(11542): every 1.0 client must support TLV, and 1.1 clients that dropped it say
+so with ``pct``.
+
+Answers (:meth:`BootstrapStep.judge`): a Delete answering 4.04 (nothing there),
+a Discover answering anything but 2.05 (1.0 clients), a trust-anchor Write
+answering 4.04 (a device without the TinyML object or without resource 21) are
+tolerated; any other error aborts the bootstrap, and Bootstrap-Finish answering
+4.06 means the device found the configuration unusable.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ipso_objects import (
+    DecodeError, IpsoError, LwM2MPath, MultiResource, ObjectInstance, ObjectRegistry, Resource,
+    TINYML_OBJECT_ID, codecs,
+)
+from ipso_objects.codecs import ContentFormat as CF
+from ipso_objects.codecs import link_format
+
+from .operations import DeviceRequest, Operation, format_name
+
+BOOTSTRAP_PATH = ("bs",)
+"""Uri-Path of Bootstrap-Request (device → server) and Bootstrap-Finish (server → device)."""
+SECURITY, SERVER = 0, 1
+TRUST_ANCHORS = LwM2MPath.of(TINYML_OBJECT_ID, 0, 21)
+"""Module Trust Anchors: DER SubjectPublicKeyInfo of each key modules may be signed by."""
+WRITE_FORMATS = (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON, CF.LWM2M_CBOR, CF.OMA_JSON)
+"""Formats that carry an object instance, so Bootstrap-Write can use them."""
+DEFAULT_FORMAT = CF.TLV
+MAX_ENDPOINT_LENGTH = 255
+_PCT = re.compile(r"[0-9]{1,5}")
+
+
+class SecurityMode(enum.IntEnum):
+    """/0/x/2 Security Mode."""
+
+    PSK = 0
+    RPK = 1
+    CERTIFICATE = 2
+    NO_SEC = 3
+    CERTIFICATE_EST = 4
+
+
+class BootstrapError(Exception):
+    """A Bootstrap-Request that must be refused, or a plan that cannot be built;
+    ``code`` is the CoAP response for the device."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        """Dotted CoAP response code, e.g. ``"4.00"``."""
+        self.reason = reason
+        """Diagnostic text (never a key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapRequest:
+    """A parsed Bootstrap-Request."""
+
+    endpoint: str
+    """Endpoint client name (``ep``)."""
+    preferred_format: int | None = None
+    """Preferred Content Format (``pct``), None when absent."""
+
+    @property
+    def write_format(self) -> int:
+        """The Content-Format of the Bootstrap-Writes: ``pct`` if it carries object
+        instances, TLV otherwise."""
+        if self.preferred_format in WRITE_FORMATS:
+            return int(self.preferred_format)  # type: ignore[arg-type]
+        return int(DEFAULT_FORMAT)
+
+
+def parse_bootstrap_request(query: Sequence[str]) -> BootstrapRequest:
+    """``("ep=dev-1", "pct=112")`` → BootstrapRequest. A missing, empty, repeated or
+    unprintable ``ep``, or a ``pct`` that is not a number, raises BootstrapError 4.00.
+    Other parameters are ignored (later enabler versions may add some)."""
+    params: dict[str, str | None] = {}
+    for item in query:
+        name, sep, value = item.partition("=")
+        if name in params:
+            raise BootstrapError("4.00", f"query parameter {name!r} given twice")
+        params[name] = value if sep else None
+    endpoint = params.get("ep")
+    if not endpoint:
+        raise BootstrapError("4.00", "missing endpoint client name (ep)")
+    if len(endpoint) > MAX_ENDPOINT_LENGTH or not endpoint.isprintable():
+        raise BootstrapError("4.00", f"ep must be 1..{MAX_ENDPOINT_LENGTH} printable characters")
+    pct_text = params.get("pct")
+    pct = None
+    if "pct" in params:
+        if pct_text is None or not _PCT.fullmatch(pct_text) or int(pct_text) > 65535:
+            raise BootstrapError("4.00", f"pct must be a Content-Format number, got {pct_text!r}")
+        pct = int(pct_text)
+    return BootstrapRequest(endpoint, pct)
+
+
+@dataclass(frozen=True, slots=True)
+class Psk:
+    """A DTLS pre-shared key credential."""
+
+    identity: str
+    """PSK identity (written as UTF-8 bytes to /0/x/3)."""
+    key: bytes = field(repr=False)
+    """The key (/0/x/5); never in repr or logs."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAccount:
+    """The LwM2M Server account the plan writes (Security + Server instance)."""
+
+    uri: str
+    """LwM2M Server URI: ``coaps://`` with a PSK, ``coap://`` without."""
+    short_server_id: int = 1
+    """Short Server ID, 1..65534 (/0/x/10 and /1/y/0)."""
+    lifetime: int = 86400
+    """Registration lifetime in seconds (/1/y/1)."""
+    binding: str = "U"
+    """Binding (/1/y/7)."""
+    psk: Psk | None = None
+    """Security Mode 0 (PSK) with this credential; None: Security Mode 3 (NoSec)."""
+    notification_storing: bool = True
+    """/1/y/6: keep notifications while the server is unreachable."""
+
+    def __post_init__(self) -> None:
+        scheme = self.uri.partition("://")[0].lower() if "://" in self.uri else ""
+        if scheme not in ("coap", "coaps") or len(self.uri) > 255:
+            raise BootstrapError("5.00", f"server URI {self.uri!r} is not a coap:// or coaps:// URI")
+        if (scheme == "coaps") != (self.psk is not None):
+            raise BootstrapError(
+                "5.00", "a coaps:// server URI needs a PSK and a coap:// one none "
+                        f"(uri {self.uri!r}, {'PSK' if self.psk else 'NoSec'})")
+        if not 1 <= self.short_server_id <= 65534:
+            raise BootstrapError("5.00", f"short server id must be 1..65534, got {self.short_server_id}")
+        if self.lifetime < 1:
+            raise BootstrapError("5.00", f"lifetime must be > 0, got {self.lifetime}")
+
+    @property
+    def security_mode(self) -> SecurityMode:
+        return SecurityMode.PSK if self.psk is not None else SecurityMode.NO_SEC
+
+
+def security_instance(account: ServerAccount, instance_id: int) -> ObjectInstance:
+    """The Security (0) instance of ``account``: URI, not a Bootstrap-Server, Security
+    Mode, identity, server public key (empty: PSK has none), secret key, SSID."""
+    identity = account.psk.identity.encode("utf-8") if account.psk else b""
+    key = account.psk.key if account.psk else b""
+    values = {0: account.uri, 1: False, 2: int(account.security_mode), 3: identity, 4: b"", 5: key,
+              10: account.short_server_id}
+    return ObjectInstance(instance_id, {rid: Resource(rid, value) for rid, value in values.items()})
+
+
+def server_instance(account: ServerAccount, instance_id: int) -> ObjectInstance:
+    """The Server (1) instance of ``account``: SSID, lifetime, notification storing, binding."""
+    values = {0: account.short_server_id, 1: account.lifetime, 6: account.notification_storing,
+              7: account.binding}
+    return ObjectInstance(instance_id, {rid: Resource(rid, value) for rid, value in values.items()})
+
+
+# -- Bootstrap-Discover ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a Bootstrap-Discover of ``/`` said."""
+
+    lwm2m_version: str | None = None
+    """The client's enabler version (``</>;lwm2m=1.1``)."""
+    instances: frozenset[LwM2MPath] = frozenset()
+    """Object instances listed (``/o/i``)."""
+    objects: frozenset[int] = frozenset()
+    """Objects listed, with or without instances."""
+
+    def instance_ids(self, object_id: int) -> set[int]:
+        return {path.ids[1] for path in self.instances if path.ids[0] == object_id}
+
+
+def parse_discovery(payload: bytes) -> Discovery:
+    """A Bootstrap-Discover response (link format); BootstrapError 4.00 if it does not decode."""
+    try:
+        links = link_format.decode(payload)
+        version = next((link.lwm2m for link in links if link.target == "/" and link.lwm2m), None)
+    except DecodeError as error:
+        raise BootstrapError("4.00", f"Bootstrap-Discover answer: {error.reason}") from None
+    instances, objects = set(), set()
+    for link in links:
+        path = link.path
+        if path is None or path.is_root:
+            continue
+        objects.add(path.ids[0])
+        if len(path) >= 2:
+            instances.add(LwM2MPath(path.ids[:2]))
+    return Discovery(version, frozenset(instances), frozenset(objects))
+
+
+def _free_id(taken: set[int], default: int) -> int:
+    if not taken:
+        return default
+    return next(i for i in range(65535) if i not in taken)
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+class StepKind(enum.Enum):
+    DELETE = "delete"
+    DISCOVER = "discover"
+    WRITE = "write"
+    FINISH = "finish"
+
+
+class Outcome(enum.Enum):
+    """What an answer means for the bootstrap."""
+
+    DONE = "done"
+    TOLERATED = "tolerated"
+    """An error that does not stop the bootstrap (see the module docstring)."""
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapStep:
+    """One request of the plan."""
+
+    name: str
+    """``delete /0``, ``discover /``, ``write /0/1``, ``write /26241/0/21``, ``finish``."""
+    kind: StepKind
+    request: DeviceRequest
+    """The request to send (Bootstrap-Finish is carried as an EXECUTE-kind POST /bs)."""
+
+    def judge(self, code: str) -> Outcome:
+        """Whether the device's answer ``code`` lets the bootstrap go on."""
+        if code.startswith("2."):
+            return Outcome.DONE
+        if self.kind is StepKind.DELETE and code == "4.04":
+            return Outcome.TOLERATED
+        if self.kind is StepKind.DISCOVER:
+            return Outcome.TOLERATED
+        if self.kind is StepKind.WRITE and self.request.paths == (TRUST_ANCHORS,) and code == "4.04":
+            return Outcome.TOLERATED
+        return Outcome.FAILED
+
+
+def _uri(path: LwM2MPath) -> tuple[str, ...]:
+    return tuple(str(i) for i in path.ids)
+
+
+def delete_step(path: LwM2MPath) -> BootstrapStep:
+    """Bootstrap-Delete ``path`` (DELETE)."""
+    return BootstrapStep(f"delete {path}", StepKind.DELETE,
+                         DeviceRequest(Operation.DELETE, "DELETE", _uri(path), paths=(path,)))
+
+
+def discover_step(path: LwM2MPath = LwM2MPath()) -> BootstrapStep:
+    """Bootstrap-Discover ``path`` (GET, Accept: link format)."""
+    return BootstrapStep(f"discover {path}", StepKind.DISCOVER,
+                         DeviceRequest(Operation.DISCOVER, "GET", _uri(path), accept=CF.LINK, paths=(path,)))
+
+
+def write_step(path: LwM2MPath, node, content_format: int, registry: ObjectRegistry) -> BootstrapStep:
+    """Bootstrap-Write ``node`` to ``path`` (PUT) in ``content_format``."""
+    try:
+        payload = codecs.encode(content_format, node, path, registry)
+    except (IpsoError, ImportError) as error:
+        reason = error.reason if isinstance(error, IpsoError) else "codec not available"
+        raise BootstrapError("5.00", f"cannot encode {path} as {format_name(content_format)}: {reason}") from None
+    return BootstrapStep(f"write {path}", StepKind.WRITE,
+                         DeviceRequest(Operation.WRITE_REPLACE, "PUT", _uri(path), content_format=content_format,
+                                       payload=payload, paths=(path,)))
+
+
+def finish_step() -> BootstrapStep:
+    """Bootstrap-Finish (POST /bs)."""
+    return BootstrapStep("finish", StepKind.FINISH, DeviceRequest(Operation.EXECUTE, "POST", BOOTSTRAP_PATH))
+
+
+def prelude() -> tuple[BootstrapStep, ...]:
+    """Bootstrap-Delete /0 and /1, then Bootstrap-Discover /."""
+    return (delete_step(LwM2MPath.of(SECURITY)), delete_step(LwM2MPath.of(SERVER)), discover_step())
+
+
+def configuration(
+    request: BootstrapRequest,
+    account: ServerAccount,
+    trust_anchors: Sequence[bytes] = (),
+    discovery: Discovery | None = None,
+    *,
+    registry: ObjectRegistry | None = None,
+) -> tuple[BootstrapStep, ...]:
+    """The Bootstrap-Writes and Bootstrap-Finish that follow :func:`prelude`.
+
+    The Security instance takes the lowest id the discovery left free (1 without
+    a discovery); the Server instance likewise (0). Trust anchors are written when
+    given, unless the discovery shows the device has no /26241/0.
+    """
+    registry = registry or ObjectRegistry.default()
+    anchors = [bytes(anchor) for anchor in trust_anchors]
+    if any(not anchor for anchor in anchors):
+        raise BootstrapError("5.00", "a trust anchor is empty")
+    fmt = request.write_format
+    security_id = _free_id(discovery.instance_ids(SECURITY) if discovery else set(), 1)
+    server_id = _free_id(discovery.instance_ids(SERVER) if discovery else set(), 0)
+    steps = [
+        write_step(LwM2MPath.of(SECURITY, security_id), security_instance(account, security_id), fmt, registry),
+        write_step(LwM2MPath.of(SERVER, server_id), server_instance(account, server_id), fmt, registry),
+    ]
+    has_tinyml = discovery is None or LwM2MPath(TRUST_ANCHORS.ids[:2]) in discovery.instances  # /26241/0
+    if anchors and has_tinyml:
+        node = MultiResource(TRUST_ANCHORS.ids[2], dict(enumerate(anchors)))
+        steps.append(write_step(TRUST_ANCHORS, node, fmt, registry))
+    steps.append(finish_step())
+    return tuple(steps)
+
+
+def plan(
+    request: BootstrapRequest,
+    account: ServerAccount,
+    trust_anchors: Sequence[bytes] = (),
+    *,
+    discovery: Discovery | None = None,
+    registry: ObjectRegistry | None = None,
+) -> tuple[BootstrapStep, ...]:
+    """The whole sequence: :func:`prelude` then :func:`configuration`."""
+    return prelude() + configuration(request, account, trust_anchors, discovery, registry=registry)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How the device answered one step."""
+
+    step: str
+    """The step's name."""
+    code: str
+    """CoAP response code, or ``unreachable``."""
+    outcome: Outcome
+    diagnostic: str = ""
+    """The device's error text, if any."""
+
+
+class BootstrapSession:
+    """One bootstrap of one device, as a state machine: ask :meth:`next_step`, send
+    it, report the answer with :meth:`answered` (or :meth:`unreachable`), repeat
+    until :meth:`next_step` returns None. The discovery refines the writes."""
+
+    def __init__(self, request: BootstrapRequest, account: ServerAccount, trust_anchors: Sequence[bytes] = (),
+                 *, registry: ObjectRegistry | None = None) -> None:
+        self.request = request
+        self.account = account
+        self._anchors = tuple(bytes(anchor) for anchor in trust_anchors)
+        self._registry = registry or ObjectRegistry.default()
+        self.steps: list[BootstrapStep] = list(plan(request, account, self._anchors, registry=self._registry))
+        """The plan; the steps after the discovery are rebuilt once it answered."""
+        self.results: list[StepResult] = []
+        """Each answered step, in order."""
+        self.discovery: Discovery | None = None
+        self._position = 0
+        self._failed: StepResult | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.request.endpoint
+
+    @property
+    def finished(self) -> bool:
+        """True once Bootstrap-Finish was accepted."""
+        return self._failed is None and self._position >= len(self.steps)
+
+    @property
+    def failure(self) -> StepResult | None:
+        """The step that stopped the bootstrap, if one did."""
+        return self._failed
+
+    def next_step(self) -> BootstrapStep | None:
+        """The next request to send; None when finished or failed."""
+        if self._failed is not None or self._position >= len(self.steps):
+            return None
+        return self.steps[self._position]
+
+    def answered(self, code: str, payload: bytes = b"", content_format: int | None = None) -> StepResult:
+        """Record the answer to the current step; returns how it was judged."""
+        step = self._current()
+        outcome = step.judge(code)
+        diagnostic = "" if code.startswith("2.") else payload.decode("utf-8", "replace").strip()[:200]
+        if step.kind is StepKind.DISCOVER and outcome is Outcome.DONE:
+            try:
+                if content_format not in (None, CF.LINK):
+                    raise BootstrapError("4.00", f"Bootstrap-Discover answered in {format_name(content_format)}")
+                self.discovery = parse_discovery(payload)
+            except BootstrapError as error:
+                outcome, diagnostic = Outcome.TOLERATED, error.reason
+            else:
+                done = self.steps[: self._position + 1]
+                self.steps = done + list(configuration(self.request, self.account, self._anchors, self.discovery,
+                                                       registry=self._registry))
+        return self._record(StepResult(step.name, code, outcome, diagnostic))
+
+    def unreachable(self, reason: str) -> StepResult:
+        """No answer came to the current step: the bootstrap fails."""
+        return self._record(StepResult(self._current().name, "unreachable", Outcome.FAILED, reason))
+
+    def _current(self) -> BootstrapStep:
+        step = self.next_step()
+        if step is None:
+            raise BootstrapError("5.00", "the bootstrap has no step waiting for an answer")
+        return step
+
+    def _record(self, result: StepResult) -> StepResult:
+        self.results.append(result)
+        if result.outcome is Outcome.FAILED:
+            self._failed = result
+        else:
+            self._position += 1
+        return result

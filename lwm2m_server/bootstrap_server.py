@@ -1,0 +1,315 @@
+"""The Bootstrap-Server (``POST /bs``): who may bootstrap, and running the plan.
+
+:mod:`lwm2m_server.bootstrap` decides what to send; this adapter checks who is
+asking, answers the Bootstrap-Request with 2.04 and then sends the plan to the
+device from a task of its own, through the ``send`` callable it was given (the
+server passes ``CoapAdapter.request``).
+
+Who may bootstrap (the endpoint's credentials come from a
+:class:`CredentialsProvider`, normally :class:`StoreCredentials` over the
+security store):
+
+- over CoAPS, the PSK identity the device proved must be the identity of the
+  endpoint's **bootstrap** credential, else 4.03 (a server credential does not
+  admit a device to ``/bs``);
+- over plain CoAP, an endpoint that has a bootstrap credential is refused (4.03:
+  a device with credentials must use them), and an endpoint without one is
+  admitted only when ``security.mode`` is ``mixed``.
+
+What account is written: after a CoAPS bootstrap, a PSK account (Security Mode 0,
+``coaps://`` URI) with the endpoint's server credential, created with a fresh
+random 16-byte key when it has none. After a plain CoAP bootstrap, a NoSec
+account (Security Mode 3, ``coap://``): a key sent in clear over an
+unauthenticated exchange protects nothing, and storing one would lock the
+endpoint out of plain bootstrap afterwards. Without CoAPS (``coap.secure_port``
+None) it is always NoSec. ``bootstrap.server_uri`` overrides the URI; a
+``coaps://`` one is refused to a plain-CoAP bootstrap.
+
+One bootstrap at a time per endpoint: a new Bootstrap-Request while one runs
+**restarts** it (the old one is cancelled). A client sends Bootstrap-Request
+again only when it gave the previous exchange up (it timed out or rebooted), so
+finishing the old plan would configure a device that is no longer listening for
+it; this is also what Leshan's bootstrap server does. Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+from urllib.parse import urlsplit
+
+import structlog
+
+from ipso_objects import ObjectRegistry
+
+from .bootstrap import (
+    BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, parse_bootstrap_request,
+)
+from .coap import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from .config import BootstrapConfig, CoapConfig
+
+Send = Callable[..., Awaitable[CoapResponse]]
+"""``send(address, device_request, timeout=seconds) -> CoapResponse``; raises DeviceUnreachable."""
+
+
+class CredentialsProvider(Protocol):
+    """The endpoint credentials the Bootstrap-Server needs."""
+
+    def bootstrap_credential(self, endpoint: str) -> tuple[str, bytes] | None:
+        """``(identity, key)`` of the endpoint's bootstrap credential, or None."""
+
+    def server_credential(self, endpoint: str, now: float) -> tuple[str, bytes]:
+        """``(identity, key)`` of the endpoint's server credential, created (fresh random
+        16-byte key) and stored when it has none."""
+
+
+class StoreCredentials:
+    """:class:`CredentialsProvider` over :class:`lwm2m_server.credentials.CredentialStore`."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def bootstrap_credential(self, endpoint: str) -> tuple[str, bytes] | None:
+        credential = self.store.for_endpoint(endpoint, "bootstrap")
+        return None if credential is None else (credential.identity, credential.key)
+
+    def server_credential(self, endpoint: str, now: float) -> tuple[str, bytes]:
+        credential = self.store.get_or_create(endpoint, "server", now=now)
+        return credential.identity, credential.key
+
+
+def public_key_der(key: Any) -> bytes:
+    """DER SubjectPublicKeyInfo of a public key (or of a private key's public half)."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = key.public_key() if hasattr(key, "private_bytes") else key
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signing_key_anchors(path: Path | str) -> list[bytes]:
+    """The module-signing key at ``path`` (``deployment.signing_key``) as a trust anchor
+    (its public half, DER); empty when the file does not exist yet."""
+    from .suit import load_public_key
+
+    if not Path(path).exists():
+        return []
+    return [public_key_der(load_public_key(path))]
+
+
+def _host(base: str) -> str:
+    """The host of ``coap://host:port`` as a URI writes it: brackets for IPv6, IPv4-mapped
+    IPv6 addresses as IPv4."""
+    host = urlsplit(base).hostname or "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host  # a name
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return f"[{host}]"
+    return host
+
+
+class BootstrapService:
+    """Answers ``POST /bs`` and bootstraps the device that sent it."""
+
+    def __init__(
+        self,
+        config: BootstrapConfig,
+        coap: CoapConfig,
+        send: Send,
+        *,
+        credentials: CredentialsProvider | None = None,
+        trust_anchors: Sequence[bytes] = (),
+        security_mode: str = "mixed",
+        local_base: Callable[[str], str] | None = None,
+        bound_ports: Callable[[], tuple[int, int | None]] | None = None,
+        events: Any = None,
+        clock: Callable[[], float] = time.time,
+        registry: ObjectRegistry | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        self.config = config
+        self.coap = coap
+        self.trust_anchors: tuple[bytes, ...] = tuple(bytes(anchor) for anchor in trust_anchors)
+        """DER SubjectPublicKeyInfo of each key written to /26241/0/21."""
+        self.credentials = credentials
+        self.security_mode = security_mode
+        self._send = send
+        self._local_base = local_base or (lambda address: "coap://127.0.0.1")
+        self._bound_ports = bound_ports or (lambda: (coap.port, coap.secure_port))
+        self._events = events
+        self._clock = clock
+        self._registry = registry or ObjectRegistry.default()
+        self._timeout = request_timeout if request_timeout is not None else coap.request_timeout_s
+        self._running: dict[str, asyncio.Task] = {}
+        self._sessions: dict[str, BootstrapSession] = {}
+        self._log = structlog.get_logger("lwm2m_server.bootstrap")
+
+    # -- the request -------------------------------------------------------------------------
+
+    async def handle(self, request: IncomingRequest) -> OutgoingResponse:
+        """Bootstrap-Request: 2.04 and the plan starts, or 4.xx with the reason."""
+        if not self.config.enabled:
+            return OutgoingResponse("4.04", b"bootstrap is not enabled on this server")
+        if tuple(request.uri_path) != BOOTSTRAP_PATH or request.method != "POST":
+            return OutgoingResponse("4.05", b"Bootstrap-Request is POST /bs")
+        try:
+            parsed = parse_bootstrap_request(request.query)
+            identity = _identity(getattr(request, "identity", None))
+            self._authorise(parsed.endpoint, identity)
+            account = self._account(parsed.endpoint, request.address, identity)
+            session = BootstrapSession(parsed, account, self.trust_anchors, registry=self._registry)
+        except BootstrapError as error:
+            self._log.info("bootstrap_refused", ep=_endpoint_of(request.query), address=request.address,
+                           code=error.code, reason=error.reason)
+            return OutgoingResponse(error.code, error.reason.encode())
+        endpoint = parsed.endpoint
+        previous = self._running.pop(endpoint, None)
+        if previous is not None and not previous.done():
+            previous.cancel()
+            self._log.info("bootstrap_restarted", ep=endpoint, address=request.address)
+        self._sessions[endpoint] = session
+        task = asyncio.create_task(self._run(session, request.address), name=f"bootstrap-{endpoint}")
+        self._running[endpoint] = task
+        task.add_done_callback(lambda done: self._forget(endpoint, done))
+        return OutgoingResponse("2.04")
+
+    def _authorise(self, endpoint: str, identity: str | None) -> None:
+        credential = None
+        if self.credentials is not None:
+            credential = _ask(self.credentials.bootstrap_credential, endpoint)
+        if identity is not None:
+            if credential is None or credential[0] != identity:
+                raise BootstrapError(
+                    "4.03", f"identity {identity!r} is not the bootstrap credential of endpoint {endpoint!r}")
+            return
+        if credential is not None:
+            raise BootstrapError(
+                "4.03", f"endpoint {endpoint!r} has a bootstrap credential: bootstrap over CoAPS with it")
+        if self.security_mode != "mixed":
+            raise BootstrapError("4.03", f"plain CoAP bootstrap is refused (security.mode {self.security_mode})")
+
+    def _account(self, endpoint: str, address: str, identity: str | None) -> ServerAccount:
+        """The account to write: PSK after a CoAPS bootstrap when the server has CoAPS
+        (or a coaps:// server_uri), NoSec otherwise."""
+        plain_port, secure_port = self._bound_ports()
+        uri = self.config.server_uri
+        if uri:
+            secure = uri.lower().startswith("coaps://")
+            if secure and identity is None:
+                raise BootstrapError(
+                    "4.03", "bootstrap.server_uri is coaps:// and no PSK is handed out over plain CoAP")
+        else:
+            secure = identity is not None and secure_port is not None
+            host = _host(self._local_base(address))
+            uri = f"coaps://{host}:{secure_port}" if secure else f"coap://{host}:{plain_port}"
+        psk = None
+        if secure:
+            if self.credentials is None:
+                raise BootstrapError("5.00", "no credential store to take the server PSK from")
+            psk = Psk(*_ask(self.credentials.server_credential, endpoint, self._clock()))
+        return ServerAccount(uri, self.config.short_server_id, self.config.lifetime_s, self.config.binding, psk)
+
+    # -- the plan ----------------------------------------------------------------------------
+
+    async def _run(self, session: BootstrapSession, address: str) -> None:
+        endpoint, account = session.endpoint, session.account
+        self._log.info("bootstrap_started", ep=endpoint, address=address, uri=account.uri,
+                       security_mode=account.security_mode.name, trust_anchors=len(self.trust_anchors))
+        self._publish(endpoint, "started", uri=account.uri)
+        step = None
+        try:
+            while (step := session.next_step()) is not None:
+                try:
+                    response = await self._send(address, step.request, timeout=self._timeout)
+                except DeviceUnreachable as error:
+                    session.unreachable(error.reason)
+                    break
+                result = session.answered(response.code, response.payload, response.content_format)
+                self._log.debug("bootstrap_step", ep=endpoint, step=result.step, code=result.code)
+                if result.outcome is Outcome.TOLERATED:
+                    self._log.info("bootstrap_step_tolerated", ep=endpoint, step=result.step, code=result.code,
+                                   reason=result.diagnostic)
+        except asyncio.CancelledError:
+            self._log.info("bootstrap_cancelled", ep=endpoint, step=step.name if step else None)
+            raise
+        except Exception as error:  # a bug or a refused request must not pass silently
+            self._log.exception("bootstrap_failed", ep=endpoint, step=step.name if step else None,
+                                code="exception", reason=str(error))
+            self._publish(endpoint, "failed", step=step.name if step else None, code="exception")
+            return
+        if session.finished:
+            self._log.info("bootstrap_finished", ep=endpoint, uri=account.uri, ssid=account.short_server_id,
+                           security_mode=account.security_mode.name,
+                           lwm2m=session.discovery.lwm2m_version if session.discovery else None)
+            self._publish(endpoint, "finished", uri=account.uri)
+        else:
+            failure = session.failure
+            assert failure is not None
+            self._log.warning("bootstrap_failed", ep=endpoint, step=failure.step, code=failure.code,
+                              reason=failure.diagnostic)
+            self._publish(endpoint, "failed", step=failure.step, code=failure.code, reason=failure.diagnostic)
+
+    def _publish(self, endpoint: str, state: str, **data: Any) -> None:
+        if self._events is not None:
+            self._events.publish("bootstrap", endpoint=endpoint, state=state, **data)
+
+    def _forget(self, endpoint: str, task: asyncio.Task) -> None:
+        if self._running.get(endpoint) is task:
+            del self._running[endpoint]
+
+    # -- inspection and shutdown -------------------------------------------------------------
+
+    def running(self, endpoint: str) -> bool:
+        """True while a bootstrap of ``endpoint`` is in progress."""
+        task = self._running.get(endpoint)
+        return task is not None and not task.done()
+
+    def session(self, endpoint: str) -> BootstrapSession | None:
+        """The latest bootstrap of ``endpoint`` (running, finished or failed)."""
+        return self._sessions.get(endpoint)
+
+    async def wait(self, endpoint: str) -> BootstrapSession | None:
+        """Wait for the running bootstrap of ``endpoint`` (if any) to end; its session."""
+        task = self._running.get(endpoint)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+        return self._sessions.get(endpoint)
+
+    async def close(self) -> None:
+        """Cancel every running bootstrap."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()
+
+
+def _ask(method: Callable[..., Any], *args: Any) -> Any:
+    """Call the credentials provider; its failures (a broken store file) become 5.00."""
+    try:
+        return method(*args)
+    except Exception as error:  # CredentialError and friends never carry a key
+        raise BootstrapError("5.00", f"credential store: {getattr(error, 'reason', error)}") from None
+
+
+def _identity(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _endpoint_of(query: Sequence[str]) -> str | None:
+    """``ep`` for logging a refused request (None when absent)."""
+    for item in query:
+        name, _, value = item.partition("=")
+        if name == "ep":
+            return value[:255]
+    return None

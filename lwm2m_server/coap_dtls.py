@@ -1,0 +1,439 @@
+"""CoAPS: DTLS 1.2 with pre-shared keys, on tinydtls (the DTLSSocket package), as an
+aiocoap message interface. Part of the CoAP adapter.
+
+aiocoap's own ``tinydtls_server`` cannot send requests to a DTLS peer, never evicts
+a session, binds only to a single unicast address and shifts the port it is given
+(DESIGN.md). This transport keeps **one tinydtls context for all peers** (so its
+stateless cookie exchange guards against spoofed handshakes before any state is
+kept) and a bounded table of **authenticated sessions**, each an aiocoap remote
+that requests can be sent to. A session knows the PSK identity the peer proved,
+which the server checks against the endpoint's credentials.
+
+Sessions end on a fatal alert or close_notify, when idle past ``idle_timeout``,
+when the table is full and a new peer needs room (least recently used first), and
+at shutdown. A request to an ended session fails at once; the device handshakes
+again on its next message (tinydtls drops the old state when a new handshake
+from the same address completes its cookie exchange).
+
+tinydtls speaks TLS_PSK_WITH_AES_128_CCM_8, the cipher suite LwM2M mandates for
+PSK; keys are at most 16 bytes and identities at most 32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import ipaddress
+import socket
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from aiocoap import error, interfaces
+from aiocoap.numbers import constants
+from aiocoap.transports.generic_udp import GenericMessageInterface
+from aiocoap.util import hostportjoin
+
+MAX_KEY_BYTES = 16
+"""tinydtls copies the key into a 16-byte buffer (DTLS_PSK_MAX_KEY_LEN) unchecked."""
+MAX_IDENTITY_BYTES = 32
+"""DTLS_PSK_MAX_CLIENT_IDENTITY_LEN."""
+
+_TICKS_PER_SECOND = 1000
+_EVENT_CONNECTED = 0x01DE
+_LEVEL_FATAL = 2
+_CLOSE_NOTIFY = 0
+_MAX_PENDING_HANDSHAKES = 4096
+_clock_offset = int(time.time())
+"""tinydtls counts ticks from time(NULL) at the newest context's creation (dtls_init
+resets its one global clock), in whole seconds."""
+
+PskLookup = Callable[[bytes], "bytes | None"]
+"""PSK identity → key, or None when the identity is unknown."""
+
+SockAddr = tuple[str, int]
+"""An IPv6 (IPv4-mapped for IPv4) address and port, as tinydtls names peers."""
+
+
+class DtlsUnavailable(RuntimeError):
+    """The DTLSSocket package (tinydtls) is not installed."""
+
+
+def tinydtls():
+    """The DTLSSocket ``dtls`` module, or :class:`DtlsUnavailable` saying how to get it."""
+    try:
+        from DTLSSocket import dtls
+    except ImportError as cause:
+        raise DtlsUnavailable(
+            "CoAPS needs the DTLSSocket package (pip install DTLSSocket; its build runs "
+            f"autoreconf: apt-get install autoconf automake libtool): {cause}"
+        ) from None
+    return dtls
+
+
+def as_v6(host: str) -> str:
+    """``host`` as tinydtls names it (inet_ntop of an IPv6 address, IPv4 mapped)."""
+    address = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(address, ipaddress.IPv4Address):
+        address = ipaddress.IPv6Address(f"::ffff:{address}")
+    return socket.inet_ntop(socket.AF_INET6, address.packed)
+
+
+def _display_host(host: str) -> str:
+    address = ipaddress.ip_address(host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return host
+
+
+class _PskView:
+    """The dict-like key store DTLSSocket asks (``identity in store.keys()``, then
+    ``store[identity]``); it reports each identity looked up to ``seen``."""
+
+    def __init__(self, lookup: PskLookup, seen: Callable[[bytes], None], log) -> None:
+        self._lookup = lookup
+        self._seen = seen
+        self._log = log
+        self._last: tuple[bytes, bytes | None] | None = None
+
+    def keys(self) -> _PskView:
+        return self
+
+    def __contains__(self, identity: object) -> bool:
+        return self._key(identity) is not None
+
+    def __getitem__(self, identity: bytes) -> bytes:
+        key = self._key(identity)
+        if key is None:
+            raise KeyError(identity)
+        return key
+
+    def _key(self, identity: object) -> bytes | None:
+        # Exceptions must not cross into tinydtls: an unusable answer is "unknown".
+        if not isinstance(identity, bytes) or not 0 < len(identity) <= MAX_IDENTITY_BYTES:
+            return None
+        if self._last is not None and self._last[0] == identity:
+            return self._last[1]
+        try:
+            key = self._lookup(identity)
+        except Exception:
+            self._log.exception("dtls_psk_lookup_failed")
+            key = None
+        if key is not None and not 0 < len(key) <= MAX_KEY_BYTES:
+            self._log.error("dtls_psk_unusable", reason=f"key longer than {MAX_KEY_BYTES} bytes")
+            key = None
+        self._last = (identity, key)
+        if key is not None:
+            self._seen(identity)
+        return key
+
+    def forget(self) -> None:
+        self._last = None
+
+
+class _Context:
+    """One tinydtls context and its retransmission timer."""
+
+    def __init__(self, *, read, write, event, psk: _PskView, client_identity: bytes = b"-") -> None:
+        global _clock_offset
+        dtls = tinydtls()
+        self.dtls = dtls
+        _clock_offset = int(time.time())
+        self._context = dtls.DTLS(read=read, write=write, event=event, pskId=client_identity, pskStore=psk)
+        self._psk = psk
+        self._timer: asyncio.TimerHandle | None = None
+
+    def handle(self, sockaddr: SockAddr, data: bytes) -> None:
+        self._psk.forget()
+        self._context.handleMessageAddr(sockaddr[0], sockaddr[1], data)
+        self.schedule()
+
+    def session(self, sockaddr: SockAddr):
+        return self.dtls.Session(sockaddr[0], sockaddr[1])
+
+    def write(self, session, data: bytes) -> int:
+        written = self._context.write(session, data)
+        self.schedule()
+        return written
+
+    def connect(self, sockaddr: SockAddr):
+        with contextlib.redirect_stdout(io.StringIO()):  # DTLSSocket prints its errors
+            connection = self._context.connect(sockaddr[0], sockaddr[1])
+        self.schedule()
+        return connection
+
+    def close(self, session) -> None:
+        """Send close_notify, if tinydtls still has the peer."""
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._context.close(session)
+        except Exception:  # no such peer (any more)
+            pass
+
+    def reset(self, session) -> None:
+        self._context.resetPeer(session)
+
+    def schedule(self) -> None:
+        """Run tinydtls' handshake retransmissions when they are due."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._context.checkRetransmit()
+        if due:
+            delay = max(0.0, _clock_offset + due / _TICKS_PER_SECOND - time.time())
+            self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.schedule)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class DtlsSession(interfaces.EndpointAddress):
+    """A peer that completed a handshake: an aiocoap remote requests can be sent to."""
+
+    scheme = "coaps"
+    is_multicast = False
+    is_multicast_locally = False
+    maximum_block_size_exp = constants.MAX_REGULAR_BLOCK_SIZE_EXP
+    """Settable per session (the adapter lowers it after a 4.13)."""
+
+    def __init__(self, endpoint: DtlsServerEndpoint, sockaddr: SockAddr, identity: bytes, now: float) -> None:
+        self._endpoint = endpoint
+        self.sockaddr = sockaddr
+        self.identity = identity
+        """The PSK identity the peer proved it holds the key of."""
+        self.last_seen = now
+        self.closed = False
+        self._local: str | None = None
+        self._session = endpoint.context.session(sockaddr)
+
+    @property
+    def endpoint(self) -> DtlsServerEndpoint:
+        return self._endpoint
+
+    @property
+    def hostinfo(self) -> str:
+        return hostportjoin(_display_host(self.sockaddr[0]), self.sockaddr[1])
+
+    @property
+    def uri_base(self) -> str:
+        return "coaps://" + self.hostinfo
+
+    @property
+    def hostinfo_local(self) -> str:
+        """This server as the peer reaches it (for URIs it is told to fetch)."""
+        if self._local is None:
+            self._local = hostportjoin(_display_host(self._endpoint.local_host_for(self.sockaddr)),
+                                       self._endpoint.bound_port)
+        return self._local
+
+    @property
+    def uri_base_local(self) -> str:
+        return "coaps://" + self.hostinfo_local
+
+    @property
+    def blockwise_key(self):
+        return (self.sockaddr, self.identity)
+
+    @property
+    def authenticated_claims(self) -> list[bytes]:
+        return [self.identity]
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            if self._endpoint.interface._mman is not None:
+                self._endpoint.interface._received_exception(
+                    self, error.NetworkError("the DTLS session has ended; the device must handshake again"))
+            return
+        self._endpoint.context.write(self._session, data)
+
+    def __repr__(self) -> str:
+        return f"<DtlsSession {self.hostinfo} identity={self.identity!r}{' closed' if self.closed else ''}>"
+
+
+class DtlsServerEndpoint(asyncio.DatagramProtocol):
+    """The CoAPS socket: tinydtls for every peer, and the table of live sessions."""
+
+    def __init__(self, interface: DtlsServerInterface, lookup: PskLookup, *, max_sessions: int,
+                 idle_timeout: float, log) -> None:
+        self.interface = interface
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.log = log
+        self.sessions: OrderedDict[SockAddr, DtlsSession] = OrderedDict()
+        self._proved: OrderedDict[SockAddr, bytes] = OrderedDict()  # identity looked up mid-handshake
+        self._current: SockAddr | None = None
+        self.context = _Context(read=self._read, write=self._write, event=self._event,
+                                psk=_PskView(lookup, self._identity_seen, log))
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.bound_host = "::"
+        self.bound_port = 0
+
+    # -- asyncio ----------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self.bound_host, self.bound_port, *_ = transport.get_extra_info("socket").getsockname()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="dtls-session-sweeper")
+
+    def datagram_received(self, data: bytes, address) -> None:
+        sockaddr = (as_v6(address[0]), address[1])
+        self._current = sockaddr
+        try:
+            self.context.handle(sockaddr, data)
+        except Exception:  # a malformed record must not stop the socket
+            self.log.exception("dtls_record_failed", peer=hostportjoin(*sockaddr))
+        finally:
+            self._current = None
+        session = self.sessions.get(sockaddr)
+        if session is not None:
+            session.last_seen = time.monotonic()
+            self.sessions.move_to_end(sockaddr)
+
+    def error_received(self, exc) -> None:
+        self.log.debug("dtls_socket_error", error=str(exc))
+
+    def local_host_for(self, sockaddr: SockAddr) -> str:
+        """Our address as seen by ``sockaddr``: the bound one, or for a wildcard bind the
+        source address the kernel picks toward the peer (our answers leave from it)."""
+        if self.bound_host not in ("::", "::ffff:0.0.0.0"):
+            return self.bound_host
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((sockaddr[0], sockaddr[1], 0, 0))  # no packet is sent
+                return probe.getsockname()[0]
+            except OSError:
+                return "::1"
+
+    # -- tinydtls callbacks (never raise into tinydtls) -------------------------------------
+
+    def _identity_seen(self, identity: bytes) -> None:
+        if self._current is None:
+            return
+        self._proved[self._current] = identity
+        self._proved.move_to_end(self._current)
+        while len(self._proved) > _MAX_PENDING_HANDSHAKES:
+            self._proved.popitem(last=False)
+
+    def _read(self, sender: SockAddr, data: bytes) -> int:
+        session = self.sessions.get((sender[0], sender[1]))
+        if session is not None and not session.closed:
+            self.interface._received_datagram(session, data)
+        return len(data)
+
+    def _write(self, recipient: SockAddr, data: bytes) -> int:
+        if self._transport is None or self._transport.is_closing():
+            return 0
+        self._transport.sendto(data, (recipient[0], recipient[1], 0, 0))
+        return len(data)
+
+    def _event(self, level: int, code: int) -> int:
+        sockaddr = self._current
+        if sockaddr is None:
+            return 0
+        try:
+            if code == _EVENT_CONNECTED and level == 0:
+                self._connected(sockaddr)
+            elif level == _LEVEL_FATAL:
+                reason = "close_notify" if code == _CLOSE_NOTIFY else f"fatal alert {code}"
+                self._proved.pop(sockaddr, None)
+                self._end(sockaddr, reason, notify=False)
+        except Exception:
+            self.log.exception("dtls_event_failed", level=level, code=code)
+        return 0
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _connected(self, sockaddr: SockAddr) -> None:
+        identity = self._proved.pop(sockaddr, None)
+        if identity is None:  # cannot happen with PSK: the key lookup precedes Finished
+            self.log.error("dtls_session_without_identity", peer=hostportjoin(*sockaddr))
+            return
+        self._end(sockaddr, "new handshake", notify=False, reset=False)
+        while len(self.sessions) >= self.max_sessions:
+            oldest = next(iter(self.sessions))
+            self._end(oldest, "session table full")
+        session = DtlsSession(self, sockaddr, identity, time.monotonic())
+        self.sessions[sockaddr] = session
+        self.log.info("dtls_session_started", peer=session.hostinfo,
+                      identity=identity.decode("utf-8", "replace"), sessions=len(self.sessions))
+
+    def _end(self, sockaddr: SockAddr, reason: str, *, notify: bool = True, reset: bool = True) -> None:
+        """Forget the session of ``sockaddr``: requests waiting on it fail now."""
+        session = self.sessions.pop(sockaddr, None)
+        if session is None:
+            return
+        session.closed = True
+        if notify:
+            self.context.close(session._session)  # close_notify, so the peer knows to handshake
+        if reset:
+            self.context.reset(session._session)
+        if self.interface._mman is not None:  # None: aiocoap is shutting down
+            self.interface._received_exception(session, error.NetworkError(f"DTLS session ended: {reason}"))
+        self.log.info("dtls_session_ended", peer=session.hostinfo, reason=reason, sessions=len(self.sessions))
+
+    def end_idle(self, now: float) -> int:
+        """End sessions silent for longer than ``idle_timeout``; how many ended."""
+        idle = [sockaddr for sockaddr, session in self.sessions.items()
+                if now - session.last_seen > self.idle_timeout]
+        for sockaddr in idle:
+            self._end(sockaddr, "idle")
+        return len(idle)
+
+    async def _sweep(self) -> None:
+        interval = min(60.0, max(0.05, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.end_idle(time.monotonic())
+
+    # -- GenericMessageInterface's pool -----------------------------------------------------
+
+    async def connect(self, sockaddr):
+        raise error.NetworkError(f"no DTLS session with {hostportjoin(*sockaddr[:2])}: the device must connect first")
+
+    async def shutdown(self) -> None:
+        for sockaddr in list(self.sessions):
+            self._end(sockaddr, "server shutting down")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.context.stop()
+        if self._transport is not None:
+            self._transport.close()
+
+
+class DtlsServerInterface(GenericMessageInterface):
+    """aiocoap message interface serving CoAPS and sending requests over its sessions."""
+
+    @classmethod
+    async def create(cls, mman: interfaces.MessageManager, *, host: str, port: int, lookup: PskLookup,
+                     max_sessions: int, idle_timeout: float, log, loop) -> DtlsServerInterface:
+        tinydtls()
+        self = cls(mman, log, loop)
+        endpoint = DtlsServerEndpoint(self, lookup, max_sessions=max_sessions, idle_timeout=idle_timeout, log=log)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            # "0.0.0.0" means every IPv4 address: ::ffff:0.0.0.0 on a dual-stack socket
+            sock.bind((as_v6(host) if host != "::" else "::", port))
+            await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+        except OSError as cause:
+            sock.close()
+            raise OSError(cause.errno, f"CoAPS on [{host}]:{port}: {cause.strerror}") from None
+        except BaseException:
+            sock.close()
+            raise
+        self._pool = endpoint
+        return self
+
+    @property
+    def endpoint(self) -> DtlsServerEndpoint:
+        return self._pool
+
+    async def recognize_remote(self, remote) -> bool:
+        return isinstance(remote, DtlsSession) and remote.endpoint is self._pool
+
+    async def determine_remote(self, request):
+        return None  # the server never opens a DTLS session itself; it answers and reuses one

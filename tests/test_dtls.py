@@ -1,0 +1,336 @@
+"""CoAPS (DTLS 1.2 PSK): simulated devices and Debian's libcoap against the server.
+
+Devices register, are managed and observed over their DTLS session; unknown or
+mismatched identities, wrong keys and plain CoAP in secure-only mode are refused;
+the session table is bounded and idle sessions end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from dataclasses import replace
+
+import aiocoap
+import pytest
+from aiocoap import Code, Message
+
+from ipso_objects import LwM2MPath, ObjectRegistry
+from lwm2m_server import operations as ops
+from lwm2m_server.credentials import CredentialStore, PskCredential
+from lwm2m_server.registration import Registration
+from lwm2m_server.security import check_identity, check_same_peer
+from lwm2m_server.registration import RegistrationError
+from lwm2m_server.server import LwM2MServer
+from lwm2m_server.store.sqlite import SqliteStore
+from simulators.client import RegistrationFailed, SimulatedDevice
+from test_integration import wait_until
+from test_server import config_for_tests
+
+pytest.importorskip("DTLSSocket.dtls", reason="CoAPS needs DTLSSocket (tinydtls)")
+
+KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+REGISTRY = ObjectRegistry.default()
+DEVICE = LwM2MPath.parse("/3/0")
+
+
+class Secure:
+    """A server with CoAPS on an ephemeral port and a credentials store."""
+
+    def __init__(self, tmp_path, **security) -> None:
+        self.tmp_path = tmp_path
+        self.credentials = CredentialStore(tmp_path / "credentials.sqlite3")
+        self.security = security
+        self.devices: list[SimulatedDevice] = []
+        self.server: LwM2MServer | None = None
+        self.ports = (0, 0)
+
+    async def start(self) -> LwM2MServer:
+        self.store = await SqliteStore.open(self.tmp_path / "state.sqlite3")
+        base = config_for_tests()
+        config = replace(base, coap=replace(base.coap, port=self.ports[0], secure_port=self.ports[1]),
+                         security=replace(base.security, **self.security))
+        self.server = LwM2MServer(config, REGISTRY, self.store, credentials=self.credentials)
+        await self.server.start()
+        self.ports = (self.server.port, self.server.secure_port)
+        return self.server
+
+    async def stop(self) -> None:
+        await self.server.stop()
+        await self.store.close()
+
+    def add(self, endpoint: str, identity: str | None = None, key: bytes = KEY, scope: str = "server") -> None:
+        self.credentials.add(PskCredential(endpoint, identity or endpoint, key, scope), now=1.0)
+
+    @property
+    def coaps_uri(self) -> str:
+        return f"coaps://127.0.0.1:{self.server.secure_port}"
+
+    async def device(self, endpoint: str, psk=None, uri: str | None = None, **options) -> SimulatedDevice:
+        device = SimulatedDevice(endpoint, "cortex-m4f", uri or self.coaps_uri, REGISTRY, seed=3,
+                                 sensor_interval=3600, psk=psk, request_timeout=options.pop("request_timeout", 5),
+                                 **options)
+        self.devices.append(device)
+        await device.start()
+        return device
+
+    def sessions(self):
+        return self.server._adapter._dtls.endpoint.sessions
+
+
+@pytest.fixture
+async def secure(tmp_path):
+    setup = Secure(tmp_path)
+    await setup.start()
+    yield setup
+    for device in setup.devices:
+        await device.stop(deregister=False)
+    await setup.stop()
+    setup.credentials.close()
+
+
+async def read_device(server: LwM2MServer, endpoint: str):
+    return await server.perform(endpoint, lambda reg: ops.read(reg, DEVICE, registry=REGISTRY))
+
+
+async def test_device_registers_and_is_managed_over_its_dtls_session(secure):
+    secure.add("dev-1")
+    device = await secure.device("dev-1", psk=("dev-1", KEY))
+    registration = secure.server.registration("dev-1")
+    assert registration.identity == "dev-1"
+    assert registration.address.startswith("coaps://127.0.0.1:")
+
+    result = await read_device(secure.server, "dev-1")  # server → device, over the session
+    assert result.code == "2.05" and result.node.resources[0].value == device.objects.get("/3/0/0")
+
+    long_text = "x" * 3000  # Block1 over DTLS
+    result = await secure.server.perform(
+        "dev-1", lambda reg: ops.write(reg, LwM2MPath.parse("/1/0/7"), "U", registry=REGISTRY))
+    assert result.code == "2.04"
+    result = await secure.server.perform(
+        "dev-1", lambda reg: ops.write(reg, LwM2MPath.parse("/3/0/15"), long_text, registry=REGISTRY))
+    assert result.code == "2.04" and device.objects.get("/3/0/15") == long_text
+
+    with secure.server.events.subscribe() as events:  # notifications come over the session
+        assert (await secure.server.observe("dev-1", [LwM2MPath.parse("/3303/0/5700")])).ok
+        device.step()
+        expected = device.objects.get("/3303/0/5700")
+        async with asyncio.timeout(10):
+            while True:
+                event = await events.get()
+                if event.kind == "notification" and event.data["result"].node.value == expected:
+                    break
+
+    await device.update()  # later requests come from the same identity
+    assert secure.server.registration("dev-1").identity == "dev-1"
+
+
+async def test_unknown_identity_fails_the_handshake(secure):
+    secure.add("dev-1")
+    with pytest.raises(RegistrationFailed):
+        await secure.device("dev-1", psk=("stranger", KEY))
+    assert secure.server.registration("dev-1") is None
+    assert not secure.sessions()
+
+
+async def test_wrong_key_fails_the_handshake(secure):
+    secure.add("dev-1")
+    with pytest.raises(RegistrationFailed):
+        await secure.device("dev-1", psk=("dev-1", bytes(16)), request_timeout=2)
+    assert secure.server.registration("dev-1") is None
+    assert not secure.sessions()
+
+
+async def test_identity_of_another_endpoint_is_refused(secure):
+    secure.add("dev-1")
+    secure.add("dev-2")
+    with pytest.raises(RegistrationFailed, match=r"4\.03.*identity 'dev-1' is not the credential of endpoint 'dev-2'"):
+        await secure.device("dev-2", psk=("dev-1", KEY))
+    assert secure.server.registration("dev-2") is None
+
+
+async def test_bootstrap_credential_does_not_open_registration(secure):
+    secure.add("dev-1", identity="dev-1-bs", scope="bootstrap")
+    with pytest.raises(RegistrationFailed, match=r"4\.03.*bootstrap credential, not a server one"):
+        await secure.device("dev-1", psk=("dev-1-bs", KEY))
+
+
+async def test_endpoint_with_credentials_cannot_register_over_plain_coap(secure):
+    secure.add("dev-1")
+    with pytest.raises(RegistrationFailed, match=r"4\.03.*has server credentials: use CoAPS"):
+        await secure.device("dev-1", uri=f"coap://127.0.0.1:{secure.server.port}")
+    await secure.device("dev-0", uri=f"coap://127.0.0.1:{secure.server.port}")  # mixed mode: NoSec devices too
+    assert secure.server.registration("dev-0").identity is None
+
+
+async def test_plain_update_of_a_secure_registration_is_refused(secure):
+    secure.add("dev-1")
+    await secure.device("dev-1", psk=("dev-1", KEY))
+    registration = secure.server.registration("dev-1")
+    context = await aiocoap.Context.create_client_context()
+    try:
+        request = Message(code=Code.POST, uri=f"coap://127.0.0.1:{secure.server.port}/rd/{registration.id}")
+        request.opt.uri_query = ("lt=99",)
+        response = await context.request(request).response
+    finally:
+        await context.shutdown()
+    assert response.code == Code.FORBIDDEN
+    assert b"registered with another identity, not plain CoAP" in response.payload
+    assert secure.server.registration("dev-1") == registration
+
+
+async def test_removed_credentials_end_the_device_access(secure):
+    secure.add("dev-1")
+    device = await secure.device("dev-1", psk=("dev-1", KEY))
+    secure.credentials.remove("dev-1")
+    with pytest.raises(RegistrationFailed, match=r"4\.03"):
+        await device.update()
+
+
+async def test_secure_only_refuses_plain_coap(tmp_path):
+    setup = Secure(tmp_path, mode="secure-only")
+    await setup.start()
+    try:
+        setup.add("dev-1")
+        await setup.device("dev-1", psk=("dev-1", KEY))
+        with pytest.raises(RegistrationFailed, match=r"4\.03.*plain CoAP refused"):
+            await setup.device("dev-0", uri=f"coap://127.0.0.1:{setup.server.port}")
+        assert setup.server.registration("dev-0") is None
+        assert setup.server.registration("dev-1").identity == "dev-1"
+        if shutil.which("coap-client-notls"):  # any plain request, downloads included
+            done = await asyncio.to_thread(subprocess.run, [
+                "coap-client-notls", "-B", "5", "-m", "get", f"coap://127.0.0.1:{setup.server.port}/dl/module"],
+                capture_output=True, text=True, timeout=20)
+            assert "4.03" in done.stdout + done.stderr and "only CoAPS" in done.stdout + done.stderr
+    finally:
+        for device in setup.devices:
+            await device.stop(deregister=False)
+        await setup.stop()
+
+
+async def test_session_table_is_bounded_and_an_evicted_device_comes_back(tmp_path):
+    setup = Secure(tmp_path, max_sessions=2)
+    await setup.start()
+    try:
+        devices = []
+        for number in range(3):
+            setup.add(f"dev-{number}")
+            devices.append(await setup.device(f"dev-{number}", psk=(f"dev-{number}", KEY)))
+        assert len(setup.sessions()) == 2
+        # the least recently used session (dev-0's) made room; the server cannot reach it
+        result = await read_device(setup.server, "dev-0")
+        assert result.code == "unreachable" and "no DTLS session" in result.diagnostic
+        await devices[0].update()  # the device handshakes again
+        assert (await read_device(setup.server, "dev-0")).code == "2.05"
+        assert len(setup.sessions()) == 2
+    finally:
+        for device in setup.devices:
+            await device.stop(deregister=False)
+        await setup.stop()
+
+
+async def test_idle_sessions_end(tmp_path):
+    setup = Secure(tmp_path, session_idle_timeout_s=0.3)
+    await setup.start()
+    try:
+        setup.add("dev-1")
+        device = await setup.device("dev-1", psk=("dev-1", KEY))
+        await wait_until(lambda: not setup.sessions(), 5)
+        assert (await read_device(setup.server, "dev-1")).code == "unreachable"
+        await device.update()
+        assert (await read_device(setup.server, "dev-1")).code == "2.05"
+    finally:
+        for device in setup.devices:
+            await device.stop(deregister=False)
+        await setup.stop()
+
+
+async def test_restart_keeps_the_secure_registration(tmp_path):
+    setup = Secure(tmp_path)
+    await setup.start()
+    try:
+        setup.add("dev-1")
+        device = await setup.device("dev-1", psk=("dev-1", KEY))
+        await setup.stop()
+        await setup.start()  # same ports; DTLS sessions are gone, the registration is not
+        assert setup.server.registration("dev-1").identity == "dev-1"
+        assert (await read_device(setup.server, "dev-1")).code == "unreachable"
+        device.request_timeout = 1
+        await device.update()  # unanswered over the lost session: the device handshakes again
+        assert (await read_device(setup.server, "dev-1")).code == "2.05"
+    finally:
+        for device in setup.devices:
+            await device.stop(deregister=False)
+        await setup.stop()
+
+
+# -- libcoap's DTLS client (OpenSSL) ----------------------------------------------------------
+
+COAP_CLIENT = shutil.which("coap-client-openssl")
+
+
+def coap_client(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([COAP_CLIENT, "-B", "5", *args], capture_output=True, text=True, timeout=20)
+
+
+@pytest.mark.skipif(COAP_CLIENT is None, reason="coap-client-openssl (Debian libcoap3-bin) not installed")
+async def test_libcoap_registers_over_dtls_psk(secure):
+    key = b"libcoap-secret16"  # coap-client takes the key as text
+    secure.add("libcoap-1", key=key)
+    uri = f"coaps://127.0.0.1:{secure.server.secure_port}/rd?ep=libcoap-1&lt=60&lwm2m=1.1&b=U"
+    done = await asyncio.to_thread(coap_client, "-m", "post", "-u", "libcoap-1", "-k", key.decode(),
+                                   "-t", "40", "-e", "</3/0>", uri)
+    assert done.returncode == 0, done.stderr
+    registration = secure.server.registration("libcoap-1")
+    assert registration is not None and registration.identity == "libcoap-1"
+
+    refused = await asyncio.to_thread(coap_client, "-m", "post", "-u", "nobody", "-k", key.decode(),
+                                      "-t", "40", "-e", "</3/0>", uri.replace("libcoap-1", "libcoap-2"))
+    assert secure.server.registration("libcoap-2") is None
+    assert "alert internal error" in refused.stdout + refused.stderr  # tinydtls refuses the unknown identity
+
+
+# -- the rules, without sockets ---------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, *credentials: PskCredential) -> None:
+        self.credentials = credentials
+
+    def by_identity(self, identity):
+        return next((c for c in self.credentials if c.identity == identity), None)
+
+    def for_endpoint(self, endpoint, scope="server"):
+        return next((c for c in self.credentials if c.endpoint == endpoint and c.scope == scope), None)
+
+
+def forbidden(call) -> str:
+    with pytest.raises(RegistrationError) as raised:
+        call()
+    assert raised.value.code == "4.03"
+    return raised.value.reason
+
+
+def test_identity_rules():
+    store = Store(PskCredential("a", "id-a", KEY), PskCredential("a", "bs-a", KEY, "bootstrap"),
+                  PskCredential("b", "id-b", KEY))
+    check_identity("a", "id-a", store)
+    check_identity("a", "bs-a", store, scope="bootstrap")
+    check_identity("c", None, store)  # no credentials: NoSec allowed (mixed mode)
+    assert "use CoAPS" in forbidden(lambda: check_identity("a", None, store))
+    assert "not the credential of endpoint 'a'" in forbidden(lambda: check_identity("a", "id-b", store))
+    assert "has no credentials" in forbidden(lambda: check_identity("a", "ghost", store))
+    assert "bootstrap credential" in forbidden(lambda: check_identity("a", "bs-a", store))
+    assert "use CoAPS" in forbidden(lambda: check_identity("a", None, store, scope="bootstrap"))
+
+
+def test_same_peer_rules():
+    store = Store(PskCredential("a", "id-a", KEY))
+    secure = Registration("r1", "a", "coaps://h:1", 60, "1.1", "U", False, None, None, 0.0, 0.0, identity="id-a")
+    plain = replace(secure, identity=None, endpoint="c")
+    check_same_peer(secure, "id-a", store)
+    check_same_peer(plain, None, store)
+    assert "not plain CoAP" in forbidden(lambda: check_same_peer(secure, None, store))
+    assert "registered with plain CoAP, not identity 'id-a'" in forbidden(lambda: check_same_peer(plain, "id-a", store))
+    assert "has no credentials" in forbidden(lambda: check_same_peer(secure, "id-a", Store()))
