@@ -242,13 +242,20 @@ class SimulatedDevice:
         self._port = interface.transport.get_extra_info("socket").getsockname()[1]
         receive = interface.datagram_msg_received
 
-        def gated(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        def dropped(data: bytes) -> bool:
+            """A request that arrives while the device sleeps (or shuts down) is lost."""
             if (self.asleep or self._closing) and is_request(data):
                 self.stats.dropped += 1
-                return
-            receive(data, ancdata, flags, address)
+                return True
+            return False
+
+        def gated(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+            if not dropped(data):
+                receive(data, ancdata, flags, address)
 
         interface.datagram_msg_received = gated  # asleep: the radio hears responses only
+        if self._dtls is not None:
+            self._dtls.drop_plaintext = dropped
 
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop the timers and downloads, De-register (unless told not to) and close the port."""

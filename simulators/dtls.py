@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Callable
 
 from aiocoap import error, interfaces
 from aiocoap.credentials import CredentialsMissingError
@@ -99,7 +100,8 @@ class DtlsConnection(interfaces.EndpointAddress, asyncio.DatagramProtocol):
     # -- tinydtls callbacks -----------------------------------------------------------------
 
     def _read(self, sender, data: bytes) -> int:
-        self._interface._received_datagram(self, data)
+        if not self._interface.drop_plaintext(data):
+            self._interface._received_datagram(self, data)
         return len(data)
 
     def _write(self, recipient, data: bytes) -> int:
@@ -165,6 +167,8 @@ class DtlsClientInterface(GenericMessageInterface):
     def __init__(self, mman: interfaces.MessageManager, log, loop) -> None:
         super().__init__(mman, log, loop)
         self._connections: dict[tuple[str, int, bytes], DtlsConnection] = {}
+        self.drop_plaintext: Callable[[bytes], bool] = lambda data: False
+        """Says which decrypted CoAP messages never arrive (a sleeping device's radio)."""
 
     @classmethod
     async def create(cls, mman: interfaces.MessageManager, *, log, loop) -> DtlsClientInterface:

@@ -22,7 +22,7 @@ from lwm2m_server.credentials import CredentialStore, PskCredential
 from lwm2m_server.registration import Registration
 from lwm2m_server.security import check_identity, check_same_peer
 from lwm2m_server.registration import RegistrationError
-from lwm2m_server.server import LwM2MServer
+from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import RegistrationFailed, SimulatedDevice
 from test_integration import wait_until
@@ -38,8 +38,9 @@ DEVICE = LwM2MPath.parse("/3/0")
 class Secure:
     """A server with CoAPS on an ephemeral port and a credentials store."""
 
-    def __init__(self, tmp_path, **security) -> None:
+    def __init__(self, tmp_path, queue: dict | None = None, **security) -> None:
         self.tmp_path = tmp_path
+        self.queue = queue or {}
         self.credentials = CredentialStore(tmp_path / "credentials.sqlite3")
         self.security = security
         self.devices: list[SimulatedDevice] = []
@@ -48,7 +49,7 @@ class Secure:
 
     async def start(self) -> LwM2MServer:
         self.store = await SqliteStore.open(self.tmp_path / "state.sqlite3")
-        base = config_for_tests()
+        base = config_for_tests(**self.queue)
         config = replace(base, coap=replace(base.coap, port=self.ports[0], secure_port=self.ports[1]),
                          security=replace(base.security, **self.security))
         self.server = LwM2MServer(config, REGISTRY, self.store, credentials=self.credentials)
@@ -60,6 +61,16 @@ class Secure:
         await self.server.stop()
         await self.store.close()
 
+    async def __aenter__(self) -> Secure:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for device in self.devices:
+            await device.stop(deregister=False)
+        await self.stop()
+        self.credentials.close()
+
     def add(self, endpoint: str, identity: str | None = None, key: bytes = KEY, scope: str = "server") -> None:
         self.credentials.add(PskCredential(endpoint, identity or endpoint, key, scope), now=1.0)
 
@@ -68,7 +79,7 @@ class Secure:
         return f"coaps://127.0.0.1:{self.server.secure_port}"
 
     async def device(self, endpoint: str, psk=None, uri: str | None = None, **options) -> SimulatedDevice:
-        device = SimulatedDevice(endpoint, "cortex-m4f", uri or self.coaps_uri, REGISTRY, seed=3,
+        device = SimulatedDevice(endpoint, options.pop("profile", "cortex-m4f"), uri or self.coaps_uri, REGISTRY, seed=3,
                                  sensor_interval=3600, psk=psk, request_timeout=options.pop("request_timeout", 5),
                                  **options)
         self.devices.append(device)
@@ -81,13 +92,8 @@ class Secure:
 
 @pytest.fixture
 async def secure(tmp_path):
-    setup = Secure(tmp_path)
-    await setup.start()
-    yield setup
-    for device in setup.devices:
-        await device.stop(deregister=False)
-    await setup.stop()
-    setup.credentials.close()
+    async with Secure(tmp_path) as setup:
+        yield setup
 
 
 async def read_device(server: LwM2MServer, endpoint: str):
@@ -124,6 +130,19 @@ async def test_device_registers_and_is_managed_over_its_dtls_session(secure):
 
     await device.update()  # later requests come from the same identity
     assert secure.server.registration("dev-1").identity == "dev-1"
+
+
+async def test_a_sleeping_queue_mode_device_gets_its_requests_over_dtls_when_it_wakes(tmp_path):
+    async with Secure(tmp_path, queue={"awake_window_s": 0.3}) as setup:
+        setup.add("sleepy-1")
+        device = await setup.device("sleepy-1", psk=("sleepy-1", KEY), profile="cortex-m0plus")  # 1.0, b=UQ
+        await device.sleep()
+        await asyncio.sleep(0.4)
+        outcome = await read_device(setup.server, "sleepy-1")
+        assert isinstance(outcome, Queued)
+        await device.wake()  # an Update over its session, then it answers
+        entry = await setup.server.wait_for_entry(outcome.entry_id, timeout=10)
+        assert entry.state == "delivered" and entry.result["code"] == "2.05"
 
 
 async def test_unknown_identity_fails_the_handshake(secure):
@@ -189,9 +208,7 @@ async def test_removed_credentials_end_the_device_access(secure):
 
 
 async def test_secure_only_refuses_plain_coap(tmp_path):
-    setup = Secure(tmp_path, mode="secure-only")
-    await setup.start()
-    try:
+    async with Secure(tmp_path, mode="secure-only") as setup:
         setup.add("dev-1")
         await setup.device("dev-1", psk=("dev-1", KEY))
         with pytest.raises(RegistrationFailed, match=r"4\.03.*plain CoAP refused"):
@@ -203,16 +220,10 @@ async def test_secure_only_refuses_plain_coap(tmp_path):
                 "coap-client-notls", "-B", "5", "-m", "get", f"coap://127.0.0.1:{setup.server.port}/dl/module"],
                 capture_output=True, text=True, timeout=20)
             assert "4.03" in done.stdout + done.stderr and "only CoAPS" in done.stdout + done.stderr
-    finally:
-        for device in setup.devices:
-            await device.stop(deregister=False)
-        await setup.stop()
 
 
 async def test_session_table_is_bounded_and_an_evicted_device_comes_back(tmp_path):
-    setup = Secure(tmp_path, max_sessions=2)
-    await setup.start()
-    try:
+    async with Secure(tmp_path, max_sessions=2) as setup:
         devices = []
         for number in range(3):
             setup.add(f"dev-{number}")
@@ -224,32 +235,20 @@ async def test_session_table_is_bounded_and_an_evicted_device_comes_back(tmp_pat
         await devices[0].update()  # the device handshakes again
         assert (await read_device(setup.server, "dev-0")).code == "2.05"
         assert len(setup.sessions()) == 2
-    finally:
-        for device in setup.devices:
-            await device.stop(deregister=False)
-        await setup.stop()
 
 
 async def test_idle_sessions_end(tmp_path):
-    setup = Secure(tmp_path, session_idle_timeout_s=0.3)
-    await setup.start()
-    try:
+    async with Secure(tmp_path, session_idle_timeout_s=0.3) as setup:
         setup.add("dev-1")
         device = await setup.device("dev-1", psk=("dev-1", KEY))
         await wait_until(lambda: not setup.sessions(), 5)
         assert (await read_device(setup.server, "dev-1")).code == "unreachable"
         await device.update()
         assert (await read_device(setup.server, "dev-1")).code == "2.05"
-    finally:
-        for device in setup.devices:
-            await device.stop(deregister=False)
-        await setup.stop()
 
 
 async def test_restart_keeps_the_secure_registration(tmp_path):
-    setup = Secure(tmp_path)
-    await setup.start()
-    try:
+    async with Secure(tmp_path) as setup:
         setup.add("dev-1")
         device = await setup.device("dev-1", psk=("dev-1", KEY))
         await setup.stop()
@@ -259,10 +258,6 @@ async def test_restart_keeps_the_secure_registration(tmp_path):
         device.request_timeout = 1
         await device.update()  # unanswered over the lost session: the device handshakes again
         assert (await read_device(setup.server, "dev-1")).code == "2.05"
-    finally:
-        for device in setup.devices:
-            await device.stop(deregister=False)
-        await setup.stop()
 
 
 # -- libcoap's DTLS client (OpenSSL) ----------------------------------------------------------

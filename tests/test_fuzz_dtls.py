@@ -48,8 +48,11 @@ def mutate(rng: random.Random, seeds: list[bytes]) -> bytes:
 
 
 async def test_mutated_handshakes_and_noise_leave_the_coaps_endpoint_working(tmp_path):
-    setup = Secure(tmp_path)
-    await setup.start()
+    async with Secure(tmp_path) as setup:
+        await check_hostile_datagrams(setup)
+
+
+async def check_hostile_datagrams(setup: Secure) -> None:
     endpoint = setup.server._adapter._dtls.endpoint
     recorded: list[bytes] = []
     receive = endpoint.datagram_received
@@ -87,7 +90,4 @@ async def test_mutated_handshakes_and_noise_leave_the_coaps_endpoint_working(tmp
         assert len(endpoint.sessions) == sessions_before + 1  # garbage opened no session
         assert not loop.is_closed()
     finally:
-        for device in setup.devices:
-            await device.stop(deregister=False)
-        await setup.stop()
-        setup.credentials.close()
+        endpoint.datagram_received = receive
