@@ -28,6 +28,7 @@ import ipaddress
 import socket
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable
 
 from aiocoap import error, interfaces
@@ -44,7 +45,6 @@ _TICKS_PER_SECOND = 1000
 _EVENT_CONNECTED = 0x01DE
 _LEVEL_FATAL = 2
 _CLOSE_NOTIFY = 0
-_MAX_PENDING_HANDSHAKES = 4096
 _clock_offset = int(time.time())
 """tinydtls counts ticks from time(NULL) at the newest context's creation (dtls_init
 resets its one global clock), in whole seconds."""
@@ -253,18 +253,30 @@ class DtlsSession(interfaces.EndpointAddress):
         return f"<DtlsSession {self.hostinfo} identity={self.identity!r}{' closed' if self.closed else ''}>"
 
 
+@dataclass(slots=True)
+class _Handshake:
+    started: float
+    identity: bytes | None = None
+    """The PSK identity tinydtls asked the key of (before Finished completes it)."""
+
+
 class DtlsServerEndpoint(asyncio.DatagramProtocol):
-    """The CoAPS socket: tinydtls for every peer, and the table of live sessions."""
+    """The CoAPS socket: tinydtls for every peer, and the tables of live sessions and of
+    peers still handshaking. Both are bounded: tinydtls keeps a peer from the verified
+    ClientHello on, so a host cycling source ports could otherwise grow its memory."""
 
     def __init__(self, interface: DtlsServerInterface, lookup: PskLookup, *, max_sessions: int,
-                 idle_timeout: float, log) -> None:
+                 idle_timeout: float, log, max_handshakes: int = 1000, handshake_timeout: float = 60.0) -> None:
         self.interface = interface
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
+        self.max_handshakes = max_handshakes
+        self.handshake_timeout = handshake_timeout
         self.log = log
         self.sessions: OrderedDict[SockAddr, DtlsSession] = OrderedDict()
-        self._proved: OrderedDict[SockAddr, bytes] = OrderedDict()  # identity looked up mid-handshake
+        self.handshakes: OrderedDict[SockAddr, _Handshake] = OrderedDict()
         self._current: SockAddr | None = None
+        self._peer_created = False
         self.context = _Context(read=self._read, write=self._write, event=self._event,
                                 psk=_PskView(lookup, self._identity_seen, log))
         self._transport: asyncio.DatagramTransport | None = None
@@ -282,16 +294,22 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, address) -> None:
         sockaddr = (as_v6(address[0]), address[1])
         self._current = sockaddr
+        self._peer_created = False
         try:
             self.context.handle(sockaddr, data)
         except Exception:  # a malformed record must not stop the socket
             self.log.exception("dtls_record_failed", peer=hostportjoin(*sockaddr))
         finally:
             self._current = None
+        now = time.monotonic()
         session = self.sessions.get(sockaddr)
         if session is not None:
-            session.last_seen = time.monotonic()
+            session.last_seen = now
             self.sessions.move_to_end(sockaddr)
+        elif self._peer_created and sockaddr not in self.handshakes:
+            self.handshakes[sockaddr] = _Handshake(now)
+            while len(self.handshakes) > self.max_handshakes:
+                self._abandon(next(iter(self.handshakes)), "too many handshakes at once")
 
     def error_received(self, exc) -> None:
         self.log.debug("dtls_socket_error", error=str(exc))
@@ -311,12 +329,14 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
     # -- tinydtls callbacks (never raise into tinydtls) -------------------------------------
 
     def _identity_seen(self, identity: bytes) -> None:
-        if self._current is None:
-            return
-        self._proved[self._current] = identity
-        self._proved.move_to_end(self._current)
-        while len(self._proved) > _MAX_PENDING_HANDSHAKES:
-            self._proved.popitem(last=False)
+        if self._current is not None:
+            self.handshakes.setdefault(self._current, _Handshake(time.monotonic())).identity = identity
+
+    def _abandon(self, sockaddr: SockAddr, reason: str) -> None:
+        """Drop a handshake that did not finish, and tinydtls' state of that peer."""
+        del self.handshakes[sockaddr]
+        self.context.reset(self.context.session(sockaddr))
+        self.log.debug("dtls_handshake_abandoned", peer=hostportjoin(*sockaddr), reason=reason)
 
     def _read(self, sender: SockAddr, data: bytes) -> int:
         session = self.sessions.get((sender[0], sender[1]))
@@ -325,6 +345,8 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         return len(data)
 
     def _write(self, recipient: SockAddr, data: bytes) -> int:
+        if data[:1] == b"\x16" and data[13:14] == b"\x02":  # a ServerHello: tinydtls now keeps a peer
+            self._peer_created = True  # (a HelloVerifyRequest, type 3, keeps nothing)
         if self._transport is None or self._transport.is_closing():
             return 0
         self._transport.sendto(data, (recipient[0], recipient[1], 0, 0))
@@ -339,7 +361,7 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
                 self._connected(sockaddr)
             elif level == _LEVEL_FATAL:
                 reason = "close_notify" if code == _CLOSE_NOTIFY else f"fatal alert {code}"
-                self._proved.pop(sockaddr, None)
+                self.handshakes.pop(sockaddr, None)
                 self._end(sockaddr, reason, notify=False)
         except Exception:
             self.log.exception("dtls_event_failed", level=level, code=code)
@@ -348,7 +370,8 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
     # -- sessions ---------------------------------------------------------------------------
 
     def _connected(self, sockaddr: SockAddr) -> None:
-        identity = self._proved.pop(sockaddr, None)
+        handshake = self.handshakes.pop(sockaddr, None)
+        identity = handshake.identity if handshake is not None else None
         if identity is None:  # cannot happen with PSK: the key lookup precedes Finished
             self.log.error("dtls_session_without_identity", peer=hostportjoin(*sockaddr))
             return
@@ -376,7 +399,10 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         self.log.info("dtls_session_ended", peer=session.hostinfo, reason=reason, sessions=len(self.sessions))
 
     def end_idle(self, now: float) -> int:
-        """End sessions silent for longer than ``idle_timeout``; how many ended."""
+        """End sessions silent for longer than ``idle_timeout`` and handshakes unfinished
+        after ``handshake_timeout``; how many sessions ended."""
+        for sockaddr in [s for s, h in self.handshakes.items() if now - h.started > self.handshake_timeout]:
+            self._abandon(sockaddr, "unfinished")
         idle = [sockaddr for sockaddr, session in self.sessions.items()
                 if now - session.last_seen > self.idle_timeout]
         for sockaddr in idle:
@@ -384,7 +410,7 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         return len(idle)
 
     async def _sweep(self) -> None:
-        interval = min(60.0, max(0.05, self.idle_timeout / 4))
+        interval = min(60.0, max(0.05, min(self.idle_timeout, self.handshake_timeout) / 4))
         while True:
             await asyncio.sleep(interval)
             self.end_idle(time.monotonic())

@@ -8,7 +8,9 @@ the session table is bounded and idle sessions end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import subprocess
 from dataclasses import replace
 
@@ -329,3 +331,61 @@ def test_same_peer_rules():
     assert "not plain CoAP" in forbidden(lambda: check_same_peer(secure, None, store))
     assert "registered with plain CoAP, not identity 'id-a'" in forbidden(lambda: check_same_peer(plain, "id-a", store))
     assert "has no credentials" in forbidden(lambda: check_same_peer(secure, "id-a", Store()))
+
+
+async def test_unfinished_handshakes_are_bounded_and_their_state_dropped(tmp_path):
+    """Ten clients stop after the server's first flight (a verified ClientHello makes
+    tinydtls keep a peer); only the five newest stay, and an evicted one can no longer
+    finish its handshake, while a kept one still can."""
+    from DTLSSocket import dtls
+
+    async with Secure(tmp_path, max_sessions=100) as setup:
+        setup.add("dev-1")
+        endpoint = setup.server._adapter._dtls.endpoint
+        endpoint.max_handshakes = 5
+        loop = asyncio.get_running_loop()
+        server = ("::ffff:127.0.0.1", setup.server.secure_port)
+
+        class Client:
+            def __init__(self) -> None:
+                self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                self.sock.bind(("::ffff:127.0.0.1", 0))
+                self.sock.setblocking(False)
+                self.context = dtls.DTLS(read=lambda sender, data: len(data), write=self.write,
+                                         event=lambda level, code: 0, pskId=b"dev-1", pskStore={b"dev-1": KEY})
+
+            def write(self, recipient, data: bytes) -> int:
+                self.sock.sendto(data, (*server, 0, 0))
+                return len(data)
+
+            async def receive(self) -> list[bytes]:
+                """The datagrams of the server's next flight."""
+                async with asyncio.timeout(5):
+                    flight = [await loop.sock_recv(self.sock, 2048)]
+                await asyncio.sleep(0.05)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        flight.append(self.sock.recv(2048))
+                return flight
+
+            def feed(self, connection, flight: list[bytes]) -> None:
+                for datagram in flight:
+                    self.context.handleMessage(connection, datagram)
+
+        clients = [Client() for _ in range(10)]
+        flights = []
+        for client in clients:
+            connection = client.context.connect(*server)
+            client.feed(connection, await client.receive())  # HelloVerifyRequest: the cookie
+            flights.append((connection, await client.receive()))  # ServerHello ... ServerHelloDone
+        assert len(endpoint.handshakes) == 5
+        before = len(endpoint.sessions)
+        for client, (connection, flight) in list(zip(clients, flights))[:5]:  # evicted: tinydtls forgot them
+            client.feed(connection, flight)
+        await asyncio.sleep(0.3)
+        assert len(endpoint.sessions) == before
+        client, (connection, flight) = clients[-1], flights[-1]
+        client.feed(connection, flight)  # a kept one finishes
+        await wait_until(lambda: len(endpoint.sessions) == before + 1, 5)
+        for client in clients:
+            client.sock.close()
