@@ -196,7 +196,7 @@ class LossyRelay:
         self._listener, _ = await loop.create_datagram_endpoint(
             lambda: _Listener(self), local_addr=(self._host, 0)
         )
-        _raise_receive_buffer(self._listener)
+        raise_receive_buffer(self._listener)
         return self
 
     @property
@@ -268,7 +268,7 @@ class LossyRelay:
         if self._closed:
             transport.close()
             return
-        _raise_receive_buffer(transport)
+        raise_receive_buffer(transport)
         flow.upstream = transport
         pending, flow.pending = flow.pending, []
         for data in pending:
@@ -353,7 +353,7 @@ class LossyRelay:
         stats.sent += 1
 
 
-def _raise_receive_buffer(transport: asyncio.DatagramTransport) -> None:
+def raise_receive_buffer(transport: asyncio.DatagramTransport) -> None:
     sock = transport.get_extra_info("socket")
     # as root SO_RCVBUFFORCE passes net.core.rmem_max; otherwise the kernel caps SO_RCVBUF
     for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):

@@ -31,7 +31,7 @@ from lwm2m_server.rollouts import Selector, Strategy
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.base import StoreError
 from lwm2m_server.store.sqlite import SqliteStore
-from netem import Faults, LossyRelay
+from netem import Faults, LossyRelay, raise_receive_buffer
 from simulators.client import SimulatedDevice
 from simulators.fetch import fetch
 from simulators.profiles import get_profile
@@ -64,7 +64,11 @@ class _Sink(asyncio.DatagramProtocol):
 
 async def _endpoint(echo: bool = False) -> tuple[asyncio.DatagramTransport, _Sink]:
     loop = asyncio.get_running_loop()
-    return await loop.create_datagram_endpoint(lambda: _Sink(echo), local_addr=("127.0.0.1", 0))
+    transport, sink = await loop.create_datagram_endpoint(lambda: _Sink(echo), local_addr=("127.0.0.1", 0))
+    # a burst of 400 datagrams is ~400 KB of kernel buffer (truesize): more than the
+    # default SO_RCVBUF when the loaded test process reads late
+    raise_receive_buffer(transport)
+    return transport, sink
 
 
 async def _settle(condition, timeout: float = 5.0) -> None:
