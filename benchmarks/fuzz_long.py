@@ -8,7 +8,8 @@
 Hypothesis mode (the default) runs pytest on ``tests/test_fuzz.py`` with
 ``TINYMLAAS_FUZZ_EXAMPLES`` set to ``--examples`` for every property: random bytes,
 structure-aware generators and mutations of the corpus's valid inputs, fed to every
-parser that meets the network or a file (CoAP to the real server over loopback,
+parser that meets the network or a file (CoAP to the real server's /rd, /bs and /dp over loopback,
+Bootstrap-Request queries, Bootstrap-Discover answers, a device's Bootstrap interface,
 codecs, link format, Register/Update, Send, device responses, DDF XML, SUIT
 envelopes, key files, YAML config, .tflite), plus ten datagrams an example of mutated
 DTLS handshakes and noise at the CoAPS port (``tests/test_fuzz_dtls.py``). The corpus replay and the large-payload

@@ -54,6 +54,7 @@ from ipso_objects.codecs import (
 from ipso_objects.ddf import load_ddf
 from ipso_objects.errors import EncodeError, IpsoError
 from lwm2m_server import operations
+from lwm2m_server.bootstrap import BootstrapError, parse_bootstrap_request, parse_discovery
 from lwm2m_server.capabilities import DeviceProfile, build_profile
 from lwm2m_server.compilers.base import ModelError
 from lwm2m_server.compilers.tflite_model import parse_model
@@ -65,6 +66,9 @@ from lwm2m_server.store.sqlite import SqliteStore
 from lwm2m_server.suit import (
     SuitError, build_envelope, load_private_key, load_public_key, parse_envelope, verify_envelope,
 )
+from simulators.bootstrap import BootstrapInterface
+from simulators.objects import DeviceObjects
+from simulators.profiles import builtin_profiles
 from strategies import addressed_nodes, values_of
 
 TESTS = Path(__file__).parent
@@ -254,6 +258,40 @@ def test_register_and_update_parse_or_refuse_with_a_coap_code(query, payload, co
 # --------------------------------------------------------------------------- Send and device responses
 
 SEND_POOL = seeds("senml_json") + seeds("senml_cbor") + seeds("lwm2m_cbor") or [b"[]"]
+
+
+@fuzz(300)
+@given(query=QUERIES)
+def test_bootstrap_requests_parse_or_refuse_with_4xx(query):
+    outcome = bounded(lambda: parse_bootstrap_request(query), BootstrapError)
+    if isinstance(outcome, BootstrapError):
+        assert outcome.code == "4.00"
+    else:
+        assert outcome.endpoint and all(item.isprintable() for item in outcome.endpoint)
+
+
+@fuzz(300)
+@given(payload=st.one_of(mutated(seeds("link_format") or [b"</>;lwm2m=1.1,</0/0>"]), st.binary(max_size=200)))
+def test_bootstrap_discover_answers_parse_or_refuse(payload):
+    bounded(lambda: parse_discovery(payload), BootstrapError)
+
+
+BOOTSTRAP_WRITES = st.one_of(mutated(seeds("tlv") or [b"\xc1\x00\x01"]), mutated(seeds("senml_cbor") or [b"\x80"]),
+                             st.binary(max_size=200))
+
+
+@fuzz(300)
+@given(method=st.sampled_from(["PUT", "POST", "DELETE", "GET", "FETCH"]),
+       path=st.sampled_from([(), ("0",), ("0", "1"), ("1", "0"), ("26241", "0", "21"), ("bs",), ("3", "0", "0"),
+                             ("0", "65535"), ("99999",)]) | st.lists(st.text(max_size=6), max_size=4).map(tuple),
+       content_format=CONTENT_FORMATS, payload=BOOTSTRAP_WRITES)
+def test_a_device_answers_every_bootstrap_interface_request(method, path, content_format, payload):
+    objects = DeviceObjects(REGISTRY, builtin_profiles()["cortex-m4f"], endpoint="fuzz-bs", seed=1, now=1.7e9)
+    interface = BootstrapInterface(objects, "coap://127.0.0.1:5683")
+    interface.begin()
+    response = bounded(lambda: interface.handle(method, path, (), content_format, None, payload))
+    assert response.code[:2] in ("2.", "4."), response
+    assert interface.account() is None or interface.account().uri  # the tree still reads back
 
 
 @fuzz(300)
@@ -650,7 +688,7 @@ def check_healthy(loopback: Loopback) -> None:
 
 SEGMENTS = st.sampled_from(["rd", "dp", "..", ".", "", "fw", "%00", "rd?", "bs", "<id>"]) | st.text(max_size=10)
 PATHS_ON_WIRE = st.one_of(
-    st.just(("rd",)), st.just(("dp",)), st.just(("rd", "<id>")),
+    st.just(("rd",)), st.just(("dp",)), st.just(("bs",)), st.just(("rd", "<id>")),
     st.tuples(st.just("rd"), SEGMENTS), st.lists(SEGMENTS, max_size=4).map(tuple),
 )
 METHODS = st.sampled_from(["POST"] * 6 + ["PUT", "GET", "DELETE", "FETCH", "PATCH", "iPATCH"])
@@ -665,7 +703,7 @@ WIRE_PAYLOADS = st.one_of(
 
 @fuzz(300)
 @given(method=METHODS, path=PATHS_ON_WIRE, query=QUERIES, content_format=CONTENT_FORMATS, payload=WIRE_PAYLOADS)
-def test_coap_requests_to_rd_and_dp_get_2xx_or_4xx_and_the_server_keeps_serving(
+def test_coap_requests_to_rd_bs_and_dp_get_2xx_or_4xx_and_the_server_keeps_serving(
         loopback, method, path, query, content_format, payload):
     path = tuple(loopback.base_id if segment == "<id>" else segment for segment in path)
     if method == "DELETE" and path == ("rd", loopback.base_id):

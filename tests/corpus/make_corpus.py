@@ -497,6 +497,13 @@ def coap() -> dict[str, bytes]:
         "crafted-dotdot-path.json": request("POST", ["..", "rd"], ["ep=q11"]),
         "crafted-well-known-core.json": request("GET", [".well-known", "core"]),
         "crafted-fw-download-missing.json": request("GET", ["fw", "nope"]),
+        "crafted-bootstrap-no-ep.json": request("POST", ["bs"], ["pct=112"]),
+        "crafted-bootstrap-ep-twice.json": request("POST", ["bs"], ["ep=b1", "ep=b2"]),
+        "crafted-bootstrap-pct-garbage.json": request("POST", ["bs"], ["ep=b3", "pct=" + "9" * 300]),
+        "crafted-bootstrap-ep-control-chars.json": request("POST", ["bs"], ["ep=\x00\x1b[2J"]),
+        "crafted-bootstrap-with-payload.json": request("POST", ["bs"], ["ep=b4"], 112, cbor_nest(2000)),
+        "crafted-bootstrap-get.json": request("GET", ["bs"], ["ep=b5"]),
+        "crafted-bootstrap-unregistered.json": request("POST", ["bs"], ["ep=b6"], registered=False),
     }
 
 
