@@ -262,17 +262,17 @@ async def test_restart_keeps_the_secure_registration(tmp_path):
         assert (await read_device(setup.server, "dev-1")).code == "2.05"
 
 
-# -- libcoap's DTLS client (OpenSSL) ----------------------------------------------------------
-
-COAP_CLIENT = shutil.which("coap-client-openssl")
+# -- libcoap's DTLS clients (OpenSSL and GnuTLS builds) -----------------------------------------
 
 
-def coap_client(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([COAP_CLIENT, "-B", "5", *args], capture_output=True, text=True, timeout=20)
+@pytest.mark.parametrize("binary", ["coap-client-openssl", "coap-client-gnutls"])
+async def test_libcoap_registers_over_dtls_psk(secure, binary):
+    if shutil.which(binary) is None:
+        pytest.skip(f"{binary} (Debian libcoap3-bin) not installed")
 
+    def coap_client(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([binary, "-B", "5", *args], capture_output=True, text=True, timeout=20)
 
-@pytest.mark.skipif(COAP_CLIENT is None, reason="coap-client-openssl (Debian libcoap3-bin) not installed")
-async def test_libcoap_registers_over_dtls_psk(secure):
     key = b"libcoap-secret16"  # coap-client takes the key as text
     secure.add("libcoap-1", key=key)
     uri = f"coaps://127.0.0.1:{secure.server.secure_port}/rd?ep=libcoap-1&lt=60&lwm2m=1.1&b=U"
@@ -285,7 +285,7 @@ async def test_libcoap_registers_over_dtls_psk(secure):
     refused = await asyncio.to_thread(coap_client, "-m", "post", "-u", "nobody", "-k", key.decode(),
                                       "-t", "40", "-e", "</3/0>", uri.replace("libcoap-1", "libcoap-2"))
     assert secure.server.registration("libcoap-2") is None
-    assert "alert internal error" in refused.stdout + refused.stderr  # tinydtls refuses the unknown identity
+    assert "alert" in (refused.stdout + refused.stderr).lower()  # tinydtls refuses the unknown identity
 
 
 # -- the rules, without sockets ---------------------------------------------------------------
