@@ -600,5 +600,10 @@ class LwM2MServer:
             self._unrestored.setdefault(record.endpoint, []).append(record)  # on its next Update
             return
         result = await self.observe(record.endpoint, list(record.paths))
+        if result.code == UNREACHABLE:  # e.g. a DTLS device that must handshake again first
+            await self.store.save_observation(record)
+            self._unrestored.setdefault(record.endpoint, []).append(record)  # on its next message
+            self._log.info("observation_restore_deferred", ep=record.endpoint, reason=result.diagnostic)
+            return
         self._log.info("observation_restored", ep=record.endpoint, ok=result.ok, code=result.code)
 

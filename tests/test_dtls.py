@@ -249,10 +249,12 @@ async def test_idle_sessions_end(tmp_path):
         assert (await read_device(setup.server, "dev-1")).code == "2.05"
 
 
-async def test_restart_keeps_the_secure_registration(tmp_path):
+async def test_restart_keeps_the_secure_registration_and_its_observation(tmp_path):
+    temperature = LwM2MPath.parse("/3303/0/5700")
     async with Secure(tmp_path) as setup:
         setup.add("dev-1")
         device = await setup.device("dev-1", psk=("dev-1", KEY))
+        assert (await setup.server.observe("dev-1", [temperature])).ok
         await setup.stop()
         await setup.start()  # same ports; DTLS sessions are gone, the registration is not
         assert setup.server.registration("dev-1").identity == "dev-1"
@@ -260,6 +262,15 @@ async def test_restart_keeps_the_secure_registration(tmp_path):
         device.request_timeout = 1
         await device.update()  # unanswered over the lost session: the device handshakes again
         assert (await read_device(setup.server, "dev-1")).code == "2.05"
+        # the observation is re-established over the new session and notifies again
+        await wait_until(lambda: setup.server.observations("dev-1"), 10)
+        with setup.server.events.subscribe() as events:
+            device.step()
+            expected = device.objects.get("/3303/0/5700")
+            async with asyncio.timeout(10):
+                while not ((event := await events.get()).kind == "notification"
+                           and event.data["result"].node.value == expected):
+                    pass
 
 
 # -- libcoap's DTLS clients (OpenSSL and GnuTLS builds) -----------------------------------------
