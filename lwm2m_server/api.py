@@ -28,7 +28,7 @@ from ipso_objects.values import from_text
 from . import display, operations
 from .operations import OperationError, Result
 from .credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
-    PskCredential, parse_key
+    PskCredential, oscore_credential, parse_hex, parse_key
 from .deployment import Deployment, DeploymentError
 from .orchestrator import Orchestrator
 from .registration import Registration
@@ -429,7 +429,10 @@ class ManagementApi:
         return web.json_response([c.public() for c in credentials])
 
     async def put_credential(self, request: web.Request) -> web.Response:
-        """``{"identity": "...", "key": "<hex>", "scope": "server", "replace": false}``."""
+        """``{"identity": "...", "key": "<hex>", "scope": "server", "replace": false}``, or
+        an OSCORE context: ``{"mechanism": "oscore", "secret": "<hex>", "sender_id":
+        "<hex>", "recipient_id": "<hex>", "salt", "id_context", "aead", "replace"}``
+        (ids are the server's; see :mod:`.oscore`)."""
         store = self._credential_store()
         endpoint = request.match_info["ep"]
         try:
@@ -440,6 +443,10 @@ class ManagementApi:
             raise ApiError(400, f"body is not JSON: {error.msg} at character {error.pos}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "give {\"key\": \"<hex>\", \"identity\", \"scope\", \"replace\"}")
+        if body.get("mechanism", "psk") == "oscore":
+            return self._put_oscore(store, endpoint, body)
+        if body.get("mechanism") == "psk":
+            del body["mechanism"]
         unknown = sorted(set(body) - {"identity", "key", "scope", "replace"})
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -464,14 +471,52 @@ class ManagementApi:
         body = stored.public() if stored is not None else credential.public()
         return web.json_response(body, status=200 if replaced else 201)
 
+    def _put_oscore(self, store: CredentialStore, endpoint: str, body: dict) -> web.Response:
+        fields = {"mechanism", "secret", "sender_id", "recipient_id", "salt", "id_context", "aead", "replace"}
+        unknown = sorted(set(body) - fields)
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(fields))}")
+        for name in ("secret", "sender_id", "recipient_id"):
+            if not isinstance(body.get(name), str):
+                raise ApiError(400, f"{name}: give it as a hex string")
+        for name in ("salt", "id_context"):
+            if body.get(name) is not None and not isinstance(body[name], str):
+                raise ApiError(400, f"{name}: give it as a hex string")
+        aead, replace = body.get("aead", 10), body.get("replace", False)
+        if isinstance(aead, bool) or not isinstance(aead, int):
+            raise ApiError(400, "aead: a COSE algorithm number")
+        if not isinstance(replace, bool):
+            raise ApiError(400, "replace: must be true or false")
+        try:
+            credential = oscore_credential(
+                endpoint, master_secret=parse_hex(body["secret"], "secret"),
+                sender_id=parse_hex(body["sender_id"], "sender_id", allow_empty=True),
+                recipient_id=parse_hex(body["recipient_id"], "recipient_id", allow_empty=True),
+                master_salt=parse_hex(body.get("salt") or "", "salt", allow_empty=True),
+                id_context=None if body.get("id_context") is None
+                else parse_hex(body["id_context"], "id_context", allow_empty=True),
+                aead=aead)
+            replaced = store.add_oscore(credential, replace=replace, now=time.time())
+            stored = store.oscore_for_endpoint(endpoint)
+        except CredentialError as error:
+            raise self._credential_failure(error) from None
+        self._log.info("credential_stored", ep=endpoint, scope="server", mechanism="oscore",
+                       identity=credential.identity, replaced=replaced)
+        answer = stored.public() if stored is not None else credential.public()
+        return web.json_response(answer, status=200 if replaced else 201)
+
     async def delete_credentials(self, request: web.Request) -> web.Response:
-        """``DELETE /credentials/{ep}[?scope=server|bootstrap]``: 204, or 404 if it had none."""
+        """``DELETE /credentials/{ep}[?scope=server|bootstrap][&mechanism=psk|oscore]``: 204,
+        or 404 if it had none."""
         store = self._credential_store()
         endpoint, scope = request.match_info["ep"], request.query.get("scope")
+        mechanism = request.query.get("mechanism")
         if scope is not None and scope not in SCOPES:
             raise ApiError(400, f"scope: must be one of {', '.join(SCOPES)}")
+        if mechanism not in (None, "psk", "oscore"):
+            raise ApiError(400, "mechanism: must be psk or oscore")
         try:
-            removed = store.remove(endpoint, scope)
+            removed = store.remove(endpoint, scope, mechanism)
         except CredentialError as error:
             raise self._credential_failure(error) from None
         if not removed:

@@ -369,6 +369,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     from .config import ConfigError, ServerConfig, load_config
     from .credentials import (CredentialConflict, CredentialError, CredentialStorageError, CredentialStore,
                               PskCredential, generate_key, parse_key)
+    from .oscore import DEFAULT_AEAD
     from .logging_setup import configure_logging
 
     configure_logging("warning", "auto")  # the store's warnings to stderr, never into the output
@@ -379,8 +380,12 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise CliError(str(error)) from None
     try:
+        if args.credentials_command == "add":
+            _check_credential_options(args)
         with CredentialStore(config.security.credentials_path) as store:
-            if args.credentials_command == "add":
+            if args.credentials_command == "add" and args.oscore:
+                _add_oscore(args, store, DEFAULT_AEAD)
+            elif args.credentials_command == "add":
                 scope = "bootstrap" if args.bootstrap else "server"
                 key_text = sys.stdin.readline() if args.key == "-" else args.key
                 key = generate_key() if args.generate else parse_key(key_text)
@@ -391,9 +396,10 @@ def cmd_credentials(args: argparse.Namespace) -> int:
                 if args.generate:  # the one place a key is shown: the device needs it
                     print(f"key {key.hex()}  (shown once: provision it into the device)")
             elif args.credentials_command == "remove":
-                removed = store.remove(args.endpoint, args.scope)
+                removed = store.remove(args.endpoint, args.scope, args.mechanism)
                 if not removed:
-                    which = f"{args.scope} credential" if args.scope else "credentials"
+                    which = " ".join(filter(None, (args.scope, args.mechanism and args.mechanism.upper())))
+                    which = f"{which} credential" if which else "credentials"
                     raise CliError(f"endpoint {args.endpoint} has no {which}")
                 print(f"removed {removed} credential(s) of {args.endpoint}")
             else:
@@ -419,6 +425,56 @@ def cmd_credentials(args: argparse.Namespace) -> int:
         print(f"tinymlaas: {error.reason}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_credential_options(args: argparse.Namespace) -> None:
+    """``--oscore`` takes --sender-id, --recipient-id and --secret or --generate; a PSK
+    takes --key or --generate. A wrong combination is a usage error (exit 2, as
+    argparse's own); it names the options, never a value."""
+    def usage(message: str) -> None:
+        print(f"tinymlaas credentials add: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    if args.oscore:
+        wrong = [name for name, given in (("--key", args.key), ("--identity", args.identity),
+                                          ("--bootstrap", args.bootstrap)) if given]
+        if wrong:
+            usage(f"{', '.join(wrong)}: not for an OSCORE credential (use --secret, --sender-id, --recipient-id)")
+        missing = [name for name, given in (("--sender-id", args.sender_id), ("--recipient-id", args.recipient_id))
+                   if given is None]
+        if args.secret is None and not args.generate:
+            missing.append("--secret or --generate")
+        if missing:
+            usage(f"an OSCORE credential needs {', '.join(missing)}")
+        return
+    wrong = [name for name, given in (("--secret", args.secret), ("--sender-id", args.sender_id),
+                                      ("--recipient-id", args.recipient_id), ("--salt", args.salt),
+                                      ("--id-context", args.id_context), ("--aead", args.aead)) if given is not None]
+    if wrong:
+        usage(f"{', '.join(wrong)}: only with --oscore")
+    if args.key is None and not args.generate:
+        usage("a PSK credential needs --key or --generate")
+
+
+def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
+    from .credentials import generate_master_secret, oscore_credential, parse_hex
+
+    secret_text = sys.stdin.readline() if args.secret == "-" else args.secret
+    secret = generate_master_secret() if args.generate else parse_hex(secret_text, "secret")
+    credential = oscore_credential(
+        args.endpoint,
+        sender_id=parse_hex(args.sender_id, "sender id", allow_empty=True),
+        recipient_id=parse_hex(args.recipient_id, "recipient id", allow_empty=True),
+        master_secret=secret,
+        master_salt=parse_hex(args.salt, "salt", allow_empty=True) if args.salt is not None else b"",
+        id_context=parse_hex(args.id_context, "id context", allow_empty=True) if args.id_context is not None else None,
+        aead=args.aead if args.aead is not None else default_aead,
+    )
+    replaced = store.add_oscore(credential, replace=args.replace, now=time.time())
+    print(f"{'replaced' if replaced else 'added'} the OSCORE credential of {credential.endpoint} "
+          f"(identity {credential.identity}, server sender id {credential.sender_id.hex() or '(empty)'})")
+    if args.generate:  # the one place a secret is shown: the device needs it
+        print(f"master secret {secret.hex()}  (shown once: provision it into the device's /21 instance)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -549,16 +605,29 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (generate, show):
         sub.add_argument("--path", help="key file (default: deployment.signing_key)")
         sub.set_defaults(handler=cmd_keys)
-    credentials = commands.add_parser("credentials", help="manage device PSK credentials (DTLS)")
+    credentials = commands.add_parser("credentials", help="manage device credentials (DTLS PSK, OSCORE)")
     credentials_commands = credentials.add_subparsers(dest="credentials_command", required=True)
     add = credentials_commands.add_parser(
-        "add", parents=[common], help="store an endpoint's pre-shared key",
-        description="store an endpoint's pre-shared key (in security.credentials_path)")
+        "add", parents=[common], help="store an endpoint's pre-shared key or OSCORE context",
+        description="store an endpoint's pre-shared key, or with --oscore its OSCORE context "
+                    "(in security.credentials_path)")
     add.add_argument("endpoint", help="device endpoint name")
     add.add_argument("--identity", help="PSK identity, 1..32 bytes (default: the endpoint name)")
-    secret = add.add_mutually_exclusive_group(required=True)
+    secret = add.add_mutually_exclusive_group()
     secret.add_argument("--key", metavar="HEX", help="the key in hex, 1..16 bytes; - reads it from stdin")
-    secret.add_argument("--generate", action="store_true", help="make a random 16-byte key and print it once")
+    secret.add_argument("--secret", metavar="HEX",
+                        help="OSCORE Master Secret in hex, 16..64 bytes; - reads it from stdin")
+    secret.add_argument("--generate", action="store_true",
+                        help="make a random 16-byte key (or Master Secret) and print it once")
+    add.add_argument("--oscore", action="store_true", help="an OSCORE (RFC 8613) context instead of a PSK")
+    add.add_argument("--sender-id", metavar="HEX",
+                     help="OSCORE: the server's Sender ID (the device's Recipient ID, /21/x/2); '' for empty")
+    add.add_argument("--recipient-id", metavar="HEX",
+                     help="OSCORE: the server's Recipient ID (the device's Sender ID, /21/x/1); '' for empty")
+    add.add_argument("--salt", metavar="HEX", help="OSCORE Master Salt (default: empty)")
+    add.add_argument("--id-context", metavar="HEX", help="OSCORE ID Context (default: none)")
+    add.add_argument("--aead", type=int, metavar="COSE_ALG",
+                     help="OSCORE AEAD algorithm (default 10, AES-CCM-16-64-128)")
     add.add_argument("--bootstrap", action="store_true", help="a bootstrap credential (/bs only)")
     add.add_argument("--replace", action="store_true", help="replace the endpoint's credential of that scope")
     listing = credentials_commands.add_parser("list", parents=[common], help="list credentials (never keys)")
@@ -566,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     remove = credentials_commands.add_parser("remove", parents=[common], help="delete an endpoint's credentials")
     remove.add_argument("endpoint", help="device endpoint name")
     remove.add_argument("--scope", choices=["server", "bootstrap"], help="only this one (default: both)")
+    remove.add_argument("--mechanism", choices=["psk", "oscore"], help="only this kind (default: both)")
     for sub in (add, listing, remove):
         sub.set_defaults(handler=cmd_credentials)
     return parser

@@ -6,6 +6,11 @@ are any object with the fields of :class:`CoapRequest` (the server passes its
 ``DeviceRequest``). Work-arounds for aiocoap limits measured in DESIGN.md live
 here: a raised SO_RCVBUF, a cap on requests in flight, one request per device
 at a time, and a retry with a smaller block size after 4.13 on Block1.
+
+OSCORE (:mod:`.coap_oscore`) runs on the plain UDP port: protected requests are
+verified before the handler sees them (``identity`` ``oscore:<hex>``, address
+``oscore://<hex>@host:port``), and requests to such an address are protected with
+the endpoint's current context, also after a restart.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import structlog
 from aiocoap import Code, Message, blockwise, optiontypes, resource
 
 from .coap_dtls import DtlsServerInterface, DtlsSession, PskLookup
+from .coap_oscore import (
+    OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
+    split_address,
+)
 from .ratelimit import RateLimiter
 
 _METHODS = {
@@ -62,9 +71,12 @@ class IncomingRequest:
     payload: bytes
     """The reassembled (Block1) payload."""
     address: str
-    """Source ``host:port`` (``[v6]:port``); ``coaps://host:port`` for a DTLS session."""
+    """Source ``host:port`` (``[v6]:port``); ``coaps://host:port`` for a DTLS session;
+    ``oscore://<recipient id hex>@host:port`` for an OSCORE-protected request."""
     identity: str | None = None
-    """PSK identity the peer proved in its DTLS handshake; None over plain CoAP."""
+    """PSK identity the peer proved in its DTLS handshake, or ``oscore:<recipient id
+    hex>`` for a request that verified under that OSCORE context; None over
+    unprotected CoAP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +220,10 @@ class _Root(resource.Resource):
     async def render(self, request: Message) -> Message:
         if (refusal := self._adapter._refuse_plain(request)) is not None:
             return refusal
+        if (reason := refuse_reason(request.remote)) is not None:
+            return Message(code=Code.FORBIDDEN, payload=reason.encode())
+        if (refusal := self._adapter._refuse_unknown_context(request)) is not None:
+            return refusal
         download = self._adapter._download_for(request)
         if download is not None:
             return self._adapter._serve_block(request, download)
@@ -235,6 +251,7 @@ class CoapAdapter:
         plain_allowed: bool = True,
         max_request_body: int = 256 * 1024,
         max_remotes: int = 100_000,
+        oscore: OscoreContexts | None = None,
         log=None,
     ) -> None:
         self._handler = handler
@@ -254,14 +271,21 @@ class CoapAdapter:
         self._dtls: DtlsServerInterface | None = None
         self._plain_allowed = plain_allowed
         self._max_request_body = max_request_body
+        self._oscore = oscore
+        self._udp = None  # aiocoap's udp6 token manager (OSCORE requests go first, not through it)
 
     async def start(self) -> None:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
         # then silently share its traffic, and two port-0 binds may get one port.
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
+        site = _Root(self, self._max_request_body)
         self._context = await aiocoap.Context.create_server_context(
-            _Root(self, self._max_request_body), bind=self._bind, transports=["udp6"]
+            site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind, transports=["udp6"]
         )
+        self._udp = self._context.request_interfaces[0]
+        if self._oscore is not None:
+            # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
+            self._context.request_interfaces.insert(0, OscoreRequests(self._context))
         self._guard_decoding()
         sock = self._socket()
         # As root SO_RCVBUFFORCE passes net.core.rmem_max; otherwise the kernel caps it.
@@ -288,7 +312,7 @@ class CoapAdapter:
         non-UTF-8 Uri-Path: an asyncio ERROR traceback per datagram, aiocoap #176/#417).
         Such a datagram is dropped here, and a confirmable one answered with a Reset
         (RFC 7252 §4.2: a CON that cannot be processed is rejected)."""
-        interface = self._context.request_interfaces[0].token_interface.message_interface
+        interface = self._udp.token_interface.message_interface
         receive = interface.datagram_msg_received
 
         def guarded(data: bytes, ancdata, flags, address) -> None:
@@ -308,7 +332,7 @@ class CoapAdapter:
             self._context = None
 
     def _socket(self) -> socket.socket:
-        interface = self._context.request_interfaces[0].token_interface.message_interface
+        interface = self._udp.token_interface.message_interface
         return interface.transport.get_extra_info("socket")
 
     @property
@@ -326,9 +350,17 @@ class CoapAdapter:
         return self._log or structlog.get_logger("lwm2m_server.coap")
 
     def _refuse_plain(self, message: Message) -> Message | None:
-        if self._plain_allowed or isinstance(message.remote, DtlsSession):
+        if self._plain_allowed or isinstance(message.remote, (DtlsSession, OSCOREAddress)):
             return None
-        return Message(code=Code.FORBIDDEN, payload=b"plain CoAP refused: this server accepts only CoAPS (DTLS)")
+        return Message(code=Code.FORBIDDEN,
+                       payload=b"plain CoAP refused: this server accepts only CoAPS (DTLS) or OSCORE")
+
+    def _refuse_unknown_context(self, message: Message) -> Message | None:
+        """A request verified under a context that is not the server's (cannot happen
+        unless aiocoap changes how it picks contexts) is refused, never trusted."""
+        if isinstance(message.remote, OSCOREAddress) and authenticated_identity(message.remote) is None:
+            return Message(code=Code.FORBIDDEN, payload=b"unknown OSCORE context")
+        return None
 
     @property
     def receive_buffer_bytes(self) -> int:
@@ -339,7 +371,12 @@ class CoapAdapter:
         if self._rate_limiter is not None and (refusal := self._over_limit(peer, message)) is not None:
             return refusal
         session = message.remote if isinstance(message.remote, DtlsSession) else None
-        address = peer if session is None else f"coaps://{peer}"
+        identity = authenticated_identity(message.remote)
+        if identity is not None:
+            address = address_of(identity, peer)
+        else:
+            address = peer if session is None else f"coaps://{peer}"
+            identity = session.identity.decode("utf-8", "replace") if session is not None else None
         self._remember(address, message.remote)
         incoming = IncomingRequest(
             method=message.code.name,
@@ -348,7 +385,7 @@ class CoapAdapter:
             content_format=int(message.opt.content_format) if message.opt.content_format is not None else None,
             payload=bytes(message.payload),
             address=address,
-            identity=session.identity.decode("utf-8", "replace") if session is not None else None,
+            identity=identity,
         )
         answer = await self._handler(incoming)
         reply = Message(code=_code(answer.code), payload=answer.payload)
@@ -418,13 +455,15 @@ class CoapAdapter:
             reply.opt.size2 = download.size
         return reply
 
-    def _message(self, address: str, request: CoapRequest) -> Message:
+    async def _message(self, address: str, request: CoapRequest) -> Message:
         message = Message(code=_METHODS[request.method], payload=request.payload)
         remote = self._remotes.get(address)
         if address.startswith("coaps://") and (remote is None or remote.closed):
             # only the device opens a DTLS session; until it does, it cannot be reached
             raise DeviceUnreachable(address, "no DTLS session with the device (it must handshake again)")
-        if remote is None:
+        if (oscore_peer := split_address(address)) is not None:
+            message.remote = await self._oscore_remote(address, *oscore_peer, remote)
+        elif remote is None:
             message.set_request_uri(f"coap://{address}/")
         else:
             message.remote = remote
@@ -438,6 +477,30 @@ class CoapAdapter:
         if request.observe is not None:
             message.opt.observe = request.observe
         return message
+
+    async def _oscore_remote(self, address: str, identity: str, hostinfo: str, remote) -> OSCOREAddress:
+        """Where to send a request for an OSCORE device: its current context (the
+        credential may have been replaced) over the UDP remote it was heard from, or,
+        after a restart, the one its address names."""
+        context = self._oscore.for_identity(identity) if self._oscore is not None else None
+        if context is None:
+            raise DeviceUnreachable(address, f"no OSCORE credential for {identity} any more")
+        if isinstance(remote, OSCOREAddress):
+            underlying = remote.underlying_address
+        else:
+            probe = Message(code=Code.GET)
+            probe.set_request_uri(f"coap://{hostinfo}/")
+            try:
+                await self._udp.fill_or_recognize_remote(probe)
+            except (ValueError, OSError) as error:
+                raise DeviceUnreachable(address, f"cannot resolve {hostinfo}: {error}") from None
+            underlying = probe.remote
+        target = OSCOREAddress(context, underlying)
+        limit = min(self._block_exp, self._block_limits.get(address, self._block_exp),
+                    getattr(remote, "maximum_block_size_exp", self._block_exp))
+        if target.maximum_block_size_exp > limit:
+            target.maximum_block_size_exp = limit
+        return target
 
     @contextlib.asynccontextmanager
     async def _turn(self, address: str) -> AsyncIterator[None]:
@@ -464,7 +527,7 @@ class CoapAdapter:
         ``timeout`` for each block it takes, not one for the whole transfer.
         """
         async with self._in_flight, self._turn(address):
-            message = self._message(address, request)
+            message = await self._message(address, request)
             while True:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
                 per_block = 1 << (min(remote_exp, self._block_exp) + 4)
@@ -478,7 +541,7 @@ class CoapAdapter:
                     return _response(raw)
                 self._block_limits[address] = retry_exp
                 self._remember(address, raw.remote)
-                message = self._message(address, request)
+                message = await self._message(address, request)
 
     async def _exchange(self, address: str, message: Message, timeout: float):
         """Send ``message``; the pending request and its first response."""
@@ -517,7 +580,7 @@ class CoapAdapter:
         canceller that stops listening (the device is told by RST on its next
         notification: passive cancel, RFC 7641 §3.6)."""
         async with self._in_flight, self._turn(address):
-            pending, raw = await self._exchange(address, self._message(address, request), timeout)
+            pending, raw = await self._exchange(address, await self._message(address, request), timeout)
         first = _response(raw)
         observation = pending.observation
         if raw.opt.observe is None or not first.ok:

@@ -1,12 +1,15 @@
 """Who may register as which endpoint (sans-I/O).
 
 Over CoAPS the DTLS handshake proves the peer holds the key of a PSK identity;
-these rules tie that identity to an endpoint name:
+over OSCORE a request that verifies under an endpoint's security context proves
+the peer holds that context (identity ``oscore:<recipient id hex>``, see
+:mod:`.oscore`). These rules tie that identity to an endpoint name:
 
 - Register: the identity must be the endpoint's *server* credential. A bootstrap
   credential does not do (it opens only ``/bs``).
 - Plain CoAP Register: refused for an endpoint that has a server credential (it
   must use it), so nobody can take over a provisioned name without its key.
+  Unprotected CoAP means neither DTLS nor OSCORE.
 - Update, De-register and Send: from the identity the registration was made with,
   and that identity must still be the endpoint's credential (removing a credential
   ends the device's access at its next message).
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .oscore import is_oscore_identity
 from .registration import Registration, RegistrationError
 
 SERVER_SCOPE = "server"
@@ -48,8 +52,11 @@ def check_identity(endpoint: str, identity: str | None, credentials: CredentialL
     """Raise 4.03 unless a peer proving ``identity`` (None: plain CoAP) may act as
     ``endpoint`` on the interface of ``scope``."""
     if identity is None:
-        if credentials is not None and credentials.for_endpoint(endpoint, scope) is not None:
-            raise forbidden(f"endpoint {endpoint!r} has {scope} credentials: use CoAPS (DTLS) with them")
+        credential = credentials.for_endpoint(endpoint, scope) if credentials is not None else None
+        if credential is not None:
+            how = "protect its requests with OSCORE" if is_oscore_identity(credential.identity) \
+                else "use CoAPS (DTLS) with them"
+            raise forbidden(f"endpoint {endpoint!r} has {scope} credentials: {how}")
         return
     credential = credentials.by_identity(identity) if credentials is not None else None
     if credential is None:

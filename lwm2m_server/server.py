@@ -23,11 +23,14 @@ from . import operations
 from .capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
 from .bootstrap_server import BootstrapService, StoreCredentials, signing_key_anchors
 from .coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .coap_oscore import OscoreContexts
 from .config import ServerConfig
+from .credentials import CredentialStore
 from .events import EventHub
 from .operations import DeviceRequest, OperationError, Result
 from .queue_mode import QueueModePolicy
 from .ratelimit import rate_limiter
+from .oscore import is_oscore_identity
 from .security import CredentialLookup, check_identity, check_same_peer
 from .registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
@@ -95,7 +98,8 @@ class LwM2MServer:
     ) -> None:
         self.config = config
         self.credentials = credentials
-        """The security store; without it there is no CoAPS and every device is NoSec."""
+        """The security store; without it there is no CoAPS or OSCORE and every device is NoSec."""
+        self._oscore = OscoreContexts(credentials) if isinstance(credentials, CredentialStore) else None
         self.registry = registry
         self.store = store
         self.events = EventHub()
@@ -119,6 +123,7 @@ class LwM2MServer:
             session_idle_timeout=config.security.session_idle_timeout_s,
             plain_allowed=config.security.mode != "secure-only",
             max_request_body=config.coap.max_request_body_bytes,
+            oscore=self._oscore,
         )
         self._bootstrap = BootstrapService(  # POST /bs; trust anchors: the signing key's, read at start
             config.bootstrap, config.coap, self._adapter.request,
@@ -166,6 +171,8 @@ class LwM2MServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._bootstrap.close()
         await self._adapter.stop()
+        if self._oscore is not None:
+            self._oscore.close()  # the replay windows, so devices need no Echo round after a restart
         self._log.info("server_stopped")
 
     @property
@@ -179,6 +186,8 @@ class LwM2MServer:
 
     def _psk_for(self, identity: bytes) -> bytes | None:
         """The key of a PSK identity (called by DTLS mid-handshake)."""
+        if identity.startswith(b"oscore:"):  # names an OSCORE context, which has no PSK
+            return None
         try:
             credential = self.credentials.by_identity(identity.decode("utf-8"))
         except UnicodeDecodeError:
@@ -372,12 +381,13 @@ class LwM2MServer:
 
     def download_uri(self, endpoint: str, token: str) -> str:
         """A URI the device can fetch ``/fw/<token>`` from (pull delivery): ``coaps://``
-        for a device registered over CoAPS, so the module comes over its session."""
+        for a device registered over CoAPS, so the module comes over its session;
+        ``coap://`` for an OSCORE device, which protects its GETs with its context."""
         registration = self._require(endpoint)
         public = self.config.deployment.public_host
         if not public:
             base = self._adapter.local_base(registration.address)
-        elif registration.identity is not None:
+        elif registration.identity is not None and not is_oscore_identity(registration.identity):
             base = f"coaps://{public}:{self.secure_port}"
         else:
             base = f"coap://{public}:{self.port}"

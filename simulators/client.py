@@ -23,11 +23,18 @@ Bootstrap: a device made with ``bootstrap_uri`` has only a Bootstrap-Server
 account; :meth:`SimulatedDevice.start` sends Bootstrap-Request, hands the
 Bootstrap-Server's requests to :mod:`simulators.bootstrap` until Bootstrap-Finish,
 then registers at the URI (and with the PSK) that was written.
+
+OSCORE: a device made with ``oscore`` (a context folder, :mod:`simulators.oscore`)
+protects every request to its server with that context, over plain coap://, and
+answers only requests protected with it (4.01 to anything else), as a client whose
+Security object points to an OSCORE object does. The context, with its sequence
+numbers, outlives reboots.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Sequence
 
@@ -36,6 +43,9 @@ import aiocoap.error
 import aiocoap.resource
 import structlog
 from aiocoap import Code, Message
+from aiocoap.credentials import CredentialsMap
+from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+from aiocoap.transports.oscore import OSCOREAddress, TransportOSCORE
 
 from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, codecs
 from ipso_objects.codecs import link_format
@@ -47,6 +57,7 @@ from .objects import DeviceObjects, Response
 from lwm2m_server.coap_dtls import DtlsUnavailable, tinydtls
 
 from .dtls import DtlsClientInterface
+from . import oscore as device_oscore
 from .observe import Observation, effective_attributes
 from .profiles import DeviceProfile, get_profile
 from .transport import (
@@ -79,6 +90,9 @@ class _DeviceSite(aiocoap.resource.Resource):
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
+        if self._device.oscore_context is not None and not isinstance(request.remote, OSCOREAddress):
+            pipe.add_response(Message(code=Code.UNAUTHORIZED, payload=b"OSCORE required"), is_last=True)
+            return
         if request.opt.observe == 0 and self._device._observable(request):
             await self._device._serve_observation(pipe)
             return
@@ -113,8 +127,11 @@ class SimulatedDevice:
         bootstrap_uri: str | None = None,
         bootstrap_psk: tuple[str | bytes, bytes] | None = None,
         bootstrap_timeout: float = 60.0,
+        oscore: str | os.PathLike[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.oscore_context = device_oscore.load(oscore) if oscore is not None else None
+        """The device's OSCORE context (from the folder ``oscore``), or None."""
         self.psk = (psk[0].encode() if isinstance(psk[0], str) else psk[0], psk[1]) if psk else None
         """DTLS PSK ``(identity, key)`` for a ``coaps://`` server_uri."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -225,11 +242,20 @@ class SimulatedDevice:
             {f"{base}/*": {"dtls": {"psk": key, "client-identity": identity}}})
 
     async def _open(self) -> None:
+        site: Any = _DeviceSite(self)
+        if self.oscore_context is not None:
+            server_contexts = CredentialsMap()
+            server_contexts[":server"] = self.oscore_context
+            site = OscoreSiteWrapper(site, server_contexts)
         with without_reuse_port():
             self._context = await aiocoap.Context.create_server_context(
-                _DeviceSite(self), bind=(self.host, self._port), transports=["udp6"],
+                site, bind=(self.host, self._port), transports=["udp6"],
                 loggername="tinymlaas-sim.coap",
             )
+        if self.oscore_context is not None:
+            # first, or udp6 would send the requests unprotected
+            self._context.request_interfaces.insert(0, TransportOSCORE(self._context, self._context))
+            self._context.client_credentials[f"{self.server_uri}/*"] = self.oscore_context
         interface = None
         for manager in getattr(self._context, "request_interfaces", ()):
             candidate = getattr(getattr(manager, "token_interface", None), "message_interface", None)
@@ -682,8 +708,10 @@ class SimulatedDevice:
             pipe.add_response(message, is_last=True)
             return
         loop = asyncio.get_running_loop()
-        key = (request.remote, request.token)
-        self._cancel_observation(request)  # RFC 7641 §4.1: same token re-registers
+        # Under OSCORE the inner request has no token of its own: each observation is its own.
+        key = (request.remote, request.token or object())
+        if request.token:
+            self._cancel_observation(request)  # RFC 7641 §4.1: same token re-registers
         live = LiveObservation(
             Observation(request.token, paths, self._effective(paths), loop.time(), self._observed(paths)),
             paths, asyncio.current_task(), self.objects.attributes_version,

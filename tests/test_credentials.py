@@ -368,7 +368,7 @@ def test_a_newer_schema_is_refused(db_path: Path):
     with sqlite3.connect(db_path) as raw:
         raw.execute("PRAGMA user_version = 7")
     raw.close()
-    with pytest.raises(CredentialStorageError, match="schema version 7 is newer than this program's 1") as caught:
+    with pytest.raises(CredentialStorageError, match="schema version 7 is newer than this program's 2") as caught:
         CredentialStore(db_path)
     assert str(db_path) in caught.value.reason
 
