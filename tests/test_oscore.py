@@ -15,7 +15,6 @@ import json
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import aiocoap
@@ -28,10 +27,9 @@ from lwm2m_server.credentials import CredentialError, CredentialStore, PskCreden
 from lwm2m_server.coap_oscore import OscoreContexts, StoredContext
 from lwm2m_server.oscore import OscoreCredential, SequenceReservation, SequenceState
 from lwm2m_server.server import LwM2MServer
-from lwm2m_server.store.sqlite import SqliteStore
 from simulators import oscore as device_oscore
 from simulators.client import RegistrationFailed, SimulatedDevice
-from test_server import config_for_tests
+from test_dtls import Secure
 
 REGISTRY = ObjectRegistry.default()
 DEVICE = LwM2MPath.parse("/3/0")
@@ -43,39 +41,8 @@ SERVER_ID = b"\x01"  # the server's Sender ID, the device's Recipient ID
 DEVICE_ID = b"\x0a"  # the device's Sender ID (kid of its requests), the server's Recipient ID
 
 
-class Oscore:
-    """A server with a credentials store, and OSCORE devices provisioned for it."""
-
-    def __init__(self, tmp_path: Path, **security) -> None:
-        self.tmp_path = tmp_path
-        self.credentials = CredentialStore(tmp_path / "credentials.sqlite3")
-        self.security = security
-        self.devices: list[SimulatedDevice] = []
-        self.port = 0
-
-    async def start(self) -> LwM2MServer:
-        self.store = await SqliteStore.open(self.tmp_path / "state.sqlite3")
-        base = config_for_tests()
-        config = replace(base, coap=replace(base.coap, port=self.port, secure_port=0),
-                         security=replace(base.security, **self.security))
-        self.server = LwM2MServer(config, REGISTRY, self.store, credentials=self.credentials)
-        await self.server.start()
-        self.port = self.server.port
-        return self.server
-
-    async def stop(self) -> None:
-        await self.server.stop()
-        await self.store.close()
-
-    async def __aenter__(self) -> Oscore:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        for device in self.devices:
-            await device.stop(deregister=False)
-        await self.stop()
-        self.credentials.close()
+class Oscore(Secure):
+    """A server with a credentials store (as for DTLS), and OSCORE devices provisioned for it."""
 
     def add(self, endpoint: str, *, recipient_id: bytes = DEVICE_ID, sender_id: bytes = SERVER_ID,
             secret: bytes = SECRET) -> None:
@@ -86,6 +53,10 @@ class Oscore:
                secret: bytes = SECRET) -> Path:
         return device_oscore.provision(self.tmp_path / "devices" / name, master_secret=secret,
                                        sender_id=sender_id, recipient_id=recipient_id, master_salt=SALT)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def uri(self) -> str:
