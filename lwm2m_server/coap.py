@@ -30,7 +30,7 @@ import aiocoap.error
 import structlog
 from aiocoap import Code, Message, blockwise, optiontypes, resource
 
-from .coap_dtls import DtlsServerInterface, DtlsSession, PskLookup
+from .coap_dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
 from .coap_oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
     split_address,
@@ -287,20 +287,14 @@ class CoapAdapter:
             # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
             self._context.request_interfaces.insert(0, OscoreRequests(self._context))
         self._guard_decoding()
-        sock = self._socket()
-        # As root SO_RCVBUFFORCE passes net.core.rmem_max; otherwise the kernel caps it.
-        for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
-            if option is None:
-                continue
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, self._receive_buffer_bytes)
-                break
+        set_receive_buffer(self._socket(), self._receive_buffer_bytes)
         secure_port, lookup, max_sessions, idle_timeout = self._secure
         if secure_port is not None and lookup is not None:
             try:
                 await self._context._append_tokenmanaged_messagemanaged_transport(
                     lambda mman: DtlsServerInterface.create(
                         mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
+                        receive_buffer_bytes=self._receive_buffer_bytes,
                         idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop()))
             except BaseException:
                 await self.stop()

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import ipaddress
 import socket
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,9 +44,15 @@ MAX_IDENTITY_BYTES = 32
 """DTLS_PSK_MAX_CLIENT_IDENTITY_LEN."""
 
 _TICKS_PER_SECOND = 1000
+_EVENT_CONNECT = 0x01DC
 _EVENT_CONNECTED = 0x01DE
-_LEVEL_FATAL = 2
+_LEVEL_WARNING, _LEVEL_FATAL = 1, 2
 _CLOSE_NOTIFY = 0
+
+
+def ends_session(level: int, code: int) -> bool:
+    """A fatal alert, or close_notify (which tinydtls sends and reports as a warning)."""
+    return level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _CLOSE_NOTIFY)
 _clock_offset = int(time.time())
 """tinydtls counts ticks from time(NULL) at the newest context's creation (dtls_init
 resets its one global clock), in whole seconds."""
@@ -70,6 +78,21 @@ def tinydtls():
             f"autoreconf: apt-get install autoconf automake libtool): {cause}"
         ) from None
     return dtls
+
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Raise SO_RCVBUF so bursts (fan-out answers, many handshakes) are not dropped by
+    the kernel; as root SO_RCVBUFFORCE passes net.core.rmem_max (Python 3.11 lacks the
+    constant: 33 on Linux)."""
+    for option in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        if option is None:
+            continue
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
 
 
 def as_v6(host: str) -> str:
@@ -247,7 +270,11 @@ class DtlsSession(interfaces.EndpointAddress):
                 self._endpoint.interface._received_exception(
                     self, error.NetworkError("the DTLS session has ended; the device must handshake again"))
             return
-        self._endpoint.context.write(self._session, data)
+        self._endpoint._writing = self.sockaddr
+        try:
+            self._endpoint.context.write(self._session, data)
+        finally:
+            self._endpoint._writing = None
 
     def __repr__(self) -> str:
         return f"<DtlsSession {self.hostinfo} identity={self.identity!r}{' closed' if self.closed else ''}>"
@@ -276,6 +303,7 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         self.sessions: OrderedDict[SockAddr, DtlsSession] = OrderedDict()
         self.handshakes: OrderedDict[SockAddr, _Handshake] = OrderedDict()
         self._current: SockAddr | None = None
+        self._writing: SockAddr | None = None
         self._peer_created = False
         self.context = _Context(read=self._read, write=self._write, event=self._event,
                                 psk=_PskView(lookup, self._identity_seen, log))
@@ -353,13 +381,19 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         return len(data)
 
     def _event(self, level: int, code: int) -> int:
+        if self._writing is not None and level == 0 and code == _EVENT_CONNECT:
+            # A write found no tinydtls peer (it dropped the state): tinydtls now starts a
+            # client handshake toward the device. The server never does that; end the session.
+            asyncio.get_running_loop().call_soon(
+                functools.partial(self._end, self._writing, "peer state lost", notify=False))
+            return 0
         sockaddr = self._current
         if sockaddr is None:
             return 0
         try:
             if code == _EVENT_CONNECTED and level == 0:
                 self._connected(sockaddr)
-            elif level == _LEVEL_FATAL:
+            elif ends_session(level, code):
                 reason = "close_notify" if code == _CLOSE_NOTIFY else f"fatal alert {code}"
                 self.handshakes.pop(sockaddr, None)
                 self._end(sockaddr, reason, notify=False)
@@ -435,13 +469,15 @@ class DtlsServerInterface(GenericMessageInterface):
 
     @classmethod
     async def create(cls, mman: interfaces.MessageManager, *, host: str, port: int, lookup: PskLookup,
-                     max_sessions: int, idle_timeout: float, log, loop) -> DtlsServerInterface:
+                     max_sessions: int, idle_timeout: float, log, loop,
+                     receive_buffer_bytes: int = 4 * 1024 * 1024) -> DtlsServerInterface:
         tinydtls()
         self = cls(mman, log, loop)
         endpoint = DtlsServerEndpoint(self, lookup, max_sessions=max_sessions, idle_timeout=idle_timeout, log=log)
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            set_receive_buffer(sock, receive_buffer_bytes)
             # "0.0.0.0" means every IPv4 address: ::ffff:0.0.0.0 on a dual-stack socket
             sock.bind((as_v6(host) if host != "::" else "::", port))
             await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)

@@ -21,10 +21,9 @@ from aiocoap.numbers import COAPS_PORT, constants
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin, hostportsplit
 
-from lwm2m_server.coap_dtls import SockAddr, _Context, _PskView, as_v6
+from lwm2m_server.coap_dtls import SockAddr, _Context, _PskView, as_v6, ends_session
 
 _EVENT_CONNECTED = 0x01DE
-_LEVEL_FATAL = 2
 
 
 class DtlsConnection(interfaces.EndpointAddress, asyncio.DatagramProtocol):
@@ -117,7 +116,7 @@ class DtlsConnection(interfaces.EndpointAddress, asyncio.DatagramProtocol):
                 self.connected.set_result(True)
             for message in queued:
                 self._context.write(self._connection, message)
-        elif level == _LEVEL_FATAL:
+        elif ends_session(level, code):
             asyncio.get_running_loop().call_soon(
                 self._fail, error.NetworkError(f"DTLS alert {code} from {self.hostinfo}"))
         return 0

@@ -400,3 +400,36 @@ async def test_unfinished_handshakes_are_bounded_and_their_state_dropped(tmp_pat
         await wait_until(lambda: len(endpoint.sessions) == before + 1, 5)
         for client in clients:
             client.sock.close()
+
+
+async def test_close_notify_from_the_device_ends_its_session_at_once(secure):
+    secure.add("dev-1")
+    device = await secure.device("dev-1", psk=("dev-1", KEY))
+    await wait_until(lambda: secure.server.profile("dev-1"), 10)  # the server sends nothing more
+    device._dtls.close_all()  # close_notify (tinydtls sends it as a warning-level alert)
+    await wait_until(lambda: not secure.sessions(), 5)
+    started = asyncio.get_running_loop().time()
+    result = await read_device(secure.server, "dev-1")
+    assert result.code == "unreachable" and "no DTLS session" in result.diagnostic
+    assert asyncio.get_running_loop().time() - started < 1  # not after CoAP's retransmissions
+
+
+async def test_a_session_whose_dtls_state_is_gone_fails_fast_and_never_handshakes_as_client(secure):
+    secure.add("dev-1")
+    await secure.device("dev-1", psk=("dev-1", KEY))
+    endpoint = secure.server._adapter._dtls.endpoint
+    session = next(iter(endpoint.sessions.values()))
+    endpoint.context.reset(session._session)  # as when tinydtls drops a peer on its own
+    sent = []
+    write = endpoint._write
+    endpoint._write = lambda recipient, data: (sent.append(data), write(recipient, data))[1]
+    result = await asyncio.wait_for(read_device(secure.server, "dev-1"), 5)
+    assert result.code == "unreachable" and not endpoint.sessions
+    await asyncio.sleep(0.6)  # tinydtls would have retransmitted a ClientHello by now
+    assert not [datagram for datagram in sent if datagram[:1] == b"\x16" and datagram[13:14] == b"\x01"]
+
+
+async def test_the_coaps_socket_gets_the_large_receive_buffer(secure):
+    sock = secure.server._adapter._dtls.endpoint._transport.get_extra_info("socket")
+    # Linux reports twice what was set; without the raise it stays at the ~208 KiB default
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
