@@ -95,6 +95,7 @@ def set_receive_buffer(sock: socket.socket, size: int) -> None:
             return
 
 
+@functools.lru_cache(maxsize=4096)  # called for every datagram; peers repeat
 def as_v6(host: str) -> str:
     """``host`` as tinydtls names it (inet_ntop of an IPv6 address, IPv4 mapped)."""
     address = ipaddress.ip_address(host.partition("%")[0])
