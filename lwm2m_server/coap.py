@@ -42,6 +42,15 @@ _METHODS = {
     "FETCH": Code.FETCH, "PATCH": Code.PATCH, "iPATCH": Code.iPATCH,
 }
 _SMALLEST_BLOCK_EXP = 0  # 16-byte blocks
+_DOWNLOAD_COPY_KEPT_S = 1.0
+"""How long aiocoap keeps a download block it sent (for a duplicate GET in flight)."""
+
+
+class _Forgetful(dict):
+    """aiocoap's table of recent messages, whose entries may be removed before its timer."""
+
+    def pop(self, key, default=None):
+        return super().pop(key, default)
 
 
 class CoapRequest(Protocol):
@@ -226,6 +235,7 @@ class _Root(resource.Resource):
             return refusal
         download = self._adapter._download_for(request)
         if download is not None:
+            self._adapter._release_copy_later(request)
             return self._adapter._serve_block(request, download)
         return await self._adapter._incoming(request)
 
@@ -300,6 +310,7 @@ class CoapAdapter:
                 await self.stop()
                 raise
             self._dtls = self._context.request_interfaces[-1].token_interface.message_interface
+        self._forgetful_deduplication()
 
     def _guard_decoding(self) -> None:
         """aiocoap lets some malformed datagrams raise out of its receive callback (a
@@ -417,6 +428,27 @@ class CoapAdapter:
         if address.startswith("coaps://") and self.secure_port is not None:
             return f"coaps://127.0.0.1:{self.secure_port}"
         return f"coap://127.0.0.1:{self.port}"
+
+    def _release_copy_later(self, request: Message) -> None:
+        """aiocoap keeps each response EXCHANGE_LIFETIME (247 s) to answer a duplicate
+        request: for downloads that is every block sent in the last four minutes (about
+        90 MB after 20 pulls of 1 MiB). A block GET is idempotent: once the block is
+        sent its copy and its duplicate marker go, and a retransmitted request is simply
+        served again from the file."""
+        if isinstance(request.remote, DtlsSession):
+            manager = self._dtls._mman if self._dtls is not None else None
+        else:
+            manager = self._udp.token_interface if self._udp is not None else None
+        recent = getattr(manager, "_recent_messages", None)
+        if isinstance(recent, _Forgetful):
+            asyncio.get_running_loop().call_later(_DOWNLOAD_COPY_KEPT_S, recent.pop, (request.remote, request.mid))
+
+    def _forgetful_deduplication(self) -> None:
+        """Let entries of aiocoap's deduplication table go early (its own timer then finds
+        them gone; a plain dict would raise KeyError there)."""
+        for interface in (self._udp.token_interface, self._dtls._mman if self._dtls is not None else None):
+            if interface is not None and type(interface._recent_messages) is dict:
+                interface._recent_messages = _Forgetful(interface._recent_messages)
 
     def _download_for(self, request: Message) -> Download | None:
         if request.code != Code.GET or request.opt.observe is not None:
