@@ -382,8 +382,11 @@ def cmd_credentials(args: argparse.Namespace) -> int:
     try:
         if args.credentials_command == "add":
             _check_credential_options(args)
+        rows = _read_key_file(args.file) if args.credentials_command == "import" else []
         with CredentialStore(config.security.credentials_path) as store:
-            if args.credentials_command == "add" and args.oscore:
+            if args.credentials_command == "import":
+                _import(args.file, rows, store, replace=args.replace)
+            elif args.credentials_command == "add" and args.oscore:
                 _add_oscore(args, store, DEFAULT_AEAD)
             elif args.credentials_command == "add":
                 scope = "bootstrap" if args.bootstrap else "server"
@@ -475,6 +478,88 @@ def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
           f"(identity {credential.identity}, server sender id {credential.sender_id.hex() or '(empty)'})")
     if args.generate:  # the one place a secret is shown: the device needs it
         print(f"master secret {secret.hex()}  (shown once: provision it into the device's /21 instance)")
+
+
+KEY_FILE_COLUMNS = ("endpoint", "identity", "key", "scope")
+"""The columns of a key file (``credentials import``); ``scope`` may be left out (server)."""
+
+
+def _read_key_file(name: str) -> list[tuple[int, Any]]:
+    """The PSK credentials of a CSV key file (``-``: stdin) with their line numbers.
+    A problem raises CredentialError naming the line and what is wrong, never a key."""
+    import csv
+    import io
+
+    from .credentials import CredentialError, PskCredential, parse_key
+
+    where = "stdin" if name == "-" else name
+
+    def bad(line: int, problem: str) -> CredentialError:
+        return CredentialError(f"{where} line {line}: {problem}; nothing imported")
+
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_bytes().decode("utf-8")
+    except OSError as error:
+        raise CliError(f"cannot read {name}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise bad((error.object[:error.start].count(b"\n") + 1), "not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
+    header: list[str] | None = None
+    rows: list[tuple[int, Any]] = []
+    identities: dict[str, int] = {}
+    slots: dict[tuple[str, str], int] = {}
+    try:
+        for fields in reader:
+            line, cells = reader.line_num, [cell.strip() for cell in fields]
+            if not any(cells):
+                continue
+            if header is None:  # never echo it: a file without a header starts with a key
+                header = [cell.lower() for cell in cells]
+                if set(header) - set(KEY_FILE_COLUMNS) or len(set(header)) != len(header) \
+                        or not {"endpoint", "identity", "key"} <= set(header):
+                    raise bad(line, f"the first line must be the header {','.join(KEY_FILE_COLUMNS)} "
+                                    "(scope may be left out)")
+                continue
+            if len(cells) == len(header) - 1 and header[-1] == "scope":
+                cells.append("")  # a trailing scope left out: server
+            if len(cells) != len(header):
+                raise bad(line, f"{len(cells)} fields, the header has {len(header)}")
+            row = dict(zip(header, cells))
+            try:
+                credential = PskCredential(row["endpoint"], row["identity"], parse_key(row["key"]),
+                                           row.get("scope") or "server")
+            except CredentialError as error:
+                raise bad(line, error.reason) from None
+            first = identities.setdefault(credential.identity, line)
+            if first != line:
+                raise bad(line, f"identity {credential.identity!r} is on line {first} too")
+            first = slots.setdefault((credential.endpoint, credential.scope), line)
+            if first != line:
+                raise bad(line, f"a second {credential.scope} credential of endpoint {credential.endpoint!r} "
+                                f"(line {first})")
+            rows.append((line, credential))
+    except csv.Error as error:
+        raise bad(reader.line_num, f"not CSV: {error}") from None
+    if header is None:
+        raise bad(1, f"empty; expected the header {','.join(KEY_FILE_COLUMNS)}")
+    if not rows:
+        raise bad(reader.line_num, "no credentials after the header")
+    return rows
+
+
+def _import(name: str, rows: list[tuple[int, Any]], store, *, replace: bool) -> None:
+    """Store every row in one transaction: all, or on a conflict none (exit 1)."""
+    from .credentials import CredentialConflict
+
+    where = "stdin" if name == "-" else name
+    try:
+        replaced = store.add_many([credential for _, credential in rows], replace=replace, now=time.time())
+    except CredentialConflict as error:
+        reason = error.reason.replace("(replace it explicitly)", "(--replace to overwrite)")
+        line = rows[error.index][0] if error.index is not None else "?"
+        raise CliError(f"{where} line {line}: {reason}; nothing imported") from None
+    print(f"imported {len(rows)} credential(s) from {where}: {replaced.count(False)} added, "
+          f"{replaced.count(True)} replaced")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -636,7 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("endpoint", help="device endpoint name")
     remove.add_argument("--scope", choices=["server", "bootstrap"], help="only this one (default: both)")
     remove.add_argument("--mechanism", choices=["psk", "oscore"], help="only this kind (default: both)")
-    for sub in (add, listing, remove):
+    load = credentials_commands.add_parser(
+        "import", parents=[common], help="store many PSKs from a CSV key file, all or none",
+        description="store the PSKs of a CSV key file (header endpoint,identity,key,scope; scope server "
+                    "or bootstrap, default server; key in hex) in one transaction: every row or none")
+    load.add_argument("file", metavar="FILE", help="the CSV file; - reads it from stdin")
+    load.add_argument("--replace", action="store_true",
+                      help="replace credentials the endpoints have already (default: refuse, import nothing)")
+    for sub in (add, listing, remove, load):
         sub.set_defaults(handler=cmd_credentials)
     return parser
 

@@ -48,7 +48,7 @@ import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace as with_changes
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import structlog
 
@@ -75,10 +75,13 @@ class CredentialError(Exception):
 class CredentialConflict(CredentialError):
     """The identity, or the endpoint and scope, already has a credential."""
 
-    def __init__(self, reason: str, field: str) -> None:
+    def __init__(self, reason: str, field: str, index: int | None = None) -> None:
         super().__init__(reason)
         self.field = field
         """``"identity"`` or ``"endpoint"``: which one is taken."""
+        self.index = index
+        """Position (from 0) of the conflicting credential in an :meth:`CredentialStore.add_many`
+        batch; None for a single :meth:`CredentialStore.add`."""
 
 
 class CredentialStorageError(CredentialError):
@@ -403,23 +406,58 @@ class CredentialStore:
         if now is not None:
             credential = with_changes(credential, created=float(now))  # validates ``now``
         with self._using("add") as db, _transaction(db):
-            owner = db.execute("SELECT endpoint, scope FROM credentials WHERE identity = ?",
-                               (credential.identity,)).fetchall()
-            if owner and tuple(owner[0]) != (credential.endpoint, credential.scope):
-                raise CredentialConflict(
-                    f"identity {credential.identity!r} is already the {owner[0][1]} credential of "
-                    f"endpoint {owner[0][0]!r}; each identity names one credential", "identity")
-            existing = db.execute("SELECT 1 FROM credentials WHERE endpoint = ? AND scope = ?",
-                                  (credential.endpoint, credential.scope)).fetchall()
-            if existing and not replace:
-                raise CredentialConflict(
-                    f"endpoint {credential.endpoint!r} already has a {credential.scope} credential "
-                    "(replace it explicitly)", "endpoint")
-            db.execute("DELETE FROM credentials WHERE endpoint = ? AND scope = ?",
-                       (credential.endpoint, credential.scope))
-            db.execute(f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                       (credential.endpoint, credential.identity, credential.key, credential.scope,
-                        credential.created))
+            return self._put(db, credential, replace)
+
+    def add_many(self, credentials: Sequence[PskCredential], *, replace: bool = False,
+                 now: float | None = None) -> list[bool]:
+        """Store every credential in one transaction: all of them, or (on any error)
+        none. For each, True when it replaced one (only with ``replace``), as :meth:`add`.
+        CredentialError if two of them share an identity or an endpoint and scope;
+        CredentialConflict (its ``index`` saying which) as :meth:`add`."""
+        batch = []
+        identities: dict[str, int] = {}
+        slots: dict[tuple[str, str], int] = {}
+        for index, credential in enumerate(credentials):
+            validate(credential)
+            if now is not None:
+                credential = with_changes(credential, created=float(now))
+            first = identities.setdefault(credential.identity, index)
+            if first != index:
+                raise CredentialError(f"credentials[{index}]: identity {credential.identity!r} is also "
+                                      f"credentials[{first}]'s")
+            first = slots.setdefault((credential.endpoint, credential.scope), index)
+            if first != index:
+                raise CredentialError(f"credentials[{index}]: endpoint {credential.endpoint!r} has a second "
+                                      f"{credential.scope} credential (credentials[{first}])")
+            batch.append(credential)
+        replaced = []
+        with self._using("add") as db, _transaction(db):
+            for index, credential in enumerate(batch):
+                try:
+                    replaced.append(self._put(db, credential, replace))
+                except CredentialConflict as error:
+                    raise CredentialConflict(error.reason, error.field, index) from None
+        return replaced
+
+    def _put(self, db: sqlite3.Connection, credential: PskCredential, replace: bool) -> bool:
+        """Insert ``credential`` inside the caller's transaction; True if it replaced one."""
+        owner = db.execute("SELECT endpoint, scope FROM credentials WHERE identity = ?",
+                           (credential.identity,)).fetchall()
+        if owner and tuple(owner[0]) != (credential.endpoint, credential.scope):
+            raise CredentialConflict(
+                f"identity {credential.identity!r} is already the {owner[0][1]} credential of "
+                f"endpoint {owner[0][0]!r}; each identity names one credential", "identity")
+        existing = db.execute("SELECT 1 FROM credentials WHERE endpoint = ? AND scope = ?",
+                              (credential.endpoint, credential.scope)).fetchall()
+        if existing and not replace:
+            raise CredentialConflict(
+                f"endpoint {credential.endpoint!r} already has a {credential.scope} credential "
+                "(replace it explicitly)", "endpoint")
+        db.execute("DELETE FROM credentials WHERE endpoint = ? AND scope = ?",
+                   (credential.endpoint, credential.scope))
+        db.execute(f"INSERT INTO credentials ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                   (credential.endpoint, credential.identity, credential.key, credential.scope,
+                    credential.created))
         return bool(existing)
 
     def get_or_create(self, endpoint: str, scope: str = "server", *, now: float,

@@ -3,12 +3,20 @@
     tinymlaas-sim fleet --config config/fleet.yaml --server coap://127.0.0.1:5683 [--count N] [--duration S]
     tinymlaas-sim device --profile cortex-m4f --endpoint ep1 --server coap://127.0.0.1:5683
     tinymlaas-sim profiles [--config FILE]
+    tinymlaas-sim credentials --config config/fleet.yaml [--count N] [--scope bootstrap|server] [--out FILE]
 
 Client-initiated bootstrap: ``--bootstrap coap://host:5683`` makes devices start
 with only a Bootstrap-Server account; they send Bootstrap-Request, take the
 LwM2M server URI, credentials and trust anchors the Bootstrap-Server writes, and
 register there (``--server`` is then ignored). ``device`` also takes
 ``--bootstrap-psk IDENTITY:HEXKEY`` for a coaps:// Bootstrap-Server.
+
+Per-device PSKs for a fleet: ``credentials`` writes a key file (CSV ``endpoint,
+identity,key,scope``, mode 0600) for the endpoints ``fleet`` makes from the same
+--config/--count, the simulation's stand-in for a factory's key file (the operator
+loads it with ``tinymlaas credentials import``). ``fleet --credentials FILE`` gives
+each device its row: the bootstrap-scope one with a coaps:// ``--bootstrap``, the
+server-scope one with a coaps:// ``--server``.
 
 Devices accept inference modules and firmware signed by a trust anchor:
 ``--trust-anchor keys/signing.pub.pem`` (repeatable), added to the config's
@@ -22,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from importlib.metadata import version
+from pathlib import Path
 from typing import TextIO
 
 import structlog
@@ -36,8 +46,9 @@ from .updates import load_anchors
 
 from .bootstrap import parse_psk
 from .client import RegistrationFailed, SimulatedDevice
-from .fleet import Fleet, FleetProgress
-from .profiles import ConfigError, FleetConfig, builtin_profiles, get_profile, load_config, parse_config
+from .fleet import PSK, Fleet, FleetProgress, format_key_file, generate_keys, parse_key_file, psks_for
+from .profiles import (ConfigError, DeviceProfile, FleetConfig, builtin_profiles, get_profile, load_config,
+                       parse_config)
 
 DEFAULT_SERVER = "coap://127.0.0.1:5683"
 
@@ -84,7 +95,17 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def _server(args: argparse.Namespace, config: FleetConfig | None) -> str:
+    """The LwM2M server URI: coap://, or coaps:// for a fleet given ``--credentials``."""
     uri = args.server or (config.server if config else None) or DEFAULT_SERVER
+    if uri.startswith("coaps://"):
+        if getattr(args, "credentials", None) is not None:
+            return uri
+        if args.command == "fleet":
+            raise ConfigError("--server", f"{uri!r} is coaps://: each device needs its server PSK, "
+                                          "so pass --credentials FILE (`tinymlaas-sim credentials --scope server` "
+                                          "writes one)")
+        raise ConfigError("--server", f"{uri!r} is coaps://, and `device` takes no server PSK: use --bootstrap "
+                                      "coaps://... with --bootstrap-psk, or `fleet --credentials FILE`")
     if not uri.startswith("coap://"):
         raise ConfigError("--server", f"must be a coap:// URI, got {uri!r}")
     return uri
@@ -141,17 +162,48 @@ def _anchors(args: argparse.Namespace, config: FleetConfig | None) -> tuple[Publ
         raise ConfigError("trust_anchors", error.reason) from None
 
 
-def _fleet(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+def _fleet_devices(args: argparse.Namespace, config: FleetConfig) -> list[tuple[str, DeviceProfile]]:
+    """The ``(endpoint, profile)`` list ``fleet`` (and ``credentials``) make from --config/--count."""
     if not config.fleet:
         raise ConfigError("fleet", "is empty: list at least one {profile, count, endpoint_prefix}")
     if args.count is not None and args.count < 1:
         raise ConfigError("--count", f"must be > 0, got {args.count}")
+    return config.endpoints(args.count)
+
+
+def _fleet_psks(args: argparse.Namespace, server: str, bootstrap_uri: str | None,
+                endpoints: list[str]) -> tuple[dict[str, PSK] | None, dict[str, PSK] | None]:
+    """Server PSKs and bootstrap PSKs per endpoint from ``--credentials`` (None when
+    not used); every device must have its row before any starts."""
+    secure_bootstrap = bootstrap_uri is not None and bootstrap_uri.startswith("coaps://")
+    if args.credentials is None:
+        if secure_bootstrap:
+            raise ConfigError("--bootstrap", f"{bootstrap_uri!r} is coaps://: each device needs its bootstrap "
+                                             "PSK, so pass --credentials FILE (`tinymlaas-sim credentials` "
+                                             "writes one)")
+        return None, None
+    target = ("--bootstrap", bootstrap_uri) if bootstrap_uri is not None else ("--server", server)
+    if not target[1].startswith("coaps://"):
+        raise ConfigError("--credentials", f"PSKs are for coaps://, and {target[0]} is {target[1]!r}")
+    try:
+        text = Path(args.credentials).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(args.credentials, f"cannot read: {reason}") from None
+    keys = parse_key_file(text, args.credentials)
+    if secure_bootstrap:
+        return None, psks_for(keys, endpoints, "bootstrap", args.credentials)
+    return psks_for(keys, endpoints, "server", args.credentials), None
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    devices = _fleet_devices(args, config)
     server = _server(args, config)
-    devices = config.endpoints(args.count)
     concurrency = args.concurrency or config.concurrency
     anchors = _anchors(args, config)
     bootstrap_uri, _ = _bootstrap(args)
+    psks, bootstrap_psks = _fleet_psks(args, server, bootstrap_uri, [endpoint for endpoint, _ in devices])
     _raise_file_limit(len(devices))
     progress_line = ProgressLine(sys.stderr)
 
@@ -159,7 +211,7 @@ def _fleet(args: argparse.Namespace) -> int:
         stop = await _until_stopped()
         fleet = Fleet(devices, server, ObjectRegistry.default(), concurrency=concurrency,
                       request_timeout=args.timeout, on_progress=progress_line, trust_anchors=anchors,
-                      bootstrap_uri=bootstrap_uri)
+                      bootstrap_uri=bootstrap_uri, psks=psks, bootstrap_psks=bootstrap_psks)
         return await fleet.run(args.duration, stop)
 
     try:
@@ -205,6 +257,32 @@ def _device(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _credentials(args: argparse.Namespace) -> int:
+    """Write a key file for the fleet's endpoints (stdout, or ``--out`` created 0600)."""
+    devices = _fleet_devices(args, load_config(args.config))
+    keys = generate_keys([endpoint for endpoint, _ in devices], args.scope)
+    text = format_key_file(keys)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError("--out", f"{args.out} exists; its keys may be in use, so remove it yourself "
+                                   "or choose another file") from None
+    except OSError as error:
+        raise ConfigError("--out", f"cannot create {args.out}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+            out.write(text)
+    except OSError as error:  # e.g. a full disk: leave no half a key file behind
+        os.unlink(args.out)
+        raise ConfigError("--out", f"cannot write {args.out}: {error.strerror}") from None
+    print(f"wrote {len(keys)} {args.scope} PSK(s) to {args.out} (mode 0600)", file=sys.stderr)
+    return 0
+
+
 def _profiles(args: argparse.Namespace) -> int:
     profiles = load_config(args.config).profiles if args.config else builtin_profiles()
     for name, profile in sorted(profiles.items()):
@@ -237,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--config", required=True, help="YAML file with profiles and a fleet section")
     fleet.add_argument("--count", type=int, metavar="N", help="start N devices, spread over the fleet groups")
     fleet.add_argument("--concurrency", type=int, metavar="C", help="registrations in flight (default: config, 50)")
+    fleet.add_argument("--credentials", metavar="FILE",
+                       help="key file (CSV endpoint,identity,key,scope) with each device's PSK for a coaps:// "
+                            "--bootstrap (bootstrap rows) or --server (server rows)")
     common(fleet)
     fleet.set_defaults(handler=_fleet)
 
@@ -249,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bootstrap credential for a coaps:// --bootstrap URI")
     common(device)
     device.set_defaults(handler=_device)
+
+    keys = commands.add_parser(
+        "credentials", help="write a key file of fresh PSKs for the devices `fleet` would start",
+        description="write a CSV key file (endpoint,identity,key,scope) with a fresh random 16-byte PSK for "
+                    "each device `fleet` makes from the same --config and --count; identities are "
+                    "<endpoint>-bs (bootstrap scope) or <endpoint> (server scope)")
+    keys.add_argument("--config", required=True, help="YAML file with profiles and a fleet section")
+    keys.add_argument("--count", type=int, metavar="N", help="as `fleet --count N`")
+    keys.add_argument("--scope", choices=["bootstrap", "server"], default="bootstrap",
+                      help="bootstrap PSKs (for --bootstrap coaps://, the default) or server PSKs")
+    keys.add_argument("--out", metavar="FILE", help="create FILE with mode 0600 (default: standard output)")
+    keys.set_defaults(handler=_credentials, verbose=0)
 
     profiles = commands.add_parser("profiles", help="list the hardware classes")
     profiles.add_argument("--config", help="YAML file whose profiles add to the built-in ones")
