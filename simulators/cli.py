@@ -98,14 +98,14 @@ def _server(args: argparse.Namespace, config: FleetConfig | None) -> str:
     """The LwM2M server URI: coap://, or coaps:// for a fleet given ``--credentials``."""
     uri = args.server or (config.server if config else None) or DEFAULT_SERVER
     if uri.startswith("coaps://"):
-        if getattr(args, "credentials", None) is not None:
+        if getattr(args, "credentials", None) is not None or getattr(args, "psk", None) is not None:
             return uri
         if args.command == "fleet":
             raise ConfigError("--server", f"{uri!r} is coaps://: each device needs its server PSK, "
                                           "so pass --credentials FILE (`tinymlaas-sim credentials --scope server` "
                                           "writes one)")
-        raise ConfigError("--server", f"{uri!r} is coaps://, and `device` takes no server PSK: use --bootstrap "
-                                      "coaps://... with --bootstrap-psk, or `fleet --credentials FILE`")
+        raise ConfigError("--server", f"{uri!r} is coaps://: give the device its PSK with --psk IDENTITY:HEXKEY "
+                                      "(or bootstrap it: --bootstrap coaps://... --bootstrap-psk ...)")
     if not uri.startswith("coap://"):
         raise ConfigError("--server", f"must be a coap:// URI, got {uri!r}")
     return uri
@@ -231,12 +231,20 @@ def _device(args: argparse.Namespace) -> int:
     server = _server(args, config if args.config else None)
     anchors = _anchors(args, config if args.config else None)
     bootstrap_uri, bootstrap_psk = _bootstrap(args)
+    psk = None
+    if args.psk is not None:
+        if not server.startswith("coaps://"):
+            raise ConfigError("--psk", f"a PSK is for a coaps:// --server, and it is {server!r}")
+        try:
+            psk = parse_psk(args.psk)
+        except ValueError as error:
+            raise ConfigError("--psk", str(error)) from None
 
     async def main() -> int:
         stop = await _until_stopped()
         device = SimulatedDevice(args.endpoint, profile, server, ObjectRegistry.default(),
                                  port=args.port, request_timeout=args.timeout, trust_anchors=anchors,
-                                 bootstrap_uri=bootstrap_uri, bootstrap_psk=bootstrap_psk)
+                                 bootstrap_uri=bootstrap_uri, bootstrap_psk=bootstrap_psk, psk=psk)
         try:
             await device.start()
         except RegistrationFailed as error:
@@ -328,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--port", type=int, default=0, help="local UDP port (default: ephemeral)")
     device.add_argument("--bootstrap-psk", metavar="IDENTITY:HEXKEY",
                         help="bootstrap credential for a coaps:// --bootstrap URI")
+    device.add_argument("--psk", metavar="IDENTITY:HEXKEY", help="server credential for a coaps:// --server URI")
     common(device)
     device.set_defaults(handler=_device)
 

@@ -303,7 +303,9 @@ def test_fleet_psk_errors_are_one_line(tmp_path: Path, capsys, no_fleet):
     err = capsys.readouterr().err
     assert err.startswith("tinymlaas-sim: --server: 'coaps://127.0.0.1:5684' is coaps://") and err.count("\n") == 1
     assert sim("device", "--profile", "cortex-m4f", "--endpoint", "x", "--server", "coaps://h") == 2
-    assert "`device` takes no server PSK" in capsys.readouterr().err
+    assert "give the device its PSK with --psk IDENTITY:HEXKEY" in capsys.readouterr().err
+    assert sim("device", "--profile", "cortex-m4f", "--endpoint", "x", "--psk", "x:00") == 2
+    assert "a PSK is for a coaps:// --server" in capsys.readouterr().err
 
 
 def test_a_device_without_a_row_stops_the_fleet_before_it_starts(tmp_path: Path, capsys, no_fleet):
@@ -421,3 +423,22 @@ async def test_a_fleet_provisioned_from_a_key_file_registers_over_coaps_only(sec
         await asyncio.wait_for(fleet.wait(), 30)
     assert fleet.returncode == 0, rest
     assert server.registrations() == []  # every device de-registered over its DTLS session
+
+
+async def test_one_device_with_its_server_psk_registers_over_coaps(secure_server, tmp_path):
+    server: LwM2MServer = secure_server
+    key = bytes.fromhex("00112233445566778899aabbccddeeff")
+    server.credentials.add(PskCredential("solo-1", "solo-1", key), now=1.0)
+    device = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "simulators.cli", "device", "--profile", "cortex-m4f", "--endpoint", "solo-1",
+        "--server", f"coaps://127.0.0.1:{server.secure_port}", "--psk", f"solo-1:{key.hex()}",
+        "--timeout", "10", "--duration", "60", cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = (await asyncio.wait_for(device.stderr.readline(), 30)).decode()
+        assert line.startswith("solo-1 registered at /rd/"), line
+        registration = server.registration("solo-1")
+        assert registration.identity == "solo-1" and registration.address.startswith("coaps://")
+    finally:
+        device.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(device.wait(), 30)
+    assert server.registration("solo-1") is None  # de-registered over its session
