@@ -270,11 +270,10 @@ async def test_a_non_utf8_uri_path_gets_a_reset_and_no_traceback(adapter, caplog
 
 async def test_download_blocks_are_not_kept_for_aiocoaps_whole_exchange_lifetime(file_server, monkeypatch):
     import lwm2m_server.coap as coap_module
-
     from aiocoap.numbers.constants import TransportTuning
 
-    monkeypatch.setattr(coap_module, "_DOWNLOAD_COPY_KEPT_S", 0.2)
-    monkeypatch.setattr(TransportTuning, "EXCHANGE_LIFETIME", 0.6)  # aiocoap's own timer, later
+    monkeypatch.setattr(coap_module, "_DOWNLOAD_COPY_KEPT_S", 1.0)
+    monkeypatch.setattr(TransportTuning, "EXCHANGE_LIFETIME", 3.0)  # aiocoap's own timer: later than ours
     errors = []
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
     server, image = file_server
@@ -284,13 +283,12 @@ async def test_download_blocks_are_not_kept_for_aiocoaps_whole_exchange_lifetime
     try:
         response = await client.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/m1")).response
         assert response.payload == image
-        kept = sum(len(message.payload) for message in recent.values() if message is not None)
-        assert kept >= len(image)  # aiocoap holds a copy of every block it sent (247 s by default)
-        await asyncio.sleep(0.4)
-        assert len(recent) == 0  # released: a duplicate GET would be served again from the file
+        assert any(message is not None for message in recent.values())  # aiocoap holds copies of sent blocks
+        await asyncio.sleep(1.5)
+        assert len(recent) == 0  # released by us: a duplicate GET would be served again from the file
         again = await client.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{server.port}/fw/m1")).response
         assert again.payload == image
-        await asyncio.sleep(0.8)  # aiocoap's timers find the entries gone, without a KeyError
+        await asyncio.sleep(3.5)  # aiocoap's timers find the entries gone, without a KeyError
         assert errors == []
     finally:
         await client.shutdown()
