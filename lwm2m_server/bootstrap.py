@@ -12,8 +12,11 @@ The sequence, and why::
     Bootstrap-Delete   /0           every Security instance except the Bootstrap-Server
                                     account, which Bootstrap-Delete never removes
     Bootstrap-Delete   /1           every Server account
+    Bootstrap-Delete   /21          every OSCORE context (not the one of the Bootstrap-
+                                    Server account, if it has one)
     Bootstrap-Discover /            which Security instances are left (the bootstrap
                                     account) and whether /26241/0 exists
+    Bootstrap-Write    /21/x        the OSCORE context, for an OSCORE account only
     Bootstrap-Write    /0/s         the LwM2M Server account (s: the lowest free id)
     Bootstrap-Write    /1/v         its Server object instance
     Bootstrap-Write    /26241/0/21  Module Trust Anchors (when there are any)
@@ -27,6 +30,16 @@ the device can still bootstrap again. Bootstrap-Discover exists since LwM2M 1.1;
 a 1.0 client refuses it and the plan then writes Security instance 1 (the
 bootstrap account is instance 0 on Zephyr, Wakaama and Anjay alike).
 
+Three kinds of account (:class:`ServerAccount`): DTLS PSK (Security Mode 0,
+``coaps://``), NoSec (Security Mode 3, ``coap://``), and OSCORE (LwM2M 1.1, RFC
+8613): Security Mode 3 at the DTLS level, a ``coap://`` URI, and resource 17
+(OSCORE Security Mode) linking to the ``/21/x`` instance that holds the context
+(Master Secret, Sender ID, Recipient ID, AEAD, HKDF, Master Salt, ID Context) as
+the *device* sees it: its Sender ID is the server's Recipient ID and the other
+way round (:func:`device_context`). /21 is deleted in every plan, so no context
+of an earlier bootstrap outlives it; an OSCORE object's instance ids, like the
+Security ones, come from the discovery (1 without one).
+
 Writes use the ``pct`` the device asked for when it is a format that carries
 object instances (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), otherwise TLV
 (11542): every 1.0 client must support TLV, and 1.1 clients that dropped it say
@@ -35,7 +48,8 @@ so with ``pct``.
 Answers (:meth:`BootstrapStep.judge`): a Delete answering 4.04 (nothing there),
 a Discover answering anything but 2.05 (1.0 clients), a trust-anchor Write
 answering 4.04 (a device without the TinyML object or without resource 21) are
-tolerated; any other error aborts the bootstrap, and Bootstrap-Finish answering
+tolerated, and so is any 4.xx to the Delete of /21 (a device without the OSCORE
+object, LwM2M 1.0 clients among them); any other error aborts the bootstrap, and Bootstrap-Finish answering
 4.06 means the device found the configuration unusable.
 """
 
@@ -47,18 +61,22 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ipso_objects import (
-    DecodeError, IpsoError, LwM2MPath, MultiResource, ObjectInstance, ObjectRegistry, Resource,
+    DecodeError, IpsoError, LwM2MPath, MultiResource, ObjectInstance, ObjectRegistry, ObjLnk, Resource,
     TINYML_OBJECT_ID, codecs,
 )
 from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import link_format
 
 from .operations import DeviceRequest, Operation, format_name
+from .oscore import DEFAULT_AEAD, DEFAULT_HKDF, OscoreCredential, OscoreCredentialError
 
 BOOTSTRAP_PATH = ("bs",)
 """Uri-Path of Bootstrap-Request (device → server) and Bootstrap-Finish (server → device)."""
-SECURITY, SERVER = 0, 1
+SECURITY, SERVER, OSCORE = 0, 1, 21
+OSCORE_LINK = 17
+"""/0/x/17 OSCORE Security Mode: Objlnk to the /21 instance the account uses."""
 TRUST_ANCHORS = LwM2MPath.of(TINYML_OBJECT_ID, 0, 21)
+OSCORE_OBJECT = LwM2MPath.of(OSCORE)
 """Module Trust Anchors: DER SubjectPublicKeyInfo of each key modules may be signed by."""
 WRITE_FORMATS = (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON, CF.LWM2M_CBOR, CF.OMA_JSON)
 """Formats that carry an object instance, so Bootstrap-Write can use them."""
@@ -142,6 +160,42 @@ class Psk:
 
 
 @dataclass(frozen=True, slots=True)
+class OscoreContext:
+    """An OSCORE security context as the device's OSCORE object instance (/21/x) holds
+    it: from the **device's** point of view."""
+
+    sender_id: bytes
+    """The device's Sender ID (/21/x/1): the kid of its requests, the server's Recipient ID."""
+    recipient_id: bytes
+    """The device's Recipient ID (/21/x/2): the server's Sender ID."""
+    master_secret: bytes = field(repr=False)
+    """/21/x/0; never in repr or logs."""
+    master_salt: bytes = field(default=b"", repr=False)
+    """/21/x/5 (empty: none)."""
+    id_context: bytes | None = None
+    """/21/x/6, written only when not None."""
+    aead: int = DEFAULT_AEAD
+    """/21/x/3, COSE AEAD algorithm number."""
+    hkdf: int = DEFAULT_HKDF
+    """/21/x/4, COSE HKDF algorithm number (the registry calls it the HMAC Algorithm)."""
+
+    def __post_init__(self) -> None:
+        try:  # the same limits as a stored credential (ids by AEAD nonce length, secret 16..64 B, ...)
+            OscoreCredential("-", self.recipient_id, self.sender_id, self.master_secret, self.master_salt,
+                             self.id_context, self.aead, self.hkdf)
+        except OscoreCredentialError as error:
+            raise BootstrapError("5.00", f"OSCORE context: {error.reason}") from None
+
+
+def device_context(credential: OscoreCredential) -> OscoreContext:
+    """The context the device must hold for the server's ``credential``: the same
+    secret, salt, ID Context and algorithms, Sender and Recipient ID swapped."""
+    return OscoreContext(sender_id=credential.recipient_id, recipient_id=credential.sender_id,
+                         master_secret=credential.master_secret, master_salt=credential.master_salt,
+                         id_context=credential.id_context, aead=credential.aead, hkdf=credential.hkdf)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerAccount:
     """The LwM2M Server account the plan writes (Security + Server instance)."""
 
@@ -157,6 +211,8 @@ class ServerAccount:
     """Security Mode 0 (PSK) with this credential; None: Security Mode 3 (NoSec)."""
     notification_storing: bool = True
     """/1/y/6: keep notifications while the server is unreachable."""
+    oscore: OscoreContext | None = None
+    """OSCORE with this context (Security Mode 3, coap://, /0/x/17 linking /21/y); None: no OSCORE."""
 
     def __post_init__(self) -> None:
         scheme = self.uri.partition("://")[0].lower() if "://" in self.uri else ""
@@ -166,6 +222,8 @@ class ServerAccount:
             raise BootstrapError(
                 "5.00", "a coaps:// server URI needs a PSK and a coap:// one none "
                         f"(uri {self.uri!r}, {'PSK' if self.psk else 'NoSec'})")
+        if self.oscore is not None and scheme != "coap":
+            raise BootstrapError("5.00", f"an OSCORE account needs a coap:// server URI, got {self.uri!r}")
         if not 1 <= self.short_server_id <= 65534:
             raise BootstrapError("5.00", f"short server id must be 1..65534, got {self.short_server_id}")
         if self.lifetime < 1:
@@ -175,14 +233,34 @@ class ServerAccount:
     def security_mode(self) -> SecurityMode:
         return SecurityMode.PSK if self.psk is not None else SecurityMode.NO_SEC
 
+    @property
+    def security(self) -> str:
+        """``psk``, ``oscore`` or ``nosec`` (for logs)."""
+        return "psk" if self.psk is not None else "oscore" if self.oscore is not None else "nosec"
 
-def security_instance(account: ServerAccount, instance_id: int) -> ObjectInstance:
+
+def security_instance(account: ServerAccount, instance_id: int, oscore_instance: int | None = None) -> ObjectInstance:
     """The Security (0) instance of ``account``: URI, not a Bootstrap-Server, Security
-    Mode, identity, server public key (empty: PSK has none), secret key, SSID."""
+    Mode, identity, server public key (empty: PSK has none), secret key, SSID, and for
+    an OSCORE account resource 17 linking ``/21/oscore_instance``."""
     identity = account.psk.identity.encode("utf-8") if account.psk else b""
     key = account.psk.key if account.psk else b""
-    values = {0: account.uri, 1: False, 2: int(account.security_mode), 3: identity, 4: b"", 5: key,
-              10: account.short_server_id}
+    values: dict[int, object] = {0: account.uri, 1: False, 2: int(account.security_mode), 3: identity, 4: b"",
+                                 5: key, 10: account.short_server_id}
+    if account.oscore is not None:
+        if oscore_instance is None:
+            raise BootstrapError("5.00", "an OSCORE account needs the /21 instance it links to")
+        values[OSCORE_LINK] = ObjLnk(OSCORE, oscore_instance)
+    return ObjectInstance(instance_id, {rid: Resource(rid, value) for rid, value in values.items()})
+
+
+def oscore_instance(context: OscoreContext, instance_id: int) -> ObjectInstance:
+    """The OSCORE (21) instance of ``context``: Master Secret, Sender ID, Recipient ID,
+    AEAD, HKDF, Master Salt, and the ID Context when there is one."""
+    values: dict[int, object] = {0: context.master_secret, 1: context.sender_id, 2: context.recipient_id,
+                                 3: context.aead, 4: context.hkdf, 5: context.master_salt}
+    if context.id_context is not None:
+        values[6] = context.id_context
     return ObjectInstance(instance_id, {rid: Resource(rid, value) for rid, value in values.items()})
 
 
@@ -270,6 +348,8 @@ class BootstrapStep:
             return Outcome.DONE
         if self.kind is StepKind.DELETE and code == "4.04":
             return Outcome.TOLERATED
+        if self.kind is StepKind.DELETE and self.request.paths == (OSCORE_OBJECT,) and code.startswith("4."):
+            return Outcome.TOLERATED  # a device without the OSCORE object
         if self.kind is StepKind.DISCOVER:
             return Outcome.TOLERATED
         if self.kind is StepKind.WRITE and self.request.paths == (TRUST_ANCHORS,) and code == "4.04":
@@ -311,8 +391,9 @@ def finish_step() -> BootstrapStep:
 
 
 def prelude() -> tuple[BootstrapStep, ...]:
-    """Bootstrap-Delete /0 and /1, then Bootstrap-Discover /."""
-    return (delete_step(LwM2MPath.of(SECURITY)), delete_step(LwM2MPath.of(SERVER)), discover_step())
+    """Bootstrap-Delete /0, /1 and /21, then Bootstrap-Discover /."""
+    return (delete_step(LwM2MPath.of(SECURITY)), delete_step(LwM2MPath.of(SERVER)), delete_step(OSCORE_OBJECT),
+            discover_step())
 
 
 def configuration(
@@ -326,8 +407,11 @@ def configuration(
     """The Bootstrap-Writes and Bootstrap-Finish that follow :func:`prelude`.
 
     The Security instance takes the lowest id the discovery left free (1 without
-    a discovery); the Server instance likewise (0). Trust anchors are written when
-    given, unless the discovery shows the device has no /26241/0.
+    a discovery); the Server instance likewise (0), and the OSCORE instance of an
+    OSCORE account (1 without a discovery: 0 may hold the Bootstrap-Server's own
+    context), written first so the Security instance's link resolves.
+    Trust anchors are written when given, unless the discovery shows the device
+    has no /26241/0.
     """
     registry = registry or ObjectRegistry.default()
     anchors = [bytes(anchor) for anchor in trust_anchors]
@@ -336,8 +420,15 @@ def configuration(
     fmt = request.write_format
     security_id = _free_id(discovery.instance_ids(SECURITY) if discovery else set(), 1)
     server_id = _free_id(discovery.instance_ids(SERVER) if discovery else set(), 0)
-    steps = [
-        write_step(LwM2MPath.of(SECURITY, security_id), security_instance(account, security_id), fmt, registry),
+    steps = []
+    oscore_id = None
+    if account.oscore is not None:
+        oscore_id = _free_id(discovery.instance_ids(OSCORE), 0) if discovery else 1
+        steps.append(write_step(LwM2MPath.of(OSCORE, oscore_id), oscore_instance(account.oscore, oscore_id), fmt,
+                                registry))
+    steps += [
+        write_step(LwM2MPath.of(SECURITY, security_id), security_instance(account, security_id, oscore_id), fmt,
+                   registry),
         write_step(LwM2MPath.of(SERVER, server_id), server_instance(account, server_id), fmt, registry),
     ]
     has_tinyml = discovery is None or LwM2MPath(TRUST_ANCHORS.ids[:2]) in discovery.instances  # /26241/0

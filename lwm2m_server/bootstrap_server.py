@@ -16,14 +16,24 @@ security store):
   a device with credentials must use them), and an endpoint without one is
   admitted only when ``security.mode`` is ``mixed``.
 
-What account is written: after a CoAPS bootstrap, a PSK account (Security Mode 0,
-``coaps://`` URI) with the endpoint's server credential, created with a fresh
-random 16-byte key when it has none. After a plain CoAP bootstrap, a NoSec
-account (Security Mode 3, ``coap://``): a key sent in clear over an
-unauthenticated exchange protects nothing, and storing one would lock the
-endpoint out of plain bootstrap afterwards. Without CoAPS (``coap.secure_port``
-None) it is always NoSec. ``bootstrap.server_uri`` overrides the URI; a
-``coaps://`` one is refused to a plain-CoAP bootstrap.
+What account is written: after a CoAPS bootstrap of an endpoint that has an
+OSCORE credential in the store, an OSCORE account (``coap://`` URI at the plain
+port, Security Mode 3, resource 17 linking the ``/21`` instance that carries the
+context, Sender and Recipient ID as the device sees them). Its Master Secret is
+renewed (fresh random 16 bytes, ids, salt, ID Context and algorithms kept) and
+stored at every such bootstrap: the device starts its fresh context at sequence
+number 0, which under the old secret would reuse nonces the server has already
+seen (and its replay window would refuse them). After another CoAPS bootstrap,
+a PSK account (Security Mode 0, ``coaps://`` URI) with the endpoint's server
+credential, created with a fresh random 16-byte key when it has none. After a
+plain CoAP bootstrap, a NoSec account (Security Mode 3, ``coap://``): a key sent
+in clear over an unauthenticated exchange protects nothing, and storing one
+would lock the endpoint out of plain bootstrap afterwards. An OSCORE context is
+never sent over plain CoAP either: an endpoint that has one gets only the NoSec
+account, with which it cannot register (as an endpoint with a server PSK).
+Without CoAPS (``coap.secure_port`` None) it is always NoSec. ``bootstrap.server_uri`` overrides the URI; a
+``coaps://`` one is refused to a plain-CoAP bootstrap, and makes a CoAPS
+bootstrap write a PSK account even for an endpoint with an OSCORE credential.
 
 One bootstrap at a time per endpoint: a new Bootstrap-Request while one runs
 **restarts** it (the old one is cancelled). A client sends Bootstrap-Request
@@ -46,10 +56,12 @@ import structlog
 from ipso_objects import ObjectRegistry
 
 from .bootstrap import (
-    BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, parse_bootstrap_request,
+    BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, device_context,
+    parse_bootstrap_request,
 )
 from .coap import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
 from .config import BootstrapConfig, CoapConfig
+from .oscore import OscoreCredential
 
 Send = Callable[..., Awaitable[CoapResponse]]
 """``send(address, device_request, timeout=seconds) -> CoapResponse``; raises DeviceUnreachable."""
@@ -65,6 +77,11 @@ class CredentialsProvider(Protocol):
         """``(identity, key)`` of the endpoint's server credential, created (fresh random
         16-byte key) and stored when it has none."""
 
+    # Optional (a provider without it hands out no OSCORE accounts):
+    # def renew_oscore(self, endpoint: str, now: float) -> OscoreCredential | None:
+    #     """The endpoint's OSCORE credential with a fresh Master Secret, stored in
+    #     place of the old one; None when the endpoint has none."""
+
 
 class StoreCredentials:
     """:class:`CredentialsProvider` over :class:`lwm2m_server.credentials.CredentialStore`."""
@@ -79,6 +96,21 @@ class StoreCredentials:
     def server_credential(self, endpoint: str, now: float) -> tuple[str, bytes]:
         credential = self.store.get_or_create(endpoint, "server", now=now)
         return credential.identity, credential.key
+
+    def renew_oscore(self, endpoint: str, now: float) -> OscoreCredential | None:
+        """The endpoint's OSCORE credential with a fresh Master Secret (stored in place
+        of the old one), or None when it has none."""
+        from .credentials import generate_master_secret, oscore_credential
+
+        current = self.store.oscore_for_endpoint(endpoint)
+        if current is None:
+            return None
+        fresh = oscore_credential(endpoint, sender_id=current.sender_id, recipient_id=current.recipient_id,
+                                  master_secret=generate_master_secret(), master_salt=current.master_salt,
+                                  id_context=current.id_context, aead=current.aead, hkdf=current.hkdf,
+                                  created=float(now))
+        self.store.add_oscore(fresh, replace=True)
+        return fresh
 
 
 def public_key_der(key: Any) -> bytes:
@@ -195,10 +227,18 @@ class BootstrapService:
             raise BootstrapError("4.03", f"plain CoAP bootstrap is refused (security.mode {self.security_mode})")
 
     def _account(self, endpoint: str, address: str, identity: str | None) -> ServerAccount:
-        """The account to write: PSK after a CoAPS bootstrap when the server has CoAPS
-        (or a coaps:// server_uri), NoSec otherwise."""
+        """The account to write: OSCORE after a CoAPS bootstrap of an endpoint with an
+        OSCORE credential (unless server_uri is coaps://), PSK after another CoAPS
+        bootstrap when the server has CoAPS (or a coaps:// server_uri), NoSec otherwise."""
         plain_port, secure_port = self._bound_ports()
         uri = self.config.server_uri
+        renew = getattr(self.credentials, "renew_oscore", None)
+        if identity is not None and renew is not None and not (uri or "").lower().startswith("coaps://"):
+            credential = _ask(renew, endpoint, self._clock())
+            if credential is not None:
+                uri = uri or f"coap://{_host(self._local_base(address))}:{plain_port}"
+                return ServerAccount(uri, self.config.short_server_id, self.config.lifetime_s, self.config.binding,
+                                     oscore=device_context(credential))
         if uri:
             secure = uri.lower().startswith("coaps://")
             if secure and identity is None:
@@ -220,7 +260,8 @@ class BootstrapService:
     async def _run(self, session: BootstrapSession, address: str) -> None:
         endpoint, account = session.endpoint, session.account
         self._log.info("bootstrap_started", ep=endpoint, address=address, uri=account.uri,
-                       security_mode=account.security_mode.name, trust_anchors=len(self.trust_anchors))
+                       security_mode=account.security_mode.name, security=account.security,
+                       trust_anchors=len(self.trust_anchors))
         self._publish(endpoint, "started", uri=account.uri)
         step = None
         try:
@@ -245,7 +286,7 @@ class BootstrapService:
             return
         if session.finished:
             self._log.info("bootstrap_finished", ep=endpoint, uri=account.uri, ssid=account.short_server_id,
-                           security_mode=account.security_mode.name,
+                           security_mode=account.security_mode.name, security=account.security,
                            lwm2m=session.discovery.lwm2m_version if session.discovery else None)
             self._publish(endpoint, "finished", uri=account.uri)
         else:

@@ -6,21 +6,30 @@ adapter (:mod:`simulators.client`) sends Bootstrap-Request and, until the
 bootstrap ends, hands every incoming request to :meth:`BootstrapInterface.handle`::
 
     PUT    /o[/i[/r]] + body   Bootstrap-Write: creates or overwrites, whatever the
-                               resource's operations (Security, /26241/0/21 included)
+                               resource's operations (Security, OSCORE /21,
+                               /26241/0/21 included)
     DELETE / | /o | /o/i       Bootstrap-Delete: never the Bootstrap-Server account
-                               nor the Device object instance
+                               (nor an OSCORE instance it links to) nor the Device
+                               object instance
     GET    / | /o + Accept 40  Bootstrap-Discover (LwM2M 1.1+): </>;lwm2m=1.1, then
                                instances, Security ones with ssid and uri
     GET    /1 | /2             Bootstrap-Read
     POST   /bs                 Bootstrap-Finish: 2.04 when there is a usable account
                                (a non-bootstrap Security instance whose Short Server
                                ID has a Server instance, a coap:// URI with NoSec or
-                               a coaps:// one with a PSK), else 4.06 Not Acceptable
+                               a coaps:// one with a PSK, or a coap:// URI with NoSec
+                               whose resource 17 links a complete /21 instance:
+                               OSCORE), else 4.06 Not Acceptable
 
 After Bootstrap-Finish the device registers with the account's URI and
-credentials, and trusts the keys written to Module Trust Anchors (/26241/0/21)
+credentials (an OSCORE account: :mod:`simulators.client` provisions a context
+folder from it with :func:`simulators.oscore.provision` and protects its requests
+with it), and trusts the keys written to Module Trust Anchors (/26241/0/21)
 besides its factory trust anchors. A management server still gets 4.04 for
-/0 and cannot read, write or discover /26241/0/21 (the resource has no operations).
+/0 and /21 and cannot read, write or discover /26241/0/21 (the resource has no
+operations): the OSCORE instances are kept here (:attr:`BootstrapInterface.oscore`),
+not in the object tree, so they are in no Register payload either (LwM2M Core
+1.1: objects 0 and 21 are never listed).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from ipso_objects import (
-    IpsoError, LwM2MPath, ModelError, MultiResource, Object, ObjectInstance, PathError, Resource,
+    IpsoError, LwM2MPath, ModelError, MultiResource, Object, ObjectInstance, ObjLnk, PathError, Resource,
     TINYML_OBJECT_ID, codecs,
 )
 from ipso_objects.codecs import ContentFormat, link_format
@@ -43,13 +52,16 @@ from lwm2m_server.suit import PublicKey, UnsupportedError
 from lwm2m_server.suit.cose import algorithm_of
 
 from .management import Response, _version_tuple
+from .oscore import AEAD_NAMES, HKDF_NAMES
 
 if TYPE_CHECKING:
     from .objects import DeviceObjects
 
 log = structlog.get_logger(__name__)
 
-SECURITY, SERVER, DEVICE = 0, 1, 3
+SECURITY, SERVER, DEVICE, OSCORE = 0, 1, 3, 21
+OSCORE_LINK = 17
+"""/0/x/17 OSCORE Security Mode: Objlnk to the /21 instance the account uses."""
 TRUST_ANCHORS = LwM2MPath.of(TINYML_OBJECT_ID, 0, 21)
 PSK, NO_SEC = 0, 3
 IDLE, BOOTSTRAPPING, FINISHED = "idle", "bootstrapping", "finished"
@@ -60,6 +72,28 @@ class _Refuse(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class OscoreAccount:
+    """The OSCORE context (/21/x) an account links to, as the device holds it."""
+
+    sender_id: bytes
+    """The device's Sender ID (/21/x/1), the kid of its requests."""
+    recipient_id: bytes
+    """The device's Recipient ID (/21/x/2), the server's Sender ID."""
+    master_secret: bytes = field(repr=False)
+    """/21/x/0; never in repr."""
+    master_salt: bytes = field(default=b"", repr=False)
+    """/21/x/5."""
+    id_context: bytes | None = None
+    """/21/x/6, None when absent."""
+    aead: int = 10
+    """/21/x/3 (10, AES-CCM-16-64-128, when absent)."""
+    hkdf: int = -10
+    """/21/x/4 (-10, HKDF SHA-256, when absent)."""
+    instance: int = 0
+    """The /21 instance id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +112,8 @@ class ServerAccount:
     """PSK (/0/s/5); never in repr."""
     security_instance: int = 0
     server_instance: int = 0
+    oscore: OscoreAccount | None = None
+    """The OSCORE context the account protects its messages with (Security Mode 3), or None."""
 
 
 def parse_psk(text: str) -> tuple[bytes, bytes]:
@@ -130,6 +166,9 @@ class BootstrapInterface:
         tree[SECURITY] = {0: {0: self.uri, 1: True, 2: PSK if self.psk else NO_SEC,
                               3: self.psk[0] if self.psk else b"", 4: b"", 5: self.psk[1] if self.psk else b""}}
         tree[SERVER] = {}
+        self.oscore: dict[int, dict[int, Any]] = {}
+        """OSCORE object (/21) instances by id: Bootstrap interface only, outside the
+        object tree a management server sees."""
 
     # -- the device's side ------------------------------------------------------------------
 
@@ -194,10 +233,18 @@ class BootstrapInterface:
             return Response(refused.code, None, refused.reason.encode())
 
     def _tree(self) -> dict[int, dict[int, dict[int, Any]]]:
-        return self.objects._tree
+        """The object tree with, for an LwM2M 1.1+ device, the OSCORE instances (the
+        same dicts, so changes stick)."""
+        if _version_tuple(self.objects.lwm2m_version) < (1, 1):
+            return self.objects._tree  # LwM2M 1.0 has no OSCORE object
+        return {**self.objects._tree, OSCORE: self.oscore}
 
     def _is_bootstrap_account(self, object_id: int, instance_id: int) -> bool:
-        return object_id == SECURITY and self._tree()[SECURITY].get(instance_id, {}).get(1) is True
+        security = self.objects._tree[SECURITY]
+        if object_id == OSCORE:  # the Bootstrap-Server's own OSCORE context goes with its account
+            return any(values.get(1) is True and values.get(OSCORE_LINK) == ObjLnk(OSCORE, instance_id)
+                       for values in security.values())
+        return object_id == SECURITY and security.get(instance_id, {}).get(1) is True
 
     # -- Bootstrap-Write ----------------------------------------------------------------------
 
@@ -224,7 +271,7 @@ class BootstrapInterface:
             instances = [ObjectInstance(path.ids[1], {node.id: node})]
         else:
             raise _Refuse("4.00", f"a {type(node).__name__} cannot be written to {path}")
-        existing = self._tree().setdefault(object_id, {})
+        existing = self.oscore if object_id == OSCORE else self.objects._tree.setdefault(object_id, {})
         planned: dict[int, dict[int, Any]] = {}
         for instance in instances:
             if not definition.multiple and instance.id not in existing and (existing or planned):
@@ -233,13 +280,15 @@ class BootstrapInterface:
                                     for item in instance.resources.values()}
         for instance_id, values in planned.items():
             if instance_id not in existing:
-                defaults = self.objects._with_defaults(object_id, {}) if object_id != SECURITY else {}
+                defaults = self.objects._with_defaults(object_id, {}) if object_id not in (SECURITY, OSCORE) else {}
                 existing[instance_id] = {**defaults, **values}
-                self.objects._changed.add(LwM2MPath.of(object_id, instance_id))
+                changed = [LwM2MPath.of(object_id, instance_id)]
             else:
                 existing[instance_id].update(values)
-            for rid in values:
-                self.objects._changed.add(LwM2MPath.of(object_id, instance_id, rid))
+                changed = []
+            changed += [LwM2MPath.of(object_id, instance_id, rid) for rid in values]
+            if object_id != OSCORE:  # nothing a management server may observe
+                self.objects._changed.update(changed)
         log.debug("bootstrap_write", ep=self.objects.endpoint, path=str(path))
         return Response("2.04")
 
@@ -281,8 +330,9 @@ class BootstrapInterface:
                        if not self._is_bootstrap_account(o, i)]
         for target in targets:
             del tree[target.ids[0]][target.ids[1]]
-            self.objects._forget_instance(target)
-            self.objects._changed.add(target)
+            if target.ids[0] != OSCORE:
+                self.objects._forget_instance(target)
+                self.objects._changed.add(target)
         log.debug("bootstrap_delete", ep=self.objects.endpoint, path=str(path), deleted=len(targets))
         return Response("2.02")
 
@@ -339,9 +389,39 @@ class BootstrapInterface:
             elif mode == PSK and not (values.get(3) and values.get(5)):
                 problems.append(f"{where}: PSK mode without identity or key")
             else:
+                try:
+                    oscore = self._oscore_of(values, scheme, mode)
+                except ValueError as error:
+                    problems.append(f"{where}: {error}")
+                    continue
                 accounts.append(ServerAccount(uri, ssid, mode, bytes(values.get(3) or b""),
-                                              bytes(values.get(5) or b""), instance_id, servers[ssid]))
+                                              bytes(values.get(5) or b""), instance_id, servers[ssid], oscore))
         return accounts, problems
+
+    def _oscore_of(self, security: dict[int, Any], scheme: str, mode: int) -> OscoreAccount | None:
+        """The OSCORE context a Security instance links to (resource 17), None without
+        a link (or with the null link 65535:65535); ValueError when it is unusable."""
+        link = security.get(OSCORE_LINK)
+        if link is None or link == ObjLnk(65535, 65535):
+            return None
+        if not isinstance(link, ObjLnk) or link.object_id != OSCORE:
+            raise ValueError(f"resource {OSCORE_LINK} links {link}, not an OSCORE (21) instance")
+        if (scheme, mode) != ("coap", NO_SEC):
+            raise ValueError("OSCORE needs a coap:// URI and Security Mode 3 (this device has no OSCORE over DTLS)")
+        values = self.oscore.get(link.instance_id) if OSCORE in self._tree() else None
+        if values is None:
+            raise ValueError(f"resource {OSCORE_LINK} links /21/{link.instance_id}, which does not exist")
+        secret, sender, recipient = (values.get(rid) for rid in (0, 1, 2))
+        if not secret or sender is None or recipient is None:
+            raise ValueError(f"/21/{link.instance_id} lacks its Master Secret, Sender ID or Recipient ID")
+        if sender == recipient:
+            raise ValueError(f"/21/{link.instance_id}: Sender ID and Recipient ID are the same")
+        aead = 10 if values.get(3) is None else values[3]  # the RFC 8613 defaults when absent
+        hkdf = -10 if values.get(4) is None else values[4]
+        if aead not in AEAD_NAMES or hkdf not in HKDF_NAMES:
+            raise ValueError(f"/21/{link.instance_id}: AEAD {aead} or HKDF {hkdf} is not supported")
+        return OscoreAccount(bytes(sender), bytes(recipient), bytes(secret), bytes(values.get(5) or b""),
+                             None if values.get(6) is None else bytes(values[6]), aead, hkdf, link.instance_id)
 
     def _finish(self) -> Response:
         if self.state != BOOTSTRAPPING:
@@ -365,5 +445,5 @@ class BootstrapInterface:
         self.finishes += 1
         account = accounts[0]
         log.info("bootstrap_finished", ep=self.objects.endpoint, uri=account.uri,
-                 security_mode=account.security_mode, trust_anchors=len(written))
+                 security_mode=account.security_mode, oscore=account.oscore is not None, trust_anchors=len(written))
         return Response("2.04")

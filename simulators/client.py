@@ -28,14 +28,18 @@ OSCORE: a device made with ``oscore`` (a context folder, :mod:`simulators.oscore
 protects every request to its server with that context, over plain coap://, and
 answers only requests protected with it (4.01 to anything else), as a client whose
 Security object points to an OSCORE object does. The context, with its sequence
-numbers, outlives reboots.
+numbers, outlives reboots. A bootstrapped device whose account links an OSCORE
+instance (/0/x/17 → /21/y) provisions a fresh context folder from it under
+``oscore_storage`` (a temporary folder by default) and does the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import aiocoap
@@ -52,7 +56,7 @@ from ipso_objects.codecs import link_format
 
 from .download import BlockDownload, DownloadError
 from .fetch import fetch
-from .bootstrap import FINISHED, PSK, BootstrapInterface
+from .bootstrap import FINISHED, PSK, BootstrapInterface, OscoreAccount
 from .objects import DeviceObjects, Response
 from lwm2m_server.coap_dtls import DtlsUnavailable, tinydtls
 
@@ -90,7 +94,9 @@ class _DeviceSite(aiocoap.resource.Resource):
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
-        if self._device.oscore_context is not None and not isinstance(request.remote, OSCOREAddress):
+        bootstrapping = self._device.bootstrap is not None and self._device.bootstrap.active
+        if self._device.oscore_context is not None and not isinstance(request.remote, OSCOREAddress) \
+                and not bootstrapping:
             pipe.add_response(Message(code=Code.UNAUTHORIZED, payload=b"OSCORE required"), is_last=True)
             return
         if request.opt.observe == 0 and self._device._observable(request):
@@ -128,10 +134,17 @@ class SimulatedDevice:
         bootstrap_psk: tuple[str | bytes, bytes] | None = None,
         bootstrap_timeout: float = 60.0,
         oscore: str | os.PathLike[str] | None = None,
+        oscore_storage: str | os.PathLike[str] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.oscore_context = device_oscore.load(oscore) if oscore is not None else None
-        """The device's OSCORE context (from the folder ``oscore``), or None."""
+        """The device's OSCORE context (from the folder ``oscore``, or provisioned by
+        bootstrap), or None."""
+        self.oscore_storage = Path(oscore_storage) if oscore_storage is not None else None
+        """Where contexts written by bootstrap are kept, one fresh folder each (None: a
+        temporary folder, removed with the device object)."""
+        self._oscore_account: OscoreAccount | None = None
+        self._oscore_tmp: tempfile.TemporaryDirectory | None = None
         self.psk = (psk[0].encode() if isinstance(psk[0], str) else psk[0], psk[1]) if psk else None
         """DTLS PSK ``(identity, key)`` for a ``coaps://`` server_uri."""
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
@@ -241,21 +254,27 @@ class SimulatedDevice:
         self._context.client_credentials.load_from_dict(
             {f"{base}/*": {"dtls": {"psk": key, "client-identity": identity}}})
 
+    def _enable_oscore(self) -> None:
+        """Protect requests to the server with :attr:`oscore_context`, and answer only
+        requests protected with it (also on an open context, after bootstrap)."""
+        context = self._context
+        assert context is not None and self.oscore_context is not None
+        if not isinstance(context.serversite, OscoreSiteWrapper):
+            context.serversite = OscoreSiteWrapper(context.serversite, CredentialsMap())
+        context.serversite.server_credentials[":server"] = self.oscore_context
+        if not any(isinstance(interface, TransportOSCORE) for interface in context.request_interfaces):
+            # first, or udp6 would send the requests unprotected
+            context.request_interfaces.insert(0, TransportOSCORE(context, context))
+        context.client_credentials[f"{self.server_uri}/*"] = self.oscore_context
+
     async def _open(self) -> None:
-        site: Any = _DeviceSite(self)
-        if self.oscore_context is not None:
-            server_contexts = CredentialsMap()
-            server_contexts[":server"] = self.oscore_context
-            site = OscoreSiteWrapper(site, server_contexts)
         with without_reuse_port():
             self._context = await aiocoap.Context.create_server_context(
-                site, bind=(self.host, self._port), transports=["udp6"],
+                _DeviceSite(self), bind=(self.host, self._port), transports=["udp6"],
                 loggername="tinymlaas-sim.coap",
             )
         if self.oscore_context is not None:
-            # first, or udp6 would send the requests unprotected
-            self._context.request_interfaces.insert(0, TransportOSCORE(self._context, self._context))
-            self._context.client_credentials[f"{self.server_uri}/*"] = self.oscore_context
+            self._enable_oscore()
         interface = None
         for manager in getattr(self._context, "request_interfaces", ()):
             candidate = getattr(getattr(manager, "token_interface", None), "message_interface", None)
@@ -437,6 +456,25 @@ class SimulatedDevice:
             self.psk = (account.identity, account.key)
             if self._context is not None:
                 self.use_psk(self.server_uri, account.identity, account.key)
+        if account.oscore is not None and account.oscore != self._oscore_account:
+            self._provision_oscore(account.oscore)
+        if self.oscore_context is not None and self._context is not None:
+            self._enable_oscore()
+
+    def _provision_oscore(self, account: OscoreAccount) -> None:
+        """Keep the context bootstrap wrote as a real client does: in a fresh folder of
+        its own (sequence numbers from 0, persisted), then use it."""
+        if self.oscore_storage is None and self._oscore_tmp is None:
+            self._oscore_tmp = tempfile.TemporaryDirectory(prefix="tinymlaas-sim-oscore-")
+        storage = self.oscore_storage or Path(self._oscore_tmp.name)  # type: ignore[union-attr]
+        storage.mkdir(parents=True, exist_ok=True)
+        folder = device_oscore.provision(
+            tempfile.mkdtemp(prefix=f"21-{account.instance}-", dir=storage), master_secret=account.master_secret,
+            sender_id=account.sender_id, recipient_id=account.recipient_id, master_salt=account.master_salt,
+            id_context=account.id_context, aead=account.aead, hkdf=account.hkdf)
+        self.oscore_context = device_oscore.load(folder)
+        self._oscore_account = account
+        log.info("oscore_provisioned", ep=self.endpoint, sender_id=account.sender_id.hex(), folder=str(folder))
 
     # -- registration interface -------------------------------------------------------------
 

@@ -83,6 +83,7 @@ def test_plan_deletes_accounts_discovers_writes_and_finishes_in_order():
     assert [(s.name, s.request.method, "/" + "/".join(s.request.uri_path)) for s in steps] == [
         ("delete /0", "DELETE", "/0"),     # not "/": that would wipe /9, /26241 and the sensors
         ("delete /1", "DELETE", "/1"),
+        ("delete /21", "DELETE", "/21"),   # no OSCORE context of an earlier bootstrap stays
         ("discover /", "GET", "/"),
         ("write /0/1", "PUT", "/0/1"),     # /0/0 is where clients keep the bootstrap account
         ("write /1/0", "PUT", "/1/0"),
@@ -149,7 +150,7 @@ def test_account_uri_and_security_must_agree():
 
 def test_discovery_picks_free_instance_and_skips_anchors_without_tinyml_object():
     session = BootstrapSession(parse_bootstrap_request(["ep=a"]), psk_account(), [ANCHOR])
-    for code in ("2.02", "2.02"):
+    for code in ("2.02", "2.02", "2.02"):
         session.answered(code)
     discovered = b'</>;lwm2m=1.1,</0/0>,</0/1>;ssid=9;uri="coap://x",</1>,</3/0>,</9/0>'
     assert session.answered("2.05", discovered, CF.LINK).outcome is Outcome.DONE
@@ -175,6 +176,9 @@ def test_parse_discovery_of_a_spec_style_answer():
     ("delete /0", "2.02", Outcome.DONE),
     ("delete /0", "4.04", Outcome.TOLERATED),   # nothing to delete
     ("delete /1", "4.05", Outcome.FAILED),
+    ("delete /21", "4.04", Outcome.TOLERATED),
+    ("delete /21", "4.05", Outcome.TOLERATED),  # a device without the OSCORE object
+    ("delete /21", "5.00", Outcome.FAILED),
     ("discover /", "4.04", Outcome.TOLERATED),  # a 1.0 client
     ("discover /", "5.00", Outcome.TOLERATED),
     ("write /0/1", "4.00", Outcome.FAILED),
@@ -191,7 +195,7 @@ def test_each_answer_is_judged(step, code, outcome):
 
 def test_a_refused_write_stops_the_session_before_finish():
     session = BootstrapSession(parse_bootstrap_request(["ep=a"]), psk_account())
-    for code in ("2.02", "4.04", "4.05"):  # deletes, then a 1.0 client refusing Discover
+    for code in ("2.02", "4.04", "4.04", "4.05"):  # deletes, then a 1.0 client refusing Discover
         session.answered(code)
     result = session.answered("4.00", b"Security Mode 0 not supported")
     assert result.outcome is Outcome.FAILED and session.next_step() is None

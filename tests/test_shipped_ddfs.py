@@ -14,7 +14,7 @@ from ipso_objects import TINYML_OBJECT_ID, ObjectRegistry, Operations, ResourceT
 from ipso_objects.ddf import load_ddf, load_ddf_file
 from ipso_objects.model import ObjectDef
 
-SHIPPED_IDS = {0, 1, 2, 3, 4, 5, 9, 3300, 3303, 3304, 3313, TINYML_OBJECT_ID}
+SHIPPED_IDS = {0, 1, 2, 3, 4, 5, 9, 21, 3300, 3303, 3304, 3313, TINYML_OBJECT_ID}
 REGISTRY_IDS = sorted(SHIPPED_IDS - {TINYML_OBJECT_ID})
 TINYML_DOC = TESTS.parent / "docs" / "tinyml-object.md"
 
