@@ -1,7 +1,8 @@
 """One simulated LwM2M client over CoAP/UDP (aiocoap adapter).
 
-Thin: requests from the server go to :meth:`DeviceObjects.handle`, observation
-timing comes from :mod:`simulators.observe`; this module owns the socket, the
+Thin: requests from the server go to :meth:`DeviceObjects.handle` through
+:mod:`simulators.serving`, which also sends the notifications (their timing comes
+from :mod:`simulators.observe`); this module owns the socket, the
 Register/Update/De-register exchanges and the timers. Each device has its own
 aiocoap context bound to its own UDP port (``127.0.0.1:0`` by default) and sends
 its registration messages from that same port, so the server can reach it at
@@ -51,21 +52,21 @@ from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress, TransportOSCORE
 
-from ipso_objects import IpsoError, LwM2MPath, ObjectRegistry, codecs
+from ipso_objects import LwM2MPath, ObjectRegistry
 from ipso_objects.codecs import link_format
 
 from .download import BlockDownload, DownloadError
 from .fetch import fetch
 from .bootstrap import FINISHED, PSK, BootstrapInterface, OscoreAccount
-from .objects import DeviceObjects, Response
+from .objects import DeviceObjects
 from lwm2m_server.coap_dtls import DtlsUnavailable, tinydtls
 
 from .dtls import DtlsClientInterface
 from . import oscore as device_oscore
-from .observe import Observation, effective_attributes
 from .profiles import DeviceProfile, get_profile
+from .serving import DeviceServing
 from .transport import (
-    DeviceStats, LiveObservation, coap_code, is_request, wait_event, without_reuse_port,
+    DeviceStats, LiveObservation, is_request, wait_event, without_reuse_port,
 )
 
 log = structlog.get_logger(__name__)
@@ -107,7 +108,7 @@ class _DeviceSite(aiocoap.resource.Resource):
         await super().render_to_pipe(pipe)
 
 
-class SimulatedDevice:
+class SimulatedDevice(DeviceServing):
     """A simulated LwM2M client: an object tree, a UDP port and a registration."""
 
     def __init__(
@@ -604,34 +605,6 @@ class SimulatedDevice:
             self._wakeup.set()  # the tick loop recomputes its deadline
         self._evaluate()
 
-    def _evaluate(self) -> None:
-        if self.asleep or not self._observations:
-            return
-        now = asyncio.get_running_loop().time()
-        for live in list(self._observations.values()):
-            if live.attributes_version != self.objects.attributes_version:
-                live.observation.set_attributes(self._effective(live.paths))
-                live.attributes_version = self.objects.attributes_version
-            if live.observation.should_notify(now, self._observed(live.paths)):
-                live.due.set()
-
-    def _effective(self, paths: tuple[LwM2MPath, ...]) -> dict:
-        pmin, pmax = self.objects.server_defaults()
-        return {
-            path: effective_attributes(path, self.objects.attributes, default_pmin=pmin, default_pmax=pmax)
-            for path in paths
-        }
-
-    def _observed(self, paths: tuple[LwM2MPath, ...]) -> Any:
-        if len(paths) == 1:
-            return self.objects.observed_value(paths[0])
-        return {path: self.objects.observed_value(path) for path in paths}
-
-    def _next_deadline(self) -> float | None:
-        deadlines = [d for d in (live.observation.next_deadline() for live in self._observations.values())
-                     if d is not None]
-        return min(deadlines) if deadlines else None
-
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_step = loop.time() + self.sensor_interval
@@ -668,110 +641,3 @@ class SimulatedDevice:
                 retry = min(30.0, max(1.0, lifetime * 0.1))
                 log.warning("update_failed", ep=self.endpoint, reason=str(error), retry_in=retry)
                 self._last_update_at = loop.time() + retry - max(1.0, lifetime * self.update_fraction)
-
-    # -- serving requests ---------------------------------------------------------------------
-
-    def _handle(self, request: Message) -> Response:
-        content_format = request.opt.content_format
-        accept = request.opt.accept
-        return self.objects.handle(
-            request.code.name,
-            request.opt.uri_path,
-            request.opt.uri_query,
-            None if content_format is None else int(content_format),
-            None if accept is None else int(accept),
-            request.payload,
-            request.opt.observe,
-            now=time.time(),
-        )
-
-    def _respond(self, request: Message) -> Message:
-        self.stats.requests += 1
-        if self.bootstrap is not None and self.bootstrap.active:
-            return self._to_message(self._bootstrap_request(request))
-        response = self._handle(request)
-        log.debug("request", ep=self.endpoint, method=request.code.name,
-                  path="/" + "/".join(request.opt.uri_path), code=response.code)
-        self._after_change()
-        return self._to_message(response)
-
-    def _bootstrap_request(self, request: Message) -> Response:
-        assert self.bootstrap is not None
-        content_format, accept = request.opt.content_format, request.opt.accept
-        response = self.bootstrap.handle(
-            request.code.name, request.opt.uri_path, request.opt.uri_query,
-            None if content_format is None else int(content_format), None if accept is None else int(accept),
-            request.payload)
-        log.debug("bootstrap_interface", ep=self.endpoint, method=request.code.name,
-                  path="/" + "/".join(request.opt.uri_path), code=response.code)
-        if tuple(request.opt.uri_path) == ("bs",):
-            self._bootstrap_done.set()  # Bootstrap-Finish, accepted or not
-        return response
-
-    @staticmethod
-    def _to_message(response: Response) -> Message:
-        message = Message(code=coap_code(response.code), payload=response.payload)
-        if response.content_format is not None:
-            message.opt.content_format = int(response.content_format)
-        if response.location_path:
-            message.opt.location_path = response.location_path
-        return message
-
-    @staticmethod
-    def _observable(request: Message) -> bool:
-        if request.code == Code.FETCH:
-            return True
-        return request.code == Code.GET and request.opt.accept != 40
-
-    def _observed_paths(self, request: Message) -> tuple[LwM2MPath, ...]:
-        if request.code == Code.FETCH:
-            return tuple(codecs.decode_paths(int(request.opt.content_format), request.payload))
-        return (LwM2MPath.parse("/" + "/".join(request.opt.uri_path)),)
-
-    def _cancel_observation(self, request: Message) -> None:
-        live = self._observations.pop((request.remote, request.token), None)
-        if live is not None and live.task is not None:
-            live.task.cancel()
-
-    async def _serve_observation(self, pipe: Any) -> None:
-        request = pipe.request
-        self.stats.requests += 1
-        response = self._handle(request)
-        message = self._to_message(response)
-        try:
-            paths = self._observed_paths(request) if response.ok else ()
-        except IpsoError:
-            paths = ()
-        if not paths:
-            pipe.add_response(message, is_last=True)
-            return
-        loop = asyncio.get_running_loop()
-        # Under OSCORE the inner request has no token of its own: each observation is its own.
-        key = (request.remote, request.token or object())
-        if request.token:
-            self._cancel_observation(request)  # RFC 7641 §4.1: same token re-registers
-        live = LiveObservation(
-            Observation(request.token, paths, self._effective(paths), loop.time(), self._observed(paths)),
-            paths, asyncio.current_task(), self.objects.attributes_version,
-        )
-        self._observations[key] = live
-        self._wakeup.set()
-        message.opt.observe = sequence = 0
-        pipe.add_response(message, is_last=False)
-        log.debug("observe", ep=self.endpoint, paths=[str(p) for p in paths])
-        try:
-            while True:
-                await live.due.wait()
-                live.due.clear()
-                response = self._handle(request)
-                message = self._to_message(response)
-                if not response.ok:
-                    pipe.add_response(message, is_last=True)
-                    return
-                sequence = (sequence + 1) % (1 << 24)
-                message.opt.observe = sequence
-                self.stats.notifications += 1
-                pipe.add_response(message, is_last=False)
-        finally:
-            if self._observations.get(key) is live:
-                del self._observations[key]
