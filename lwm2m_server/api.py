@@ -26,7 +26,8 @@ from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
 from . import display, operations
-from .operations import OperationError, Result
+from .operations import OperationError
+from .responses import Result
 from .credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
     PskCredential, oscore_credential, parse_hex, parse_key
 from .deployment import Deployment, DeploymentError

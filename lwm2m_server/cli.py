@@ -20,7 +20,7 @@ from ipso_objects import IpsoError, ObjectRegistry
 
 from .cli_common import DEFAULT_CONFIG, CliError
 from .cli_credentials import add_credentials_commands
-from .operations import REASONS
+from .responses import REASONS
 
 class ApiClient:
     """A small blocking client for the management API (stdlib only)."""

@@ -19,7 +19,8 @@ from . import operations
 from .compilers import CompilerError, Incompatible
 from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError
-from .operations import DeviceRequest, Result
+from .operations import DeviceRequest
+from .responses import Result, result_from_dict
 from .rollouts import (
     DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
     after_failure, assign_canaries, next_devices, should_pause, summarize,
@@ -275,7 +276,7 @@ class Orchestrator:
         entry = await self.server.wait_for_entry(outcome.entry_id, timeout=self.deployment.config.phase_timeout_s)
         if entry is None or entry.result is None:
             return Result(False, "timeout", diagnostic="queued request was not delivered")
-        return operations.result_from_dict(DeviceRequest.from_dict(entry.request), entry.result, self.server.registry)
+        return result_from_dict(DeviceRequest.from_dict(entry.request), entry.result, self.server.registry)
 
     # -- bookkeeping ---------------------------------------------------------------------
 

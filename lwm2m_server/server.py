@@ -27,7 +27,8 @@ from .coap_oscore import OscoreContexts
 from .config import ServerConfig
 from .credentials import CredentialStore
 from .events import EventHub
-from .operations import DeviceRequest, OperationError, Result
+from .operations import DeviceRequest, OperationError
+from .responses import Result, decode_response, parse_send
 from .queue_mode import QueueModePolicy
 from .ratelimit import rate_limiter
 from .oscore import is_oscore_identity
@@ -331,7 +332,7 @@ class LwM2MServer:
             return OutgoingResponse("4.03", b"Send from an address without registration")
         check_same_peer(registration, request.identity, self.credentials)
         try:
-            entries = operations.parse_send(request.payload, request.content_format, self.registry)
+            entries = parse_send(request.payload, request.content_format, self.registry)
         except OperationError as error:
             return OutgoingResponse(error.code, error.reason.encode())
         self._device(registration.endpoint).last_seen = self._clock()
@@ -445,7 +446,7 @@ class LwM2MServer:
             self._log.info("device_unreachable", ep=registration.endpoint, reason=error.reason)
             return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
         self._device(registration.endpoint).last_seen = self._clock()
-        return operations.decode_response(
+        return decode_response(
             request, response.code, response.content_format, response.payload, self.registry,
             location_path=response.location_path,
         )
@@ -519,7 +520,7 @@ class LwM2MServer:
             )
         except DeviceUnreachable as error:
             return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
-        result = operations.decode_response(
+        result = decode_response(
             request, first.code, first.content_format, first.payload, self.registry
         )
         if stream is None:
@@ -543,7 +544,7 @@ class LwM2MServer:
     async def _follow(self, live: _LiveObservation, stream) -> None:
         endpoint = live.record.endpoint
         async for notification in stream:
-            result = operations.decode_response(
+            result = decode_response(
                 live.request, notification.code, notification.content_format,
                 notification.payload, self.registry,
             )

@@ -59,7 +59,8 @@ from lwm2m_server.capabilities import DeviceProfile, build_profile
 from lwm2m_server.compilers.base import ModelError
 from lwm2m_server.compilers.tflite_model import parse_model
 from lwm2m_server.config import ConfigError, ServerConfig, load_config
-from lwm2m_server.operations import OperationError, Result, parse_send, result_from_dict
+from lwm2m_server.operations import OperationError
+from lwm2m_server.responses import Result, decode_response, parse_send, result_from_dict
 from lwm2m_server.registration import RegistrationBook, RegistrationError, parse_object_list, parse_register, parse_update
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
@@ -330,7 +331,7 @@ RESPONSE_POOL = SEND_POOL + seeds("tlv") + seeds("oma_json") + seeds("text") + s
        location=st.lists(st.sampled_from(["32000", "1", "99999999", "x", ""]), max_size=3))
 def test_device_responses_decode_or_give_a_failed_result_and_a_usable_profile(request, code, content_format,
                                                                               payload, location):
-    result = bounded(lambda: operations.decode_response(request, code, content_format, payload, REGISTRY,
+    result = bounded(lambda: decode_response(request, code, content_format, payload, REGISTRY,
                                                         location_path=location))
     assert isinstance(result, Result) and (result.ok or result.diagnostic)
     again = bounded(lambda: result_from_dict(request, result.to_dict(), REGISTRY))

@@ -12,6 +12,7 @@ from ipso_objects import LwM2MPath, ObjectInstance, ObjectRegistry, Resource
 from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs.link_format import NotificationAttributes
 from lwm2m_server import operations as ops
+from lwm2m_server.responses import result_from_dict
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import SimulatedDevice
@@ -186,7 +187,7 @@ async def test_queue_mode_delivers_on_wake(tmp_path):
         entry = await setup.server.wait_for_entry(outcome.entry_id, timeout=10)
         assert entry.state == "delivered" and entry.result["code"] == "2.05"
         request = ops.DeviceRequest.from_dict(entry.request)
-        decoded = ops.result_from_dict(request, entry.result, setup.registry)
+        decoded = result_from_dict(request, entry.result, setup.registry)
         assert decoded.node.value == device.objects.get("/3/0/0")
     finally:
         for device in setup.devices:

@@ -16,7 +16,8 @@ from ipso_objects.codecs import TimestampedValues
 from ipso_objects.codecs.link_format import UNSET, NotificationAttributes
 from ipso_objects.nodes import MultiResource, Object, ObjectInstance, Resource, ResourceInstance
 from lwm2m_server import display, operations as ops
-from lwm2m_server.operations import DeviceRequest, Operation, OperationError, Result
+from lwm2m_server.operations import DeviceRequest, Operation, OperationError
+from lwm2m_server.responses import Result, decode_response, parse_send, result_from_dict
 from lwm2m_server.registration import ObjectList, Registration
 
 P = LwM2MPath.parse
@@ -422,28 +423,28 @@ def test_request_from_malformed_dict(broken, problem):
 def test_read_response_text_with_and_without_content_format(registry):
     request = ops.read(device("1.0"), P("/3/0/0"), registry=registry)
     for content_format in (None, CF.TEXT):  # absent Content-Format means text/plain
-        result = ops.decode_response(request, "2.05", content_format, b"Acme", registry)
+        result = decode_response(request, "2.05", content_format, b"Acme", registry)
         assert result.ok and result.node == Resource(0, "Acme") and result.diagnostic == ""
     battery = ops.read(device("1.0"), P("/3/0/9"), registry=registry)
-    assert ops.decode_response(battery, "2.05", None, b"95", registry).node == Resource(9, 95)
+    assert decode_response(battery, "2.05", None, b"95", registry).node == Resource(9, 95)
 
 
 def test_read_response_decoded_by_the_format_it_carries(registry):
     request = ops.read(device("1.1"), P("/3/0"), registry=registry)  # asked for SenML CBOR
     node = ObjectInstance(0, {0: Resource(0, "Acme"), 6: MultiResource(6, {0: 1, 1: 5})})
     tlv = codecs.encode(CF.TLV, node, P("/3/0"), registry)
-    result = ops.decode_response(request, "2.05", CF.TLV, tlv, registry)
+    result = decode_response(request, "2.05", CF.TLV, tlv, registry)
     assert (result.ok, result.content_format, result.node) == (True, CF.TLV, node)
 
 
 def test_error_response_carries_its_diagnostic(registry):
     request = ops.read(device(), P("/3303/7"), registry=registry)
-    result = ops.decode_response(request, "4.04", None, b"no instance 7\n", registry)
+    result = decode_response(request, "4.04", None, b"no instance 7\n", registry)
     assert (result.ok, result.code, result.node, result.diagnostic) == (
         False, "4.04", None, "no instance 7")
-    bare = ops.decode_response(request, "4.05", None, b"", registry)
+    bare = decode_response(request, "4.05", None, b"", registry)
     assert (bare.ok, bare.diagnostic) == (False, "Method Not Allowed")
-    assert ops.decode_response(request, "5.00", 0, b"\xff", registry).diagnostic == "\ufffd"
+    assert decode_response(request, "5.00", 0, b"\xff", registry).diagnostic == "\ufffd"
 
 
 @pytest.mark.parametrize("content_format, payload, path, problem", [
@@ -455,7 +456,7 @@ def test_error_response_carries_its_diagnostic(registry):
 ])
 def test_undecodable_payload_is_not_ok(registry, content_format, payload, path, problem):
     request = ops.read(device("1.1"), P(path), registry=registry)
-    result = ops.decode_response(request, "2.05", content_format, payload, registry)
+    result = decode_response(request, "2.05", content_format, payload, registry)
     assert not result.ok and result.code == "2.05" and result.node is None
     assert problem in result.diagnostic
 
@@ -463,12 +464,12 @@ def test_undecodable_payload_is_not_ok(registry, content_format, payload, path, 
 def test_discover_response(registry):
     request = ops.discover(device(), P("/3/0"), registry=registry)
     payload = b"</3/0>;pmin=10,</3/0/0>,</3/0/6>;dim=2"
-    result = ops.decode_response(request, "2.05", CF.LINK, payload, registry)
+    result = decode_response(request, "2.05", CF.LINK, payload, registry)
     assert result.ok and [link.target for link in result.links] == ["/3/0", "/3/0/0", "/3/0/6"]
     assert result.links[2].dim == 2
-    broken = ops.decode_response(request, "2.05", CF.LINK, b"<3/0", registry)
+    broken = decode_response(request, "2.05", CF.LINK, b"<3/0", registry)
     assert not broken.ok and "link format" in broken.diagnostic
-    wrong = ops.decode_response(request, "2.05", CF.TLV, b"", registry)
+    wrong = decode_response(request, "2.05", CF.TLV, b"", registry)
     assert not wrong.ok and "must be link format" in wrong.diagnostic
 
 
@@ -476,37 +477,37 @@ def test_composite_read_response(registry):
     request = ops.read_composite(device("1.1"), [P("/3/0/0"), P("/3/0/9")], registry=registry)
     values = {P("/3/0/0"): "Acme", P("/3/0/9"): 95}
     payload = codecs.encode_composite(CF.SENML_CBOR, values, registry)
-    result = ops.decode_response(request, "2.05", CF.SENML_CBOR, payload, registry)
+    result = decode_response(request, "2.05", CF.SENML_CBOR, payload, registry)
     assert result.ok and result.values == values
-    textual = ops.decode_response(request, "2.05", None, b"Acme", registry)
+    textual = decode_response(request, "2.05", None, b"Acme", registry)
     assert not textual.ok and "could not be decoded" in textual.diagnostic
 
 
 def test_changed_created_deleted(registry):
     reg = device("1.1", root="/lwm2m")
-    written = ops.decode_response(ops.write(reg, P("/1/0/1"), 60, registry=registry), "2.04", None, b"",
+    written = decode_response(ops.write(reg, P("/1/0/1"), 60, registry=registry), "2.04", None, b"",
                                   registry)
     assert written.ok and written.node is None
     create = ops.create(reg, P(f"/{ALL}"), ObjectInstance(3, {}), registry=registry)
-    created = ops.decode_response(create, "2.01", None, b"", registry,
+    created = decode_response(create, "2.01", None, b"", registry,
                                   location_path=("lwm2m", str(ALL), "3"))
     assert created.ok and created.location == P(f"/{ALL}/3")
-    deleted = ops.decode_response(ops.delete(reg, P(f"/{ALL}/3")), "2.02", None, b"", registry)
+    deleted = decode_response(ops.delete(reg, P(f"/{ALL}/3")), "2.02", None, b"", registry)
     assert deleted.ok
 
 
 def test_bad_response_code_is_a_caller_error(registry):
     request = ops.read(device(), P("/3/0/0"), registry=registry)
     with pytest.raises(OperationError, match="not a CoAP response code"):
-        ops.decode_response(request, "205", None, b"", registry)
+        decode_response(request, "205", None, b"", registry)
 
 
 def test_result_dict_decodes_again(registry):
     request = ops.read(device("1.1"), P("/3/0/0"), registry=registry)
-    result = ops.decode_response(request, "2.05", CF.TEXT, b"Acme", registry)
+    result = decode_response(request, "2.05", CF.TEXT, b"Acme", registry)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["ok"] and data["code"] == "2.05"
-    assert ops.result_from_dict(request, data, registry) == result
+    assert result_from_dict(request, data, registry) == result
 
 
 # --- describe / flat_lines -----------------------------------------------------------------
@@ -567,7 +568,7 @@ HISTORY_JSON = (
 
 
 def test_parse_send_with_history(registry):
-    assert ops.parse_send(HISTORY_JSON, CF.SENML_JSON, registry) == [
+    assert parse_send(HISTORY_JSON, CF.SENML_JSON, registry) == [
         TimestampedValues(25462629, {P("/72/1/2"): 22.4}),
         TimestampedValues(25462604, {P("/72/1/2"): 22.9}),
         TimestampedValues(25462584, {P("/72/1/2"): 24.1}),
@@ -577,19 +578,19 @@ def test_parse_send_with_history(registry):
 def test_parse_send_of_several_objects(registry):
     payload = (b'[{"bn":"/3/0/","n":"0","vs":"Acme"},{"n":"9","v":95},'
                b'{"bn":"/3303/0/","bt":1700000000,"n":"5700","v":21.5}]')
-    assert ops.parse_send(payload, CF.SENML_JSON, registry) == [
+    assert parse_send(payload, CF.SENML_JSON, registry) == [
         TimestampedValues(None, {P("/3/0/0"): "Acme", P("/3/0/9"): 95}),
         TimestampedValues(1700000000, {P("/3303/0/5700"): 21.5}),
     ]
     cbor = cbor2.dumps([{-2: "/3303/0/", 0: "5700", 2: 21.5}])
-    assert ops.parse_send(cbor, CF.SENML_CBOR, registry) == [
+    assert parse_send(cbor, CF.SENML_CBOR, registry) == [
         TimestampedValues(None, {P("/3303/0/5700"): 21.5})]
 
 
 def test_parse_send_lwm2m_cbor(registry):
     values = {P("/3303/0/5700"): 21.5, P("/3/0/9"): 80}
     payload = codecs.encode_composite(CF.LWM2M_CBOR, values, registry)
-    assert ops.parse_send(payload, CF.LWM2M_CBOR, registry) == [TimestampedValues(None, values)]
+    assert parse_send(payload, CF.LWM2M_CBOR, registry) == [TimestampedValues(None, values)]
 
 
 @pytest.mark.parametrize("payload, content_format, code, problem", [
@@ -601,7 +602,7 @@ def test_parse_send_lwm2m_cbor(registry):
 ])
 def test_parse_send_refusals(registry, payload, content_format, code, problem):
     with pytest.raises(OperationError) as caught:
-        ops.parse_send(payload, content_format, registry)
+        parse_send(payload, content_format, registry)
     assert caught.value.code == code and problem in caught.value.reason
 
 

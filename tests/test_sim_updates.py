@@ -25,6 +25,7 @@ import cbor2
 
 from ipso_objects import LwM2MPath, ObjectRegistry, Resource
 from lwm2m_server import operations as ops
+from lwm2m_server.responses import Result, decode_response
 from lwm2m_server.coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from lwm2m_server.compilers import TargetSpec
 from lwm2m_server.compilers.tflite_model import parse_model
@@ -668,13 +669,13 @@ class MiniLwM2MServer:
             return OutgoingResponse("2.04" if incoming.method == "POST" else "2.02")
         return OutgoingResponse("4.04")
 
-    async def perform(self, endpoint: str, request: ops.DeviceRequest) -> ops.Result:
+    async def perform(self, endpoint: str, request: ops.DeviceRequest) -> Result:
         registration = self.registrations[endpoint]
         try:
             response = await self.adapter.request(registration.address, request, timeout=2.0)
         except DeviceUnreachable as error:
-            return ops.Result(False, "5.04", diagnostic=error.reason)
-        return ops.decode_response(request, response.code, response.content_format, response.payload,
+            return Result(False, "5.04", diagnostic=error.reason)
+        return decode_response(request, response.code, response.content_format, response.payload,
                                    REGISTRY)
 
     async def deliver(self, endpoint: str, job: DeliveryJob, package: bytes = b"") -> list[str]:
