@@ -116,3 +116,30 @@ async def test_bootstrap_register_deploy_and_infer_over_dtls_psk(stack):
     assert run.code == "2.04"
     await wait_for(lambda: device.objects.get("/26241/0/16"))  # an inference ran
     assert device.objects.get("/26241/0/14")  # and its result is there for the server to read
+
+
+async def test_an_oscore_device_takes_a_pulled_and_a_pushed_module(stack, tmp_path):
+    """Pull blocks are GETs the device protects with its OSCORE context, on coap://."""
+    from lwm2m_server.credentials import oscore_credential
+    from simulators import oscore as device_oscore
+
+    secret, server_id, device_id = bytes(range(16)), b"\x01", b"\x0b"
+    stack.credentials.add_oscore(oscore_credential("m4f-os", sender_id=server_id, recipient_id=device_id,
+                                                   master_secret=secret), now=1.0)
+    folder = device_oscore.provision(tmp_path / "device-oscore", master_secret=secret, sender_id=device_id,
+                                     recipient_id=server_id)
+    device = SimulatedDevice("m4f-os", "cortex-m4f", f"coap://127.0.0.1:{stack.server.port}", oscore=folder,
+                             trust_anchors=[tmp_path / "keys" / "k.pub.pem"], seed=1, sensor_interval=3600,
+                             request_timeout=5)
+    stack.devices.append(device)
+    await device.start()
+    assert stack.server.registration("m4f-os").identity == "oscore:0b"
+    await wait_for(lambda: stack.server.profile("m4f-os"))
+    for mode, version in (("pull", "2.0"), ("push", "2.1")):
+        model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", version)
+        rollout = await stack.orchestrator.create(model.key, Selector(endpoints=("m4f-os",)),
+                                                  Strategy(canary_fraction=0, mode=mode), rollout_id=f"os-{mode}")
+        devices = await wait_for(lambda: [d for d in stack.orchestrator.rollout(rollout.id)[1]
+                                          if d.status.value in ("done", "failed", "rolled_back")])
+        assert devices[0].status.value == "done", devices[0].reason
+        assert device.objects.get("/26241/0/11") == version
