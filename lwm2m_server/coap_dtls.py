@@ -10,10 +10,11 @@ that requests can be sent to. A session knows the PSK identity the peer proved,
 which the server checks against the endpoint's credentials.
 
 Sessions end on a fatal alert or close_notify, when idle past ``idle_timeout``,
-when the table is full and a new peer needs room (least recently used first), and
-at shutdown. A request to an ended session fails at once; the device handshakes
-again on its next message (tinydtls drops the old state when a new handshake
-from the same address completes its cookie exchange).
+when the table is full and a new peer needs room (least recently used first), when
+tinydtls has dropped the peer's state, and at shutdown. A request to an ended
+session fails at once; the device handshakes again on its next message (tinydtls
+drops the old state when a new handshake from the same address completes its
+cookie exchange). Peers still handshaking are bounded and dropped when they stall.
 
 tinydtls speaks TLS_PSK_WITH_AES_128_CCM_8, the cipher suite LwM2M mandates for
 PSK; keys are at most 16 bytes and identities at most 32.
@@ -53,6 +54,8 @@ _CLOSE_NOTIFY = 0
 def ends_session(level: int, code: int) -> bool:
     """A fatal alert, or close_notify (which tinydtls sends and reports as a warning)."""
     return level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _CLOSE_NOTIFY)
+
+
 _clock_offset = int(time.time())
 """tinydtls counts ticks from time(NULL) at the newest context's creation (dtls_init
 resets its one global clock), in whole seconds."""
