@@ -220,6 +220,11 @@ class DeploymentConfig:
     """SUIT vendor id = UUID5(DNS namespace, this); devices check it."""
     public_host: str = ""
     """Host put in pull URIs; empty = the address each device contacted."""
+    public_port: int = 0
+    """Port put in coap:// pull URIs with ``public_host``; 0 = ``coap.port`` (a port
+    forward or NAT in front of the server maps another one)."""
+    public_secure_port: int = 0
+    """Port put in coaps:// pull URIs with ``public_host``; 0 = ``coap.secure_port``."""
     poll_interval_s: float = 2.0
     """Seconds between reads of a device's update state."""
     phase_timeout_s: float = 600.0
@@ -499,6 +504,8 @@ def _deployment(s: Section) -> DeploymentConfig:
     s.path("signing_key")
     s.number("poll_interval_s", positive=True)
     s.number("phase_timeout_s", positive=True)
+    s.integer("public_port", 0, 65535)
+    s.integer("public_secure_port", 0, 65535)
     for key in ("vendor_domain", "public_host"):
         present, value = s._get(key)
         if present:

@@ -385,13 +385,16 @@ class LwM2MServer:
         for a device registered over CoAPS, so the module comes over its session;
         ``coap://`` for an OSCORE device, which protects its GETs with its context."""
         registration = self._require(endpoint)
-        public = self.config.deployment.public_host
-        if not public:
+        deployment = self.config.deployment
+        host = deployment.public_host
+        if not host:
             base = self._adapter.local_base(registration.address)
-        elif registration.identity is not None and not is_oscore_identity(registration.identity):
-            base = f"coaps://{public}:{self.secure_port}"
         else:
-            base = f"coap://{public}:{self.port}"
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 literal
+            if registration.identity is not None and not is_oscore_identity(registration.identity):
+                base = f"coaps://{host}:{deployment.public_secure_port or self.secure_port}"
+            else:
+                base = f"coap://{host}:{deployment.public_port or self.port}"
         return f"{base}/fw/{token}"
 
     # -- expiry --------------------------------------------------------------------

@@ -168,6 +168,7 @@ def test_config_is_immutable() -> None:
          'bootstrap.server_uri: must be "" or a coap:// or coaps:// URI, got \'http://x\''),
         ("bootstrap: {short_server_id: 65535}", "bootstrap.short_server_id: must be an integer in 1..65534, got 65535"),
         ("bootstrap: {binding: X}", "bootstrap.binding: must be an LwM2M binding such as U, UQ or N, got 'X'"),
+        ("deployment: {public_port: 70000}", "deployment.public_port: must be an integer in 0..65535, got 70000"),
     ],
 )
 def test_invalid_value_names_key_path_and_problem(tmp_path: Path, text: str, message: str) -> None:

@@ -40,9 +40,10 @@ DEVICE = LwM2MPath.parse("/3/0")
 class Secure:
     """A server with CoAPS on an ephemeral port and a credentials store."""
 
-    def __init__(self, tmp_path, queue: dict | None = None, **security) -> None:
+    def __init__(self, tmp_path, queue: dict | None = None, deployment: dict | None = None, **security) -> None:
         self.tmp_path = tmp_path
         self.queue = queue or {}
+        self.deployment = deployment or {}
         self.credentials = CredentialStore(tmp_path / "credentials.sqlite3")
         self.security = security
         self.devices: list[SimulatedDevice] = []
@@ -53,7 +54,8 @@ class Secure:
         self.store = await SqliteStore.open(self.tmp_path / "state.sqlite3")
         base = config_for_tests(**self.queue)
         config = replace(base, coap=replace(base.coap, port=self.ports[0], secure_port=self.ports[1]),
-                         security=replace(base.security, **self.security))
+                         security=replace(base.security, **self.security),
+                         deployment=replace(base.deployment, **self.deployment))
         self.server = LwM2MServer(config, REGISTRY, self.store, credentials=self.credentials)
         await self.server.start()
         self.ports = (self.server.port, self.server.secure_port)
@@ -433,3 +435,17 @@ async def test_the_coaps_socket_gets_the_large_receive_buffer(secure):
     sock = secure.server._adapter._dtls.endpoint._transport.get_extra_info("socket")
     # Linux reports twice what was set; without the raise it stays at the ~208 KiB default
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 4 * 1024 * 1024
+
+
+async def test_pull_uris_name_the_public_host_and_ports_of_each_transport(tmp_path):
+    public = {"public_host": "2001:db8::7", "public_port": 15683, "public_secure_port": 15684}
+    async with Secure(tmp_path, deployment=public) as setup:
+        setup.add("dev-1")
+        await setup.device("dev-1", psk=("dev-1", KEY))
+        await setup.device("dev-0", uri=f"coap://127.0.0.1:{setup.server.port}")
+        assert setup.server.download_uri("dev-1", "t1") == "coaps://[2001:db8::7]:15684/fw/t1"
+        assert setup.server.download_uri("dev-0", "t0") == "coap://[2001:db8::7]:15683/fw/t0"
+    async with Secure(tmp_path / "own") as setup:  # without public_host: where each device reached us
+        setup.add("dev-1")
+        await setup.device("dev-1", psk=("dev-1", KEY))
+        assert setup.server.download_uri("dev-1", "t1") == f"coaps://127.0.0.1:{setup.server.secure_port}/fw/t1"
