@@ -317,8 +317,10 @@ class FaultStack(Stack):
                     poll_interval_s: float = 0.2) -> FaultStack:
         self.store = await SqliteStore.open(tmp_path / "state.sqlite3")
         base = ServerConfig()
+        # pull URIs name the relay, as a port forward in front of the server would be configured
+        public = {"public_host": "127.0.0.1", "public_port": (await relay.start()).port} if relay is not None else {}
         deployment_config = DeploymentConfig(data_dir=tmp_path / "data", signing_key=tmp_path / "keys" / "k.pem",
-                                             poll_interval_s=poll_interval_s, phase_timeout_s=60)
+                                             poll_interval_s=poll_interval_s, phase_timeout_s=60, **public)
         config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=request_timeout_s),
                          deployment=deployment_config)
         self.deployment = Deployment(deployment_config, self.store, clock=time.time)
@@ -341,12 +343,6 @@ class FaultStack(Stack):
         self.orchestrator._failed = count_failure
         if relay is not None:
             relay.target = ("127.0.0.1", self.server.port)
-            await relay.start()
-            # Pull URIs name the server's own port (deployment.public_host sets no port):
-            # point them at the relay, as a port-forward in front of the server would need.
-            own = self.server.download_uri
-            self.server.download_uri = lambda ep, token: own(ep, token).replace(
-                f":{self.server.port}/", f":{relay.port}/")
         return self
 
     async def device(self, endpoint: str, profile, **options) -> SimulatedDevice:
