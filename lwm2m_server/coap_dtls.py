@@ -114,7 +114,7 @@ def _display_host(host: str) -> str:
     return host
 
 
-class _PskView:
+class PskView:
     """The dict-like key store DTLSSocket asks (``identity in store.keys()``, then
     ``store[identity]``); it reports each identity looked up to ``seen``."""
 
@@ -124,7 +124,7 @@ class _PskView:
         self._log = log
         self._last: tuple[bytes, bytes | None] | None = None
 
-    def keys(self) -> _PskView:
+    def keys(self) -> PskView:
         return self
 
     def __contains__(self, identity: object) -> bool:
@@ -159,10 +159,10 @@ class _PskView:
         self._last = None
 
 
-class _Context:
+class TinyDtlsContext:
     """One tinydtls context and its retransmission timer."""
 
-    def __init__(self, *, read, write, event, psk: _PskView, client_identity: bytes = b"-") -> None:
+    def __init__(self, *, read, write, event, psk: PskView, client_identity: bytes = b"-") -> None:
         global _clock_offset
         dtls = tinydtls()
         self.dtls = dtls
@@ -309,8 +309,8 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         self._current: SockAddr | None = None
         self._writing: SockAddr | None = None
         self._peer_created = False
-        self.context = _Context(read=self._read, write=self._write, event=self._event,
-                                psk=_PskView(lookup, self._identity_seen, log))
+        self.context = TinyDtlsContext(read=self._read, write=self._write, event=self._event,
+                                psk=PskView(lookup, self._identity_seen, log))
         self._transport: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task | None = None
         self.bound_host = "::"

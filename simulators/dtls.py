@@ -21,7 +21,7 @@ from aiocoap.numbers import COAPS_PORT, constants
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin, hostportsplit
 
-from lwm2m_server.coap_dtls import SockAddr, _Context, _PskView, as_v6, ends_session
+from lwm2m_server.coap_dtls import SockAddr, TinyDtlsContext, PskView, as_v6, ends_session
 
 _EVENT_CONNECTED = 0x01DE
 
@@ -40,9 +40,9 @@ class DtlsConnection(interfaces.EndpointAddress, asyncio.DatagramProtocol):
         self.identity = identity
         self._hostinfo = hostportjoin(host, None if port == COAPS_PORT else port)
         self._sockaddr: SockAddr | None = None
-        self._context = _Context(
+        self._context = TinyDtlsContext(
             read=self._read, write=self._write, event=self._event,
-            psk=_PskView(lambda wanted: key if wanted == identity else None, lambda _: None, interface._log),
+            psk=PskView(lambda wanted: key if wanted == identity else None, lambda _: None, interface._log),
             client_identity=identity,
         )
         self._connection = None
