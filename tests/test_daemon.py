@@ -185,3 +185,36 @@ def test_secrets_stay_out_of_logs_and_answers_and_a_device_gets_in_over_coaps(da
                         ("credentials list", listed.stdout + listed.stderr), ("config show", shown.stdout)]:
         for secret in (token, wrong, key, key.upper(), body[:40]):
             assert secret not in text, f"a secret appears in the {where}"
+
+
+def test_a_device_bootstraps_from_the_daemon_and_trusts_its_signing_key(daemon):
+    from cryptography.hazmat.primitives import serialization
+
+    from simulators.client import SimulatedDevice
+
+    daemon.start()
+    key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    added = cli("credentials", "add", "boot-1", "--bootstrap", "--identity", "boot-1-bs", "--key", key,
+                cwd=daemon.folder)
+    assert added.returncode == 0, added.stderr
+
+    async def bootstrap() -> list[bytes]:
+        device = SimulatedDevice("boot-1", "cortex-m4f", bootstrap_uri=f"coaps://127.0.0.1:{daemon.coaps_port}",
+                                 bootstrap_psk=("boot-1-bs", bytes.fromhex(key)), request_timeout=10,
+                                 sensor_interval=3600)
+        await device.start()
+        try:
+            assert device.server_uri == f"coaps://127.0.0.1:{daemon.coaps_port}"
+            return [anchor.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+                    for anchor in device.objects.updates.trust.anchors]
+        finally:
+            await device.stop()
+
+    anchors = asyncio.run(bootstrap())
+    signing = serialization.load_pem_private_key(
+        (daemon.folder / "data" / "keys" / "signing-es256.pem").read_bytes(), None).public_key()
+    assert anchors == [signing.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)]
+    assert daemon.events("bootstrap_finished") and daemon.events("registered")[-1]["identity"] == "boot-1"
+    listed = cli("credentials", "list", "--json", cwd=daemon.folder)
+    assert {(c["endpoint"], c["scope"]) for c in json.loads(listed.stdout)} == {("boot-1", "bootstrap"),
+                                                                                ("boot-1", "server")}
