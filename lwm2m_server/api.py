@@ -26,6 +26,7 @@ from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
 from . import display, operations
+from .oscore import is_oscore_identity
 from .operations import OperationError
 from .responses import Result
 from .credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
@@ -53,11 +54,20 @@ def json_value(value: Value) -> Any:
     return value
 
 
+def _security(identity: str | None) -> str:
+    """How the device proved who it is: ``psk`` (DTLS), ``oscore`` or ``none``."""
+    if identity is None:
+        return "none"
+    return "oscore" if is_oscore_identity(identity) else "psk"
+
+
 def registration_json(registration: Registration) -> dict[str, Any]:
     return {
         "endpoint": registration.endpoint,
         "id": registration.id,
         "address": registration.address,
+        "security": _security(registration.identity),
+        "identity": registration.identity,
         "lwm2m_version": registration.lwm2m_version,
         "binding": registration.binding,
         "queue_mode": registration.queue_mode,

@@ -147,6 +147,8 @@ def cmd_device(args: argparse.Namespace) -> int:
     print(f"lwm2m         {device['lwm2m_version']}  binding {device['binding']}"
           f"{'  queue mode' if device['queue_mode'] else ''}")
     print(f"address       {device['address']}")
+    security = device.get("security", "none")
+    print(f"security      {security}{'  identity ' + device['identity'] if security != 'none' else ' (plain CoAP)'}")
     print(f"lifetime      {device['lifetime']}s, updated {_ago(device['updated_at'])} ago")
     print(f"formats       {' '.join(map(str, device['content_formats'])) or '(not advertised)'}")
     registry = ObjectRegistry.default()

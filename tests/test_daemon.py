@@ -205,6 +205,8 @@ def test_a_device_bootstraps_from_the_daemon_and_trusts_its_signing_key(daemon):
         await device.start()
         try:
             assert device.server_uri == f"coaps://127.0.0.1:{daemon.coaps_port}"
+            shown = await asyncio.to_thread(cli, "device", "boot-1", cwd=daemon.folder)
+            assert "security      psk  identity boot-1" in shown.stdout, shown.stdout + shown.stderr
             return [anchor.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
                     for anchor in device.objects.updates.trust.anchors]
         finally:
