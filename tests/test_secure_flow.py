@@ -84,6 +84,17 @@ async def wait_for(condition, timeout: float = 30.0):
     return value
 
 
+async def deploy(stack: SecureStack, endpoint: str, mode: str, version: str) -> None:
+    """Roll model ``dense@version`` out to ``endpoint`` by ``mode`` and wait until it is done."""
+    model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", version)
+    rollout = await stack.orchestrator.create(model.key, Selector(endpoints=(endpoint,)),
+                                              Strategy(canary_fraction=0, mode=mode), rollout_id=f"{endpoint}-{mode}")
+    devices = await wait_for(lambda: [d for d in stack.orchestrator.rollout(rollout.id)[1]
+                                      if d.status.value in ("done", "failed", "rolled_back")])
+    assert devices[0].status.value == "done", devices[0].reason
+    assert devices[0].job["mode"] == mode
+
+
 async def test_bootstrap_register_deploy_and_infer_over_dtls_psk(stack):
     stack.credentials.add(PskCredential("m4f-1", "m4f-1-bs", BOOTSTRAP_KEY, "bootstrap"), now=1.0)
     device = stack.factory_device("m4f-1")
@@ -102,13 +113,7 @@ async def test_bootstrap_register_deploy_and_infer_over_dtls_psk(stack):
     await wait_for(lambda: stack.server.profile("m4f-1"))  # capability discovery over DTLS
 
     for mode, version in (("pull", "1.0"), ("push", "1.1")):
-        model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", version)
-        rollout = await stack.orchestrator.create(model.key, Selector(endpoints=("m4f-*",)),
-                                                  Strategy(canary_fraction=0, mode=mode), rollout_id=f"dense-{mode}")
-        devices = await wait_for(lambda: [d for d in stack.orchestrator.rollout(rollout.id)[1]
-                                          if d.status.value in ("done", "failed", "rolled_back")])
-        assert devices[0].status.value == "done", devices[0].reason
-        assert devices[0].job["mode"] == mode
+        await deploy(stack, "m4f-1", mode, version)
         assert device.objects.get("/26241/0/11") == version  # verified with the anchor bootstrap wrote
 
     run = await stack.server.perform(
@@ -136,10 +141,5 @@ async def test_an_oscore_device_takes_a_pulled_and_a_pushed_module(stack, tmp_pa
     assert stack.server.registration("m4f-os").identity == "oscore:0b"
     await wait_for(lambda: stack.server.profile("m4f-os"))
     for mode, version in (("pull", "2.0"), ("push", "2.1")):
-        model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", version)
-        rollout = await stack.orchestrator.create(model.key, Selector(endpoints=("m4f-os",)),
-                                                  Strategy(canary_fraction=0, mode=mode), rollout_id=f"os-{mode}")
-        devices = await wait_for(lambda: [d for d in stack.orchestrator.rollout(rollout.id)[1]
-                                          if d.status.value in ("done", "failed", "rolled_back")])
-        assert devices[0].status.value == "done", devices[0].reason
+        await deploy(stack, "m4f-os", mode, version)
         assert device.objects.get("/26241/0/11") == version
