@@ -260,28 +260,28 @@ def _float_interface(fb: Any, sg: Any, opcode: Any) -> None:
     """Keep float inputs/outputs: QUANTIZE in front of each input, DEQUANTIZE behind each output."""
     front, back = [], []
     for index in sg.inputs:
-        tensor = sg.tensors[index]
-        twin = fb.TensorT()
-        twin.name, twin.shape, twin.type, twin.buffer = f"{tensor.name}_int8", tensor.shape, tensor.type, 0
-        twin.quantization, twin.shapeSignature = tensor.quantization, tensor.shapeSignature
-        tensor.type, tensor.quantization = fb.TensorType.FLOAT32, None
-        sg.tensors.append(twin)
-        new = len(sg.tensors) - 1
+        new = _int8_twin(fb, sg, index)
         for op in sg.operators:
             op.inputs = [new if i == index else i for i in op.inputs]
         front.append(_op(fb, opcode("QUANTIZE"), [index], [new]))
     for index in sg.outputs:
-        tensor = sg.tensors[index]
-        twin = fb.TensorT()
-        twin.name, twin.shape, twin.type, twin.buffer = f"{tensor.name}_int8", tensor.shape, tensor.type, 0
-        twin.quantization, twin.shapeSignature = tensor.quantization, tensor.shapeSignature
-        tensor.type, tensor.quantization = fb.TensorType.FLOAT32, None
-        sg.tensors.append(twin)
-        new = len(sg.tensors) - 1
+        new = _int8_twin(fb, sg, index)
         for op in sg.operators:
             op.outputs = [new if i == index else i for i in op.outputs]
         back.append(_op(fb, opcode("DEQUANTIZE"), [new], [index]))
     sg.operators = front + list(sg.operators) + back
+
+
+def _int8_twin(fb: Any, sg: Any, index: int) -> int:
+    """Add an int8 copy of tensor ``index`` (for the operators) and make the original a
+    float tensor (the interface); the copy's index."""
+    tensor = sg.tensors[index]
+    twin = fb.TensorT()
+    twin.name, twin.shape, twin.type, twin.buffer = f"{tensor.name}_int8", tensor.shape, tensor.type, 0
+    twin.quantization, twin.shapeSignature = tensor.quantization, tensor.shapeSignature
+    tensor.type, tensor.quantization = fb.TensorType.FLOAT32, None
+    sg.tensors.append(twin)
+    return len(sg.tensors) - 1
 
 
 def _op(fb: Any, opcode_index: int, inputs: list[int], outputs: list[int]) -> Any:
