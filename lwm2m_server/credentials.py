@@ -52,12 +52,11 @@ from typing import Any, Iterator, Sequence
 
 import structlog
 
+from .coap_dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' limits
 from .oscore import IDENTITY_PREFIX, OscoreCredential, OscoreCredentialError, SequenceState
 
 SCOPES = ("server", "bootstrap")
 MAX_ENDPOINT_BYTES = 255
-MAX_IDENTITY_BYTES = 32  # tinydtls DTLS_PSK_MAX_CLIENT_IDENTITY_LEN
-MAX_KEY_BYTES = 16  # tinydtls DTLS_PSK_MAX_KEY_LEN
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 2.0
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import structlog
 
 from ipso_objects import ObjectRegistry
+from lwm2m_server.coap_dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' PSK buffers
 
 from .client import RegistrationFailed, SimulatedDevice
 from .profiles import ConfigError, DeviceProfile
@@ -35,8 +36,6 @@ log = structlog.get_logger(__name__)
 KEY_FILE_COLUMNS = ("endpoint", "identity", "key", "scope")
 """The header of a key file; ``scope`` may be left out (``server``)."""
 SCOPES = ("server", "bootstrap")
-MAX_IDENTITY_BYTES = 32  # tinydtls' PSK identity buffer (DTLS_PSK_MAX_CLIENT_IDENTITY_LEN)
-MAX_KEY_BYTES = 16  # tinydtls' PSK key buffer (DTLS_PSK_MAX_KEY_LEN)
 PSK = tuple[bytes, bytes]
 """``(identity, key)`` as :class:`SimulatedDevice` takes it."""
 
