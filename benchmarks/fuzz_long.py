@@ -86,9 +86,9 @@ def atheris_run(args: argparse.Namespace, extra: list[str]) -> int:
     sys.path[:0] = [str(TESTS), str(ROOT)]
     with atheris.instrument_imports(include=["ipso_objects", "lwm2m_server"]):
         import test_fuzz as f
-    from lwm2m_server.operations import OperationError
-    from lwm2m_server.responses import decode_response
-    from lwm2m_server.registration import RegistrationError, parse_register, parse_update
+    from lwm2m_server.core.operations import OperationError
+    from lwm2m_server.core.responses import decode_response
+    from lwm2m_server.core.registration import RegistrationError, parse_register, parse_update
 
     scratch = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
 

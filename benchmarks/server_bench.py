@@ -50,10 +50,10 @@ import aiocoap
 from aiocoap import Code, Message, resource
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations
-from lwm2m_server.coap import Download
+from lwm2m_server.core import operations
+from lwm2m_server.transport.coap import Download
 from lwm2m_server.config import ServerConfig
-from lwm2m_server.credentials import CredentialStore, PskCredential
+from lwm2m_server.security.credentials import CredentialStore, PskCredential
 from lwm2m_server.logging_setup import configure_logging
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore

@@ -55,13 +55,13 @@ import structlog
 
 from ipso_objects import ObjectRegistry
 
-from .bootstrap import (
+from .core.bootstrap import (
     BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, device_context,
     parse_bootstrap_request,
 )
-from .coap import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from .transport.coap import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
 from .config import BootstrapConfig, CoapConfig
-from .oscore import OscoreCredential
+from .security.oscore import OscoreCredential
 
 Send = Callable[..., Awaitable[CoapResponse]]
 """``send(address, device_request, timeout=seconds) -> CoapResponse``; raises DeviceUnreachable."""
@@ -100,7 +100,7 @@ class StoreCredentials:
     def renew_oscore(self, endpoint: str, now: float) -> OscoreCredential | None:
         """The endpoint's OSCORE credential with a fresh Master Secret (stored in place
         of the old one), or None when it has none."""
-        from .credentials import generate_master_secret, oscore_credential
+        from .security.credentials import generate_master_secret, oscore_credential
 
         current = self.store.oscore_for_endpoint(endpoint)
         if current is None:

@@ -521,7 +521,7 @@ def _deployment(s: Section) -> DeploymentConfig:
 
 
 def _declared_rollout(s: Section, key: str, item: Any) -> DeclaredRollout:
-    from .rollouts import RolloutError, Selector, Strategy
+    from .ota.rollouts import RolloutError, Selector, Strategy
 
     if not isinstance(item, Mapping):
         s.fail(key, f"must be a mapping with id, model, selector, strategy; got {describe(item)}")

@@ -12,14 +12,14 @@ import structlog
 
 from ipso_objects import DdfError, ObjectRegistry
 
-from .api import ManagementApi
-from .coap_dtls import DtlsUnavailable
+from .api.http import ManagementApi
+from .transport.dtls import DtlsUnavailable
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
-from .credentials import CredentialError, CredentialStore
-from .deployment import Deployment, DeploymentError
+from .security.credentials import CredentialError, CredentialStore
+from .ota.deployment import Deployment, DeploymentError
 from .logging_setup import configure_logging
-from .orchestrator import Orchestrator
-from .rollouts import RolloutError, Selector, Strategy
+from .ota.orchestrator import Orchestrator
+from .ota.rollouts import RolloutError, Selector, Strategy
 from .server import LwM2MServer
 from .store.base import Store, StoreError
 

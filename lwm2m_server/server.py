@@ -19,21 +19,21 @@ import structlog
 
 from ipso_objects import LwM2MPath, ObjectRegistry
 
-from . import operations
-from .capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
+from .core import operations
+from .core.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
 from .bootstrap_server import BootstrapService, StoreCredentials, signing_key_anchors
-from .coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
-from .coap_oscore import OscoreContexts
+from .transport.coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .transport.oscore import OscoreContexts
 from .config import ServerConfig
-from .credentials import CredentialStore
-from .events import EventHub
-from .operations import DeviceRequest, OperationError
-from .responses import Result, decode_response, parse_send
-from .queue_mode import QueueModePolicy
-from .ratelimit import rate_limiter
-from .oscore import is_oscore_identity
-from .security import CredentialLookup, check_identity, check_same_peer
-from .registration import (
+from .security.credentials import CredentialStore
+from .core.events import EventHub
+from .core.operations import DeviceRequest, OperationError
+from .core.responses import Result, decode_response, parse_send
+from .core.queue_mode import QueueModePolicy
+from .transport.ratelimit import rate_limiter
+from .security.oscore import is_oscore_identity
+from .core.identity import CredentialLookup, check_identity, check_same_peer
+from .core.registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
 from .store.base import (

@@ -59,7 +59,7 @@ from .download import BlockDownload, DownloadError
 from .fetch import fetch
 from .bootstrap import FINISHED, PSK, BootstrapInterface, OscoreAccount
 from .objects import DeviceObjects
-from lwm2m_server.coap_dtls import DtlsUnavailable, tinydtls
+from lwm2m_server.transport.dtls import DtlsUnavailable, tinydtls
 
 from .dtls import DtlsClientInterface
 from . import oscore as device_oscore

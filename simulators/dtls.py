@@ -21,7 +21,7 @@ from aiocoap.numbers import COAPS_PORT, constants
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin, hostportsplit
 
-from lwm2m_server.coap_dtls import SockAddr, TinyDtlsContext, PskView, as_v6, ends_session
+from lwm2m_server.transport.dtls import SockAddr, TinyDtlsContext, PskView, as_v6, ends_session
 
 _EVENT_CONNECTED = 0x01DE
 

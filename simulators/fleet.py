@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import structlog
 
 from ipso_objects import ObjectRegistry
-from lwm2m_server.coap_dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' PSK buffers
+from lwm2m_server.transport.dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' PSK buffers
 
 from .client import RegistrationFailed, SimulatedDevice
 from .profiles import ConfigError, DeviceProfile

@@ -15,15 +15,15 @@ from structlog.testing import capture_logs
 
 from ipso_objects import LwM2MPath, MultiResource, ObjectInstance, ObjectRegistry, codecs
 from ipso_objects.codecs import ContentFormat as CF
-from lwm2m_server import operations as ops
-from lwm2m_server.bootstrap import (
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.bootstrap import (
     BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, TRUST_ANCHORS, parse_bootstrap_request,
     parse_discovery, plan,
 )
 from lwm2m_server.bootstrap_server import BootstrapService, StoreCredentials, public_key_der
-from lwm2m_server.coap import CoapResponse, DeviceUnreachable, IncomingRequest
+from lwm2m_server.transport.coap import CoapResponse, DeviceUnreachable, IncomingRequest
 from lwm2m_server.config import BootstrapConfig, CoapConfig
-from lwm2m_server.credentials import CredentialStore, PskCredential
+from lwm2m_server.security.credentials import CredentialStore, PskCredential
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
 from lwm2m_server.suit import generate_signing_key
@@ -358,7 +358,7 @@ async def test_a_second_request_restarts_the_running_bootstrap():
 
 
 async def test_events_tell_subscribers_how_the_bootstrap_ended():
-    from lwm2m_server.events import EventHub
+    from lwm2m_server.core.events import EventHub
 
     hub = EventHub()
     with hub.subscribe() as queue:

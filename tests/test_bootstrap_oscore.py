@@ -14,13 +14,13 @@ from structlog.testing import capture_logs
 
 from ipso_objects import LwM2MPath, ObjectInstance, ObjectRegistry, ObjLnk, Resource, codecs
 from ipso_objects.codecs import ContentFormat as CF
-from lwm2m_server import operations as ops
-from lwm2m_server.bootstrap import (
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.bootstrap import (
     BootstrapError, BootstrapSession, OscoreContext, Psk, ServerAccount, device_context, parse_bootstrap_request,
     parse_discovery, plan,
 )
 from lwm2m_server.bootstrap_server import StoreCredentials
-from lwm2m_server.credentials import CredentialStore, PskCredential, oscore_credential
+from lwm2m_server.security.credentials import CredentialStore, PskCredential, oscore_credential
 from simulators.bootstrap import FINISHED, BootstrapInterface
 from simulators.client import RegistrationFailed, SimulatedDevice
 from simulators.objects import DeviceObjects

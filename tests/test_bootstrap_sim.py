@@ -10,7 +10,7 @@ import pytest
 from ipso_objects import LwM2MPath, MultiResource, ObjectInstance, ObjectRegistry, Resource, codecs
 from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import link_format
-from lwm2m_server.bootstrap import Psk, ServerAccount, TRUST_ANCHORS, parse_bootstrap_request, plan
+from lwm2m_server.core.bootstrap import Psk, ServerAccount, TRUST_ANCHORS, parse_bootstrap_request, plan
 from lwm2m_server.bootstrap_server import public_key_der
 from lwm2m_server.suit import generate_signing_key
 from simulators.bootstrap import BOOTSTRAPPING, FINISHED, BootstrapInterface, parse_psk

@@ -2,8 +2,8 @@
 
 from ipso_objects import LwM2MPath, MultiResource, ObjectInstance, Resource
 from ipso_objects.nodes import Object
-from lwm2m_server.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
-from lwm2m_server.registration import RegistrationBook, parse_register
+from lwm2m_server.core.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
+from lwm2m_server.core.registration import RegistrationBook, parse_register
 
 P = LwM2MPath.parse
 

@@ -10,7 +10,7 @@ import aiocoap
 import pytest
 from aiocoap import Code, Message, optiontypes, resource
 
-from lwm2m_server.coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from lwm2m_server.transport.coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ async def file_server(tmp_path):
     image = bytes((i * 7) % 251 for i in range(300_000))
     path = tmp_path / "module.bin"
     path.write_bytes(image)
-    from lwm2m_server.coap import Download
+    from lwm2m_server.transport.coap import Download
 
     download = Download(path, len(image), b"\x01\x02\x03\x04")
 
@@ -269,7 +269,7 @@ async def test_a_non_utf8_uri_path_gets_a_reset_and_no_traceback(adapter, caplog
 
 
 async def test_download_blocks_are_not_kept_for_aiocoaps_whole_exchange_lifetime(file_server, monkeypatch):
-    import lwm2m_server.coap as coap_module
+    import lwm2m_server.transport.coap as coap_module
     from aiocoap.numbers.constants import TransportTuning
 
     monkeypatch.setattr(coap_module, "_DOWNLOAD_COPY_KEPT_S", 1.0)

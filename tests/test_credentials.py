@@ -20,10 +20,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from lwm2m_server.api import ManagementApi
-from lwm2m_server.cli import main as cli_main
+from lwm2m_server.api.http import ManagementApi
+from lwm2m_server.cli.main import main as cli_main
 from lwm2m_server.config import parse_config
-from lwm2m_server.credentials import (
+from lwm2m_server.security.credentials import (
     SCOPES,
     CredentialConflict,
     CredentialError,

@@ -3,8 +3,8 @@
 import pytest
 
 from ipso_objects import LwM2MPath, Resource
-from lwm2m_server.delivery import DeliveryJob, Expected, Mode, Phase, StepKind, Target
-from lwm2m_server.responses import Result
+from lwm2m_server.ota.delivery import DeliveryJob, Expected, Mode, Phase, StepKind, Target
+from lwm2m_server.core.responses import Result
 
 P = LwM2MPath.parse
 OK = Result(True, "2.04")

@@ -9,7 +9,7 @@ import pytest
 
 from lwm2m_server.compilers import Incompatible, TargetSpec
 from lwm2m_server.config import DeploymentConfig
-from lwm2m_server.deployment import Deployment, DeploymentError
+from lwm2m_server.ota.deployment import Deployment, DeploymentError
 from lwm2m_server.store.sqlite import SqliteStore
 from lwm2m_server.suit import load_public_key, make_class_id, verify_envelope
 

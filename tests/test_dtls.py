@@ -19,11 +19,11 @@ import pytest
 from aiocoap import Code, Message
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations as ops
-from lwm2m_server.credentials import CredentialStore, PskCredential
-from lwm2m_server.registration import Registration
-from lwm2m_server.security import check_identity, check_same_peer
-from lwm2m_server.registration import RegistrationError
+from lwm2m_server.core import operations as ops
+from lwm2m_server.security.credentials import CredentialStore, PskCredential
+from lwm2m_server.core.registration import Registration
+from lwm2m_server.core.identity import check_identity, check_same_peer
+from lwm2m_server.core.registration import RegistrationError
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import RegistrationFailed, SimulatedDevice

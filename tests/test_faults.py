@@ -23,11 +23,11 @@ from aiocoap.numbers.constants import TransportTuning
 
 import simulators.client
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations as ops
+from lwm2m_server.core import operations as ops
 from lwm2m_server.config import DeploymentConfig, ServerConfig
-from lwm2m_server.deployment import Deployment
-from lwm2m_server.orchestrator import Orchestrator
-from lwm2m_server.rollouts import Selector, Strategy
+from lwm2m_server.ota.deployment import Deployment
+from lwm2m_server.ota.orchestrator import Orchestrator
+from lwm2m_server.ota.rollouts import Selector, Strategy
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.base import StoreError
 from lwm2m_server.store.sqlite import SqliteStore

@@ -22,9 +22,9 @@ import pytest
 import structlog
 
 from ipso_objects import ObjectRegistry
-from lwm2m_server.cli import main as cli_main
+from lwm2m_server.cli.main import main as cli_main
 from lwm2m_server.config import ServerConfig
-from lwm2m_server.credentials import CredentialError, CredentialConflict, CredentialStore, PskCredential
+from lwm2m_server.security.credentials import CredentialError, CredentialConflict, CredentialStore, PskCredential
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators import cli as sim_cli

@@ -53,15 +53,15 @@ from ipso_objects.codecs import (
 )
 from ipso_objects.ddf import load_ddf
 from ipso_objects.errors import EncodeError, IpsoError
-from lwm2m_server import operations
-from lwm2m_server.bootstrap import BootstrapError, parse_bootstrap_request, parse_discovery
-from lwm2m_server.capabilities import DeviceProfile, build_profile
+from lwm2m_server.core import operations
+from lwm2m_server.core.bootstrap import BootstrapError, parse_bootstrap_request, parse_discovery
+from lwm2m_server.core.capabilities import DeviceProfile, build_profile
 from lwm2m_server.compilers.base import ModelError
 from lwm2m_server.compilers.tflite_model import parse_model
 from lwm2m_server.config import ConfigError, ServerConfig, load_config
-from lwm2m_server.operations import OperationError
-from lwm2m_server.responses import Result, decode_response, parse_send, result_from_dict
-from lwm2m_server.registration import RegistrationBook, RegistrationError, parse_object_list, parse_register, parse_update
+from lwm2m_server.core.operations import OperationError
+from lwm2m_server.core.responses import Result, decode_response, parse_send, result_from_dict
+from lwm2m_server.core.registration import RegistrationBook, RegistrationError, parse_object_list, parse_register, parse_update
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 from lwm2m_server.suit import (

@@ -11,8 +11,8 @@ import pytest
 from ipso_objects import LwM2MPath, ObjectInstance, ObjectRegistry, Resource
 from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs.link_format import NotificationAttributes
-from lwm2m_server import operations as ops
-from lwm2m_server.responses import result_from_dict
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.responses import result_from_dict
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import SimulatedDevice

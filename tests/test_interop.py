@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations
+from lwm2m_server.core import operations
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 from test_server import config_for_tests

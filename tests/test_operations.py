@@ -15,10 +15,11 @@ from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import TimestampedValues
 from ipso_objects.codecs.link_format import UNSET, NotificationAttributes
 from ipso_objects.nodes import MultiResource, Object, ObjectInstance, Resource, ResourceInstance
-from lwm2m_server import display, operations as ops
-from lwm2m_server.operations import DeviceRequest, Operation, OperationError
-from lwm2m_server.responses import Result, decode_response, parse_send, result_from_dict
-from lwm2m_server.registration import ObjectList, Registration
+from lwm2m_server.api import display
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.operations import DeviceRequest, Operation, OperationError
+from lwm2m_server.core.responses import Result, decode_response, parse_send, result_from_dict
+from lwm2m_server.core.registration import ObjectList, Registration
 
 P = LwM2MPath.parse
 ALL = 32000  # the all-types test object of conftest

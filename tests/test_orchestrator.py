@@ -13,9 +13,9 @@ import pytest
 from ipso_objects import ObjectRegistry
 from lwm2m_server.config import DeclaredRollout, DeploymentConfig, ServerConfig
 from lwm2m_server.daemon import _declare
-from lwm2m_server.deployment import Deployment
-from lwm2m_server.orchestrator import Orchestrator
-from lwm2m_server.rollouts import RolloutState, Selector, Strategy
+from lwm2m_server.ota.deployment import Deployment
+from lwm2m_server.ota.orchestrator import Orchestrator
+from lwm2m_server.ota.rollouts import RolloutState, Selector, Strategy
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import SimulatedDevice

@@ -22,10 +22,10 @@ import pytest
 from aiocoap import Code, Message, oscore
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations as ops
-from lwm2m_server.credentials import CredentialError, CredentialStore, PskCredential, oscore_credential
-from lwm2m_server.coap_oscore import OscoreContexts, StoredContext
-from lwm2m_server.oscore import OscoreCredential, SequenceReservation, SequenceState
+from lwm2m_server.core import operations as ops
+from lwm2m_server.security.credentials import CredentialError, CredentialStore, PskCredential, oscore_credential
+from lwm2m_server.transport.oscore import OscoreContexts, StoredContext
+from lwm2m_server.security.oscore import OscoreCredential, SequenceReservation, SequenceState
 from lwm2m_server.server import LwM2MServer
 from simulators import oscore as device_oscore
 from simulators.client import RegistrationFailed, SimulatedDevice
@@ -428,7 +428,7 @@ def test_cli_adds_an_oscore_credential_and_never_lists_its_secret(tmp_path):
 async def test_api_stores_an_oscore_credential_and_never_answers_its_secret(tmp_path):
     import aiohttp
 
-    from lwm2m_server.api import ManagementApi
+    from lwm2m_server.api.http import ManagementApi
 
     with CredentialStore(tmp_path / "c.sqlite3") as store:
         api = ManagementApi(None, "t" * 32, host="127.0.0.1", port=0, credentials=store)  # type: ignore[arg-type]

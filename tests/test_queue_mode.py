@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from ipso_objects import LwM2MPath
-from lwm2m_server import operations as ops
-from lwm2m_server.queue_mode import (
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.queue_mode import (
     MAX_TRANSMIT_WAIT, TRANSITIONS, DeviceQueue, QueuedRequest, QueueError, QueueModePolicy,
     QueueState, check_transition, plan_delivery,
 )
-from lwm2m_server.registration import ObjectList, Registration
+from lwm2m_server.core.registration import ObjectList, Registration
 
 S = QueueState
 

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from ipso_objects import ObjectRegistry
 from lwm2m_server.config import ServerConfig
-from lwm2m_server.ratelimit import RateLimiter, host_key, rate_limiter, split_peer
+from lwm2m_server.transport.ratelimit import RateLimiter, host_key, rate_limiter, split_peer
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 

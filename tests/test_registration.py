@@ -3,7 +3,7 @@
 import pytest
 
 from ipso_objects import LwM2MPath
-from lwm2m_server.registration import (
+from lwm2m_server.core.registration import (
     DEFAULT_LIFETIME, ObjectLink, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
 

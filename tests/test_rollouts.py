@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from lwm2m_server.capabilities import DeviceProfile, TinyMLCapability
-from lwm2m_server.rollouts import (
+from lwm2m_server.core.capabilities import DeviceProfile, TinyMLCapability
+from lwm2m_server.ota.rollouts import (
     DeviceRollout, DeviceStatus as S, Rollout, RolloutError, RolloutState, Selector, Strategy,
     after_failure, assign_canaries, next_devices, should_pause, summarize,
 )

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations as ops
+from lwm2m_server.core import operations as ops
 from lwm2m_server.config import DeploymentConfig, ServerConfig
-from lwm2m_server.credentials import CredentialStore, PskCredential
-from lwm2m_server.deployment import Deployment
-from lwm2m_server.orchestrator import Orchestrator
-from lwm2m_server.rollouts import Selector, Strategy
+from lwm2m_server.security.credentials import CredentialStore, PskCredential
+from lwm2m_server.ota.deployment import Deployment
+from lwm2m_server.ota.orchestrator import Orchestrator
+from lwm2m_server.ota.rollouts import Selector, Strategy
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 from simulators.client import SimulatedDevice
@@ -125,7 +125,7 @@ async def test_bootstrap_register_deploy_and_infer_over_dtls_psk(stack):
 
 async def test_an_oscore_device_takes_a_pulled_and_a_pushed_module(stack, tmp_path):
     """Pull blocks are GETs the device protects with its OSCORE context, on coap://."""
-    from lwm2m_server.credentials import oscore_credential
+    from lwm2m_server.security.credentials import oscore_credential
     from simulators import oscore as device_oscore
 
     secret, server_id, device_id = bytes(range(16)), b"\x01", b"\x0b"

@@ -11,7 +11,7 @@ import pytest
 from aiocoap import Code, Message, resource
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from lwm2m_server import operations
+from lwm2m_server.core import operations
 from lwm2m_server.config import ServerConfig
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore

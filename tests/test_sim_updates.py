@@ -1,7 +1,7 @@
 """The simulated device's side of deployments: Software Management (/9) and Firmware
 Update (/5) with real signed SUIT envelopes around the fixture models, sans-I/O
 first, then pull downloads over loopback (resume after a reboot, ETag change) and
-the server's exact delivery sequence (lwm2m_server.delivery) against a
+the server's exact delivery sequence (lwm2m_server.ota.delivery) against a
 SimulatedDevice."""
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from aiocoap.optiontypes import BlockOption
 import cbor2
 
 from ipso_objects import LwM2MPath, ObjectRegistry, Resource
-from lwm2m_server import operations as ops
-from lwm2m_server.responses import Result, decode_response
-from lwm2m_server.coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from lwm2m_server.core import operations as ops
+from lwm2m_server.core.responses import Result, decode_response
+from lwm2m_server.transport.coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from lwm2m_server.compilers import TargetSpec
 from lwm2m_server.compilers.tflite_model import parse_model
-from lwm2m_server.delivery import DeliveryJob, Expected, Mode, Phase, StepKind, Target
-from lwm2m_server.registration import Registration, parse_register
+from lwm2m_server.ota.delivery import DeliveryJob, Expected, Mode, Phase, StepKind, Target
+from lwm2m_server.core.registration import Registration, parse_register
 from lwm2m_server.suit import (
     VENDOR_ID, ModelMetadata, Quantization, TensorSpec, build_envelope, generate_signing_key,
     make_class_id, public_key_pem,

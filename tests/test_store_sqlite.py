@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ipso_objects import LwM2MPath
-from lwm2m_server.registration import ObjectLink, ObjectList, Registration
+from lwm2m_server.core.registration import ObjectLink, ObjectList, Registration
 from lwm2m_server.store import (
     ObservationRecord,
     QueueEntry,
@@ -303,7 +303,7 @@ async def test_commits_survive_sigkill(db_path: Path):
         """
         import asyncio, sys
         from ipso_objects import LwM2MPath
-        from lwm2m_server.registration import ObjectLink, ObjectList, Registration
+        from lwm2m_server.core.registration import ObjectLink, ObjectList, Registration
         from lwm2m_server.store import ObservationRecord, QueueEntry, SqliteStore
 
         async def main(path):

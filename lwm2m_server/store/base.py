@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Mapping, Self
 
 from ipso_objects import IpsoError, LwM2MPath
-from lwm2m_server.registration import ObjectLink, ObjectList, Registration
+from lwm2m_server.core.registration import ObjectLink, ObjectList, Registration
 
 PENDING = "pending"
 DELIVERED = "delivered"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import structlog
 
-from lwm2m_server.registration import Registration
+from lwm2m_server.core.registration import Registration
 
 from .base import (
     EXPIRED,

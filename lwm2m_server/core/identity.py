@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .oscore import is_oscore_identity
+from ..security.oscore import is_oscore_identity
 from .registration import Registration, RegistrationError
 
 SERVER_SCOPE = "server"

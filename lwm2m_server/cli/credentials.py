@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .cli_common import DEFAULT_CONFIG, CliError
+from .common import DEFAULT_CONFIG, CliError
 
 
 def cmd_credentials(args: argparse.Namespace) -> int:
     """Works on the security store file itself, so with or without a running daemon."""
-    from .config import ConfigError, ServerConfig, load_config
-    from .credentials import (CredentialConflict, CredentialError, CredentialStorageError, CredentialStore,
+    from ..config import ConfigError, ServerConfig, load_config
+    from ..security.credentials import (CredentialConflict, CredentialError, CredentialStorageError, CredentialStore,
                               PskCredential, generate_key, parse_key)
-    from .oscore import DEFAULT_AEAD
-    from .logging_setup import configure_logging
+    from ..security.oscore import DEFAULT_AEAD
+    from ..logging_setup import configure_logging
 
     configure_logging("warning", "auto")  # the store's warnings to stderr, never into the output
 
@@ -112,7 +112,7 @@ def _check_credential_options(args: argparse.Namespace) -> None:
 
 
 def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
-    from .credentials import generate_master_secret, oscore_credential, parse_hex
+    from ..security.credentials import generate_master_secret, oscore_credential, parse_hex
 
     secret_text = sys.stdin.readline() if args.secret == "-" else args.secret
     secret = generate_master_secret() if args.generate else parse_hex(secret_text, "secret")
@@ -142,7 +142,7 @@ def _read_key_file(name: str) -> list[tuple[int, Any]]:
     import csv
     import io
 
-    from .credentials import CredentialError, PskCredential, parse_key
+    from ..security.credentials import CredentialError, PskCredential, parse_key
 
     where = "stdin" if name == "-" else name
 
@@ -201,7 +201,7 @@ def _read_key_file(name: str) -> list[tuple[int, Any]]:
 
 def _import(name: str, rows: list[tuple[int, Any]], store, *, replace: bool) -> None:
     """Store every row in one transaction: all, or on a conflict none (exit 1)."""
-    from .credentials import CredentialConflict
+    from ..security.credentials import CredentialConflict
 
     where = "stdin" if name == "-" else name
     try:

@@ -18,9 +18,9 @@ import yaml
 
 from ipso_objects import IpsoError, ObjectRegistry
 
-from .cli_common import DEFAULT_CONFIG, CliError
-from .cli_credentials import add_credentials_commands
-from .responses import REASONS
+from .common import DEFAULT_CONFIG, CliError
+from .credentials import add_credentials_commands
+from ..core.responses import REASONS
 
 class ApiClient:
     """A small blocking client for the management API (stdlib only)."""
@@ -63,7 +63,7 @@ class ApiClient:
 
 def _config_values(config_path: str | None) -> tuple[str, str]:
     """API base URL and token from the daemon's config file (or its defaults)."""
-    from .config import ConfigError, ServerConfig, load_config
+    from ..config import ConfigError, ServerConfig, load_config
 
     path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
     try:
@@ -340,8 +340,8 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .config import ConfigError, ServerConfig, load_config
-    from .suit import KeyFileError, SuitError, describe_key, generate_key_files
+    from ..config import ConfigError, ServerConfig, load_config
+    from ..suit import KeyFileError, SuitError, describe_key, generate_key_files
 
     path = args.path
     if path is None:
@@ -362,13 +362,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .daemon import serve
+    from ..daemon import serve
 
     return serve(args.config or DEFAULT_CONFIG)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from .config import ConfigError, config_to_dict, load_config
+    from ..config import ConfigError, config_to_dict, load_config
 
     try:
         config = load_config(args.config or DEFAULT_CONFIG)

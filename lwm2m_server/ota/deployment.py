@@ -21,15 +21,15 @@ from typing import Callable
 
 import structlog
 
-from .coap import Download
-from .compilers import (
+from ..transport.coap import Download
+from ..compilers import (
     CompileCache, CompilerError, CompilerPlugin, Incompatible, ModelInput, TargetSpec,
     discover_plugins, fit_reasons, select_plugin,
 )
-from .compilers.tflite_model import parse_model
-from .config import DeploymentConfig
-from .store.base import Store
-from .suit import (
+from ..compilers.tflite_model import parse_model
+from ..config import DeploymentConfig
+from ..store.base import Store
+from ..suit import (
     ModelMetadata, Quantization, TensorSpec, build_envelope, generate_key_files, key_id,
     load_private_key, make_class_id, make_vendor_id,
 )

@@ -23,7 +23,7 @@ from typing import Any
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
 
-from .responses import Result
+from ..core.responses import Result
 
 SOTA_RESULTS = {
     50: "not enough storage", 51: "out of memory", 52: "connection lost",

@@ -33,7 +33,7 @@ from aiocoap import oscore
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress, TransportOSCORE
 
-from .oscore import (
+from ..security.oscore import (
     AEAD_ALGORITHMS, HKDF_ALGORITHMS, IDENTITY_PREFIX, OscoreCredential, SequenceReservation, SequenceState,
     identity_for, is_oscore_identity,
 )

@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-from .capabilities import DeviceProfile
+from ..core.capabilities import DeviceProfile
 
 
 class RolloutError(Exception):

@@ -10,7 +10,7 @@ from ipso_objects.nodes import (
     MultiResource, Node, Object, ObjectInstance, Resource, ResourceInstance, check_node_path,
 )
 
-from .operations import OperationError
+from ..core.operations import OperationError
 
 _HEX_SHOWN = 32
 

@@ -30,8 +30,8 @@ import aiocoap.error
 import structlog
 from aiocoap import Code, Message, blockwise, optiontypes, resource
 
-from .coap_dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
-from .coap_oscore import (
+from .dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
+from .oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
     split_address,
 )

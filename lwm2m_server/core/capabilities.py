@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
 from ipso_objects.nodes import Node, flatten
 
-from .compilers.base import InvalidTarget, TargetSpec
+from ..compilers.base import InvalidTarget, TargetSpec
 from .registration import Registration
 
 DEVICE, FIRMWARE, SOFTWARE = 3, 5, 9

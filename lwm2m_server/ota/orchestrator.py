@@ -15,17 +15,17 @@ import structlog
 
 from ipso_objects import LwM2MPath
 
-from . import operations
-from .compilers import CompilerError, Incompatible
+from ..core import operations
+from ..compilers import CompilerError, Incompatible
 from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError
-from .operations import DeviceRequest
-from .responses import Result, result_from_dict
+from ..core.operations import DeviceRequest
+from ..core.responses import Result, result_from_dict
 from .rollouts import (
     DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
     after_failure, assign_canaries, next_devices, should_pause, summarize,
 )
-from .server import LwM2MServer, Queued
+from ..server import LwM2MServer, Queued
 
 ROLLOUT, DEVICE = "rollout", "rollout-device"
 _NOT_ACTIVATED = "package installed but not activated"

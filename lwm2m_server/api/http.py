@@ -25,18 +25,19 @@ from ipso_objects.codecs.link_format import NotificationAttributes, encode as en
 from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
-from . import display, operations
-from .oscore import is_oscore_identity
-from .operations import OperationError
-from .responses import Result
-from .credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
+from . import display
+from ..core import operations
+from ..security.oscore import is_oscore_identity
+from ..core.operations import OperationError
+from ..core.responses import Result
+from ..security.credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
     PskCredential, oscore_credential, parse_hex, parse_key
-from .deployment import Deployment, DeploymentError
-from .orchestrator import Orchestrator
-from .registration import Registration
-from .rollouts import RolloutError, RolloutState, Selector, Strategy, summarize
-from .server import DeviceNotRegistered, LwM2MServer, Queued
-from .store.base import QueueEntry, QueueFullError, StoreError
+from ..ota.deployment import Deployment, DeploymentError
+from ..ota.orchestrator import Orchestrator
+from ..core.registration import Registration
+from ..ota.rollouts import RolloutError, RolloutState, Selector, Strategy, summarize
+from ..server import DeviceNotRegistered, LwM2MServer, Queued
+from ..store.base import QueueEntry, QueueFullError, StoreError
 
 API = "/api/v1"
 

@@ -52,7 +52,7 @@ from typing import Any, Iterator, Sequence
 
 import structlog
 
-from .coap_dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' limits
+from ..transport.dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' limits
 from .oscore import IDENTITY_PREFIX, OscoreCredential, OscoreCredentialError, SequenceState
 
 SCOPES = ("server", "bootstrap")

@@ -68,7 +68,7 @@ from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import link_format
 
 from .operations import DeviceRequest, Operation, format_name
-from .oscore import DEFAULT_AEAD, DEFAULT_HKDF, OscoreCredential, OscoreCredentialError
+from ..security.oscore import DEFAULT_AEAD, DEFAULT_HKDF, OscoreCredential, OscoreCredentialError
 
 BOOTSTRAP_PATH = ("bs",)
 """Uri-Path of Bootstrap-Request (device → server) and Bootstrap-Finish (server → device)."""

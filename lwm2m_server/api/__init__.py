@@ -1,0 +1,1 @@
+"""The management HTTP API and what it shows of devices."""

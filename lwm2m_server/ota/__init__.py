@@ -1,0 +1,1 @@
+"""Over-the-air delivery: the update state machine, rollouts, their orchestrator, and model/firmware deployment."""

@@ -1,0 +1,1 @@
+"""Credentials: the PSK and OSCORE store, key files, OSCORE contexts."""

@@ -1,0 +1,1 @@
+"""Adapters that move bytes: aiocoap, DTLS, OSCORE, per-peer rate limits."""
