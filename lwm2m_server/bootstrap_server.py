@@ -1,6 +1,6 @@
 """The Bootstrap-Server (``POST /bs``): who may bootstrap, and running the plan.
 
-:mod:`lwm2m_server.bootstrap` decides what to send; this adapter checks who is
+:mod:`lwm2m_server.core.bootstrap` decides what to send; this adapter checks who is
 asking, answers the Bootstrap-Request with 2.04 and then sends the plan to the
 device from a task of its own, through the ``send`` callable it was given (the
 server passes ``CoapAdapter.request``).
@@ -59,7 +59,7 @@ from .core.bootstrap import (
     BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, device_context,
     parse_bootstrap_request,
 )
-from .transport.coap import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from .transport.messages import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
 from .config import BootstrapConfig, CoapConfig
 from .security.oscore import OscoreCredential
 
@@ -84,7 +84,7 @@ class CredentialsProvider(Protocol):
 
 
 class StoreCredentials:
-    """:class:`CredentialsProvider` over :class:`lwm2m_server.credentials.CredentialStore`."""
+    """:class:`CredentialsProvider` over :class:`lwm2m_server.security.credentials.CredentialStore`."""
 
     def __init__(self, store: Any) -> None:
         self.store = store

@@ -2,7 +2,7 @@
 observations and the CoAP adapter together.
 
 Everything protocol-specific is decided in the sans-I/O modules
-(:mod:`.registration`, :mod:`.operations`, :mod:`.queue_mode`); this module
+(:mod:`.core.registration`, :mod:`.core.operations`, :mod:`.core.queue_mode`); this module
 sequences them, persists what they return and publishes events.
 """
 
@@ -22,14 +22,15 @@ from ipso_objects import LwM2MPath, ObjectRegistry
 from .core import operations
 from .core.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
 from .bootstrap_server import BootstrapService, StoreCredentials, signing_key_anchors
-from .transport.coap import CoapAdapter, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .transport.coap import CoapAdapter
+from .transport.messages import DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .transport.oscore import OscoreContexts
 from .config import ServerConfig
 from .security.credentials import CredentialStore
 from .core.events import EventHub
 from .core.operations import DeviceRequest, OperationError
 from .core.responses import Result, decode_response, parse_send
-from .core.queue_mode import QueueModePolicy
+from .core.queue_mode import Queued, QueueModePolicy
 from .transport.ratelimit import rate_limiter
 from .security.oscore import is_oscore_identity
 from .core.identity import CredentialLookup, check_identity, check_same_peer
@@ -51,18 +52,6 @@ class DeviceNotRegistered(Exception):
     def __init__(self, endpoint: str) -> None:
         super().__init__(f"endpoint {endpoint!r} is not registered")
         self.endpoint = endpoint
-
-
-@dataclass(frozen=True, slots=True)
-class Queued:
-    """A request held for a sleeping device; follow it with :meth:`LwM2MServer.queue_entry`."""
-
-    entry_id: str
-    """Queue entry id."""
-    endpoint: str
-    """The device it waits for."""
-    expires_at: float
-    """Unix time after which it is given up."""
 
 
 @dataclass(slots=True)

@@ -48,6 +48,7 @@ from ipso_objects import (
 from ipso_objects.codecs import ContentFormat, link_format
 from ipso_objects.codecs.link_format import Link, LinkParam
 from ipso_objects.values import coerce
+from lwm2m_server.security.oscore import OscoreContext
 from lwm2m_server.suit import PublicKey, UnsupportedError
 from lwm2m_server.suit.cose import algorithm_of
 
@@ -75,23 +76,10 @@ class _Refuse(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class OscoreAccount:
-    """The OSCORE context (/21/x) an account links to, as the device holds it."""
+class OscoreAccount(OscoreContext):
+    """The OSCORE context (/21/x) an account links to, as the device holds it (its
+    Sender ID is the kid of its requests)."""
 
-    sender_id: bytes
-    """The device's Sender ID (/21/x/1), the kid of its requests."""
-    recipient_id: bytes
-    """The device's Recipient ID (/21/x/2), the server's Sender ID."""
-    master_secret: bytes = field(repr=False)
-    """/21/x/0; never in repr."""
-    master_salt: bytes = field(default=b"", repr=False)
-    """/21/x/5."""
-    id_context: bytes | None = None
-    """/21/x/6, None when absent."""
-    aead: int = 10
-    """/21/x/3 (10, AES-CCM-16-64-128, when absent)."""
-    hkdf: int = -10
-    """/21/x/4 (-10, HKDF SHA-256, when absent)."""
     instance: int = 0
     """The /21 instance id."""
 

@@ -40,13 +40,14 @@ from typing import TextIO
 import structlog
 
 from ipso_objects import ObjectRegistry
+from lwm2m_server.security.keyfile import format_key_file
 from lwm2m_server.suit import KeyFileError, PublicKey
 
 from .updates import load_anchors
 
 from .bootstrap import parse_psk
 from .client import RegistrationFailed, SimulatedDevice
-from .fleet import PSK, Fleet, FleetProgress, format_key_file, generate_keys, parse_key_file, psks_for
+from .fleet import PSK, Fleet, FleetProgress, generate_keys, parse_key_file, psks_for
 from .profiles import (ConfigError, DeviceProfile, FleetConfig, builtin_profiles, get_profile, load_config,
                        parse_config)
 

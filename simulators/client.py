@@ -2,8 +2,9 @@
 
 Thin: requests from the server go to :meth:`DeviceObjects.handle` through
 :mod:`simulators.serving`, which also sends the notifications (their timing comes
-from :mod:`simulators.observe`); this module owns the socket, the
-Register/Update/De-register exchanges and the timers. Each device has its own
+from :mod:`simulators.observe`); the Register/Update/De-register exchanges and the
+update loop are in :mod:`simulators.registration`; this module owns the socket, the
+security set-up and the timers. Each device has its own
 aiocoap context bound to its own UDP port (``127.0.0.1:0`` by default) and sends
 its registration messages from that same port, so the server can reach it at
 the address it registered from.
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import aiocoap
-import aiocoap.error
 import aiocoap.resource
 import structlog
 from aiocoap import Code, Message
@@ -53,7 +53,6 @@ from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress, TransportOSCORE
 
 from ipso_objects import LwM2MPath, ObjectRegistry
-from ipso_objects.codecs import link_format
 
 from .download import BlockDownload, DownloadError
 from .fetch import fetch
@@ -64,19 +63,13 @@ from lwm2m_server.transport.dtls import DtlsUnavailable, tinydtls
 from .dtls import DtlsClientInterface
 from . import oscore as device_oscore
 from .profiles import DeviceProfile, get_profile
+from .registration import _BINDING, _LIFETIME, DeviceRegistration, RegistrationFailed
 from .serving import DeviceServing
 from .transport import (
     DeviceStats, LiveObservation, is_request, wait_event, without_reuse_port,
 )
 
 log = structlog.get_logger(__name__)
-
-_LIFETIME = LwM2MPath.of(1, 0, 1)
-_BINDING = LwM2MPath.of(1, 0, 7)
-
-
-class RegistrationFailed(Exception):
-    """Register, Update or De-register got an error response or no response."""
 
 
 class PowerLoss(Exception):
@@ -108,7 +101,7 @@ class _DeviceSite(aiocoap.resource.Resource):
         await super().render_to_pipe(pipe)
 
 
-class SimulatedDevice(DeviceServing):
+class SimulatedDevice(DeviceServing, DeviceRegistration):
     """A simulated LwM2M client: an object tree, a UDP port and a registration."""
 
     def __init__(
@@ -477,100 +470,6 @@ class SimulatedDevice(DeviceServing):
         self._oscore_account = account
         log.info("oscore_provisioned", ep=self.endpoint, sender_id=account.sender_id.hex(), folder=str(folder))
 
-    # -- registration interface -------------------------------------------------------------
-
-    def _lifetime(self) -> int:
-        return int(self.objects.get(_LIFETIME) or self.profile.lifetime)
-
-    def _binding(self) -> str:
-        return str(self.objects.get(_BINDING) or self.profile.binding)
-
-    async def _request(self, message: Message) -> Message:
-        if self._context is None:
-            raise RegistrationFailed("the device is not started")
-        uri = message.get_request_uri()
-        try:
-            try:
-                async with asyncio.timeout(self.request_timeout):
-                    return await self._context.request(message).response
-            except TimeoutError:
-                if self._dtls is None or not uri.startswith("coaps://"):
-                    raise
-                # As Wakaama and Anjay do: silence over DTLS may mean the server lost the
-                # session (a restart); handshake again and try once more.
-                log.info("dtls_rehandshake", ep=self.endpoint)
-                self._dtls.close_all()
-                retry = Message(code=message.code, uri=uri, payload=message.payload,
-                                content_format=message.opt.content_format)
-                async with asyncio.timeout(self.request_timeout):
-                    return await self._context.request(retry).response
-        except TimeoutError:
-            raise RegistrationFailed(f"no response within {self.request_timeout:g} s") from None
-        except aiocoap.error.Error as error:
-            raise RegistrationFailed(f"{type(error).__name__}: {error}") from None
-
-    def _message(self, code: Code, path: Sequence[str], query: Sequence[str] = (), payload: bytes = b"") -> Message:
-        message = Message(code=code, uri=self.server_uri, payload=payload)
-        message.opt.uri_path = path
-        message.opt.uri_query = tuple(query)
-        if payload:
-            message.opt.content_format = 40
-        return message
-
-    async def register(self) -> None:
-        """Send Register (POST /rd) and remember the Location-Path."""
-        version = self.objects.lwm2m_version
-        binding = self._binding()
-        query = [f"ep={self.endpoint}", f"lt={self._lifetime()}", f"lwm2m={version}", f"b={binding}"]
-        if self.profile.queue_mode and version != "1.0":
-            query.append("Q")
-        payload = link_format.encode(self.objects.registration_links())
-        response = await self._request(self._message(Code.POST, ("rd",), query, payload))
-        if response.code != Code.CREATED:
-            raise RegistrationFailed(f"Register answered {response.code.dotted} {response.payload[:100]!r}")
-        self.location = tuple(response.opt.location_path)
-        self._sent = {"lt": self._lifetime(), "b": binding, "links": payload}
-        self._last_update_at = asyncio.get_running_loop().time()
-        self.stats.registrations += 1
-        log.info("registered", ep=self.endpoint, location="/" + "/".join(self.location), port=self._port)
-
-    async def update(self, *, send_objects: bool = False) -> None:
-        """Send an Update; lt, b and the object list go along only when they changed
-        (or ``send_objects``). Re-registers when the server answers 4.04."""
-        if self.location is None:
-            await self.register()
-            return
-        query = []
-        lifetime, binding = self._lifetime(), self._binding()
-        if lifetime != self._sent.get("lt"):
-            query.append(f"lt={lifetime}")
-        if binding != self._sent.get("b"):
-            query.append(f"b={binding}")
-        links = link_format.encode(self.objects.registration_links())
-        payload = links if send_objects or links != self._sent.get("links") else b""
-        response = await self._request(self._message(Code.POST, self.location, query, payload))
-        if response.code == Code.NOT_FOUND:
-            log.info("registration_lost", ep=self.endpoint)
-            self.location = None
-            await self.register()
-            return
-        if not response.code.is_successful():
-            raise RegistrationFailed(f"Update answered {response.code.dotted} {response.payload[:100]!r}")
-        self._sent = {"lt": lifetime, "b": binding, "links": links}
-        self._last_update_at = asyncio.get_running_loop().time()
-        self.stats.updates += 1
-        log.debug("updated", ep=self.endpoint, lt=lifetime)
-
-    async def deregister(self) -> None:
-        """Send De-register (DELETE on the registration)."""
-        if self.location is None:
-            return
-        location, self.location = self.location, None
-        response = await self._request(self._message(Code.DELETE, location))
-        if not response.code.is_successful():
-            raise RegistrationFailed(f"De-register answered {response.code.dotted}")
-        log.info("deregistered", ep=self.endpoint)
-
     # -- queue mode ---------------------------------------------------------------------------
 
     async def sleep(self) -> None:
@@ -624,20 +523,3 @@ class SimulatedDevice(DeviceServing):
             else:
                 self.objects.inference.tick(time.time())
             self._after_change()
-
-    async def _update_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            lifetime = self._lifetime()
-            due = self._last_update_at + max(1.0, lifetime * self.update_fraction)
-            await wait_event(self._update_requested, due - loop.time())
-            self._update_requested.clear()
-            try:
-                if self.asleep:
-                    await self.wake()
-                else:
-                    await self.update()
-            except RegistrationFailed as error:
-                retry = min(30.0, max(1.0, lifetime * 0.1))
-                log.warning("update_failed", ep=self.endpoint, reason=str(error), retry_in=retry)
-                self._last_update_at = loop.time() + retry - max(1.0, lifetime * self.update_fraction)

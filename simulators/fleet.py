@@ -9,57 +9,35 @@ receive buffer from overflowing when thousands of devices come up together.
 Key files: a factory hands an operator each device's DTLS PSK as a CSV file
 (header ``endpoint,identity,key,scope``; scope ``server`` or ``bootstrap``, key in
 hex), which ``tinymlaas credentials import`` loads into the server's store.
-:func:`generate_keys` and :func:`format_key_file` make one for a simulated fleet,
-:func:`parse_key_file` reads one back, and :func:`psks_for` picks each device's PSK
+:func:`generate_keys` makes the keys of a simulated fleet (written with
+:func:`lwm2m_server.security.keyfile.format_key_file`), :func:`parse_key_file` reads
+a file back with the server's reader, and :func:`psks_for` picks each device's PSK
 of one scope for :class:`Fleet`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import structlog
 
 from ipso_objects import ObjectRegistry
-from lwm2m_server.transport.dtls import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' PSK buffers
+from lwm2m_server.security.keyfile import KeyFileError
+from lwm2m_server.security.keyfile import parse_key_file as read_key_file
+from lwm2m_server.security.psk import MAX_IDENTITY_BYTES, SCOPES, PskCredential, generate_key
 
 from .client import RegistrationFailed, SimulatedDevice
 from .profiles import ConfigError, DeviceProfile
 
 log = structlog.get_logger(__name__)
 
-KEY_FILE_COLUMNS = ("endpoint", "identity", "key", "scope")
-"""The header of a key file; ``scope`` may be left out (``server``)."""
-SCOPES = ("server", "bootstrap")
 PSK = tuple[bytes, bytes]
 """``(identity, key)`` as :class:`SimulatedDevice` takes it."""
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceKey:
-    """One row of a key file: a device's DTLS PSK for one scope."""
-
-    endpoint: str
-    """The device's endpoint client name."""
-    identity: str
-    """PSK identity (1..32 bytes of UTF-8)."""
-    key: bytes = field(repr=False)
-    """The key (1..16 bytes); never in repr or errors."""
-    scope: str = "server"
-    """``server`` (the LwM2M server account) or ``bootstrap`` (the Bootstrap-Server's)."""
-
-    @property
-    def psk(self) -> PSK:
-        """``(identity, key)`` for :class:`SimulatedDevice`'s ``psk``/``bootstrap_psk``."""
-        return self.identity.encode("utf-8"), self.key
-
-
-def generate_keys(endpoints: Iterable[str], scope: str = "bootstrap") -> list[DeviceKey]:
+def generate_keys(endpoints: Iterable[str], scope: str = "bootstrap") -> list[PskCredential]:
     """A fresh random 16-byte key per endpoint, identity ``<endpoint>-bs`` for the
     bootstrap scope and ``<endpoint>`` for the server scope."""
     if scope not in SCOPES:
@@ -71,77 +49,20 @@ def generate_keys(endpoints: Iterable[str], scope: str = "bootstrap") -> list[De
         if size > MAX_IDENTITY_BYTES:
             raise ConfigError("fleet", f"identity {identity!r} of endpoint {endpoint!r} is {size} bytes, "
                                        f"a PSK identity at most {MAX_IDENTITY_BYTES}: shorten its endpoint_prefix")
-        keys.append(DeviceKey(endpoint, identity, secrets.token_bytes(MAX_KEY_BYTES), scope))
+        keys.append(PskCredential(endpoint, identity, generate_key(), scope))
     return keys
 
 
-def format_key_file(keys: Iterable[DeviceKey]) -> str:
-    """The CSV text of a key file (header first, one line per key)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(KEY_FILE_COLUMNS)
-    writer.writerows((k.endpoint, k.identity, k.key.hex(), k.scope) for k in keys)
-    return out.getvalue()
-
-
-def parse_key_file(text: str, source: str = "key file") -> list[DeviceKey]:
+def parse_key_file(text: str, source: str = "key file") -> list[PskCredential]:
     """The rows of a key file. A problem raises :class:`ConfigError` (``source``, then
     the line and what is wrong; never a key)."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
-    header: list[str] | None = None
-    keys: list[DeviceKey] = []
-    seen: dict[tuple[str, str], int] = {}
-
-    def bad(problem: str) -> ConfigError:
-        return ConfigError(source, f"line {reader.line_num}: {problem}")
-
     try:
-        for fields in reader:
-            cells = [cell.strip() for cell in fields]
-            if not any(cells):
-                continue
-            if header is None:  # not echoed: a file without a header starts with a key
-                header = [cell.lower() for cell in cells]
-                if set(header) - set(KEY_FILE_COLUMNS) or len(set(header)) != len(header) \
-                        or not {"endpoint", "identity", "key"} <= set(header):
-                    raise bad(f"the first line must be the header {','.join(KEY_FILE_COLUMNS)}")
-                continue
-            if len(cells) == len(header) - 1 and header[-1] == "scope":
-                cells.append("")
-            if len(cells) != len(header):
-                raise bad(f"{len(cells)} fields, the header has {len(header)}")
-            key = _key_row(dict(zip(header, cells)), bad)
-            first = seen.setdefault((key.endpoint, key.scope), reader.line_num)
-            if first != reader.line_num:
-                raise bad(f"a second {key.scope} PSK of endpoint {key.endpoint!r} (line {first})")
-            keys.append(key)
-    except csv.Error as error:
-        raise bad(f"not CSV: {error}") from None
-    if header is None:
-        raise ConfigError(source, f"empty; expected the header {','.join(KEY_FILE_COLUMNS)}")
-    return keys
+        return [credential for _, credential in read_key_file(text)]
+    except KeyFileError as error:
+        raise ConfigError(source, str(error)) from None
 
 
-def _key_row(row: dict[str, str], bad: Callable[[str], ConfigError]) -> DeviceKey:
-    scope = row.get("scope") or "server"
-    if scope not in SCOPES:
-        raise bad(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if not row["endpoint"]:
-        raise bad("endpoint is empty")
-    size = len(row["identity"].encode("utf-8", "replace"))
-    if not 0 < size <= MAX_IDENTITY_BYTES:
-        raise bad(f"identity is {size} bytes, must be 1..{MAX_IDENTITY_BYTES}")
-    digits = "".join(row["key"].split()).replace(":", "")
-    try:
-        key = bytes.fromhex(digits[2:] if digits[:2] in ("0x", "0X") else digits)
-    except ValueError:
-        raise bad("key is not hexadecimal") from None
-    if not 0 < len(key) <= MAX_KEY_BYTES:
-        raise bad(f"key is {len(key)} bytes, must be 1..{MAX_KEY_BYTES}")
-    return DeviceKey(row["endpoint"], row["identity"], key, scope)
-
-
-def psks_for(keys: Iterable[DeviceKey], endpoints: Sequence[str], scope: str,
+def psks_for(keys: Iterable[PskCredential], endpoints: Sequence[str], scope: str,
              source: str = "key file") -> dict[str, PSK]:
     """Each endpoint's PSK of ``scope``; ConfigError naming up to 5 endpoints that have
     none (and saying so when the file has rows of the other scope for them)."""

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import structlog
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath
+from lwm2m_server.suit import TensorSpec
 
-from .management import ExecuteRefused
-from .runtime import InstalledModule, ModelLoadError, ModelRuntime, TensorInfo
-
-if TYPE_CHECKING:
-    from .objects import DeviceObjects
+from .management import DeviceAccess, ExecuteHook, ExecuteRefused
+from .runtime import InstalledModule, ModelLoadError, ModelRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +53,7 @@ class InferenceOutcome:
     """Raw output tensors."""
 
 
-def synthetic_inputs(tensors: Sequence[TensorInfo], features: Sequence[float], seed: int,
+def synthetic_inputs(tensors: Sequence[TensorSpec], features: Sequence[float], seed: int,
                      count: int) -> list[np.ndarray]:
     """Input arrays for ``tensors`` from sensor ``features`` (see the module docstring)."""
     rng = np.random.default_rng([seed & 0xFFFFFFFF, count & 0xFFFFFFFF])
@@ -85,7 +83,7 @@ def synthetic_inputs(tensors: Sequence[TensorInfo], features: Sequence[float], s
     return arrays
 
 
-def dequantize(array: np.ndarray, tensor: TensorInfo) -> np.ndarray:
+def dequantize(array: np.ndarray, tensor: TensorSpec) -> np.ndarray:
     """Real values of an output tensor (float32), flattened in row-major order."""
     flat = np.asarray(array).reshape(-1)
     if tensor.quantized:
@@ -116,10 +114,23 @@ def format_result(values: np.ndarray, limit: int = MAX_RESULT_BYTES) -> str:
     return "[" + ",".join(parts) + "]"
 
 
+class InferenceObjects(DeviceAccess, Protocol):
+    """What :class:`InferenceService` uses of the device's objects beyond :class:`DeviceAccess`."""
+
+    def sensor_features(self) -> list[float]:
+        """Every sensor value, normalised, in a fixed order (the synthetic inputs' source)."""
+        ...
+
+    @property
+    def run_inference(self) -> ExecuteHook | None:
+        """Hook of Run Inference (/26241/0/18), which the periodic inference executes."""
+        ...
+
+
 class InferenceService:
     """The TinyML object's model and inference resources over a :class:`ModelRuntime`."""
 
-    def __init__(self, objects: DeviceObjects, runtime: ModelRuntime, *, seed: int, now: float) -> None:
+    def __init__(self, objects: InferenceObjects, runtime: ModelRuntime, *, seed: int, now: float) -> None:
         self.objects = objects
         self.runtime = runtime
         self.seed = seed
@@ -184,18 +195,18 @@ class InferenceService:
 
     # -- hooks and the period ------------------------------------------------------------------
 
-    def execute_run(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def execute_run(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         """Run Inference (E 26241/0/18)."""
         try:
             self.run(objects.now)
         except ModelLoadError as error:
             raise ExecuteRefused("5.00", error.reason) from None
 
-    def execute_reset(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def execute_reset(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         """Reset Statistics (E 26241/0/20)."""
         self.reset_statistics()
 
-    def period_written(self, objects: DeviceObjects, path: LwM2MPath, value: int) -> None:
+    def period_written(self, objects: DeviceAccess, path: LwM2MPath, value: int) -> None:
         """Inference Period (W 26241/0/19): the period counts from now."""
         self.last_run_at = objects.now
 

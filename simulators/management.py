@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from ipso_objects import (
     DecodeError, EncodeError, IpsoError, LwM2MPath, ModelError, MultiResource, Object,
@@ -82,9 +82,25 @@ class _Fail(Exception):
 
 
 ExecuteHook = Callable[[Any, LwM2MPath, str], None]
-"""``hook(objects, path, arguments)``; raise :class:`ExecuteRefused` to refuse."""
+"""``hook(objects, path, arguments)``; raise :class:`ExecuteRefused` to refuse. ``objects``
+is a :class:`DeviceAccess` (typed ``Any``: a hook may take the concrete DeviceObjects)."""
 WriteHook = Callable[[Any, LwM2MPath, Any], None]
 """``hook(objects, resource_path, new_value)`` after a server wrote the resource."""
+
+
+class DeviceAccess(Protocol):
+    """What the device's services (:mod:`simulators.updates`, :mod:`simulators.inference`)
+    use of its objects, as :class:`~simulators.objects.DeviceObjects` provides it."""
+
+    endpoint: str
+    now: float
+
+    def get(self, path: LwM2MPath | str, default: Any = None) -> Any: ...
+    def set(self, path: LwM2MPath | str, value: Any) -> None: ...
+    def remove(self, path: LwM2MPath | str) -> None: ...
+    def instances(self, object_id: int) -> list[int]: ...
+    def set_execute_hook(self, object_id: int, resource_id: int, hook: ExecuteHook | None) -> None: ...
+    def set_write_hook(self, object_id: int, resource_id: int, hook: WriteHook | None) -> None: ...
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

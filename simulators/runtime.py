@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import structlog
 
-from lwm2m_server.suit import ModelMetadata
+from lwm2m_server.suit import ModelMetadata, Quantization, TensorSpec
 
 log = structlog.get_logger(__name__)
 
@@ -49,32 +49,6 @@ class ModelLoadError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """One input or output tensor as the interpreter reports it."""
-
-    name: str
-    """Tensor name."""
-    dtype: str
-    """numpy dtype name, e.g. ``int8``, ``float32``."""
-    shape: tuple[int, ...]
-    """Dimensions."""
-    scale: float = 0.0
-    """Quantization scale; 0.0 when the tensor is not quantized."""
-    zero_point: int = 0
-    """Quantization zero point."""
-
-    @property
-    def quantized(self) -> bool:
-        """True when real values are ``scale * (q - zero_point)``."""
-        return self.scale != 0.0
-
-    @property
-    def size(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +99,9 @@ def _last_line(text: str) -> str:
 class LoadedModel:
     """A model in an interpreter, ready to run."""
 
-    inputs: tuple[TensorInfo, ...]
+    inputs: tuple[TensorSpec, ...]
     """Input tensors in model order."""
-    outputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorSpec, ...]
     """Output tensors in model order."""
     arena_used: int
     """Bytes of tensor arena the model took."""
@@ -138,12 +112,17 @@ class LoadedModel:
         raise NotImplementedError
 
 
-def _tflm_tensor(details: dict[str, Any], name: str) -> TensorInfo:
+def _tflm_tensor(details: dict[str, Any], name: str) -> TensorSpec:
     quant = details.get("quantization_parameters") or {}
     scales, zeros = quant.get("scales"), quant.get("zero_points")
     scale = float(scales[0]) if scales is not None and len(scales) else 0.0
     zero = int(zeros[0]) if zeros is not None and len(zeros) else 0
-    return TensorInfo(name, np.dtype(details["dtype"]).name, tuple(int(d) for d in details["shape"]), scale, zero)
+    return _spec(name, np.dtype(details["dtype"]).name, tuple(int(d) for d in details["shape"]), scale, zero)
+
+
+def _spec(name: str, dtype: str, shape: tuple[int, ...], scale: float, zero_point: int) -> TensorSpec:
+    """An interpreter's tensor; its scale 0.0 means not quantized."""
+    return TensorSpec(name, dtype, shape, Quantization(scale, zero_point) if scale else None)
 
 
 class TflmModel(LoadedModel):
@@ -173,7 +152,7 @@ class TflmModel(LoadedModel):
         self.arena_used = int(found.group(1)) if found else 0
 
     @staticmethod
-    def _tensors(details, label: str, count: int | None) -> tuple[TensorInfo, ...]:
+    def _tensors(details, label: str, count: int | None) -> tuple[TensorSpec, ...]:
         tensors = []
         index = 0
         while count is None or index < count:
@@ -231,10 +210,10 @@ class LiteRtModel(LoadedModel):
                                  f"more than the {arena_size} B arena budget")
 
     @staticmethod
-    def _tensor(details: dict[str, Any]) -> TensorInfo:
+    def _tensor(details: dict[str, Any]) -> TensorSpec:
         scale, zero = details.get("quantization", (0.0, 0))
-        return TensorInfo(str(details.get("name", "")), np.dtype(details["dtype"]).name,
-                          tuple(int(d) for d in details["shape"]), float(scale), int(zero))
+        return _spec(str(details.get("name", "")), np.dtype(details["dtype"]).name,
+                     tuple(int(d) for d in details["shape"]), float(scale), int(zero))
 
     def _activation_bytes(self) -> int:
         by_index = {d["index"]: d for d in self._interpreter.get_tensor_details()}
@@ -284,7 +263,7 @@ def load_model(runtime: str, payload: bytes, *, arena_size: int,
     return kind(payload, arena_size=arena_size, counts=counts)
 
 
-def zeros_for(tensors: Sequence[TensorInfo]) -> list[np.ndarray]:
+def zeros_for(tensors: Sequence[TensorSpec]) -> list[np.ndarray]:
     """One all-zero (or zero-point) array per tensor."""
     arrays = []
     for tensor in tensors:

@@ -73,12 +73,11 @@ from lwm2m_server.suit import (
 )
 
 from .download import BlockDownload, DownloadError, check_uri
-from .management import ExecuteRefused
+from .management import DeviceAccess, ExecuteRefused
 from .runtime import InstalledModule, ModelLoadError, ModelRuntime
 
 if TYPE_CHECKING:
     from .inference import InferenceService
-    from .objects import DeviceObjects
 
 log = structlog.get_logger(__name__)
 
@@ -197,7 +196,7 @@ class _Package:
 class UpdateManager:
     """The /9 and /5 state machines of one device, wired into its objects as hooks."""
 
-    def __init__(self, objects: DeviceObjects, runtime: ModelRuntime, inference: InferenceService,
+    def __init__(self, objects: DeviceAccess, runtime: ModelRuntime, inference: InferenceService,
                  trust: DeviceTrust, *, block_size: int = 1024) -> None:
         self.objects = objects
         self.runtime = runtime
@@ -297,7 +296,7 @@ class UpdateManager:
                 if self.objects.get(LwM2MPath.of(9, instance, 12)) != on:
                     self.objects.set(LwM2MPath.of(9, instance, 12), on)
 
-    def _sota_package(self, objects: DeviceObjects, path: LwM2MPath, value: Any) -> None:
+    def _sota_package(self, objects: DeviceAccess, path: LwM2MPath, value: Any) -> None:
         instance = path.ids[1]
         self._stop_fetch((SOFTWARE, instance))
         objects.set(path, b"")  # write-only: nothing to keep once handled
@@ -309,7 +308,7 @@ class UpdateManager:
         self._sota(instance, SotaState.DOWNLOAD_STARTED, 1)
         self._deliver_software(instance, data)
 
-    def _sota_uri(self, objects: DeviceObjects, path: LwM2MPath, value: Any) -> None:
+    def _sota_uri(self, objects: DeviceAccess, path: LwM2MPath, value: Any) -> None:
         instance = path.ids[1]
         self._stop_fetch((SOFTWARE, instance))
         uri = str(value or "").strip()
@@ -342,7 +341,7 @@ class UpdateManager:
     def _state(self, instance: int) -> int:
         return int(self.objects.get(LwM2MPath.of(9, instance, 7)) or 0)
 
-    def _install(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _install(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         instance = path.ids[1]
         package = self._package(instance)
         state = self._state(instance)
@@ -366,7 +365,7 @@ class UpdateManager:
         self._sync_activation()
         self._sota(instance, SotaState.INSTALLED, 2, f"installed {meta.name} {meta.version}")
 
-    def _activate(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _activate(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         instance = path.ids[1]
         package = self._package(instance)
         state = self._state(instance)
@@ -387,7 +386,7 @@ class UpdateManager:
         self._sota(instance, SotaState.INSTALLED, 2, f"active: {module.name} {module.version}")
         self.inference.activated(module, objects.now)
 
-    def _deactivate(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _deactivate(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         package = self._package(path.ids[1])
         active = self.runtime.active
         if package.installed is not None and active == package.installed:
@@ -395,7 +394,7 @@ class UpdateManager:
             self.inference.show_active()
         self._sync_activation()
 
-    def _uninstall(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _uninstall(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         instance = path.ids[1]
         for_update = "1" in {part.split("=")[0] for part in arguments.split(",") if part}
         self._stop_fetch((SOFTWARE, instance))
@@ -430,7 +429,7 @@ class UpdateManager:
     def _flash_free(self) -> int:
         return int(self.objects.get("/3/0/10") or 0) * 1024
 
-    def _fota_package(self, objects: DeviceObjects, path: LwM2MPath, value: Any) -> None:
+    def _fota_package(self, objects: DeviceAccess, path: LwM2MPath, value: Any) -> None:
         self._stop_fetch((FIRMWARE, 0))
         objects.set(path, b"")
         data = bytes(value or b"")
@@ -441,7 +440,7 @@ class UpdateManager:
         self._fota(FotaState.DOWNLOADING, 0)
         self._deliver_firmware(data)
 
-    def _fota_uri(self, objects: DeviceObjects, path: LwM2MPath, value: Any) -> None:
+    def _fota_uri(self, objects: DeviceAccess, path: LwM2MPath, value: Any) -> None:
         self._stop_fetch((FIRMWARE, 0))
         self.firmware = None
         uri = str(value or "").strip()
@@ -470,7 +469,7 @@ class UpdateManager:
         self.objects.set("/5/0/7", version)
         self._fota(FotaState.DOWNLOADED, 0, f"verified firmware {name} {version}")
 
-    def _fota_update(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _fota_update(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         state = int(objects.get("/5/0/3") or 0)
         if state != FotaState.DOWNLOADED or self.firmware is None:
             raise ExecuteRefused("4.05", f"Update needs State 2 (Downloaded), the state is {state}")
@@ -482,7 +481,7 @@ class UpdateManager:
         self.reboot_requested = True
         self._fota(FotaState.IDLE, 1, f"firmware {version} installed, rebooting")
 
-    def _fota_cancel(self, objects: DeviceObjects, path: LwM2MPath, arguments: str) -> None:
+    def _fota_cancel(self, objects: DeviceAccess, path: LwM2MPath, arguments: str) -> None:
         state = int(objects.get("/5/0/3") or 0)
         if state not in (FotaState.DOWNLOADING, FotaState.DOWNLOADED):
             raise ExecuteRefused("4.05", f"nothing to cancel in State {state}")

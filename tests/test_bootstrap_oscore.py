@@ -16,11 +16,12 @@ from ipso_objects import LwM2MPath, ObjectInstance, ObjectRegistry, ObjLnk, Reso
 from ipso_objects.codecs import ContentFormat as CF
 from lwm2m_server.core import operations as ops
 from lwm2m_server.core.bootstrap import (
-    BootstrapError, BootstrapSession, OscoreContext, Psk, ServerAccount, device_context, parse_bootstrap_request,
+    BootstrapError, BootstrapSession, Psk, ServerAccount, device_context, parse_bootstrap_request,
     parse_discovery, plan,
 )
 from lwm2m_server.bootstrap_server import StoreCredentials
 from lwm2m_server.security.credentials import CredentialStore, PskCredential, oscore_credential
+from lwm2m_server.security.oscore import OscoreContext, OscoreCredentialError
 from simulators.bootstrap import FINISHED, BootstrapInterface
 from simulators.client import RegistrationFailed, SimulatedDevice
 from simulators.objects import DeviceObjects
@@ -126,9 +127,9 @@ def test_the_discovery_places_the_oscore_instance():
 def test_oscore_accounts_are_coap_and_keep_their_secret_out_of_repr():
     with pytest.raises(BootstrapError, match="OSCORE account needs a coap:// server URI"):
         replace(oscore_account(), uri="coaps://h:5684", psk=Psk("dev-1-psk", BOOTSTRAP_KEY))
-    with pytest.raises(BootstrapError, match="sender_id and recipient_id must differ"):
+    with pytest.raises(OscoreCredentialError, match="sender_id and recipient_id must differ"):
         OscoreContext(b"\x01", b"\x01", SECRET)
-    with pytest.raises(BootstrapError, match="master_secret"):
+    with pytest.raises(OscoreCredentialError, match="master_secret"):
         OscoreContext(b"\x01", b"\x02", b"short")
     account = oscore_account()
     assert SECRET.hex() not in repr(account) and repr(SECRET) not in repr(account)

@@ -23,16 +23,8 @@ from structlog.testing import capture_logs
 from lwm2m_server.api.http import ManagementApi
 from lwm2m_server.cli.main import main as cli_main
 from lwm2m_server.config import parse_config
-from lwm2m_server.security.credentials import (
-    SCOPES,
-    CredentialConflict,
-    CredentialError,
-    CredentialStorageError,
-    CredentialStore,
-    PskCredential,
-    generate_key,
-    parse_key,
-)
+from lwm2m_server.security.credentials import CredentialConflict, CredentialStorageError, CredentialStore
+from lwm2m_server.security.psk import SCOPES, CredentialError, PskCredential, generate_key, parse_key
 from lwm2m_server.daemon import Daemon
 
 KEY = bytes.fromhex("c0ffee00112233445566778899aabbcc")

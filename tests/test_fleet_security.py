@@ -328,7 +328,7 @@ def test_a_bad_key_file_names_the_line_not_the_key(tmp_path: Path, capsys, no_fl
     assert sim("fleet", "--config", str(FLEET_YAML), "--count", "2", "--server", "coaps://127.0.0.1:5684",
                "--credentials", str(keys)) == 2
     err = capsys.readouterr().err
-    assert err == f"tinymlaas-sim: {keys}: line 3: key is not hexadecimal\n"
+    assert err == f"tinymlaas-sim: {keys}: line 3: key: not hexadecimal (character 1)\n"
 
 
 def test_key_file_round_trip_and_the_fleet_api_checks_its_psks():

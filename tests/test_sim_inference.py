@@ -16,11 +16,12 @@ from aiocoap import Code, Message
 from lwm2m_server.compilers.tflite_model import parse_model
 from simulators.client import SimulatedDevice
 from simulators.inference import dequantize, format_result, synthetic_inputs
-from simulators.runtime import LiteRtModel, TensorInfo, TflmModel
+from lwm2m_server.suit import Quantization, TensorSpec
+from simulators.runtime import LiteRtModel, TflmModel
 from test_sim_updates import DENSE, KEY, PROFILES, WIDE, deploy, device, execute, module
 
-INT8 = TensorInfo("input", "int8", (1, 16), 0.02865951, 3)
-FLOAT = TensorInfo("input", "float32", (2, 8))
+INT8 = TensorSpec("input", "int8", (1, 16), Quantization(0.02865951, 3))
+FLOAT = TensorSpec("input", "float32", (2, 8))
 
 
 # -- inputs and results ------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def test_result_is_compact_json_of_at_most_1024_bytes():
     assert len(text.encode()) <= 1024
     parsed = json.loads(text)
     assert 50 < len(parsed) < 2048 and parsed == [float(str(v)) for v in values[: len(parsed)]]
-    int8 = TensorInfo("out", "int8", (1, 4), 0.00390625, -128)
+    int8 = TensorSpec("out", "int8", (1, 4), Quantization(0.00390625, -128))
     assert format_result(dequantize(np.array([[-68, -74, -48, -65]], np.int8), int8)) == \
         "[0.234375,0.2109375,0.3125,0.24609375]"
 

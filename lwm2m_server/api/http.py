@@ -30,13 +30,14 @@ from ..core import operations
 from ..security.oscore import is_oscore_identity
 from ..core.operations import OperationError
 from ..core.responses import Result
-from ..security.credentials import SCOPES, CredentialConflict, CredentialError, CredentialStorageError, CredentialStore, \
-    PskCredential, oscore_credential, parse_hex, parse_key
+from ..security.credentials import CredentialConflict, CredentialStorageError, CredentialStore, oscore_credential
+from ..security.psk import SCOPES, CredentialError, PskCredential, parse_hex, parse_key
 from ..ota.deployment import Deployment, DeploymentError
 from ..ota.orchestrator import Orchestrator
 from ..core.registration import Registration
 from ..ota.rollouts import RolloutError, RolloutState, Selector, Strategy, summarize
-from ..server import DeviceNotRegistered, LwM2MServer, Queued
+from ..core.queue_mode import Queued
+from ..server import DeviceNotRegistered, LwM2MServer
 from ..store.base import QueueEntry, QueueFullError, StoreError
 
 API = "/api/v1"
@@ -444,7 +445,7 @@ class ManagementApi:
         """``{"identity": "...", "key": "<hex>", "scope": "server", "replace": false}``, or
         an OSCORE context: ``{"mechanism": "oscore", "secret": "<hex>", "sender_id":
         "<hex>", "recipient_id": "<hex>", "salt", "id_context", "aead", "replace"}``
-        (ids are the server's; see :mod:`.oscore`)."""
+        (ids are the server's; see :mod:`lwm2m_server.security.oscore`)."""
         store = self._credential_store()
         endpoint = request.match_info["ep"]
         try:

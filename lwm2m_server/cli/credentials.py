@@ -19,8 +19,8 @@ from .common import DEFAULT_CONFIG, CliError
 def cmd_credentials(args: argparse.Namespace) -> int:
     """Works on the security store file itself, so with or without a running daemon."""
     from ..config import ConfigError, ServerConfig, load_config
-    from ..security.credentials import (CredentialConflict, CredentialError, CredentialStorageError, CredentialStore,
-                              PskCredential, generate_key, parse_key)
+    from ..security.credentials import CredentialConflict, CredentialStorageError, CredentialStore
+    from ..security.psk import CredentialError, PskCredential, generate_key, parse_key
     from ..security.oscore import DEFAULT_AEAD
     from ..logging_setup import configure_logging
 
@@ -112,7 +112,8 @@ def _check_credential_options(args: argparse.Namespace) -> None:
 
 
 def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
-    from ..security.credentials import generate_master_secret, oscore_credential, parse_hex
+    from ..security.credentials import generate_master_secret, oscore_credential
+    from ..security.psk import parse_hex
 
     secret_text = sys.stdin.readline() if args.secret == "-" else args.secret
     secret = generate_master_secret() if args.generate else parse_hex(secret_text, "secret")
@@ -132,17 +133,11 @@ def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
         print(f"master secret {secret.hex()}  (shown once: provision it into the device's /21 instance)")
 
 
-KEY_FILE_COLUMNS = ("endpoint", "identity", "key", "scope")
-"""The columns of a key file (``credentials import``); ``scope`` may be left out (server)."""
-
-
 def _read_key_file(name: str) -> list[tuple[int, Any]]:
     """The PSK credentials of a CSV key file (``-``: stdin) with their line numbers.
     A problem raises CredentialError naming the line and what is wrong, never a key."""
-    import csv
-    import io
-
-    from ..security.credentials import CredentialError, PskCredential, parse_key
+    from ..security.keyfile import KeyFileError, parse_key_file
+    from ..security.psk import CredentialError
 
     where = "stdin" if name == "-" else name
 
@@ -155,47 +150,12 @@ def _read_key_file(name: str) -> list[tuple[int, Any]]:
         raise CliError(f"cannot read {name}: {error.strerror}") from None
     except UnicodeDecodeError as error:
         raise bad((error.object[:error.start].count(b"\n") + 1), "not UTF-8 text") from None
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), strict=True)
-    header: list[str] | None = None
-    rows: list[tuple[int, Any]] = []
-    identities: dict[str, int] = {}
-    slots: dict[tuple[str, str], int] = {}
     try:
-        for fields in reader:
-            line, cells = reader.line_num, [cell.strip() for cell in fields]
-            if not any(cells):
-                continue
-            if header is None:  # never echo it: a file without a header starts with a key
-                header = [cell.lower() for cell in cells]
-                if set(header) - set(KEY_FILE_COLUMNS) or len(set(header)) != len(header) \
-                        or not {"endpoint", "identity", "key"} <= set(header):
-                    raise bad(line, f"the first line must be the header {','.join(KEY_FILE_COLUMNS)} "
-                                    "(scope may be left out)")
-                continue
-            if len(cells) == len(header) - 1 and header[-1] == "scope":
-                cells.append("")  # a trailing scope left out: server
-            if len(cells) != len(header):
-                raise bad(line, f"{len(cells)} fields, the header has {len(header)}")
-            row = dict(zip(header, cells))
-            try:
-                credential = PskCredential(row["endpoint"], row["identity"], parse_key(row["key"]),
-                                           row.get("scope") or "server")
-            except CredentialError as error:
-                raise bad(line, error.reason) from None
-            first = identities.setdefault(credential.identity, line)
-            if first != line:
-                raise bad(line, f"identity {credential.identity!r} is on line {first} too")
-            first = slots.setdefault((credential.endpoint, credential.scope), line)
-            if first != line:
-                raise bad(line, f"a second {credential.scope} credential of endpoint {credential.endpoint!r} "
-                                f"(line {first})")
-            rows.append((line, credential))
-    except csv.Error as error:
-        raise bad(reader.line_num, f"not CSV: {error}") from None
-    if header is None:
-        raise bad(1, f"empty; expected the header {','.join(KEY_FILE_COLUMNS)}")
+        rows = parse_key_file(text)
+    except KeyFileError as error:
+        raise bad(error.line, error.problem) from None
     if not rows:
-        raise bad(reader.line_num, "no credentials after the header")
+        raise bad(max(1, text.count("\n")), "no credentials after the header")
     return rows
 
 

@@ -28,7 +28,6 @@ from .base import (
     ModelError,
     ModelInput,
     TargetSpec,
-    TensorSpec,
     discover_plugins,
     fit_reasons,
     options_digest,
@@ -41,6 +40,6 @@ from .cache import CompileCache, CompileKey
 __all__ = [
     "ENTRY_POINT_GROUP", "CompileCache", "CompileFailed", "CompileKey", "CompiledModule",
     "CompilerError", "CompilerPlugin", "Incompatible", "InvalidTarget", "ModelError", "ModelInput",
-    "TargetSpec", "TensorSpec", "discover_plugins", "fit_reasons", "options_digest", "rank_key",
+    "TargetSpec", "discover_plugins", "fit_reasons", "options_digest", "rank_key",
     "select_plugin", "version_key",
 ]

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping
 import structlog
 
 from ..suit.device_class import device_class_name
+from ..suit.model_info import TensorSpec
 
 log = structlog.get_logger(__name__)
 
@@ -212,40 +213,6 @@ class ModelInput:
         object.__setattr__(self, "data", bytes(self.data))
         object.__setattr__(self, "format", self.format.strip().lower())
         object.__setattr__(self, "digest", hashlib.sha256(self.data).hexdigest())
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """One input or output tensor of a compiled model."""
-
-    name: str
-    """Tensor name from the model."""
-    dtype: str
-    """Element type, numpy spelling: ``int8``, ``float32``, …"""
-    shape: tuple[int, ...]
-    """Dimensions (-1 for a dynamic one)."""
-    scale: float = 0.0
-    """Quantization scale; 0.0 when not quantized (the TFLite convention)."""
-    zero_point: int = 0
-    """Quantization zero point."""
-
-    @property
-    def quantized(self) -> bool:
-        """True when values are ``scale * (q - zero_point)``."""
-        return self.scale != 0.0
-
-    @property
-    def byte_size(self) -> int:
-        """Bytes of one buffer of this tensor (dynamic dimensions count as 1)."""
-        count = 1
-        for dim in self.shape:
-            count *= max(dim, 1)
-        return count * _ITEMSIZE.get(self.dtype, 1)
-
-
-_ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
-             "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1,
-             "int4": 1, "bfloat16": 2, "complex64": 8, "complex128": 16}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,8 @@ from typing import Any, Mapping
 
 import structlog
 
-from .base import CompiledModule, CompilerPlugin, ModelInput, TargetSpec, TensorSpec, options_digest
+from ..suit.model_info import Quantization, TensorSpec
+from .base import CompiledModule, CompilerPlugin, ModelInput, TargetSpec, options_digest
 
 log = structlog.get_logger(__name__)
 
@@ -69,8 +70,8 @@ def _module_to_json(module: CompiledModule) -> dict[str, Any]:
         "required_arena_bytes": module.required_arena_bytes,
         "required_ram_bytes": module.required_ram_bytes,
         "required_ops": sorted(module.required_ops),
-        "inputs": [asdict(t) for t in module.inputs],
-        "outputs": [asdict(t) for t in module.outputs],
+        "inputs": [_tensor_to_json(t) for t in module.inputs],
+        "outputs": [_tensor_to_json(t) for t in module.outputs],
         "compiler": module.compiler,
         "compiler_version": module.compiler_version,
         "source_digest": module.source_digest,
@@ -78,10 +79,17 @@ def _module_to_json(module: CompiledModule) -> dict[str, Any]:
     }
 
 
+def _tensor_to_json(tensor: TensorSpec) -> dict[str, Any]:
+    # flat scale/zero_point (0.0: not quantized), as entries written before have them
+    return {"name": tensor.name, "dtype": tensor.dtype, "shape": list(tensor.shape),
+            "scale": tensor.scale, "zero_point": tensor.zero_point}
+
+
 def _module_from_json(payload: bytes, data: Mapping[str, Any]) -> CompiledModule:
     def tensors(items: Any) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]),
-                                float(t["scale"]), int(t["zero_point"])) for t in items)
+                                Quantization(float(t["scale"]), int(t["zero_point"])) if t["scale"] else None)
+                     for t in items)
 
     return CompiledModule(
         payload=payload,

@@ -16,7 +16,8 @@ from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
-from .base import CompilerError, ModelError, TensorSpec
+from ..suit.model_info import Quantization, TensorSpec
+from .base import CompilerError, ModelError
 
 FILE_IDENTIFIER = b"TFL3"
 """Bytes 4–8 of every TFLite flatbuffer."""
@@ -84,9 +85,10 @@ class TensorInfo:
     @property
     def spec(self) -> TensorSpec:
         """The standard description used in :class:`~.base.CompiledModule`."""
+        quantized = bool(self.scales) and self.scales[0] != 0.0  # TFLite writes scale 0 for "not quantized"
         return TensorSpec(self.name, self.dtype, self.shape,
-                          self.scales[0] if self.scales else 0.0,
-                          self.zero_points[0] if self.zero_points else 0)
+                          Quantization(self.scales[0], self.zero_points[0] if self.zero_points else 0)
+                          if quantized else None)
 
     @property
     def byte_size(self) -> int:

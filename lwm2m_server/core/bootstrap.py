@@ -68,7 +68,7 @@ from ipso_objects.codecs import ContentFormat as CF
 from ipso_objects.codecs import link_format
 
 from .operations import DeviceRequest, Operation, format_name
-from ..security.oscore import DEFAULT_AEAD, DEFAULT_HKDF, OscoreCredential, OscoreCredentialError
+from ..security.oscore import OscoreContext, OscoreCredential
 
 BOOTSTRAP_PATH = ("bs",)
 """Uri-Path of Bootstrap-Request (device → server) and Bootstrap-Finish (server → device)."""
@@ -159,40 +159,10 @@ class Psk:
     """The key (/0/x/5); never in repr or logs."""
 
 
-@dataclass(frozen=True, slots=True)
-class OscoreContext:
-    """An OSCORE security context as the device's OSCORE object instance (/21/x) holds
-    it: from the **device's** point of view."""
-
-    sender_id: bytes
-    """The device's Sender ID (/21/x/1): the kid of its requests, the server's Recipient ID."""
-    recipient_id: bytes
-    """The device's Recipient ID (/21/x/2): the server's Sender ID."""
-    master_secret: bytes = field(repr=False)
-    """/21/x/0; never in repr or logs."""
-    master_salt: bytes = field(default=b"", repr=False)
-    """/21/x/5 (empty: none)."""
-    id_context: bytes | None = None
-    """/21/x/6, written only when not None."""
-    aead: int = DEFAULT_AEAD
-    """/21/x/3, COSE AEAD algorithm number."""
-    hkdf: int = DEFAULT_HKDF
-    """/21/x/4, COSE HKDF algorithm number (the registry calls it the HMAC Algorithm)."""
-
-    def __post_init__(self) -> None:
-        try:  # the same limits as a stored credential (ids by AEAD nonce length, secret 16..64 B, ...)
-            OscoreCredential("-", self.recipient_id, self.sender_id, self.master_secret, self.master_salt,
-                             self.id_context, self.aead, self.hkdf)
-        except OscoreCredentialError as error:
-            raise BootstrapError("5.00", f"OSCORE context: {error.reason}") from None
-
-
 def device_context(credential: OscoreCredential) -> OscoreContext:
     """The context the device must hold for the server's ``credential``: the same
     secret, salt, ID Context and algorithms, Sender and Recipient ID swapped."""
-    return OscoreContext(sender_id=credential.recipient_id, recipient_id=credential.sender_id,
-                         master_secret=credential.master_secret, master_salt=credential.master_salt,
-                         id_context=credential.id_context, aead=credential.aead, hkdf=credential.hkdf)
+    return credential.reversed()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Over CoAPS the DTLS handshake proves the peer holds the key of a PSK identity;
 over OSCORE a request that verifies under an endpoint's security context proves
 the peer holds that context (identity ``oscore:<recipient id hex>``, see
-:mod:`.oscore`). These rules tie that identity to an endpoint name:
+:mod:`lwm2m_server.security.oscore`). These rules tie that identity to an endpoint name:
 
 - Register: the identity must be the endpoint's *server* credential. A bootstrap
   credential does not do (it opens only ``/bs``).

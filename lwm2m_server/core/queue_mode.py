@@ -125,6 +125,18 @@ class QueueItem(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Queued:
+    """A request held for a sleeping device; follow it with the server's ``queue_entry``."""
+
+    entry_id: str
+    """Queue entry id."""
+    endpoint: str
+    """The device it waits for."""
+    expires_at: float
+    """Unix time after which it is given up."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedRequest:
     """A request waiting for (or done with) a queue-mode device."""
 
@@ -290,5 +302,5 @@ class DeviceQueue:
 
 __all__ = [
     "MAX_TRANSMIT_WAIT", "DeliveryPlan", "DeviceQueue", "QueueError", "QueueItem", "QueueModePolicy",
-    "QueueState", "QueuedRequest", "TRANSITIONS", "check_transition", "is_expired", "plan_delivery",
+    "QueueState", "Queued", "QueuedRequest", "TRANSITIONS", "check_transition", "is_expired", "plan_delivery",
 ]

@@ -17,20 +17,19 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 
-from ..transport.coap import Download
+from ..transport.messages import Download
 from ..compilers import (
     CompileCache, CompilerError, CompilerPlugin, Incompatible, ModelInput, TargetSpec,
     discover_plugins, fit_reasons, select_plugin,
 )
 from ..compilers.tflite_model import parse_model
-from ..config import DeploymentConfig
 from ..store.base import Store
 from ..suit import (
-    ModelMetadata, Quantization, TensorSpec, build_envelope, generate_key_files, key_id,
+    ModelMetadata, build_envelope, generate_key_files, key_id,
     load_private_key, make_class_id, make_vendor_id,
 )
 
@@ -81,11 +80,26 @@ class Artifact:
     arena_bytes: int
 
 
+class DeploymentSettings(Protocol):
+    """What deployment needs of the configuration (``deployment`` in the YAML)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def signing_key(self) -> Path: ...
+    @property
+    def vendor_domain(self) -> str: ...
+    @property
+    def poll_interval_s(self) -> float: ...
+    @property
+    def phase_timeout_s(self) -> float: ...
+
+
 class Deployment:
     """Model registry, compile cache, signing and download files."""
 
     def __init__(
-        self, config: DeploymentConfig, store: Store, *,
+        self, config: DeploymentSettings, store: Store, *,
         plugins: list[CompilerPlugin] | None = None, clock: Callable[[], float],
     ) -> None:
         self.config = config
@@ -203,7 +217,7 @@ class Deployment:
         sequence = await self._next_sequence()
         metadata = ModelMetadata(
             name=model.name, version=model.version, arena_bytes=module.required_arena_bytes,
-            inputs=tuple(_tensor(t) for t in module.inputs), outputs=tuple(_tensor(t) for t in module.outputs),
+            inputs=module.inputs, outputs=module.outputs,
             runtime_name=target.runtime, runtime_version=target.runtime_version,
             compiler_name=module.compiler, compiler_version=module.compiler_version,
         )
@@ -256,11 +270,6 @@ class Deployment:
         if len(uri_path) == 2 and uri_path[0] == "fw":
             return self._downloads.get(uri_path[1])
         return None
-
-
-def _tensor(spec) -> TensorSpec:
-    quantization = Quantization(spec.scale, spec.zero_point) if spec.scale else None
-    return TensorSpec(spec.name, spec.dtype, tuple(spec.shape), quantization)
 
 
 def _download(artifact: Artifact) -> Download:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import replace
-from typing import Callable
+from typing import Callable, Protocol
 
 import structlog
 
-from ipso_objects import LwM2MPath
+from ipso_objects import LwM2MPath, ObjectRegistry
 
 from ..core import operations
 from ..compilers import CompilerError, Incompatible
@@ -25,16 +25,46 @@ from .rollouts import (
     DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
     after_failure, assign_canaries, next_devices, should_pause, summarize,
 )
-from ..server import LwM2MServer, Queued
+from ..core.capabilities import DeviceProfile
+from ..core.events import EventHub
+from ..core.queue_mode import Queued
+from ..core.registration import Registration
+from ..store.base import QueueEntry, Store
 
 ROLLOUT, DEVICE = "rollout", "rollout-device"
 _NOT_ACTIVATED = "package installed but not activated"
 
 
+class DeviceGateway(Protocol):
+    """What rollouts need of the LwM2M server (:class:`lwm2m_server.server.LwM2MServer`)."""
+
+    registry: ObjectRegistry
+    store: Store
+    events: EventHub
+
+    def registrations(self) -> list[Registration]: ...
+
+    def registration(self, endpoint: str) -> Registration | None: ...
+
+    def profile(self, endpoint: str) -> DeviceProfile | None: ...
+
+    async def rediscover(self, endpoint: str) -> DeviceProfile: ...
+
+    def download_uri(self, endpoint: str, token: str) -> str: ...
+
+    async def perform(self, endpoint: str, build: Callable[[Registration], DeviceRequest]) -> Result | Queued: ...
+
+    async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None: ...
+
+    async def observe(self, endpoint: str, paths: list[LwM2MPath]) -> Result: ...
+
+    async def cancel_observation(self, endpoint: str, paths: list[LwM2MPath]) -> bool: ...
+
+
 class Orchestrator:
     """``await start()`` after the server; ``tick()`` runs every ``interval`` seconds."""
 
-    def __init__(self, server: LwM2MServer, deployment: Deployment, *,
+    def __init__(self, server: DeviceGateway, deployment: Deployment, *,
                  clock: Callable[[], float], interval: float = 0.5) -> None:
         self.server = server
         self.deployment = deployment

@@ -1,15 +1,20 @@
-"""OSCORE (RFC 8613) credentials of endpoints: values, limits and sequence-number
-bookkeeping (sans-I/O). The aiocoap side lives in :mod:`.coap_oscore`.
+"""OSCORE (RFC 8613) contexts and the credentials of endpoints: values, limits and
+sequence-number bookkeeping (sans-I/O). The aiocoap side lives in
+:mod:`lwm2m_server.transport.oscore`.
 
-An endpoint's OSCORE credential holds what LwM2M's OSCORE object (/21) gives the
-device, seen from the server: the Master Secret and Master Salt, the ID Context,
+One type, :class:`OscoreContext`, holds a context's parameters from one party's
+point of view; the server's stored :class:`OscoreCredential` is one (plus its
+endpoint), and the Bootstrap-Server writes its :meth:`~OscoreContext.reversed` view
+to the device. An endpoint's OSCORE credential holds what LwM2M's OSCORE object
+(/21) gives the device, seen from the server: the Master Secret and Master Salt, the ID Context,
 the AEAD and HKDF algorithms, and two identifiers. **Sender ID** and **Recipient
 ID** here are the *server's*: the server's Recipient ID is the device's Sender ID
 (/21/x/1, the ``kid`` in the device's requests), and the server's Sender ID is the
 device's Recipient ID (/21/x/2).
 
 The server knows a device by the context its requests verify under; the identity
-that stands for it (in registrations, logs and the rules of :mod:`.security`) is
+that stands for it (in registrations, logs and the rules of
+:mod:`lwm2m_server.core.identity`) is
 ``oscore:<recipient id in hex>``. PSK identities cannot start with ``oscore:``, so
 the two kinds never name each other.
 
@@ -69,25 +74,52 @@ def is_oscore_identity(identity: str | None) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class OscoreCredential:
-    """One endpoint's OSCORE security context parameters (server's view)."""
+class OscoreContext:
+    """An OSCORE security context's parameters as one party holds them (RFC 8613
+    §3.2): the Sender ID is the kid of this party's requests. The other party holds
+    :meth:`reversed`. On a device these are its OSCORE object instance (/21/x)."""
 
-    endpoint: str
-    """The LwM2M endpoint name the credential belongs to."""
     sender_id: bytes
-    """The server's Sender ID (the device's Recipient ID); the kid of server requests."""
+    """This party's Sender ID (/21/x/1 on a device), the other's Recipient ID."""
     recipient_id: bytes
-    """The server's Recipient ID (the device's Sender ID); unique within the store."""
+    """This party's Recipient ID (/21/x/2 on a device), the other's Sender ID."""
     master_secret: bytes = field(repr=False)
-    """16..64 bytes. Never shown in repr, logs, listings or API answers."""
+    """16..64 bytes (/21/x/0). Never shown in repr, logs, listings or API answers."""
     master_salt: bytes = field(default=b"", repr=False)
-    """0..64 bytes (empty: the RFC 8613 default)."""
+    """0..64 bytes (/21/x/5; empty: the RFC 8613 default)."""
     id_context: bytes | None = None
-    """ID Context, or None for none."""
+    """ID Context (/21/x/6), or None for none (an empty one is not none)."""
     aead: int = DEFAULT_AEAD
-    """COSE AEAD algorithm number."""
+    """COSE AEAD algorithm number (/21/x/3)."""
     hkdf: int = DEFAULT_HKDF
-    """COSE HKDF algorithm number."""
+    """COSE HKDF algorithm number (/21/x/4, the registry's HMAC Algorithm)."""
+
+    def __post_init__(self) -> None:
+        _validate_context(self)
+
+    def reversed(self) -> OscoreContext:
+        """The same context as the other party holds it: Sender and Recipient ID swapped."""
+        return OscoreContext(self.recipient_id, self.sender_id, self.master_secret, self.master_salt,
+                             self.id_context, self.aead, self.hkdf)
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 over every parameter the keys and nonces derive from: the same
+        context, however often stored, has the same fingerprint (and sequence state)."""
+        digest = hashlib.sha256(b"tinymlaas oscore context v1")
+        for part in (self.master_secret, self.master_salt, self.sender_id, self.recipient_id,
+                     b"\xff" if self.id_context is None else b"\x00" + self.id_context,
+                     self.aead.to_bytes(4, "big", signed=True), self.hkdf.to_bytes(4, "big", signed=True)):
+            digest.update(len(part).to_bytes(4, "big") + part)
+        return digest.digest()
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class OscoreCredential(OscoreContext):
+    """One endpoint's OSCORE context as the server stores it: the server's view (its
+    Recipient ID is the device's Sender ID, unique within the store)."""
+
+    endpoint: str = ""
+    """The LwM2M endpoint name the credential belongs to."""
     created: float = 0.0
     """When it was stored (Unix time)."""
 
@@ -95,8 +127,21 @@ class OscoreCredential:
     """OSCORE credentials open the LwM2M server interface only."""
     mechanism = "oscore"
 
-    def __post_init__(self) -> None:
-        validate(self)
+    def __init__(self, endpoint: str, sender_id: bytes, recipient_id: bytes, master_secret: bytes,
+                 master_salt: bytes = b"", id_context: bytes | None = None, aead: int = DEFAULT_AEAD,
+                 hkdf: int = DEFAULT_HKDF, created: float = 0.0) -> None:
+        # the endpoint leads, as in every other credential
+        for name, value in (("endpoint", endpoint), ("sender_id", sender_id), ("recipient_id", recipient_id),
+                            ("master_secret", master_secret), ("master_salt", master_salt),
+                            ("id_context", id_context), ("aead", aead), ("hkdf", hkdf), ("created", created)):
+            object.__setattr__(self, name, value)
+        endpoint_bytes = len(endpoint.encode("utf-8", "replace")) if isinstance(endpoint, str) else 0
+        if not 0 < endpoint_bytes <= 255:
+            raise OscoreCredentialError("endpoint: must be 1..255 bytes of text")
+        _validate_context(self)
+        if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) \
+                or created < 0:
+            raise OscoreCredentialError(f"created: must be a finite Unix time >= 0, got {created!r}")
 
     @property
     def identity(self) -> str:
@@ -110,16 +155,6 @@ class OscoreCredential:
                 "id_context": None if self.id_context is None else self.id_context.hex(),
                 "aead": self.aead, "hkdf": self.hkdf, "created": self.created}
 
-    def fingerprint(self) -> bytes:
-        """SHA-256 over every parameter the keys and nonces derive from: the same
-        context, however often stored, has the same fingerprint (and sequence state)."""
-        digest = hashlib.sha256(b"tinymlaas oscore context v1")
-        for part in (self.master_secret, self.master_salt, self.sender_id, self.recipient_id,
-                     b"\xff" if self.id_context is None else b"\x00" + self.id_context,
-                     self.aead.to_bytes(4, "big", signed=True), self.hkdf.to_bytes(4, "big", signed=True)):
-            digest.update(len(part).to_bytes(4, "big") + part)
-        return digest.digest()
-
 
 def _bytes(value: Any, name: str, low: int, high: int) -> None:
     if not isinstance(value, bytes):
@@ -128,29 +163,22 @@ def _bytes(value: Any, name: str, low: int, high: int) -> None:
         raise OscoreCredentialError(f"{name}: {len(value)} bytes, must be {low}..{high}")
 
 
-def validate(credential: OscoreCredential) -> None:
+def _validate_context(context: OscoreContext) -> None:
     """Raise :class:`OscoreCredentialError` naming the first field that breaks a limit."""
-    endpoint = credential.endpoint
-    if not isinstance(endpoint, str) or not endpoint or len(endpoint.encode("utf-8", "replace")) > 255:
-        raise OscoreCredentialError("endpoint: must be 1..255 bytes of text")
-    if not isinstance(credential.aead, int) or credential.aead not in AEAD_ALGORITHMS:
+    if not isinstance(context.aead, int) or context.aead not in AEAD_ALGORITHMS:
         known = ", ".join(f"{number} ({name})" for number, (name, _) in AEAD_ALGORITHMS.items())
-        raise OscoreCredentialError(f"aead: COSE algorithm {credential.aead!r} is not supported; one of {known}")
-    if not isinstance(credential.hkdf, int) or credential.hkdf not in HKDF_ALGORITHMS:
-        raise OscoreCredentialError(f"hkdf: COSE algorithm {credential.hkdf!r} is not supported; -10 or -11")
-    longest_id = AEAD_ALGORITHMS[credential.aead][1] - 6  # RFC 8613 §3.3: nonce length - 6
-    _bytes(credential.sender_id, "sender_id", 0, longest_id)
-    _bytes(credential.recipient_id, "recipient_id", 0, longest_id)
-    if credential.sender_id == credential.recipient_id:
+        raise OscoreCredentialError(f"aead: COSE algorithm {context.aead!r} is not supported; one of {known}")
+    if not isinstance(context.hkdf, int) or context.hkdf not in HKDF_ALGORITHMS:
+        raise OscoreCredentialError(f"hkdf: COSE algorithm {context.hkdf!r} is not supported; -10 or -11")
+    longest_id = AEAD_ALGORITHMS[context.aead][1] - 6  # RFC 8613 §3.3: nonce length - 6
+    _bytes(context.sender_id, "sender_id", 0, longest_id)
+    _bytes(context.recipient_id, "recipient_id", 0, longest_id)
+    if context.sender_id == context.recipient_id:
         raise OscoreCredentialError("sender_id and recipient_id must differ (RFC 8613 §3.3)")
-    _bytes(credential.master_secret, "master_secret", MIN_SECRET_BYTES, MAX_SECRET_BYTES)
-    _bytes(credential.master_salt, "master_salt", 0, MAX_SALT_BYTES)
-    if credential.id_context is not None:
-        _bytes(credential.id_context, "id_context", 0, MAX_ID_CONTEXT_BYTES)
-    created = credential.created
-    if isinstance(created, bool) or not isinstance(created, (int, float)) or not math.isfinite(created) \
-            or created < 0:
-        raise OscoreCredentialError(f"created: must be a finite Unix time >= 0, got {created!r}")
+    _bytes(context.master_secret, "master_secret", MIN_SECRET_BYTES, MAX_SECRET_BYTES)
+    _bytes(context.master_salt, "master_salt", 0, MAX_SALT_BYTES)
+    if context.id_context is not None:
+        _bytes(context.id_context, "id_context", 0, MAX_ID_CONTEXT_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

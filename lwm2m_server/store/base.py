@@ -2,7 +2,7 @@
 
 Three kinds of state survive a restart:
 
-* registrations (:class:`~lwm2m_server.registration.Registration`), at most one
+* registrations (:class:`~lwm2m_server.core.registration.Registration`), at most one
   per endpoint;
 * observations (:class:`ObservationRecord`), keyed by CoAP token, belonging to
   a registration: deleting or replacing a registration deletes its observations;

@@ -18,12 +18,9 @@ import asyncio
 import functools
 import json
 import sqlite3
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from os import PathLike
-from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import structlog
 
@@ -31,7 +28,6 @@ from lwm2m_server.core.registration import Registration
 
 from .base import (
     EXPIRED,
-    FINISHED_STATES,
     PENDING,
     ObservationRecord,
     QueueEntry,
@@ -50,75 +46,11 @@ from .base import (
     paths_from_json,
     paths_to_json,
 )
+from .sqlite_schema import FINISHED_SQL, SCHEMA_VERSION, close_connection, open_connection, store_error, transaction
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-MEMORY = ":memory:"
-"""Pass as the path for a throw-away in-memory store (tests)."""
-BUSY_TIMEOUT = 5.0
-"""Seconds to wait for another process's write lock before failing."""
-
-_STATES_SQL = ", ".join(f"'{state}'" for state in (PENDING, *FINISHED_STATES))
-_FINISHED_SQL = ", ".join(f"'{state}'" for state in FINISHED_STATES)
-
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE registrations (
-            id TEXT PRIMARY KEY,
-            endpoint TEXT NOT NULL UNIQUE,
-            address TEXT NOT NULL,
-            lifetime INTEGER NOT NULL,
-            lwm2m_version TEXT NOT NULL,
-            binding TEXT NOT NULL,
-            queue_mode INTEGER NOT NULL,
-            sms TEXT,
-            object_list TEXT NOT NULL,
-            registered_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            extra TEXT NOT NULL
-        )""",
-        "CREATE INDEX registrations_expires_at ON registrations (expires_at)",
-        """CREATE TABLE observations (
-            token BLOB PRIMARY KEY,
-            endpoint TEXT NOT NULL,
-            registration_id TEXT NOT NULL REFERENCES registrations (id) ON DELETE CASCADE,
-            paths TEXT NOT NULL,
-            content_format INTEGER,
-            created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX observations_registration ON observations (registration_id)",
-        "CREATE INDEX observations_endpoint ON observations (endpoint)",
-        # seq orders entries created in the same instant by insertion
-        f"""CREATE TABLE queue (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            endpoint TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ({_STATES_SQL})),
-            request TEXT NOT NULL,
-            result TEXT
-        )""",
-        "CREATE INDEX queue_endpoint_state ON queue (endpoint, state, created_at)",
-        "CREATE INDEX queue_state_expires ON queue (state, expires_at)",
-        "CREATE INDEX queue_endpoint_created ON queue (endpoint, created_at)",
-    ),
-    2: (
-        """CREATE TABLE documents (
-            kind TEXT NOT NULL,
-            key TEXT NOT NULL,
-            data TEXT NOT NULL,
-            updated_at REAL NOT NULL,
-            PRIMARY KEY (kind, key)
-        )""",
-    ),
-    3: ("ALTER TABLE registrations ADD COLUMN identity TEXT",),
-}
-"""Schema migrations: version → statements taking the previous version to it."""
-SCHEMA_VERSION = max(MIGRATIONS)
-
 _REGISTRATION_COLUMNS = (
     "id, endpoint, address, lifetime, lwm2m_version, binding, queue_mode, sms, "
     "object_list, registered_at, updated_at, extra, identity"
@@ -148,7 +80,7 @@ class SqliteStore(Store):
         loop = asyncio.get_running_loop()
         try:
             connection, migrated_from = await loop.run_in_executor(
-                executor, _open_connection, name
+                executor, open_connection, name
             )
         except BaseException:
             executor.shutdown(wait=False)
@@ -170,7 +102,7 @@ class SqliteStore(Store):
         try:
             return function(self._connection, *args)
         except sqlite3.Error as error:
-            raise _store_error(self.path, operation, error) from error
+            raise store_error(self.path, operation, error) from error
         except (ValueError, KeyError, TypeError, IndexError) as error:
             # decoding a row that is not what this code writes
             raise StoreError(
@@ -296,7 +228,7 @@ class SqliteStore(Store):
         self._closed = True  # calls made from now on fail; calls already queued run first
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor, functools.partial(self._call, "close", _close))
+            await loop.run_in_executor(self._executor, functools.partial(self._call, "close", close_connection))
         finally:
             self._executor.shutdown(wait=False)
             log.info("store closed", path=self.path)
@@ -305,113 +237,13 @@ class SqliteStore(Store):
 # -- worker-thread side: plain functions of the connection ---------------------
 
 
-def _store_error(path: str, operation: str, error: sqlite3.Error) -> StoreError:
-    code = getattr(error, "sqlite_errorname", None)
-    hints = {
-        "SQLITE_NOTADB": "the file is not a SQLite database",
-        "SQLITE_CORRUPT": "the database file is corrupt",
-        "SQLITE_READONLY": "the database or its folder is read-only",
-        "SQLITE_FULL": "the disk (or the database's size limit) is full",
-        "SQLITE_CANTOPEN": "cannot open the file (missing folder or no permission?)",
-        "SQLITE_BUSY": f"another process held the database lock for {BUSY_TIMEOUT:g} s",
-        "SQLITE_IOERR": "I/O error",
-    }
-    # extended codes (SQLITE_READONLY_DIRECTORY, SQLITE_IOERR_WRITE, …) share the hint
-    hint = next(
-        (text for key, text in hints.items() if code and (code == key or code.startswith(key + "_"))),
-        None,
-    )
-    detail = f"{error} ({code})" if code else str(error)
-    reason = f"{hint}: {detail}" if hint else detail
-    return StoreError(f"SQLite store {path}: {operation} failed: {reason}")
-
-
-def _open_connection(path: str) -> tuple[sqlite3.Connection, int]:
-    """Connect, configure and migrate; returns the connection and the version found."""
-    if path != MEMORY:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise StoreError(f"SQLite store {path}: cannot create its folder: {error}") from error
-    try:
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-    except sqlite3.Error as error:
-        raise _store_error(path, "open", error) from error
-    try:
-        # The first statement reads the header: a file that is no database fails here.
-        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal" and path != MEMORY:
-            log.warning("store without WAL", path=path, journal_mode=mode)
-        # NORMAL in WAL mode: commits survive a process crash/SIGKILL; only power
-        # loss may drop the last commits (the file stays consistent).
-        connection.execute("PRAGMA synchronous = NORMAL")
-        connection.execute("PRAGMA foreign_keys = ON")
-        found = _migrate(connection, path)
-        # A write on every open: a read-only file or folder fails now, not at the
-        # first Register. user_version mirrors the schema version for sqlite3 tools.
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        integrity = connection.execute("PRAGMA quick_check(1)").fetchone()[0]
-        if integrity != "ok":
-            raise StoreError(f"SQLite store {path}: the database file is corrupt: {integrity}")
-        return connection, found
-    except sqlite3.Error as error:
-        connection.close()
-        raise _store_error(path, "open", error) from error
-    except BaseException:
-        connection.close()
-        raise
-
-
-def _migrate(connection: sqlite3.Connection, path: str) -> int:
-    with _transaction(connection):
-        connection.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        found = connection.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"SQLite store {path}: schema version {found} is newer than this "
-                f"program's {SCHEMA_VERSION}; upgrade TinyMLaaS"
-            )
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version]:
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                (version, time.time()),
-            )
-    return found
-
-
-@contextmanager
-def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT; any exception (or a failed COMMIT) rolls back."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _close(connection: sqlite3.Connection) -> None:
-    try:
-        connection.execute("PRAGMA optimize")  # keeps query plans good; optional
-    except sqlite3.Error as error:
-        log.warning("store optimize skipped", error=str(error))
-    connection.close()
-
-
 def _delete(connection: sqlite3.Connection, table: str, column: str, key: object) -> int:
-    with _transaction(connection):
+    with transaction(connection):
         return connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,)).rowcount
 
 
 def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    with _transaction(connection):
+    with transaction(connection):
         # A new Register of the endpoint replaces its old registration (and,
         # through the foreign key, that registration's observations).
         connection.execute(
@@ -465,7 +297,7 @@ def _registration(row: tuple[Any, ...]) -> Registration:
 
 
 def _save_observation(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-    with _transaction(connection):
+    with transaction(connection):
         registration_id = row[2]
         known = connection.execute(
             "SELECT 1 FROM registrations WHERE id = ?", (registration_id,)
@@ -523,7 +355,7 @@ def _enqueue(connection: sqlite3.Connection, row: tuple[Any, ...], max_pending: 
     entry_id, endpoint = row[0], row[1]
     # BEGIN IMMEDIATE takes the write lock first: count and insert are atomic,
     # also against other processes using the same file.
-    with _transaction(connection):
+    with transaction(connection):
         if connection.execute("SELECT 1 FROM queue WHERE id = ?", (entry_id,)).fetchone():
             raise StoreError(f"queue entry {entry_id!r} already exists")
         count = connection.execute(
@@ -551,7 +383,7 @@ def _get_entry(connection: sqlite3.Connection, entry_id: str) -> QueueEntry | No
 def _set_state(
     connection: sqlite3.Connection, entry_id: str, state: str, result: str | None
 ) -> QueueEntry:
-    with _transaction(connection):
+    with transaction(connection):
         changed = connection.execute(
             "UPDATE queue SET state = ?, result = ? WHERE id = ?", (state, result, entry_id)
         ).rowcount
@@ -572,7 +404,7 @@ def _entries(connection: sqlite3.Connection, endpoint: str, limit: int) -> list[
 
 
 def _expire_entries(connection: sqlite3.Connection, now: float) -> list[QueueEntry]:
-    with _transaction(connection):
+    with transaction(connection):
         rows = connection.execute(
             f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE state = ? AND expires_at < ? "
             "ORDER BY created_at, seq",
@@ -585,14 +417,14 @@ def _expire_entries(connection: sqlite3.Connection, now: float) -> list[QueueEnt
 
 
 def _prune(connection: sqlite3.Connection, before: float) -> int:
-    with _transaction(connection):
+    with transaction(connection):
         return connection.execute(
-            f"DELETE FROM queue WHERE state IN ({_FINISHED_SQL}) AND created_at < ?", (before,)
+            f"DELETE FROM queue WHERE state IN ({FINISHED_SQL}) AND created_at < ?", (before,)
         ).rowcount
 
 
 def _put_document(connection: sqlite3.Connection, kind: str, key: str, text: str, now: float) -> None:
-    with _transaction(connection):
+    with transaction(connection):
         connection.execute(
             "INSERT INTO documents (kind, key, data, updated_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
@@ -615,5 +447,5 @@ def _list_documents(connection: sqlite3.Connection, kind: str, prefix: str) -> d
 
 
 def _delete_document(connection: sqlite3.Connection, kind: str, key: str) -> bool:
-    with _transaction(connection):
+    with transaction(connection):
         return connection.execute("DELETE FROM documents WHERE kind = ? AND key = ?", (kind, key)).rowcount > 0

@@ -17,16 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Iterable
 from uuid import UUID
 
 import cbor2
 
 from .cose import expect, is_int, is_uint, loads, type_name
 from .errors import FormatError, UnsupportedError
-
-if TYPE_CHECKING:
-    from .manifest import Manifest
 
 ComponentId = tuple[bytes, ...]
 
@@ -137,9 +134,11 @@ _TRACKED = {"vendor_ids": "vendor_id", "class_ids": "class_id", "digests": "imag
             "source_components": "source_component"}  # fmt: skip
 
 
-def component_parameters(manifest: Manifest) -> tuple[ComponentParameters, ...]:
-    """Walk every present sequence (both branches of each Try Each) and collect values."""
-    count = len(manifest.components)
+def component_parameters(components: tuple[ComponentId, ...],
+                         sequences: Iterable[CommandSequence]) -> tuple[ComponentParameters, ...]:
+    """Walk every sequence (both branches of each Try Each) and collect the values
+    assigned to each of ``components``."""
+    count = len(components)
     seen: list[dict[str, list[Any]]] = [{name: [] for name in _TRACKED} for _ in range(count)]
 
     def walk(sequence: CommandSequence, current: tuple[int, ...]) -> None:
@@ -163,11 +162,11 @@ def component_parameters(manifest: Manifest) -> tuple[ComponentParameters, ...]:
             elif command.code == RUN_SEQUENCE:
                 walk(arg, current)
 
-    for _, sequence in manifest.sequences():
+    for sequence in sequences:
         walk(sequence, (0,))
     return tuple(
         ComponentParameters(component, **{name: tuple(values) for name, values in found.items()})
-        for component, found in zip(manifest.components, seen)
+        for component, found in zip(components, seen)
     )
 
 

@@ -146,7 +146,7 @@ class Manifest:
 
     def parameters(self) -> tuple[ComponentParameters, ...]:
         """Every parameter value the sequences assign, per component."""
-        return component_parameters(self)
+        return component_parameters(self.components, (sequence for _, sequence in self.sequences()))
 
 
 @dataclass(frozen=True, slots=True)

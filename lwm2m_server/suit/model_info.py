@@ -70,6 +70,10 @@ DTYPES = frozenset({
     "float16", "bfloat16", "float32", "float64",
 })  # fmt: skip
 """Tensor element types, named as numpy / TFLite ``TensorType`` in lower case."""
+ITEMSIZE = {"float32": 4, "float16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2,
+            "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1,
+            "int4": 1, "bfloat16": 2, "complex64": 8, "complex128": 16}
+"""Bytes per element (int4 is stored a byte each)."""
 
 MAX_ARENA = 2**32 - 1
 MAX_DIM = 2**31 - 1
@@ -92,7 +96,8 @@ class Quantization:
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """One input or output tensor of a model."""
+    """One input or output tensor of a model: what the compilers report, the
+    manifest carries and a device's interpreter shows."""
 
     name: str
     """Tensor name as in the model file."""
@@ -105,6 +110,34 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def quantized(self) -> bool:
+        """True when real values are ``scale * (q - zero_point)``."""
+        return self.quantization is not None
+
+    @property
+    def scale(self) -> float:
+        """Quantization scale; 0.0 when not quantized (the TFLite convention)."""
+        return 0.0 if self.quantization is None else self.quantization.scale
+
+    @property
+    def zero_point(self) -> int:
+        """Quantization zero point; 0 when not quantized."""
+        return 0 if self.quantization is None else self.quantization.zero_point
+
+    @property
+    def size(self) -> int:
+        """Elements of one buffer of this tensor (a dynamic dimension counts as 1)."""
+        count = 1
+        for dim in self.shape:
+            count *= max(dim, 1)
+        return count
+
+    @property
+    def byte_size(self) -> int:
+        """Bytes of one buffer of this tensor (a dynamic dimension counts as 1)."""
+        return self.size * ITEMSIZE.get(self.dtype, 1)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view."""

@@ -1,13 +1,13 @@
 """The aiocoap adapter: the only module that touches aiocoap.
 
 It moves bytes and timers and nothing else. Incoming requests become
-:class:`IncomingRequest` values handed to one async handler; outgoing requests
-are any object with the fields of :class:`CoapRequest` (the server passes its
-``DeviceRequest``). Work-arounds for aiocoap limits measured in DESIGN.md live
+:class:`~.messages.IncomingRequest` values handed to one async handler; outgoing
+requests are any object with the fields of :class:`~.messages.CoapRequest` (the
+server passes its ``DeviceRequest``). Work-arounds for aiocoap limits measured in DESIGN.md live
 here: a raised SO_RCVBUF, a cap on requests in flight, one request per device
 at a time, and a retry with a smaller block size after 4.13 on Block1.
 
-OSCORE (:mod:`.coap_oscore`) runs on the plain UDP port: protected requests are
+OSCORE (:mod:`.oscore`) runs on the plain UDP port: protected requests are
 verified before the handler sees them (``identity`` ``oscore:<hex>``, address
 ``oscore://<hex>@host:port``), and requests to such an address are protected with
 the endpoint's current context, also after a restart.
@@ -21,15 +21,14 @@ import os
 import socket
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Protocol
+from typing import AsyncIterator, Awaitable, Callable
 
 import aiocoap
 import aiocoap.error
 import structlog
 from aiocoap import Code, Message, blockwise, optiontypes, resource
 
+from .messages import CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
 from .oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
@@ -51,83 +50,6 @@ class _Forgetful(dict):
 
     def pop(self, key, default=None):
         return super().pop(key, default)
-
-
-class CoapRequest(Protocol):
-    """What the adapter needs of an outgoing request."""
-
-    method: str
-    uri_path: tuple[str, ...]
-    query: tuple[str, ...]
-    content_format: int | None
-    accept: int | None
-    payload: bytes
-    observe: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingRequest:
-    """A request a device sent us (Register, Update, De-register, Send)."""
-
-    method: str
-    """``GET``, ``POST``, ``PUT``, ``DELETE``, ``FETCH``..."""
-    uri_path: tuple[str, ...]
-    """Path segments, e.g. ``("rd", "abc")``."""
-    query: tuple[str, ...]
-    """Uri-Query options in order."""
-    content_format: int | None
-    """Content-Format option, None when absent."""
-    payload: bytes
-    """The reassembled (Block1) payload."""
-    address: str
-    """Source ``host:port`` (``[v6]:port``); ``coaps://host:port`` for a DTLS session;
-    ``oscore://<recipient id hex>@host:port`` for an OSCORE-protected request."""
-    identity: str | None = None
-    """PSK identity the peer proved in its DTLS handshake, or ``oscore:<recipient id
-    hex>`` for a request that verified under that OSCORE context; None over
-    unprotected CoAP."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingResponse:
-    """What the handler answers."""
-
-    code: str
-    """Dotted response code, e.g. ``"2.01"``."""
-    payload: bytes = b""
-    """Diagnostic text for errors, content otherwise."""
-    location_path: tuple[str, ...] = ()
-    """Location-Path options (``("rd", id)`` for Register)."""
-    content_format: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CoapResponse:
-    """A device's answer to one of our requests, or a notification."""
-
-    code: str
-    """Dotted response code, e.g. ``"2.05"``."""
-    content_format: int | None
-    """Content-Format option, None when absent."""
-    payload: bytes
-    """The whole (Block2-reassembled) payload."""
-    location_path: tuple[str, ...] = ()
-    """Location-Path of a Create response."""
-    observe: int | None = None
-    """Observe sequence number of a notification or of an accepted observation."""
-
-    @property
-    def ok(self) -> bool:
-        return self.code.startswith("2.")
-
-
-class DeviceUnreachable(Exception):
-    """No response came (timeout, ICMP error, RST); ``reason`` says which."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"{address}: {reason}")
-        self.address = address
-        self.reason = reason
 
 
 def dotted(code: Code) -> str:
@@ -165,20 +87,6 @@ def smaller_block_exp(response: Message, current_exp: int) -> int | None:
     if wanted >= current_exp or wanted < _SMALLEST_BLOCK_EXP:
         return None
     return wanted
-
-
-@dataclass(frozen=True, slots=True)
-class Download:
-    """A file the server offers for pull delivery (Block2, streamed from disk)."""
-
-    path: Path
-    """The file; it is read one block at a time, never whole."""
-    size: int
-    """Its size in bytes (Size2)."""
-    etag: bytes
-    """1..8 bytes that change when the content changes."""
-    content_format: int = 42
-    """application/octet-stream by default."""
 
 
 class BodyTooLarge(aiocoap.error.RenderableError):

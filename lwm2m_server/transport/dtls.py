@@ -39,10 +39,7 @@ from aiocoap.numbers import constants
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
 
-MAX_KEY_BYTES = 16
-"""tinydtls copies the key into a 16-byte buffer (DTLS_PSK_MAX_KEY_LEN) unchecked."""
-MAX_IDENTITY_BYTES = 32
-"""DTLS_PSK_MAX_CLIENT_IDENTITY_LEN."""
+from ..security.psk import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' buffers
 
 _TICKS_PER_SECOND = 1000
 _EVENT_CONNECT = 0x01DC

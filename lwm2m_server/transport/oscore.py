@@ -117,7 +117,7 @@ class StoredContext(oscore.CanProtect, oscore.CanUnprotect, oscore.SecurityConte
 
 class OscoreContexts:
     """The server's OSCORE contexts, found in the security store (a
-    :class:`~lwm2m_server.credentials.CredentialStore`)."""
+    :class:`~lwm2m_server.security.credentials.CredentialStore`)."""
 
     def __init__(self, store: Any) -> None:
         self._store = store
