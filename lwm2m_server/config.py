@@ -177,7 +177,16 @@ class BootstrapConfig:
     lifetime_s: int = 86400
     """Registration lifetime written to the Server object (/1/x/1)."""
     binding: str = "U"
-    """Binding written to the Server object (/1/x/7)."""
+    """Binding written to the Server object (/1/x/7), for every endpoint; ``UQ`` puts
+    the devices in queue mode (they keep it: they register with ``b=UQ``)."""
+    port: int = 0
+    """UDP port of a plain-CoAP Bootstrap-Server of its own (``coap://host:port/bs``);
+    0 = ``/bs`` on ``coap.port``, shared with the LwM2M server."""
+    secure_port: int = 0
+    """UDP port of a CoAPS Bootstrap-Server of its own; 0 = ``/bs`` on ``coap.secure_port``.
+    With its own port the Bootstrap-Server URI differs from the LwM2M Server URI it
+    writes, so the device opens a new DTLS session with its server PSK to register
+    (clients reuse the bootstrap session when both URIs are the same)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +238,9 @@ class DeploymentConfig:
     """Seconds between reads of a device's update state."""
     phase_timeout_s: float = 600.0
     """Longest wait for one update step (download, install)."""
+    suit_device_classes: tuple[str, ...] = ()
+    """Device classes (fnmatch patterns, e.g. ``fw-acme-*``) whose firmware comes as a
+    signed SUIT envelope although they have no TinyML object; others get the raw image."""
     rollouts: tuple[DeclaredRollout, ...] = ()
     """Rollouts declared here."""
 
@@ -319,7 +331,22 @@ def parse_config(mapping: Any, source: str = "<config>") -> ServerConfig:
     config = ServerConfig(**sections, source=source)
     if config.security.mode == "secure-only" and config.coap.secure_port is None:
         raise ConfigError(source, "security.mode", "secure-only needs CoAPS: set coap.secure_port")
+    _check_bootstrap_ports(config)
     return config
+
+
+def _check_bootstrap_ports(config: ServerConfig) -> None:
+    """``bootstrap.port`` / ``secure_port``: each 0 (shared) or a port no other endpoint uses."""
+    taken = {"coap.port": config.coap.port, "coap.secure_port": config.coap.secure_port}
+    for key in ("port", "secure_port"):
+        port = getattr(config.bootstrap, key)
+        if port == 0:
+            continue
+        clash = next((name for name, other in taken.items() if other == port), None)
+        if clash is not None:
+            raise ConfigError(config.source, f"bootstrap.{key}",
+                              f"must differ from {clash} ({port}); 0 shares the server's port")
+        taken[f"bootstrap.{key}"] = port
 
 
 def config_to_dict(config: ServerConfig) -> dict[str, Any]:
@@ -493,9 +520,13 @@ def _bootstrap(s: Section) -> BootstrapConfig:
     s.integer("lifetime_s", 1, MAX_LIFETIME)
     present, value = s._get("binding")
     if present:
-        if not isinstance(value, str) or not re.fullmatch(r"[UMHTSN]{1,6}Q?", value):
+        # LwM2M 1.0 puts Q after the transport it applies to (UQ, SQ, UQS); 1.1 adds M, H, T, N
+        if not isinstance(value, str) or not re.fullmatch(r"[UMHTSN][UMHTSNQ]{0,6}", value) \
+                or len(set(value)) != len(value):
             s.fail("binding", f"must be an LwM2M binding such as U, UQ or N, got {describe(value)}")
         s.values["binding"] = value
+    s.integer("port", 0, 65535)
+    s.integer("secure_port", 0, 65535)
     return s.build()
 
 
@@ -506,6 +537,7 @@ def _deployment(s: Section) -> DeploymentConfig:
     s.number("phase_timeout_s", positive=True)
     s.integer("public_port", 0, 65535)
     s.integer("public_secure_port", 0, 65535)
+    s.patterns("suit_device_classes")
     for key in ("vendor_domain", "public_host"):
         present, value = s._get(key)
         if present:
@@ -541,7 +573,7 @@ def _declared_rollout(s: Section, key: str, item: Any) -> DeclaredRollout:
         Strategy(**strategy)
     except TypeError as error:
         s.fail(f"{key}.strategy", f"valid keys are max_in_flight, canary_fraction, failure_threshold, "
-                                  f"max_attempts, retry_backoff_s, mode ({error})")
+                                  f"max_attempts, retry_backoff_s, mode, version_check ({error})")
     except RolloutError as error:
         s.fail(f"{key}.strategy", str(error))
     return DeclaredRollout(rollout_id, Path(model["file"]), model["name"], model["version"],

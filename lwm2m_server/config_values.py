@@ -156,6 +156,19 @@ class Section:
                 self.fail(f"{key}[{index}]", f"not a directory: {folder}")
         self.values[key] = folders
 
+    def patterns(self, key: str) -> None:
+        """A list of non-empty fnmatch patterns (a single string is a list of one)."""
+        present, value = self._get(key, nullable=True)
+        if not present:
+            return
+        value = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            self.fail(key, f"must be a list of patterns, got {describe(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                self.fail(f"{key}[{index}]", f"must be a non-empty pattern, got {describe(item)}")
+        self.values[key] = tuple(item.strip() for item in value)
+
     def token(self, key: str) -> None:
         """A secret: never echoed in an error message."""
         present, value = self._get(key, nullable=True)

@@ -28,7 +28,8 @@ def tinyml(ops=("FULLY_CONNECTED", "SOFTMAX"), version="1.2.3", arena=16384):
 def test_discovery_reads_only_advertised_objects():
     assert discovery_paths(registration(b"</1/0>,</3/0>")) == [P("/3/0")]
     full = registration(b"</3/0>,</5/0>,</9>,</26241/0>")
-    assert discovery_paths(full) == [P("/3/0"), P("/5/0/8"), P("/5/0/9"), P("/9"), P("/26241/0")]
+    # /5/0 in one read: state, result, package name and version, protocols, delivery method
+    assert discovery_paths(full) == [P("/3/0"), P("/5/0"), P("/9"), P("/26241/0")]
 
 
 def test_profile_from_reads_and_problems():
@@ -47,6 +48,23 @@ def test_profile_from_reads_and_problems():
     assert profile.tinyml.runtime == "tflite-micro" and profile.tinyml.arena_budget_bytes == 16384
     assert profile.tinyml.operators == ("FULLY_CONNECTED", "SOFTMAX")
     assert DeviceProfile.from_dict(profile.to_dict()) == profile
+
+
+def test_a_device_with_5_and_no_tinyml_object_has_a_firmware_class_from_3():
+    reads = {
+        P("/3/0"): ObjectInstance(0, {0: Resource(0, "Acme Corp."), 1: Resource(1, "Sensor X/2"),
+                                      3: Resource(3, "zephyr-lwm2m 1.4"), 10: Resource(10, 300),
+                                      18: Resource(18, "rev B")}),
+        P("/5/0"): ObjectInstance(0, {3: Resource(3, 0), 5: Resource(5, 1), 6: Resource(6, "acme-fw"),
+                                      7: Resource(7, "2.1.0"), 9: Resource(9, 1)}),
+    }
+    profile = build_profile("d2", reads, 5.0)
+    assert profile.tinyml is None and profile.target_spec() is None and profile.firmware_object
+    assert profile.device_class == profile.firmware_class == "fw-acme-corp.-sensor-x-2-rev-b"
+    assert (profile.firmware_state, profile.firmware_result) == (0, 1)
+    assert (profile.package_name, profile.package_version, profile.free_storage_bytes) == ("acme-fw", "2.1.0", 300 * 1024)
+    assert DeviceProfile.from_dict(profile.to_dict()) == profile
+    assert build_profile("d3", {P("/3/0"): reads[P("/3/0")]}, 5.0).device_class is None  # no /5: nothing to update
 
     failed = build_profile("d1", {P("/3/0"): "4.04 Not Found"}, 5.0)
     assert failed.problems == ("/3/0: 4.04 Not Found",) and failed.tinyml is None

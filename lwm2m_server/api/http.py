@@ -27,6 +27,7 @@ from ipso_objects.values import from_text
 
 from . import display
 from ..core import operations
+from ..core.capabilities import FIRMWARE_RESULTS, FIRMWARE_STATES, DeviceProfile
 from ..security.oscore import is_oscore_identity
 from ..core.operations import OperationError
 from ..core.responses import Result
@@ -127,6 +128,16 @@ def entry_json(entry: QueueEntry) -> dict[str, Any]:
         "created_at": entry.created_at, "expires_at": entry.expires_at,
         "operation": entry.request.get("kind"), "result": entry.result,
     }
+
+
+def _firmware_update(profile: DeviceProfile | None) -> str | None:
+    """The device's Firmware Update state and last Update Result, in words."""
+    if profile is None or not profile.firmware_object:
+        return None
+    state = FIRMWARE_STATES.get(profile.firmware_state, f"state {profile.firmware_state}")
+    result = profile.firmware_result
+    words = FIRMWARE_RESULTS.get(result, "not reported" if result is None else "unknown code")
+    return f"{state}; update result {result if result is not None else '-'}: {words}"
 
 
 class ApiError(Exception):
@@ -249,6 +260,7 @@ class ManagementApi:
         profile = self.server.profile(endpoint)
         body["profile"] = profile.to_dict() if profile is not None else None
         body["device_class"] = profile.device_class if profile is not None else None
+        body["firmware_update"] = _firmware_update(profile)
         body["observations"] = [
             [str(p) for p in record.paths] for record in self.server.observations(endpoint)
         ]
@@ -326,7 +338,8 @@ class ManagementApi:
         if devices:
             body["devices"] = [
                 {"endpoint": d.endpoint, "status": d.status.value, "attempts": d.attempts, "canary": d.canary,
-                 "reason": d.reason, "phase": (d.job or {}).get("phase"), "mode": (d.job or {}).get("mode")}
+                 "reason": d.reason, "phase": (d.job or {}).get("phase"), "mode": (d.job or {}).get("mode"),
+                 "package": d.package}
                 for d in states
             ]
         return body

@@ -160,13 +160,23 @@ def cmd_device(args: argparse.Namespace) -> int:
         print(f"  {item['path']:<12} {name}" + (f"  ver {item['ver']}" if "ver" in item else ""))
     for paths in device.get("observations", []):
         print(f"observing     {', '.join(paths)}")
-    tinyml = (device.get("profile") or {}).get("tinyml")
+    profile = device.get("profile") or {}
+    tinyml = profile.get("tinyml")
     if tinyml:
         print(f"ml runtime    {tinyml['runtime']} {tinyml['runtime_version']} on {tinyml['cpu_core']}, "
               f"arena budget {tinyml['arena_budget_bytes']} B, {len(tinyml['operators'])} operators")
+    if profile:
+        print(f"device        {profile['manufacturer'] or '?'} {profile['model'] or '?'}, hardware "
+              f"{profile['hardware_version'] or '?'}, firmware version (/3/0/3) {profile['firmware_version'] or '?'}")
+    if device.get("device_class"):
         print(f"device class  {device['device_class']}")
+    if tinyml:
         model = tinyml["active_model_id"]
         print(f"active model  {model + ' ' + tinyml['active_model_version'] if model else '(none)'}")
+    if profile.get("firmware_object"):
+        package = " ".join(part for part in (profile.get("package_name"), profile.get("package_version")) if part)
+        print(f"package       {package or '(none reported)'}  (/5/0/6, /5/0/7)")
+        print(f"last update   {device.get('firmware_update') or '?'}")
     return 0
 
 
@@ -271,10 +281,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+LABELS = ("manufacturer", "model", "firmware_version", "hardware_version", "runtime", "cpu_core")
+
+
+def _labels(where: list[str]) -> dict[str, str]:
+    """``--where manufacturer=Acme,model=X`` (repeatable) as selector labels."""
+    labels: dict[str, str] = {}
+    for text in where:
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, equals, value = item.partition("=")
+            if not equals or key.strip() not in LABELS:
+                raise CliError(f"--where {item!r}: give KEY=VALUE with KEY one of {', '.join(LABELS)}")
+            labels[key.strip()] = value.strip()
+    return labels
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     strategy = {"max_in_flight": args.max_in_flight, "canary_fraction": args.canary,
-                "failure_threshold": args.failure_threshold, "mode": args.mode}
-    selector = {"device_classes": args.device_class, "endpoints": args.endpoint}
+                "failure_threshold": args.failure_threshold, "mode": args.mode, "version_check": args.version_check}
+    selector = {"device_classes": args.device_class, "endpoints": args.endpoint, "labels": _labels(args.where)}
     body = {"model": args.model, "selector": selector, "strategy": strategy}
     if args.id:
         body["id"] = args.id
@@ -336,6 +361,8 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
         detail = device["reason"] or (f"{device['mode']} {device['phase']}" if device["phase"] else "")
         flag = " canary" if device["canary"] else ""
         print(f"  {device['endpoint']:<14} {device['status']:<13}{flag:<7} {detail}")
+        if device.get("package"):
+            print(f"  {'':<14} gets a {device['package']}")
     return 0
 
 
@@ -469,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
                      (("--class",), {"dest": "device_class", "action": "append", "default": [],
                                      "help": "device class pattern (repeatable)"}),
                      (("--endpoint",), {"action": "append", "default": [], "help": "endpoint pattern, e.g. 'm4f-*'"}),
+                     (("--where",), {"action": "append", "default": [], "metavar": "KEY=VALUE,...",
+                                     "help": "what /3 (or the TinyML object) must report exactly, e.g. "
+                                             "manufacturer=Acme,model=X; keys: " + ", ".join(LABELS)}),
+                     (("--version-check",), {"choices": ["auto", "package", "firmware", "none"], "default": "auto",
+                                             "help": "firmware: done when /5/0/7 (package) or /3/0/3 (firmware) "
+                                                     "equals the version, or at Update Result 1 (none); auto: "
+                                                     "package when the device has /5/0/7"}),
                      (("--max-in-flight",), {"type": int, "default": 10}),
                      (("--canary",), {"type": float, "default": 0.1, "help": "canary fraction (0..1)"}),
                      (("--failure-threshold",), {"type": float, "default": 0.2}),

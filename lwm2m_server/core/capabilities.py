@@ -4,11 +4,16 @@ the typed device profile those reads give.
 The profile is what deployment decisions rest on: the TinyML Capability object
 (26241, see docs/tinyml-object.md) says what the device can run, /3 what it is,
 /5 and /9 how it accepts updates.
+
+A device without the TinyML object can still take firmware through /5 (any
+standard client can): its class then comes from /3, manufacturer, model number
+and hardware version (:attr:`DeviceProfile.device_class`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -103,6 +108,16 @@ class DeviceProfile:
     """/5/0/8: 0 CoAP, 1 CoAPS, 2 HTTP 1.1, 3 HTTPS 1.1, 4 CoAP/TCP, 5 CoAP/TLS."""
     firmware_delivery: int | None = None
     """/5/0/9: 0 pull only, 1 push only, 2 both."""
+    firmware_object: bool = False
+    """The device has the Firmware Update object (/5) and answered its read."""
+    firmware_state: int | None = None
+    """/5/0/3: 0 Idle, 1 Downloading, 2 Downloaded, 3 Updating."""
+    firmware_result: int | None = None
+    """/5/0/5: the last Update Result (1 success; see :data:`FIRMWARE_RESULTS`)."""
+    package_name: str | None = None
+    """/5/0/6 PkgName; None when the device does not have the resource."""
+    package_version: str | None = None
+    """/5/0/7 PkgVersion: what a firmware rollout checks by default, when present."""
     software_packages: tuple[SoftwarePackage, ...] = ()
     """/9 instances."""
     tinyml: TinyMLCapability | None = None
@@ -118,12 +133,31 @@ class DeviceProfile:
 
     @property
     def device_class(self) -> str | None:
-        """Devices of one class share compiled modules (see :attr:`TargetSpec.device_class`)."""
+        """Devices of one class share compiled modules (see :attr:`TargetSpec.device_class`).
+        Without a TinyML object, a device with /5 is of the firmware class its /3 names."""
         try:
             target = self.target_spec()
         except InvalidTarget:
             return None
-        return target.device_class if target is not None else None
+        if target is not None:
+            return target.device_class
+        return self.firmware_class
+
+    @property
+    def firmware_class(self) -> str | None:
+        """``fw-<manufacturer>-<model>-<hardware version>`` (lower case, other characters
+        as ``-``) for a device with /5; None without /5 or when /3 names nothing."""
+        if not self.firmware_object:
+            return None
+        parts = [_slug(part) for part in (self.manufacturer, self.model, self.hardware_version)]
+        if not any(parts):
+            return None
+        return "fw-" + "-".join(part or "unknown" for part in parts)
+
+    @property
+    def free_storage_bytes(self) -> int | None:
+        """/3/0/10 Memory Free in bytes, when the device reports it."""
+        return self.memory_free_kb * 1024 if isinstance(self.memory_free_kb, int) else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (lists for tuples, hex for the digest)."""
@@ -148,11 +182,26 @@ class DeviceProfile:
         return cls(**values)
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")[:32]
+
+
+FIRMWARE_STATES = {0: "idle", 1: "downloading", 2: "downloaded", 3: "updating"}
+"""Firmware Update State (/5/0/3) in words."""
+FIRMWARE_RESULTS = {
+    0: "initial value", 1: "firmware updated successfully", 2: "not enough flash memory",
+    3: "out of RAM during download", 4: "connection lost during download", 5: "integrity check failure",
+    6: "unsupported package type", 7: "invalid URI", 8: "firmware update failed", 9: "unsupported protocol",
+    10: "firmware update cancelled", 11: "firmware update deferred",
+}
+"""Update Result (/5/0/5) in words (LwM2M Core 1.1 Appendix E.6; 10 and 11 since 1.1)."""
+
+
 def discovery_paths(registration: Registration) -> list[LwM2MPath]:
     """What to read for a profile, limited to the objects the device advertised."""
     paths = [LwM2MPath.of(DEVICE, 0)]
     if registration.supports(FIRMWARE):
-        paths += [LwM2MPath.of(FIRMWARE, 0, 8), LwM2MPath.of(FIRMWARE, 0, 9)]
+        paths.append(LwM2MPath.of(FIRMWARE, 0))  # one read: state, result, package name and version, methods
     if registration.supports(SOFTWARE):
         paths.append(LwM2MPath.of(SOFTWARE))
     if registration.supports(TINYML_OBJECT_ID):
@@ -217,6 +266,11 @@ def build_profile(
         memory_total_kb=get(3, 0, 21),
         firmware_protocols=tuple(multi(5, 0, 8)),
         firmware_delivery=get(5, 0, 9),
+        firmware_object=any(p.ids[0] == FIRMWARE for p in leaves),
+        firmware_state=get(5, 0, 3),
+        firmware_result=get(5, 0, 5),
+        package_name=get(5, 0, 6),
+        package_version=get(5, 0, 7),
         software_packages=tuple(
             SoftwarePackage(i, get(9, i, 0, default=""), get(9, i, 1, default=""), get(9, i, 7), get(9, i, 12))
             for i in packages

@@ -11,8 +11,10 @@ SOTA: write Package (/9/i/2, push) or Package URI (/9/i/3, pull) → Update Stat
 reaches DELIVERED (3) → Install (/9/i/4) → INSTALLED (4) → Activate (/9/i/10) →
 Activation State (/9/i/12) true → the TinyML object names the new model.
 FOTA: write Package (/5/0/0) or Package URI (/5/0/1) → State Downloaded (2) →
-Update (/5/0/2) → State Idle with Update Result success (1) → /3/0/3 equals the
-expected firmware version exactly.
+Update (/5/0/2) → State Idle with Update Result success (1) → the version check
+the rollout chose: PkgVersion (/5/0/7) or Firmware Version (/3/0/3) equals the
+expected version exactly, or none (Idle with success is done). Many clients
+report their LwM2M stack's version in /3/0/3, never the package's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
 
+from ..core.capabilities import FIRMWARE_RESULTS
 from ..core.responses import Result
 
 SOTA_RESULTS = {
@@ -30,11 +33,8 @@ SOTA_RESULTS = {
     53: "integrity check failed", 54: "unsupported package type", 56: "invalid URI",
     57: "device-defined update error", 58: "installation failed", 59: "uninstallation failed",
 }
-FOTA_RESULTS = {
-    2: "not enough flash", 3: "out of RAM", 4: "connection lost", 5: "integrity check failed",
-    6: "unsupported package type", 7: "invalid URI", 8: "firmware update failed",
-    9: "unsupported protocol", 10: "update cancelled", 11: "update deferred",
-}
+FOTA_RESULTS = {code: words for code, words in FIRMWARE_RESULTS.items() if code >= 2}
+"""The Update Results that end a firmware delivery as failed."""
 
 
 class Target(enum.Enum):
@@ -98,6 +98,9 @@ class Expected:
     """SOTA: Active Model Digest (/26241/0/12), SHA-256 of the module payload."""
     firmware_version: str = ""
     """FOTA: Firmware Version (/3/0/3), compared exactly, never by substring."""
+    package_version: str = ""
+    """FOTA: PkgVersion (/5/0/7), compared exactly; checked instead of /3/0/3 when set.
+    With neither, State Idle with Update Result 1 is done."""
 
 
 @dataclass(slots=True)
@@ -158,7 +161,9 @@ class DeliveryJob:
         if self.target is Target.SOFTWARE:
             t = TINYML_OBJECT_ID
             return (self._p(12), LwM2MPath.of(t, 0, 10), LwM2MPath.of(t, 0, 11), LwM2MPath.of(t, 0, 12))
-        return (LwM2MPath.of(3, 0, 3),)
+        if self.expected.package_version:
+            return (LwM2MPath.of(5, 0, 7),)
+        return (LwM2MPath.of(3, 0, 3),) if self.expected.firmware_version else ()
 
     # -- the machine -------------------------------------------------------------
 
@@ -223,12 +228,12 @@ class DeliveryJob:
         if failure is not None:
             self._fail(f"device reports update result {outcome}: {failure}", now)
             return
+        installed = Phase.ACTIVATE if self.target is Target.SOFTWARE else (
+            Phase.VERIFY if self._verify_paths() else Phase.DONE)
         if self.phase is Phase.AWAIT_DOWNLOAD and self.resumed and self._already_installed(state, outcome):
-            self._enter(Phase.ACTIVATE if self.target is Target.SOFTWARE else Phase.VERIFY, now)
+            self._enter(installed, now)
         elif self._reached(state, outcome):
-            following = Phase.INSTALL if self.phase is Phase.AWAIT_DOWNLOAD else (
-                Phase.ACTIVATE if self.target is Target.SOFTWARE else Phase.VERIFY)
-            self._enter(following, now)
+            self._enter(Phase.INSTALL if self.phase is Phase.AWAIT_DOWNLOAD else installed, now)
         else:
             self.next_poll_at = now + self.poll_interval_s
 
@@ -261,9 +266,12 @@ class DeliveryJob:
     def _verify(self, values: dict[LwM2MPath, Value], now: float) -> None:
         expected = self.expected
         if self.target is Target.FIRMWARE:
-            running = values.get(LwM2MPath.of(3, 0, 3))
-            if running != expected.firmware_version:
-                self._fail(f"device runs firmware {running!r}, expected {expected.firmware_version!r}", now)
+            if expected.package_version:
+                running, wanted, where = values.get(LwM2MPath.of(5, 0, 7)), expected.package_version, "package"
+            else:
+                running, wanted, where = values.get(LwM2MPath.of(3, 0, 3)), expected.firmware_version, "firmware"
+            if running != wanted:
+                self._fail(f"device reports {where} version {running!r}, expected {wanted!r}", now)
                 return
         else:
             t = TINYML_OBJECT_ID
@@ -304,6 +312,7 @@ class DeliveryJob:
             "expected": {
                 "model_id": self.expected.model_id, "model_version": self.expected.model_version,
                 "digest": self.expected.digest.hex(), "firmware_version": self.expected.firmware_version,
+                "package_version": self.expected.package_version,
             },
         }
 

@@ -11,6 +11,7 @@ file over Block2) deliver identical bytes. One envelope serves a whole class.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import hashlib
 import os
 import re
@@ -27,6 +28,7 @@ from ..compilers import (
     discover_plugins, fit_reasons, select_plugin,
 )
 from ..compilers.tflite_model import parse_model
+from ..core.capabilities import DeviceProfile
 from ..store.base import Store
 from ..suit import (
     ModelMetadata, build_envelope, generate_key_files, key_id,
@@ -78,6 +80,9 @@ class Artifact:
     device_class: str
     plugin: str
     arena_bytes: int
+    package: str = "suit"
+    """``suit`` (a signed envelope) or ``raw`` (a firmware image as it is, for
+    standard clients that verify their own image format)."""
 
 
 class DeploymentSettings(Protocol):
@@ -93,6 +98,8 @@ class DeploymentSettings(Protocol):
     def poll_interval_s(self) -> float: ...
     @property
     def phase_timeout_s(self) -> float: ...
+    @property
+    def suit_device_classes(self) -> tuple[str, ...]: ...
 
 
 class Deployment:
@@ -174,7 +181,7 @@ class Deployment:
         """The signed module of ``model`` for ``target``'s class; :class:`Incompatible`
         (with every plugin's reason) when nothing fits the device."""
         if model.format == "firmware":
-            return await self._firmware_artifact(model, target)
+            return await self._firmware_artifact(model, target.device_class, target.flash_bytes)
         source = ModelInput(Path(model.file).read_bytes(), model.format, model.name, model.version)
         async with self._lock:  # one compile at a time: plugins are CPU-bound
             plugin, _ = await asyncio.to_thread(select_plugin, self.plugins, source, target)
@@ -193,11 +200,40 @@ class Deployment:
                        cache_hit=hit, arena=module.required_arena_bytes, sequence=artifact.sequence_number)
         return artifact
 
-    async def _firmware_artifact(self, model: ModelRecord, target: TargetSpec) -> Artifact:
+    async def firmware_for(self, model: ModelRecord, profile: DeviceProfile) -> tuple[Artifact, str]:
+        """The package of firmware ``model`` for one device, and why it has that form:
+        a SUIT envelope where the device's TinyML object (or ``suit_device_classes``)
+        says it verifies SUIT, the raw image otherwise. :class:`Incompatible` without
+        /5 or when the image does not fit the free storage the device reports."""
+        target = profile.target_spec() if profile.tinyml is not None else None
+        if target is not None:
+            return (await self._firmware_artifact(model, target.device_class, target.flash_bytes),
+                    "SUIT envelope: the device's TinyML object says it verifies SUIT")
+        device_class = profile.firmware_class
+        if device_class is None:
+            raise Incompatible("device has no Firmware Update object (/5)" if not profile.firmware_object
+                               else "device names no manufacturer, model or hardware version in /3")
+        storage = profile.free_storage_bytes
+        if any(fnmatch.fnmatchcase(device_class, p) for p in self.config.suit_device_classes):
+            return (await self._firmware_artifact(model, device_class, storage),
+                    f"SUIT envelope: class {device_class} is in deployment.suit_device_classes")
+        self._check_fits(model, storage)
+        artifact = Artifact(model.file, model.digest[:24], model.size, model.digest, model.digest, 0,
+                            "", "", 0, package="raw")  # the same bytes for every class
+        if artifact.token not in self._artifacts:  # kept, so a delivery resumed after a restart finds it
+            await self.store.put_document("module", f"{model.key}:{model.digest}:raw", asdict(artifact), self._clock())
+            self._remember(artifact)
+        return artifact, "raw image: the device declares no SUIT support"
+
+    @staticmethod
+    def _check_fits(model: ModelRecord, storage: int | None) -> None:
+        if storage is not None and model.size > storage:
+            raise Incompatible(f"firmware image is {model.size} B, device has {storage} B of storage free")
+
+    async def _firmware_artifact(self, model: ModelRecord, device_class: str, storage: int | None) -> Artifact:
         """A firmware image needs no compiling: signed as is for the class, named by suit-text."""
-        if model.size > target.flash_bytes:
-            raise Incompatible(f"firmware image is {model.size} B, device has {target.flash_bytes} B of storage")
-        key = f"{model.key}:{model.digest}:{target.device_class}"
+        self._check_fits(model, storage)
+        key = f"{model.key}:{model.digest}:{device_class}"
         async with self._lock:
             stored = await self.store.get_document("module", key)
             if stored is not None and Path(stored["file"]).is_file():
@@ -206,10 +242,10 @@ class Deployment:
             sequence = await self._next_sequence()
             envelope = build_envelope(
                 image, sequence_number=sequence, vendor_id=self.vendor_id,
-                class_id=make_class_id(self.vendor_id, target.device_class), metadata=None,
+                class_id=make_class_id(self.vendor_id, device_class), metadata=None,
                 signing_key=self._key, component_text={5: model.name, 6: model.version},
             )
-            artifact = self._store_envelope(envelope, model.digest, target.device_class, "firmware", 0, sequence)
+            artifact = self._store_envelope(envelope, model.digest, device_class, "firmware", 0, sequence)
             await self.store.put_document("module", key, asdict(artifact), self._clock())
         return artifact
 
@@ -259,7 +295,7 @@ class Deployment:
         return sequence
 
     def envelope(self, artifact: Artifact) -> bytes:
-        """The envelope bytes, read once and shared by every push of the class."""
+        """The package bytes (envelope or raw image), read once and shared by every push."""
         data = self._envelopes.get(artifact.token)
         if data is None:
             data = self._envelopes[artifact.token] = Path(artifact.file).read_bytes()

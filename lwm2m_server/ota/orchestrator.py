@@ -18,7 +18,7 @@ from ipso_objects import LwM2MPath, ObjectRegistry
 from ..core import operations
 from ..compilers import CompilerError, Incompatible
 from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
-from .deployment import Deployment, DeploymentError
+from .deployment import Deployment, DeploymentError, ModelRecord
 from ..core.operations import DeviceRequest
 from ..core.responses import Result, result_from_dict
 from .rollouts import (
@@ -176,16 +176,12 @@ class Orchestrator:
             if profile is None or not rollout.selector.matches(endpoint, profile):
                 continue
             device = DeviceRollout(endpoint, updated_at=self._clock())
-            target = profile.target_spec() if profile.tinyml is not None else None
-            if target is None:
-                device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason="device has no TinyML Capability object")
-            elif model is not None:
-                try:
-                    await self.deployment.artifact_for(model, target)
-                except Incompatible as error:
-                    device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
-                except (CompilerError, DeploymentError, OSError) as error:
-                    device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error}")
+            try:
+                device = replace(device, package=await self._package(model, profile))
+            except Incompatible as error:
+                device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
+            except (CompilerError, DeploymentError, OSError) as error:
+                device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error}")
             devices[endpoint] = device
             new.add(endpoint)
             if device.status is DeviceStatus.INCOMPATIBLE:
@@ -194,6 +190,19 @@ class Orchestrator:
             for device in assign_canaries(list(devices.values()), rollout.strategy.canary_fraction):
                 if device.endpoint in new or device != devices[device.endpoint]:
                     await self._save_device(rollout.id, device)
+
+    async def _package(self, model: ModelRecord | None, profile: DeviceProfile) -> str:
+        """Build (or find) what ``profile``'s device gets; say what it is and why.
+        Firmware goes to any device with /5, a model to devices with the TinyML object."""
+        if model is None:
+            return ""
+        if model.format == "firmware":
+            return (await self.deployment.firmware_for(model, profile))[1]
+        target = profile.target_spec() if profile.tinyml is not None else None
+        if target is None:
+            raise Incompatible("device has no TinyML Capability object")
+        artifact = await self.deployment.artifact_for(model, target)
+        return f"SUIT envelope: {model.key} compiled by {artifact.plugin} for {artifact.device_class}"
 
     def _start_task(self, rollout: Rollout, endpoint: str, *, resume: bool) -> None:
         key = (rollout.id, endpoint)
@@ -230,16 +239,20 @@ class Orchestrator:
     async def _new_job(self, rollout: Rollout, endpoint: str) -> DeliveryJob:
         profile = self.server.profile(endpoint)
         model = await self.deployment.model(rollout.model)
-        if profile is None or profile.tinyml is None or model is None:
+        if profile is None or model is None or (model.format != "firmware" and profile.tinyml is None):
             raise RolloutError("device profile or model missing")
-        artifact = await self.deployment.artifact_for(model, profile.target_spec())
+        if model.format == "firmware":
+            artifact, _ = await self.deployment.firmware_for(model, profile)
+        else:
+            artifact = await self.deployment.artifact_for(model, profile.target_spec())
         mode = _mode(rollout.strategy.mode, profile.firmware_delivery)
         uri = self.server.download_uri(endpoint, artifact.token) if mode is Mode.PULL else ""
         config = self.deployment.config
         common = dict(uri=uri, poll_interval_s=config.poll_interval_s, phase_timeout_s=config.phase_timeout_s,
                       artifact=artifact.token)
         if model.format == "firmware":
-            return DeliveryJob(Target.FIRMWARE, mode, Expected(firmware_version=model.version), **common)
+            return DeliveryJob(Target.FIRMWARE, mode, _firmware_expected(rollout.strategy, profile, model.version),
+                               **common)
         instance = profile.software_packages[0].instance if profile.software_packages else 0
         expected = Expected(model.name, model.version, bytes.fromhex(artifact.payload_sha256))
         return DeliveryJob(Target.SOFTWARE, mode, expected, instance=instance, **common)
@@ -344,6 +357,17 @@ class Orchestrator:
     async def _save_rollout(self, rollout: Rollout) -> None:
         self._rollouts[rollout.id] = rollout
         await self.server.store.put_document(ROLLOUT, rollout.id, rollout.to_dict(), self._clock())
+
+
+def _firmware_expected(strategy: Strategy, profile: DeviceProfile, version: str) -> Expected:
+    """The version check a firmware rollout asked for; ``auto`` checks PkgVersion
+    (/5/0/7) where the device has it: many clients report their LwM2M stack's
+    version in /3/0/3, never the package's."""
+    check = strategy.version_check
+    if check == "auto":
+        check = "package" if profile.package_version is not None else "firmware"
+    return {"package": Expected(package_version=version), "firmware": Expected(firmware_version=version),
+            "none": Expected()}[check]
 
 
 async def _notified(events: asyncio.Queue, endpoint: str, paths: list[LwM2MPath], timeout: float) -> bool:

@@ -57,6 +57,9 @@ def _label(profile: DeviceProfile | None, key: str) -> str | None:
     return None
 
 
+VERSION_CHECKS = ("auto", "package", "firmware", "none")
+
+
 @dataclass(frozen=True, slots=True)
 class Strategy:
     """How fast and how carefully."""
@@ -73,6 +76,10 @@ class Strategy:
     """Wait before the first retry; doubles each time."""
     mode: str = "auto"
     """``push``, ``pull`` or ``auto`` (what the device prefers, pull when it takes both)."""
+    version_check: str = "auto"
+    """Firmware: how a device proves it runs the new image once State is Idle with
+    Update Result 1: ``package`` (/5/0/7 PkgVersion), ``firmware`` (/3/0/3), ``none``,
+    or ``auto`` (``package`` when the device has /5/0/7, else ``firmware``)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -82,6 +89,8 @@ class Strategy:
             (self.max_attempts > 0, f"max_attempts must be > 0, got {self.max_attempts}"),
             (self.retry_backoff_s >= 0, f"retry_backoff_s must be >= 0, got {self.retry_backoff_s}"),
             (self.mode in ("push", "pull", "auto"), f"mode must be push, pull or auto, got {self.mode!r}"),
+            (self.version_check in VERSION_CHECKS,
+             f"version_check must be {', '.join(VERSION_CHECKS)}, got {self.version_check!r}"),
         ]
         for ok, reason in checks:
             if not ok:
@@ -122,6 +131,8 @@ class DeviceRollout:
     job: dict[str, Any] | None = None
     """The persisted :class:`~.delivery.DeliveryJob` of the current attempt."""
     updated_at: float = 0.0
+    package: str = ""
+    """What the device gets and why, e.g. ``raw image: the device declares no SUIT support``."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -144,7 +144,8 @@ class Res:
 MODEL: dict[int, dict[int, Res]] = {
     1: {0: Res("int", "R"), 1: Res("int", "RW"), 7: Res("str", "RW")},
     3: {0: Res("str", "R"), 1: Res("str", "R"), 2: Res("str", "R"), 3: Res("str", "R"),
-        4: Res("none", "E"), 11: Res("int", "R", True), 16: Res("str", "R"), 18: Res("str", "R")},
+        4: Res("none", "E"), 10: Res("int", "R"), 11: Res("int", "R", True), 16: Res("str", "R"),
+        18: Res("str", "R")},
     5: {0: Res("opaque", "W"), 1: Res("str", "RW"), 2: Res("none", "E"), 3: Res("int", "R"),
         5: Res("int", "R"), 6: Res("str", "R"), 7: Res("str", "R"), 8: Res("int", "R", True),
         9: Res("int", "R")},
@@ -207,7 +208,7 @@ class FirmwarePeer:
         self.values: dict[tuple[int, int], dict[int, Any]] = {
             (1, 0): {0: 1, 1: lifetime, 7: binding},
             (3, 0): {0: "TinyMLaaS test peer", 1: "fw-peer", 2: f"SN-{endpoint}", 3: stack_version,
-                     4: None, 11: {0: 0}, 16: binding, 18: "hw-1"},
+                     4: None, 10: (flash_size or 1 << 20) // 1024, 11: {0: 0}, 16: binding, 18: "hw-1"},
             (5, 0): {0: b"", 1: "", 2: None, 3: 0, 5: 0, 6: "", 7: "", 8: {0: 0}, 9: delivery_method},
             (3303, 0): {5700: 21.5, 5701: "Cel"},
         }
