@@ -40,7 +40,7 @@ from typing import TextIO
 import structlog
 
 from ipso_objects import ObjectRegistry
-from lwm2m_server.security.keyfile import format_key_file
+from lwm2m_server.security.keyfile import format_key_file, secret_argument
 from lwm2m_server.suit import KeyFileError, PublicKey
 
 from .updates import load_anchors
@@ -121,10 +121,19 @@ def _bootstrap(args: argparse.Namespace) -> tuple[str | None, tuple[bytes, bytes
         return uri, None
     if uri is None:
         raise ConfigError("--bootstrap-psk", "needs --bootstrap")
+    return uri, _psk("--bootstrap-psk", psk_text)
+
+
+def _psk(option: str, text: str) -> tuple[bytes, bytes]:
+    """``IDENTITY:HEXKEY``; the key may be ``-`` (a line of standard input) or
+    ``@FILE`` (the file's first line), to keep it out of ``ps``."""
+    identity, marker, source = text.rpartition(":-") if text.endswith(":-") else text.partition(":@")
     try:
-        return uri, parse_psk(psk_text)
-    except ValueError as error:
-        raise ConfigError("--bootstrap-psk", str(error)) from None
+        if marker:
+            text = f"{identity}:{secret_argument('-' if marker == ':-' else '@' + source)}"
+        return parse_psk(text)
+    except (OSError, ValueError) as error:
+        raise ConfigError(option, str(error)) from None
 
 
 def _raise_file_limit(devices: int) -> None:
@@ -236,10 +245,7 @@ def _device(args: argparse.Namespace) -> int:
     if args.psk is not None:
         if not server.startswith("coaps://"):
             raise ConfigError("--psk", f"a PSK is for a coaps:// --server, and it is {server!r}")
-        try:
-            psk = parse_psk(args.psk)
-        except ValueError as error:
-            raise ConfigError("--psk", str(error)) from None
+        psk = _psk("--psk", args.psk)
 
     async def main() -> int:
         stop = await _until_stopped()
@@ -336,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--config", help="YAML file whose profiles add to the built-in ones")
     device.add_argument("--port", type=int, default=0, help="local UDP port (default: ephemeral)")
     device.add_argument("--bootstrap-psk", metavar="IDENTITY:HEXKEY",
-                        help="bootstrap credential for a coaps:// --bootstrap URI")
-    device.add_argument("--psk", metavar="IDENTITY:HEXKEY", help="server credential for a coaps:// --server URI")
+                        help="bootstrap credential for a coaps:// --bootstrap URI (key as -: stdin, @FILE: a file)")
+    device.add_argument("--psk", metavar="IDENTITY:HEXKEY",
+                        help="server credential for a coaps:// --server URI (key as -: stdin, @FILE: a file)")
     common(device)
     device.set_defaults(handler=_device)
 

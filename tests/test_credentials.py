@@ -523,6 +523,20 @@ def test_cli_key_from_stdin(workdir: Path, capsys, monkeypatch):
         assert store.by_identity("dev1").key == KEY
 
 
+def test_cli_key_and_secret_from_a_file_stay_out_of_the_command_line(workdir: Path, capsys):
+    (workdir / "dev1.key").write_text(KEY_HEX + "\n")
+    assert cli(capsys, "add", "dev1", "--key", f"@{workdir / 'dev1.key'}")[0] == 0
+    secret = "00112233445566778899aabbccddeeff"
+    (workdir / "dev2.secret").write_text(secret)
+    assert cli(capsys, "add", "dev2", "--oscore", "--secret", f"@{workdir / 'dev2.secret'}",
+               "--sender-id", "01", "--recipient-id", "02")[0] == 0
+    with CredentialStore(workdir / "secrets" / "creds.sqlite3") as store:
+        assert store.by_identity("dev1").key == KEY
+        assert store.oscore_for_endpoint("dev2").master_secret.hex() == secret
+    code, out, err = cli(capsys, "add", "dev3", "--key", f"@{workdir / 'missing.key'}")
+    assert code == 1 and err == f"tinymlaas: --key: cannot read {workdir / 'missing.key'}: No such file or directory\n"
+
+
 def test_cli_bad_input_exits_2_without_echoing_the_key(workdir: Path, capsys):
     code, out, err = cli(capsys, "add", "dev1", "--key", "deadbeefZZsecret")
     assert code == 2 and out == "" and err == "tinymlaas: key: not hexadecimal (character 9)\n"

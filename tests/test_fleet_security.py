@@ -442,3 +442,13 @@ async def test_one_device_with_its_server_psk_registers_over_coaps(secure_server
         device.send_signal(signal.SIGTERM)
         await asyncio.wait_for(device.wait(), 30)
     assert server.registration("solo-1") is None  # de-registered over its session
+
+
+def test_a_device_key_can_come_from_a_file_or_stdin_instead_of_the_command_line(tmp_path: Path, capsys, monkeypatch):
+    (tmp_path / "m4f.key").write_text(KEY.hex() + "\n")
+    assert sim_cli._psk("--psk", f"m4f-0001:@{tmp_path / 'm4f.key'}") == (b"m4f-0001", KEY)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(KEY.hex() + "\n"))
+    assert sim_cli._psk("--bootstrap-psk", "m4f-0001-bs:-") == (b"m4f-0001-bs", KEY)
+    assert sim("device", "--profile", "cortex-m4f", "--endpoint", "m4f-0001", "--server", "coaps://127.0.0.1:5684",
+               "--psk", f"m4f-0001:@{tmp_path / 'missing.key'}") == 2
+    assert capsys.readouterr().err == f"tinymlaas-sim: --psk: cannot read {tmp_path / 'missing.key'}: No such file or directory\n"

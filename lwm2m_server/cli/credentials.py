@@ -42,8 +42,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
                 _add_oscore(args, store, DEFAULT_AEAD)
             elif args.credentials_command == "add":
                 scope = "bootstrap" if args.bootstrap else "server"
-                key_text = sys.stdin.readline() if args.key == "-" else args.key
-                key = generate_key() if args.generate else parse_key(key_text)
+                key = generate_key() if args.generate else parse_key(_secret(args.key, "--key"))
                 credential = PskCredential(args.endpoint, args.identity or args.endpoint, key, scope)
                 replaced = store.add(credential, replace=args.replace, now=time.time())
                 print(f"{'replaced' if replaced else 'added'} the {scope} credential of {credential.endpoint} "
@@ -111,12 +110,22 @@ def _check_credential_options(args: argparse.Namespace) -> None:
         usage("a PSK credential needs --key or --generate")
 
 
+def _secret(value: str | None, option: str) -> str | None:
+    from ..security.keyfile import secret_argument
+
+    if value is None:
+        return None
+    try:
+        return secret_argument(value)
+    except OSError as error:
+        raise CliError(f"{option}: {error}") from None
+
+
 def _add_oscore(args: argparse.Namespace, store, default_aead: int) -> None:
     from ..security.credentials import generate_master_secret, oscore_credential
     from ..security.psk import parse_hex
 
-    secret_text = sys.stdin.readline() if args.secret == "-" else args.secret
-    secret = generate_master_secret() if args.generate else parse_hex(secret_text, "secret")
+    secret = generate_master_secret() if args.generate else parse_hex(_secret(args.secret, "--secret"), "secret")
     credential = oscore_credential(
         args.endpoint,
         sender_id=parse_hex(args.sender_id, "sender id", allow_empty=True),
@@ -185,9 +194,10 @@ def add_credentials_commands(commands, common: argparse.ArgumentParser) -> None:
     add.add_argument("endpoint", help="device endpoint name")
     add.add_argument("--identity", help="PSK identity, 1..32 bytes (default: the endpoint name)")
     secret = add.add_mutually_exclusive_group()
-    secret.add_argument("--key", metavar="HEX", help="the key in hex, 1..16 bytes; - reads it from stdin")
+    secret.add_argument("--key", metavar="HEX",
+                        help="the key in hex, 1..16 bytes; - reads it from stdin, @FILE from a file")
     secret.add_argument("--secret", metavar="HEX",
-                        help="OSCORE Master Secret in hex, 16..64 bytes; - reads it from stdin")
+                        help="OSCORE Master Secret in hex, 16..64 bytes; - reads it from stdin, @FILE from a file")
     secret.add_argument("--generate", action="store_true",
                         help="make a random 16-byte key (or Master Secret) and print it once")
     add.add_argument("--oscore", action="store_true", help="an OSCORE (RFC 8613) context instead of a PSK")

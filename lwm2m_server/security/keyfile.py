@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Iterable
+import sys
+from pathlib import Path
+from typing import Iterable, TextIO
 
 from .psk import CredentialError, PskCredential, parse_key
 
@@ -27,6 +29,23 @@ class KeyFileError(Exception):
         """1-based line of the problem."""
         self.problem = problem
         """What is wrong there."""
+
+
+def secret_argument(value: str, stdin: TextIO | None = None) -> str:
+    """A secret as a command line gives it: itself, ``-`` (one line of standard
+    input) or ``@FILE`` (the file's first line), so that it need not show in ``ps``.
+    OSError names the file, never its content."""
+    if value == "-":
+        return (stdin or sys.stdin).readline().strip()
+    if value.startswith("@"):
+        try:
+            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise OSError(f"cannot read {value[1:]}: {error.strerror or error}") from None
+        except UnicodeDecodeError:
+            raise OSError(f"{value[1:]} is not UTF-8 text") from None
+        return lines[0].strip() if lines else ""
+    return value
 
 
 def parse_key_file(text: str) -> list[tuple[int, PskCredential]]:
