@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import structlog
 
@@ -17,6 +18,7 @@ from .transport.dtls import DtlsUnavailable
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
 from .security.credentials import CredentialError, CredentialStore
 from .ota.deployment import Deployment, DeploymentError
+from .folder_lock import FolderInUse, FolderLock
 from .logging_setup import configure_logging
 from .ota.orchestrator import Orchestrator
 from .ota.rollouts import RolloutError, Selector, Strategy
@@ -49,13 +51,17 @@ class Daemon:
         self.credentials: CredentialStore | None = None
         """The security store (PSK credentials), open while the daemon runs."""
         self._store: Store | None = None
+        store_file = Path(config.store.path) if config.store.kind == "sqlite" and str(config.store.path) != ":memory:" \
+            else None
+        self._lock = FolderLock(config.deployment.data_dir, *([store_file.parent] if store_file else []))
 
     async def start(self) -> None:
         config = self.config
-        token = ensure_api_token(config)
-        registry = ObjectRegistry.default(config.objects.ddf_folders)
-        self._store = await open_store(config)
+        self._lock.acquire()  # before anything is read or written: FolderInUse leaves all as it was
         try:
+            token = ensure_api_token(config)
+            registry = ObjectRegistry.default(config.objects.ddf_folders)
+            self._store = await open_store(config)
             self.credentials = CredentialStore(config.security.credentials_path)
             deployment = Deployment(config.deployment, self._store, clock=time.time)
             await deployment.start()
@@ -89,6 +95,7 @@ class Daemon:
             await self._store.close()
         if self.credentials is not None:
             self.credentials.close()
+        self._lock.release()
 
 
 async def _declare(orchestrator: Orchestrator, deployment: Deployment, declared: DeclaredRollout) -> None:
@@ -135,6 +142,9 @@ def serve(config_path: str) -> int:
         return 2
     except DdfError as error:
         print(f"tinymlaas: objects.ddf_folders: {error}", file=sys.stderr)
+        return 2
+    except FolderInUse as error:
+        print(f"tinymlaas: {error}", file=sys.stderr)
         return 2
     except StoreError as error:
         print(f"tinymlaas: {error}", file=sys.stderr)

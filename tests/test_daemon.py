@@ -220,3 +220,23 @@ def test_a_device_bootstraps_from_the_daemon_and_trusts_its_signing_key(daemon):
     listed = cli("credentials", "list", "--json", cwd=daemon.folder)
     assert {(c["endpoint"], c["scope"]) for c in json.loads(listed.stdout)} == {("boot-1", "bootstrap"),
                                                                                 ("boot-1", "server")}
+
+
+def test_a_second_daemon_on_the_same_data_folder_exits_2_naming_the_holder(daemon, tmp_path):
+    daemon.start()
+    second = tmp_path / "second"
+    second.mkdir()
+    # its own ports, the first one's data folder
+    (second / "server.yaml").write_text(
+        f'coap: {{host: "127.0.0.1", port: 0, secure_port: null}}\napi: {{port: 0}}\n'
+        f'deployment: {{data_dir: "{tmp_path / "data"}"}}\n')
+    result = subprocess.run([sys.executable, "-m", "lwm2m_server.cli", "serve", "--config", "server.yaml"],
+                            cwd=second, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"tinymlaas: {(tmp_path / 'data').resolve()} is in use by another tinymlaas daemon "
+                             f"(pid {daemon.process.pid}): one daemon per data folder\n")
+    assert daemon.process.poll() is None  # the first one runs on
+    daemon.kill(signal.SIGKILL)
+    restarted = Daemon(tmp_path)  # a SIGKILL leaves no stale lock behind
+    restarted.start()
+    restarted.kill()
