@@ -38,6 +38,8 @@ REASONS = {
     "5.04": "Gateway Timeout", "5.05": "Proxying Not Supported",
 }
 """Reason phrases of RFC 7252 §12.1.2 (and RFC 7959 / RFC 8132 additions)."""
+UNREACHABLE = "unreachable"
+"""Result code when no CoAP response came at all."""
 _CODE = re.compile(r"[2-5]\.[0-9]{2}")
 
 

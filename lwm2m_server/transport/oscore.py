@@ -197,6 +197,29 @@ class _RecordingWire:
         return sent
 
 
+class _WithOuterToken:
+    """The pipe of a request to an OSCORE device, handing on each unprotected response
+    with the token of the protected (outer) message it came in: aiocoap leaves it
+    empty, and a Cancel Observation must repeat it (RFC 7641 §3.6)."""
+
+    def __init__(self, pipe: Any, wire_requests: list) -> None:
+        self._pipe = pipe
+        self._wire_requests = wire_requests
+
+    @property
+    def request(self) -> Any:
+        return self._pipe.request
+
+    def add_response(self, response: Any, is_last: bool = False) -> None:
+        outer = self._wire_requests[-1].response if self._wire_requests else None
+        if outer is not None and outer.done() and not outer.cancelled() and outer.exception() is None:
+            response.token = outer.result().token
+        self._pipe.add_response(response, is_last)
+
+    def add_exception(self, exception: BaseException) -> None:
+        self._pipe.add_exception(exception)
+
+
 class OscoreRequests(TransportOSCORE):
     """Requests to an ``OSCOREAddress``, protected by its context (aiocoap's
     TransportOSCORE). When nobody wants more responses (an observation cancelled),
@@ -229,7 +252,7 @@ class OscoreRequests(TransportOSCORE):
         recorded: list = []
         _WIRE_REQUESTS.set(recorded)  # this task's own context
         try:
-            await super()._request(request)
+            await super()._request(_WithOuterToken(request, recorded))
         finally:
             for wire in recorded:
                 observation = getattr(wire, "observation", None)
