@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from ipso_objects import ObjectRegistry
 from lwm2m_server.config import ServerConfig
-from lwm2m_server.transport.ratelimit import RateLimiter, host_key, rate_limiter, split_peer
+from lwm2m_server.transport.ratelimit import LogThrottle, RateLimiter, host_key, rate_limiter, split_peer
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store.sqlite import SqliteStore
 
@@ -261,3 +261,16 @@ async def test_refusals_are_logged_once_per_peer_per_interval(server):
         assert limited[0]["address"].startswith("127.0.0.1:") or "::ffff:127.0.0.1" in limited[0]["address"]
     finally:
         await client.shutdown()
+
+
+def test_log_throttle_lets_one_line_per_host_per_interval_and_counts_the_rest():
+    throttle = LogThrottle(interval=10, max_lines=3)
+    assert throttle.check("192.0.2.7:1000", 0.0) == 0
+    assert [throttle.check(f"192.0.2.7:{port}", 1.0) for port in range(1001, 1005)] == [None] * 4  # one host
+    assert throttle.check("[2001:db8::1]:5", 1.0) == 0
+    assert throttle.check("[2001:db8::2]:5", 1.0) is None  # the same /64
+    assert throttle.check("198.51.100.1:5", 2.0) == 0
+    assert throttle.check("198.51.100.2:5", 3.0) is None  # at most 3 lines per 10 s in all
+    assert throttle.check("192.0.2.7:1000", 10.5) == 4  # its next line says how many were held back
+    assert throttle.check("198.51.100.2:5", 10.6) == 1
+    assert throttle.suppressed_total == 6

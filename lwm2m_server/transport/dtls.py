@@ -14,7 +14,14 @@ when the table is full and a new peer needs room (least recently used first), wh
 tinydtls has dropped the peer's state, and at shutdown. A request to an ended
 session fails at once; the device handshakes again on its next message (tinydtls
 drops the old state when a new handshake from the same address completes its
-cookie exchange). Peers still handshaking are bounded and dropped when they stall.
+cookie exchange). A new handshake from the address of a session replaces it (many
+clients handshake again after some idle time, from the same port): requests for
+that address go over the newest session at once, which :meth:`DtlsServerEndpoint.session_at`
+names. Peers still handshaking are bounded and dropped when they stall.
+
+A handshake that fails (an unknown identity, a wrong key, an alert, a stall) is
+logged as ``dtls_handshake_failed`` with the peer, the identity it offered (never a
+key) and the reason, at most once per host per ten seconds (the rest are counted).
 
 tinydtls speaks TLS_PSK_WITH_AES_128_CCM_8, the cipher suite LwM2M mandates for
 PSK; keys are at most 16 bytes and identities at most 32.
@@ -40,12 +47,15 @@ from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin
 
 from ..security.psk import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' buffers
+from .ratelimit import LogThrottle
 
 _TICKS_PER_SECOND = 1000
 _EVENT_CONNECT = 0x01DC
 _EVENT_CONNECTED = 0x01DE
 _LEVEL_WARNING, _LEVEL_FATAL = 1, 2
 _CLOSE_NOTIFY = 0
+_HANDSHAKE = 0x16  # DTLS record content type
+_RECORD_HEADER = 13
 
 
 def ends_session(level: int, code: int) -> bool:
@@ -104,6 +114,24 @@ def as_v6(host: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, address.packed)
 
 
+def _encrypted_handshake(data: bytes) -> bool:
+    """``data`` holds a handshake record of an epoch after 0: the peer's Finished."""
+    offset = 0
+    while offset + _RECORD_HEADER <= len(data):
+        if data[offset] == _HANDSHAKE and data[offset + 3:offset + 5] != b"\0\0":
+            return True
+        offset += _RECORD_HEADER + int.from_bytes(data[offset + 11:offset + 13], "big")
+    return False
+
+
+def _shown(identity: bytes | None) -> str | None:
+    """A PSK identity as a log shows it: text, or its repr when not printable."""
+    if identity is None:
+        return None
+    text = identity[:64].decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else repr(identity[:64])
+
+
 def _display_host(host: str) -> str:
     address = ipaddress.ip_address(host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -113,11 +141,14 @@ def _display_host(host: str) -> str:
 
 class PskView:
     """The dict-like key store DTLSSocket asks (``identity in store.keys()``, then
-    ``store[identity]``); it reports each identity looked up to ``seen``."""
+    ``store[identity]``); it reports each identity it has a key for to ``seen``, and
+    each one it has none for to ``refused``."""
 
-    def __init__(self, lookup: PskLookup, seen: Callable[[bytes], None], log) -> None:
+    def __init__(self, lookup: PskLookup, seen: Callable[[bytes], None], log,
+                 refused: Callable[[bytes], None] | None = None) -> None:
         self._lookup = lookup
         self._seen = seen
+        self._refused = refused
         self._log = log
         self._last: tuple[bytes, bytes | None] | None = None
 
@@ -136,6 +167,8 @@ class PskView:
     def _key(self, identity: object) -> bytes | None:
         # Exceptions must not cross into tinydtls: an unusable answer is "unknown".
         if not isinstance(identity, bytes) or not 0 < len(identity) <= MAX_IDENTITY_BYTES:
+            if isinstance(identity, bytes) and self._refused is not None:
+                self._refused(identity)
             return None
         if self._last is not None and self._last[0] == identity:
             return self._last[1]
@@ -150,6 +183,8 @@ class PskView:
         self._last = (identity, key)
         if key is not None:
             self._seen(identity)
+        elif self._refused is not None:
+            self._refused(identity)
         return key
 
     def forget(self) -> None:
@@ -286,6 +321,10 @@ class _Handshake:
     started: float
     identity: bytes | None = None
     """The PSK identity tinydtls asked the key of (before Finished completes it)."""
+    offered: bytes | None = None
+    """The PSK identity the peer offered, known or not (for the log of a failure)."""
+    unverified: int = 0
+    """The peer's Finished records that tinydtls dropped unanswered: the key is wrong."""
 
 
 class DtlsServerEndpoint(asyncio.DatagramProtocol):
@@ -306,8 +345,12 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         self._current: SockAddr | None = None
         self._writing: SockAddr | None = None
         self._peer_created = False
+        self._wrote = False  # tinydtls wrote to the peer while handling its datagram
+        self._alert_sent: int | None = None  # ... a fatal alert (its description)
+        self.failures = LogThrottle()
+        """Throttles ``dtls_handshake_failed`` lines."""
         self.context = TinyDtlsContext(read=self._read, write=self._write, event=self._event,
-                                psk=PskView(lookup, self._identity_seen, log))
+                                       psk=PskView(lookup, self._identity_seen, log, refused=self._identity_offered))
         self._transport: asyncio.DatagramTransport | None = None
         self._sweeper: asyncio.Task | None = None
         self.bound_host = "::"
@@ -323,7 +366,9 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, address) -> None:
         sockaddr = (as_v6(address[0]), address[1])
         self._current = sockaddr
-        self._peer_created = False
+        self._peer_created = self._wrote = False
+        self._alert_sent = None
+        finished = data[:1] != b"\x17" and _encrypted_handshake(data)  # (0x17: application data)
         try:
             self.context.handle(sockaddr, data)
         except Exception:  # a malformed record must not stop the socket
@@ -339,6 +384,8 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
             self.handshakes[sockaddr] = _Handshake(now)
             while len(self.handshakes) > self.max_handshakes:
                 self._abandon(next(iter(self.handshakes)), "too many handshakes at once")
+        if sockaddr in self.handshakes:
+            self._check_handshake(sockaddr, finished)
 
     def error_received(self, exc) -> None:
         self.log.debug("dtls_socket_error", error=str(exc))
@@ -359,13 +406,48 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
 
     def _identity_seen(self, identity: bytes) -> None:
         if self._current is not None:
-            self.handshakes.setdefault(self._current, _Handshake(time.monotonic())).identity = identity
+            handshake = self.handshakes.setdefault(self._current, _Handshake(time.monotonic()))
+            handshake.identity = handshake.offered = identity
+
+    def _identity_offered(self, identity: bytes) -> None:
+        if self._current is not None:
+            self.handshakes.setdefault(self._current, _Handshake(time.monotonic())).offered = identity
+
+    def _check_handshake(self, sockaddr: SockAddr, finished: bool) -> None:
+        """Whether the datagram just handled failed the peer's handshake: tinydtls answered
+        it with a fatal alert (an unknown identity), or dropped the peer's Finished
+        unanswered (it did not decrypt: a wrong key) for the second time; once may be a
+        Finished that overtook its ChangeCipherSpec."""
+        handshake = self.handshakes[sockaddr]
+        if self._alert_sent is not None:
+            unknown = handshake.identity is None and handshake.offered is not None
+            reason = "unknown identity" if unknown else f"fatal alert {self._alert_sent} sent"
+        elif finished and not self._wrote and handshake.identity is not None:
+            handshake.unverified += 1
+            if handshake.unverified < 2:
+                return
+            reason = "bad key: its Finished did not decrypt"
+        else:
+            return
+        self._abandon(sockaddr, reason)
+        # a session the peer had before goes too: tinydtls gave its state to the new handshake
+        self._end(sockaddr, "new handshake failed", notify=False, reset=False)
 
     def _abandon(self, sockaddr: SockAddr, reason: str) -> None:
         """Drop a handshake that did not finish, and tinydtls' state of that peer."""
-        del self.handshakes[sockaddr]
+        handshake = self.handshakes.pop(sockaddr)
         self.context.reset(self.context.session(sockaddr))
-        self.log.debug("dtls_handshake_abandoned", peer=hostportjoin(*sockaddr), reason=reason)
+        if handshake.unverified and reason.startswith("unfinished"):
+            reason = "bad key: its Finished did not decrypt"
+        self._report_failure(sockaddr, reason, handshake)
+
+    def _report_failure(self, sockaddr: SockAddr, reason: str, handshake: _Handshake) -> None:
+        """One ``dtls_handshake_failed`` line, unless its host had one in the last seconds."""
+        peer = hostportjoin(_display_host(sockaddr[0]), sockaddr[1])
+        held_back = self.failures.check(peer, time.monotonic())
+        if held_back is not None:  # the identity offered, never a key
+            self.log.warning("dtls_handshake_failed", peer=peer, reason=reason,
+                             identity=_shown(handshake.offered), suppressed=held_back)
 
     def _read(self, sender: SockAddr, data: bytes) -> int:
         session = self.sessions.get((sender[0], sender[1]))
@@ -376,6 +458,9 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
     def _write(self, recipient: SockAddr, data: bytes) -> int:
         if data[:1] == b"\x16" and data[13:14] == b"\x02":  # a ServerHello: tinydtls now keeps a peer
             self._peer_created = True  # (a HelloVerifyRequest, type 3, keeps nothing)
+        elif data[:1] == b"\x15" and data[3:5] == b"\0\0" and data[13:14] == b"\x02" and len(data) > 14:
+            self._alert_sent = data[14]  # a fatal alert, in the clear: epoch 0, during a handshake
+        self._wrote = True
         if self._transport is None or self._transport.is_closing():
             return 0
         self._transport.sendto(data, (recipient[0], recipient[1], 0, 0))
@@ -396,7 +481,9 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
                 self._connected(sockaddr)
             elif ends_session(level, code):
                 reason = "close_notify" if code == _CLOSE_NOTIFY else f"fatal alert {code}"
-                self.handshakes.pop(sockaddr, None)
+                handshake = self.handshakes.pop(sockaddr, None)
+                if handshake is not None and level == _LEVEL_FATAL:
+                    self._report_failure(sockaddr, f"{reason} from the peer", handshake)
                 self._end(sockaddr, reason, notify=False)
         except Exception:
             self.log.exception("dtls_event_failed", level=level, code=code)
@@ -410,14 +497,25 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         if identity is None:  # cannot happen with PSK: the key lookup precedes Finished
             self.log.error("dtls_session_without_identity", peer=hostportjoin(*sockaddr))
             return
-        self._end(sockaddr, "new handshake", notify=False, reset=False)
+        previous = self.sessions.get(sockaddr)
+        changed = previous is not None and previous.identity != identity
+        self._end(sockaddr, "new handshake with another identity" if changed else "new handshake",
+                  notify=False, reset=False)
         while len(self.sessions) >= self.max_sessions:
             oldest = next(iter(self.sessions))
             self._end(oldest, "session table full")
         session = DtlsSession(self, sockaddr, identity, time.monotonic())
         self.sessions[sockaddr] = session
-        self.log.info("dtls_session_started", peer=session.hostinfo,
-                      identity=identity.decode("utf-8", "replace"), sessions=len(self.sessions))
+        self.log.info("dtls_session_started", peer=session.hostinfo, identity=_shown(identity),
+                      replaced=previous is not None, sessions=len(self.sessions))
+
+    def session_at(self, host: str, port: int) -> DtlsSession | None:
+        """The live session of the peer at ``host``:``port`` (its newest handshake's), or None."""
+        try:
+            session = self.sessions.get((as_v6(host), port))
+        except ValueError:  # not an IP address: no peer of ours
+            return None
+        return None if session is None or session.closed else session
 
     def _end(self, sockaddr: SockAddr, reason: str, *, notify: bool = True, reset: bool = True) -> None:
         """Forget the session of ``sockaddr``: requests waiting on it fail now."""
@@ -437,7 +535,7 @@ class DtlsServerEndpoint(asyncio.DatagramProtocol):
         """End sessions silent for longer than ``idle_timeout`` and handshakes unfinished
         after ``handshake_timeout``; how many sessions ended."""
         for sockaddr in [s for s, h in self.handshakes.items() if now - h.started > self.handshake_timeout]:
-            self._abandon(sockaddr, "unfinished")
+            self._abandon(sockaddr, f"unfinished after {self.handshake_timeout:g} s")
         idle = [sockaddr for sockaddr, session in self.sessions.items()
                 if now - session.last_seen > self.idle_timeout]
         for sockaddr in idle:

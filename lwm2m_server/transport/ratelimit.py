@@ -220,3 +220,43 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+class LogThrottle:
+    """At most one log line per host (IPv4 address, IPv6 /64) per ``interval`` seconds and
+    at most ``max_lines`` lines per interval in all, so a flood of the same event (bad DTLS
+    handshakes from one host or from many) cannot flood the log; what is held back is
+    counted and reported with the host's next line. Memory is bounded like the buckets'."""
+
+    def __init__(self, interval: float = REPORT_INTERVAL_S, max_lines: int = 50,
+                 max_tracked: int = MAX_TRACKED) -> None:
+        self.interval = interval
+        self.max_lines = max_lines
+        self.max_tracked = max_tracked
+        self._hosts: OrderedDict[str, list] = OrderedDict()  # host → [logged at, held back since]
+        self._window = (-math.inf, 0)  # (start, lines logged in it)
+        self.suppressed_total = 0
+        """Lines held back since the throttle was made."""
+
+    def check(self, peer: str, now: float) -> int | None:
+        """None: hold this line back; else log it, with the number of lines of the same
+        host held back since its previous one."""
+        host = host_key(peer) or peer
+        entry = self._hosts.get(host)
+        if entry is None:
+            entry = self._hosts[host] = [-math.inf, 0]
+            while len(self._hosts) > self.max_tracked:
+                self._hosts.popitem(last=False)
+        else:
+            self._hosts.move_to_end(host)
+        start, lines = self._window
+        if now - start >= self.interval:
+            start, lines = now, 0
+        if now - entry[0] < self.interval or lines >= self.max_lines:
+            entry[1] += 1
+            self.suppressed_total += 1
+            self._window = (start, lines)
+            return None
+        self._window = (start, lines + 1)
+        held_back, entry[:] = entry[1], [now, 0]
+        return held_back
