@@ -35,6 +35,24 @@ Without CoAPS (``coap.secure_port`` None) it is always NoSec. ``bootstrap.server
 ``coaps://`` one is refused to a plain-CoAP bootstrap, and makes a CoAPS
 bootstrap write a PSK account even for an endpoint with an OSCORE credential.
 
+Where it listens: ``POST /bs`` on the LwM2M server's own ports, unless
+``bootstrap.port`` / ``bootstrap.secure_port`` give it ports of its own
+(:class:`BootstrapListener`); ``/bs`` is then refused (4.04) on the server's port
+of that kind. The Server URI written keeps the LwM2M server's port either way, so
+with its own ports the Bootstrap-Server URI and the Server URI differ and the
+device opens a new DTLS session, with its server PSK, to register.
+
+The Server instance's binding (/1/x/7) is ``bootstrap.binding`` for every
+endpoint: ``UQ`` keeps queue-mode devices in queue mode (they register with
+``b=UQ``); it is written as given, never reduced to ``U``.
+
+Content formats and a write the device refuses: see :mod:`.core.bootstrap` (TLV
+first, the next format after 4.15). A failed bootstrap is logged
+(``bootstrap_failed``) and published (event ``bootstrap``, state ``failed``) with
+the step, the path, the content format and every format tried; the session
+(:meth:`BootstrapService.session`) keeps it. Nothing is regenerated because a write
+failed: a later Bootstrap-Request hands out the same server PSK again.
+
 One bootstrap at a time per endpoint: a new Bootstrap-Request while one runs
 **restarts** it (the old one is cancelled). A client sends Bootstrap-Request
 again only when it gave the previous exchange up (it timed out or rebooted), so
@@ -59,8 +77,11 @@ from .core.bootstrap import (
     BOOTSTRAP_PATH, BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, device_context,
     parse_bootstrap_request,
 )
+from .core.operations import format_name
+from .transport.coap import CoapAdapter
 from .transport.messages import CoapResponse, DeviceUnreachable, IncomingRequest, OutgoingResponse
-from .config import BootstrapConfig, CoapConfig
+from .transport.ratelimit import rate_limiter
+from .config import BootstrapConfig, CoapConfig, ServerConfig
 from .security.oscore import OscoreCredential
 
 Send = Callable[..., Awaitable[CoapResponse]]
@@ -184,8 +205,11 @@ class BootstrapService:
 
     # -- the request -------------------------------------------------------------------------
 
-    async def handle(self, request: IncomingRequest) -> OutgoingResponse:
-        """Bootstrap-Request: 2.04 and the plan starts, or 4.xx with the reason."""
+    async def handle(self, request: IncomingRequest, *, send: Send | None = None,
+                     local_base: Callable[[str], str] | None = None) -> OutgoingResponse:
+        """Bootstrap-Request: 2.04 and the plan starts, or 4.xx with the reason. ``send``
+        and ``local_base`` are those of the adapter the request came through (default:
+        the ones given at construction)."""
         if not self.config.enabled:
             return OutgoingResponse("4.04", b"bootstrap is not enabled on this server")
         if tuple(request.uri_path) != BOOTSTRAP_PATH or request.method != "POST":
@@ -194,7 +218,7 @@ class BootstrapService:
             parsed = parse_bootstrap_request(request.query)
             identity = _identity(getattr(request, "identity", None))
             self._authorise(parsed.endpoint, identity)
-            account = self._account(parsed.endpoint, request.address, identity)
+            account = self._account(parsed.endpoint, request.address, identity, local_base or self._local_base)
             session = BootstrapSession(parsed, account, self.trust_anchors, registry=self._registry)
         except BootstrapError as error:
             self._log.info("bootstrap_refused", ep=_endpoint_of(request.query), address=request.address,
@@ -206,7 +230,8 @@ class BootstrapService:
             previous.cancel()
             self._log.info("bootstrap_restarted", ep=endpoint, address=request.address)
         self._sessions[endpoint] = session
-        task = asyncio.create_task(self._run(session, request.address), name=f"bootstrap-{endpoint}")
+        task = asyncio.create_task(self._run(session, request.address, send or self._send),
+                                   name=f"bootstrap-{endpoint}")
         self._running[endpoint] = task
         task.add_done_callback(lambda done: self._forget(endpoint, done))
         return OutgoingResponse("2.04")
@@ -226,17 +251,20 @@ class BootstrapService:
         if self.security_mode != "mixed":
             raise BootstrapError("4.03", f"plain CoAP bootstrap is refused (security.mode {self.security_mode})")
 
-    def _account(self, endpoint: str, address: str, identity: str | None) -> ServerAccount:
+    def _account(self, endpoint: str, address: str, identity: str | None,
+                 local_base: Callable[[str], str]) -> ServerAccount:
         """The account to write: OSCORE after a CoAPS bootstrap of an endpoint with an
         OSCORE credential (unless server_uri is coaps://), PSK after another CoAPS
-        bootstrap when the server has CoAPS (or a coaps:// server_uri), NoSec otherwise."""
+        bootstrap when the server has CoAPS (or a coaps:// server_uri), NoSec otherwise.
+        The host is the one the device contacted, the port the LwM2M server's (not the
+        Bootstrap-Server's, when it has ports of its own)."""
         plain_port, secure_port = self._bound_ports()
         uri = self.config.server_uri
         renew = getattr(self.credentials, "renew_oscore", None)
         if identity is not None and renew is not None and not (uri or "").lower().startswith("coaps://"):
             credential = _ask(renew, endpoint, self._clock())
             if credential is not None:
-                uri = uri or f"coap://{_host(self._local_base(address))}:{plain_port}"
+                uri = uri or f"coap://{_host(local_base(address))}:{plain_port}"
                 return ServerAccount(uri, self.config.short_server_id, self.config.lifetime_s, self.config.binding,
                                      oscore=device_context(credential))
         if uri:
@@ -246,7 +274,7 @@ class BootstrapService:
                     "4.03", "bootstrap.server_uri is coaps:// and no PSK is handed out over plain CoAP")
         else:
             secure = identity is not None and secure_port is not None
-            host = _host(self._local_base(address))
+            host = _host(local_base(address))
             uri = f"coaps://{host}:{secure_port}" if secure else f"coap://{host}:{plain_port}"
         psk = None
         if secure:
@@ -257,7 +285,7 @@ class BootstrapService:
 
     # -- the plan ----------------------------------------------------------------------------
 
-    async def _run(self, session: BootstrapSession, address: str) -> None:
+    async def _run(self, session: BootstrapSession, address: str, send: Send) -> None:
         endpoint, account = session.endpoint, session.account
         self._log.info("bootstrap_started", ep=endpoint, address=address, uri=account.uri,
                        security_mode=account.security_mode.name, security=account.security,
@@ -267,7 +295,7 @@ class BootstrapService:
         try:
             while (step := session.next_step()) is not None:
                 try:
-                    response = await self._send(address, step.request, timeout=self._timeout)
+                    response = await send(address, step.request, timeout=self._timeout)
                 except DeviceUnreachable as error:
                     session.unreachable(error.reason)
                     break
@@ -276,25 +304,36 @@ class BootstrapService:
                 if result.outcome is Outcome.TOLERATED:
                     self._log.info("bootstrap_step_tolerated", ep=endpoint, step=result.step, code=result.code,
                                    reason=result.diagnostic)
+                elif result.outcome is Outcome.RETRIED:
+                    self._log.warning("bootstrap_write_retried", ep=endpoint, step=result.step, path=result.path,
+                                      content_format=format_name(result.content_format), code=result.code,
+                                      reason=result.diagnostic, next_format=format_name(session.write_format))
         except asyncio.CancelledError:
             self._log.info("bootstrap_cancelled", ep=endpoint, step=step.name if step else None)
             raise
         except Exception as error:  # a bug or a refused request must not pass silently
-            self._log.exception("bootstrap_failed", ep=endpoint, step=step.name if step else None,
-                                code="exception", reason=str(error))
-            self._publish(endpoint, "failed", step=step.name if step else None, code="exception")
+            where = {"step": step.name if step else None, "path": str(step.path) if step and step.path else None,
+                     "content_format": format_name(step.content_format) if step and step.content_format else None}
+            self._log.exception("bootstrap_failed", ep=endpoint, **where, code="exception", reason=str(error))
+            self._publish(endpoint, "failed", **where, code="exception")
             return
         if session.finished:
             self._log.info("bootstrap_finished", ep=endpoint, uri=account.uri, ssid=account.short_server_id,
                            security_mode=account.security_mode.name, security=account.security,
+                           content_format=format_name(session.write_format), binding=account.binding,
                            lwm2m=session.discovery.lwm2m_version if session.discovery else None)
             self._publish(endpoint, "finished", uri=account.uri)
         else:
             failure = session.failure
             assert failure is not None
-            self._log.warning("bootstrap_failed", ep=endpoint, step=failure.step, code=failure.code,
-                              reason=failure.diagnostic)
-            self._publish(endpoint, "failed", step=failure.step, code=failure.code, reason=failure.diagnostic)
+            where = {"step": failure.step, "path": failure.path or None,
+                     "content_format": format_name(failure.content_format) if failure.content_format else None}
+            attempts = [result.describe() for result in session.results
+                        if result.outcome is Outcome.RETRIED or result is failure]
+            self._log.warning("bootstrap_failed", ep=endpoint, **where, code=failure.code, reason=failure.diagnostic,
+                              attempts=attempts)
+            self._publish(endpoint, "failed", **where, code=failure.code, reason=failure.diagnostic,
+                          attempts=attempts)
 
     def _publish(self, endpoint: str, state: str, **data: Any) -> None:
         if self._events is not None:
@@ -329,6 +368,70 @@ class BootstrapService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+
+
+class BootstrapListener:
+    """The Bootstrap-Server on ports of its own (``bootstrap.port``, ``bootstrap.secure_port``):
+    a second :class:`CoapAdapter` that answers ``POST /bs`` (anything else: 4.04) and
+    sends the plan back through itself, on the session the device opened to it.
+
+    Why: when the Bootstrap-Server and the LwM2M server share one URI, some clients
+    keep their bootstrap DTLS session for the server account, and their Register then
+    carries the bootstrap identity (refused: a bootstrap credential admits a device to
+    ``/bs`` only). On its own port the Bootstrap-Server URI differs from the server URI
+    it writes (which keeps the server's ports), so the client opens a new session with
+    its server PSK. A port left 0 stays shared: ``/bs`` is then answered on the server's
+    port of that kind as before.
+    """
+
+    def __init__(self, service: BootstrapService, config: ServerConfig, *, psk_lookup: Any = None) -> None:
+        """``psk_lookup`` (identity → key) enables ``bootstrap.secure_port``; without it
+        there is no CoAPS, as for the server without a credential store."""
+        self.service = service
+        coap, security, bootstrap = config.coap, config.security, config.bootstrap
+        self.adapter = CoapAdapter(
+            self._handle, host=coap.host, port=bootstrap.port or None,
+            secure_port=(bootstrap.secure_port or None) if psk_lookup is not None else None, psk_lookup=psk_lookup,
+            receive_buffer_bytes=coap.receive_buffer_bytes, max_in_flight=coap.max_in_flight,
+            block_size=coap.block_size, rate_limiter=rate_limiter(coap.rate_limit_per_peer, coap.rate_limit_burst),
+            max_sessions=security.max_sessions, session_idle_timeout=security.session_idle_timeout_s,
+            plain_allowed=security.mode != "secure-only", max_request_body=coap.max_request_body_bytes,
+            log=structlog.get_logger("lwm2m_server.bootstrap.coap"),
+        )
+
+    @staticmethod
+    def wanted(config: ServerConfig, *, secure: bool = True) -> bool:
+        """True when the configuration gives the Bootstrap-Server a port of its own
+        (``secure``: CoAPS is possible, i.e. there is a credential store)."""
+        bootstrap = config.bootstrap
+        return bootstrap.enabled and bool(bootstrap.port or (secure and bootstrap.secure_port))
+
+    @staticmethod
+    def shares(config: ServerConfig, secure: bool) -> bool:
+        """Whether ``/bs`` is answered on the LwM2M server's own CoAPS (``secure``) or
+        plain port: when the Bootstrap-Server has no port of that kind of its own."""
+        return not (config.bootstrap.secure_port if secure else config.bootstrap.port)
+
+    async def start(self) -> None:
+        await self.adapter.start()
+
+    async def stop(self) -> None:
+        await self.adapter.stop()
+
+    @property
+    def port(self) -> int | None:
+        """The Bootstrap-Server's own plain CoAP port; None when it shares the server's."""
+        return self.adapter.port
+
+    @property
+    def secure_port(self) -> int | None:
+        """The Bootstrap-Server's own CoAPS port; None when it shares the server's."""
+        return self.adapter.secure_port
+
+    async def _handle(self, request: IncomingRequest) -> OutgoingResponse:
+        if tuple(request.uri_path) != BOOTSTRAP_PATH:
+            return OutgoingResponse("4.04", b"this port serves the Bootstrap-Server only (POST /bs)")
+        return await self.service.handle(request, send=self.adapter.request, local_base=self.adapter.local_base)
 
 
 def _ask(method: Callable[..., Any], *args: Any) -> Any:

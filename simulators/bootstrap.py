@@ -174,10 +174,14 @@ class BootstrapInterface:
         return self.state == BOOTSTRAPPING
 
     def request_query(self, endpoint: str) -> list[str]:
-        """Uri-Query of Bootstrap-Request: ``ep``, and ``pct=112`` (SenML CBOR) for 1.1+."""
+        """Uri-Query of Bootstrap-Request: ``ep``, and for 1.1+ ``pct``: 112 (SenML CBOR),
+        or 11542 (TLV) for a device that does not read SenML CBOR."""
         query = [f"ep={endpoint}"]
         if _version_tuple(self.objects.lwm2m_version) >= (1, 1):
-            query.append(f"pct={int(ContentFormat.SENML_CBOR)}")
+            formats = self.objects.content_formats
+            preferred = next((f for f in (ContentFormat.SENML_CBOR, ContentFormat.TLV) if f in formats), None)
+            if preferred is not None:
+                query.append(f"pct={int(preferred)}")
         return query
 
     def account(self) -> ServerAccount | None:

@@ -17,8 +17,8 @@ from ipso_objects import LwM2MPath, MultiResource, ObjectInstance, ObjectRegistr
 from ipso_objects.codecs import ContentFormat as CF
 from lwm2m_server.core import operations as ops
 from lwm2m_server.core.bootstrap import (
-    BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, TRUST_ANCHORS, parse_bootstrap_request,
-    parse_discovery, plan,
+    BootstrapError, BootstrapSession, Outcome, Psk, ServerAccount, TRUST_ANCHORS, configuration,
+    parse_bootstrap_request, parse_discovery, plan,
 )
 from lwm2m_server.bootstrap_server import BootstrapService, StoreCredentials, public_key_der
 from lwm2m_server.transport.coap import CoapResponse, DeviceUnreachable, IncomingRequest
@@ -52,11 +52,18 @@ def steps_by_name(steps) -> dict:
 
 def test_bootstrap_request_carries_endpoint_and_preferred_format():
     assert parse_bootstrap_request(["ep=dev-1"]).endpoint == "dev-1"
-    request = parse_bootstrap_request(["ep=dev-1", "pct=112"])
-    assert (request.preferred_format, request.write_format) == (112, CF.SENML_CBOR)
-    assert parse_bootstrap_request(["ep=dev-1"]).write_format == CF.TLV
-    # text/plain cannot carry an object instance: TLV instead
-    assert parse_bootstrap_request(["ep=dev-1", "pct=0"]).write_format == CF.TLV
+    request = parse_bootstrap_request(["ep=dev-1", "pct=110"])
+    # TLV first whatever the preference: pct is where the writes go when TLV is refused
+    assert (request.preferred_format, request.write_format) == (110, CF.TLV)
+    # binary formats before JSON ones: base64 is what clients disagree on
+    assert request.write_formats == (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON)
+    assert parse_bootstrap_request(["ep=dev-1", "pct=11543"]).write_formats == (
+        CF.TLV, CF.SENML_CBOR, CF.OMA_JSON, CF.SENML_JSON)
+    assert parse_bootstrap_request(["ep=dev-1"]).write_formats == (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON)
+    assert parse_bootstrap_request(["ep=dev-1", "pct=11544"]).write_formats == (
+        CF.TLV, CF.LWM2M_CBOR, CF.SENML_CBOR, CF.SENML_JSON)
+    # text/plain cannot carry an object instance: not a write format
+    assert parse_bootstrap_request(["ep=dev-1", "pct=0"]).write_formats == (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON)
 
 
 @pytest.mark.parametrize("query, reason", [
@@ -102,10 +109,10 @@ def test_server_instance_is_exact_tlv():
     assert steps_by_name(steps)["write /1/0"].request.payload == bytes.fromhex("c10001c40100015180c10601c10755")
 
 
-@pytest.mark.parametrize("pct, fmt", [(None, CF.TLV), (112, CF.SENML_CBOR), (110, CF.SENML_JSON)])
-def test_security_instance_decodes_back_resource_by_resource(pct, fmt):
-    query = ["ep=dev-1"] + ([f"pct={pct}"] if pct else [])
-    write = steps_by_name(plan(parse_bootstrap_request(query), psk_account()))["write /0/1"]
+@pytest.mark.parametrize("fmt", [CF.TLV, CF.SENML_CBOR, CF.SENML_JSON, CF.OMA_JSON, CF.LWM2M_CBOR])
+def test_security_instance_decodes_back_resource_by_resource(fmt):
+    request = parse_bootstrap_request(["ep=dev-1"])
+    write = steps_by_name(configuration(request, psk_account(), content_format=fmt))["write /0/1"]
     assert write.request.content_format == fmt
     node = codecs.decode(fmt, write.request.payload, P("/0/1"), REGISTRY)
     assert isinstance(node, ObjectInstance) and node.id == 1
@@ -119,7 +126,7 @@ def test_security_instance_decodes_back_resource_by_resource(pct, fmt):
         5: KEY,                               # Secret Key
         10: 7,                                # Short Server ID
     }
-    server = steps_by_name(plan(parse_bootstrap_request(query), psk_account()))["write /1/0"]
+    server = steps_by_name(configuration(request, psk_account(), content_format=fmt))["write /1/0"]
     node = codecs.decode(fmt, server.request.payload, P("/1/0"), REGISTRY)
     assert {rid: r.value for rid, r in node.resources.items()} == {0: 7, 1: 300, 6: True, 7: "UQ"}
 

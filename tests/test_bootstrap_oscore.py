@@ -16,7 +16,7 @@ from ipso_objects import LwM2MPath, ObjectInstance, ObjectRegistry, ObjLnk, Reso
 from ipso_objects.codecs import ContentFormat as CF
 from lwm2m_server.core import operations as ops
 from lwm2m_server.core.bootstrap import (
-    BootstrapError, BootstrapSession, Psk, ServerAccount, device_context, parse_bootstrap_request,
+    BootstrapError, BootstrapSession, Psk, ServerAccount, configuration, device_context, parse_bootstrap_request,
     parse_discovery, plan,
 )
 from lwm2m_server.bootstrap_server import StoreCredentials
@@ -67,10 +67,10 @@ def test_oscore_plan_writes_the_context_before_the_account_that_links_it():
         "write /0/1", "write /1/0", "finish"]
 
 
-@pytest.mark.parametrize("pct, fmt", [(None, CF.TLV), (112, CF.SENML_CBOR), (110, CF.SENML_JSON)])
-def test_oscore_instance_and_security_instance_decode_back_resource_by_resource(pct, fmt):
-    query = ["ep=dev-1"] + ([f"pct={pct}"] if pct else [])
-    by_name = steps_by_name(plan(parse_bootstrap_request(query), oscore_account()))
+@pytest.mark.parametrize("fmt", [CF.TLV, CF.SENML_CBOR, CF.SENML_JSON])
+def test_oscore_instance_and_security_instance_decode_back_resource_by_resource(fmt):
+    by_name = steps_by_name(configuration(parse_bootstrap_request(["ep=dev-1"]), oscore_account(),
+                                          content_format=fmt))
     assert by_name["write /21/1"].request.content_format == fmt
     assert decoded(by_name["write /21/1"]) == {
         0: SECRET,          # Master Secret

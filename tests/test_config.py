@@ -168,6 +168,18 @@ def test_config_is_immutable() -> None:
          'bootstrap.server_uri: must be "" or a coap:// or coaps:// URI, got \'http://x\''),
         ("bootstrap: {short_server_id: 65535}", "bootstrap.short_server_id: must be an integer in 1..65534, got 65535"),
         ("bootstrap: {binding: X}", "bootstrap.binding: must be an LwM2M binding such as U, UQ or N, got 'X'"),
+        ("bootstrap: {binding: QU}", "bootstrap.binding: must be an LwM2M binding such as U, UQ or N, got 'QU'"),
+        ("bootstrap: {binding: UQQ}", "bootstrap.binding: must be an LwM2M binding such as U, UQ or N, got 'UQQ'"),
+        ("bootstrap: {port: 70000}", "bootstrap.port: must be an integer in 0..65535, got 70000"),
+        ("bootstrap: {secure_port: coaps}", "bootstrap.secure_port: must be an integer in 0..65535, got 'coaps'"),
+        ("bootstrap: {secure_port: }", "bootstrap.secure_port: has no value; remove the key to use the default (0)"),
+        ("coap: {port: 5683}\nbootstrap: {port: 5683}",
+         "bootstrap.port: must differ from coap.port (5683); 0 shares the server's port"),
+        ("bootstrap: {secure_port: 5684}",  # coap.secure_port's default
+         "bootstrap.secure_port: must differ from coap.secure_port (5684); 0 shares the server's port"),
+        ("bootstrap: {port: 5684}", "bootstrap.port: must differ from coap.secure_port (5684); 0 shares the server's port"),
+        ("bootstrap: {port: 5783, secure_port: 5783}",
+         "bootstrap.secure_port: must differ from bootstrap.port (5783); 0 shares the server's port"),
         ("deployment: {public_port: 70000}", "deployment.public_port: must be an integer in 0..65535, got 70000"),
     ],
 )
@@ -459,3 +471,13 @@ def test_declared_rollouts_are_validated():
         parse_config(document)
     with pytest.raises(ConfigError, match=r"deployment.rollouts\[0\].model: must be a mapping"):
         parse_config({"deployment": {"rollouts": [{"id": "x", "model": "m.tflite"}]}})
+
+
+def test_bootstrap_ports_of_its_own_and_queue_mode_bindings_load(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "bootstrap: {port: 5783, secure_port: 5784, binding: UQS}\n"))
+    assert (config.bootstrap.port, config.bootstrap.secure_port, config.bootstrap.binding) == (5783, 5784, "UQS")
+    default = load_config(write(tmp_path, "bootstrap: {binding: UQ}\n")).bootstrap
+    assert (default.port, default.secure_port, default.binding) == (0, 0, "UQ")  # 0: share the server's ports
+    # coap.port 0 picks a free port: it cannot clash with a bootstrap port chosen by the operator
+    assert load_config(write(tmp_path, "coap: {port: 0, secure_port: 0}\nbootstrap: {port: 5783}\n")).bootstrap.port \
+        == 5783

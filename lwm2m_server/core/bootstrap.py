@@ -40,17 +40,43 @@ way round (:func:`device_context`). /21 is deleted in every plan, so no context
 of an earlier bootstrap outlives it; an OSCORE object's instance ids, like the
 Security ones, come from the discovery (1 without one).
 
-Writes use the ``pct`` the device asked for when it is a format that carries
-object instances (TLV, SenML JSON/CBOR, LwM2M CBOR, OMA JSON), otherwise TLV
-(11542): every 1.0 client must support TLV, and 1.1 clients that dropped it say
-so with ``pct``.
+Content format of the writes: **TLV (11542) first**, whatever ``pct`` says. Every
+1.0 client must support TLV, nearly every 1.1 client does, and TLV carries Opaque
+values (the PSK, the OSCORE secrets) as raw bytes: no text encoding to disagree
+on. ``pct`` is the client's *preferred* format, not a statement that it lacks TLV;
+a client lacking it answers **4.15** Unsupported Content-Format. The same write
+then goes again in the next of :attr:`BootstrapRequest.write_formats`: the binary
+ones first (``pct`` if SenML CBOR or LwM2M CBOR, then SenML CBOR: a CBOR byte
+string), then the JSON ones (``pct`` if SenML JSON or OMA JSON, then SenML JSON).
+A JSON write answered **4.00** goes on too (how clients answer base64 they read
+differently); a 4.00 to TLV or CBOR refuses the values and ends the bootstrap.
+Each format is tried at most once per bootstrap, the one taken is kept for the
+writes after it, and when none is taken the failure
+(:attr:`BootstrapSession.failure`) names the step, the path and the format; every
+attempt is in :attr:`BootstrapSession.results`. Nothing is regenerated: the same
+values are re-encoded. The client's next Bootstrap-Request runs the same bounded
+sequence from TLV again (no memory of refused formats: firmware changes, and TLV
+suits nearly every client), so no retry loops on one failing encoding.
+
+Opaque values in the JSON formats follow each format's specification (the codecs
+in :mod:`ipso_objects.codecs`): SenML JSON ``vd`` is base64url **without padding**
+(RFC 8428 §4.3: "Data Value is a base64-encoded string with the URL-safe alphabet
+as defined in Section 5 of [RFC4648], with padding omitted"); OMA JSON (LwM2M 1.0:
+"the string value holds the Base64 encoded representation") and text/plain (Core
+1.1 Table C.2: "Represented as a Base64 encoding of the binary data [RFC4648]")
+use the classic alphabet with padding (RFC 4648 §4). Core 1.1 §7.4.4 says only
+"base64" for SenML JSON, and widely used clients decode ``vd`` as classic base64:
+a key whose base64url holds ``-`` or ``_`` reaches them broken. Hence SenML JSON
+comes last.
 
 Answers (:meth:`BootstrapStep.judge`): a Delete answering 4.04 (nothing there),
 a Discover answering anything but 2.05 (1.0 clients), a trust-anchor Write
 answering 4.04 (a device without the TinyML object or without resource 21) are
 tolerated, and so is any 4.xx to the Delete of /21 (a device without the OSCORE
-object, LwM2M 1.0 clients among them); any other error aborts the bootstrap, and Bootstrap-Finish answering
-4.06 means the device found the configuration unusable.
+object, LwM2M 1.0 clients among them); a Write answering 4.15 (or 4.00 to a JSON
+format) goes again in the next format (above) while there is one; any other error aborts the
+bootstrap, and Bootstrap-Finish answering 4.06 means the device found the
+configuration unusable.
 """
 
 from __future__ import annotations
@@ -81,6 +107,9 @@ OSCORE_OBJECT = LwM2MPath.of(OSCORE)
 WRITE_FORMATS = (CF.TLV, CF.SENML_CBOR, CF.SENML_JSON, CF.LWM2M_CBOR, CF.OMA_JSON)
 """Formats that carry an object instance, so Bootstrap-Write can use them."""
 DEFAULT_FORMAT = CF.TLV
+BINARY_FORMATS = (CF.SENML_CBOR, CF.LWM2M_CBOR)
+JSON_FORMATS = (CF.SENML_JSON, CF.OMA_JSON)
+"""Formats that carry Opaque values as base64 text (the encoding clients disagree on)."""
 MAX_ENDPOINT_LENGTH = 255
 _PCT = re.compile(r"[0-9]{1,5}")
 
@@ -117,12 +146,19 @@ class BootstrapRequest:
     """Preferred Content Format (``pct``), None when absent."""
 
     @property
+    def write_formats(self) -> tuple[int, ...]:
+        """The Content-Formats a Bootstrap-Write tries, in order: TLV; ``pct`` if it is a
+        CBOR format, SenML CBOR; ``pct`` if it is a JSON format, SenML JSON (see the
+        module docstring)."""
+        pct = self.preferred_format
+        order = [DEFAULT_FORMAT, *([pct] if pct in BINARY_FORMATS else []), CF.SENML_CBOR,
+                 *([pct] if pct in JSON_FORMATS else []), CF.SENML_JSON]
+        return tuple(dict.fromkeys(int(f) for f in order))  # type: ignore[arg-type]
+
+    @property
     def write_format(self) -> int:
-        """The Content-Format of the Bootstrap-Writes: ``pct`` if it carries object
-        instances, TLV otherwise."""
-        if self.preferred_format in WRITE_FORMATS:
-            return int(self.preferred_format)  # type: ignore[arg-type]
-        return int(DEFAULT_FORMAT)
+        """The Content-Format the Bootstrap-Writes start with: TLV."""
+        return self.write_formats[0]
 
 
 def parse_bootstrap_request(query: Sequence[str]) -> BootstrapRequest:
@@ -299,6 +335,8 @@ class Outcome(enum.Enum):
     DONE = "done"
     TOLERATED = "tolerated"
     """An error that does not stop the bootstrap (see the module docstring)."""
+    RETRIED = "retried"
+    """A Write the device could not take in this format: it goes again in the next one."""
     FAILED = "failed"
 
 
@@ -311,6 +349,16 @@ class BootstrapStep:
     kind: StepKind
     request: DeviceRequest
     """The request to send (Bootstrap-Finish is carried as an EXECUTE-kind POST /bs)."""
+
+    @property
+    def path(self) -> LwM2MPath | None:
+        """The path the request targets (None for Bootstrap-Finish)."""
+        return self.request.paths[0] if self.request.paths else None
+
+    @property
+    def content_format(self) -> int | None:
+        """The Content-Format of the request's payload (a Write's), else None."""
+        return self.request.content_format
 
     def judge(self, code: str) -> Outcome:
         """Whether the device's answer ``code`` lets the bootstrap go on."""
@@ -373,8 +421,10 @@ def configuration(
     discovery: Discovery | None = None,
     *,
     registry: ObjectRegistry | None = None,
+    content_format: int | None = None,
 ) -> tuple[BootstrapStep, ...]:
-    """The Bootstrap-Writes and Bootstrap-Finish that follow :func:`prelude`.
+    """The Bootstrap-Writes and Bootstrap-Finish that follow :func:`prelude`, in
+    ``content_format`` (default: the request's first, TLV).
 
     The Security instance takes the lowest id the discovery left free (1 without
     a discovery); the Server instance likewise (0), and the OSCORE instance of an
@@ -387,7 +437,7 @@ def configuration(
     anchors = [bytes(anchor) for anchor in trust_anchors]
     if any(not anchor for anchor in anchors):
         raise BootstrapError("5.00", "a trust anchor is empty")
-    fmt = request.write_format
+    fmt = request.write_format if content_format is None else content_format
     security_id = _free_id(discovery.instance_ids(SECURITY) if discovery else set(), 1)
     server_id = _free_id(discovery.instance_ids(SERVER) if discovery else set(), 0)
     steps = []
@@ -432,12 +482,24 @@ class StepResult:
     outcome: Outcome
     diagnostic: str = ""
     """The device's error text, if any."""
+    path: str = ""
+    """The path the step targeted (``/0/1``), "" for Bootstrap-Finish."""
+    content_format: int | None = None
+    """The Content-Format the step's payload was in (a Write's), else None."""
+
+    def describe(self) -> str:
+        """``write /0/1 in TLV (11542): 4.00 bad key`` (for logs and operators)."""
+        fmt = f" in {format_name(self.content_format)}" if self.content_format is not None else ""
+        reason = f" {self.diagnostic}" if self.diagnostic else ""
+        return f"{self.step}{fmt}: {self.code}{reason}"
 
 
 class BootstrapSession:
     """One bootstrap of one device, as a state machine: ask :meth:`next_step`, send
     it, report the answer with :meth:`answered` (or :meth:`unreachable`), repeat
-    until :meth:`next_step` returns None. The discovery refines the writes."""
+    until :meth:`next_step` returns None. The discovery refines the writes; a Write
+    refused for its format (4.15, or 4.00 to a JSON format) goes again in the next of
+    the request's :attr:`~BootstrapRequest.write_formats`, and the writes after it follow."""
 
     def __init__(self, request: BootstrapRequest, account: ServerAccount, trust_anchors: Sequence[bytes] = (),
                  *, registry: ObjectRegistry | None = None) -> None:
@@ -450,6 +512,9 @@ class BootstrapSession:
         self.results: list[StepResult] = []
         """Each answered step, in order."""
         self.discovery: Discovery | None = None
+        self.write_format = request.write_format
+        """The Content-Format the writes are in now (TLV until the device refuses it)."""
+        self._formats_left = list(request.write_formats[1:])
         self._position = 0
         self._failed: StepResult | None = None
 
@@ -487,13 +552,39 @@ class BootstrapSession:
                 outcome, diagnostic = Outcome.TOLERATED, error.reason
             else:
                 done = self.steps[: self._position + 1]
-                self.steps = done + list(configuration(self.request, self.account, self._anchors, self.discovery,
-                                                       registry=self._registry))
-        return self._record(StepResult(step.name, code, outcome, diagnostic))
+                self.steps = done + list(self._configuration())
+        if outcome is Outcome.FAILED and step.kind is StepKind.WRITE and (
+                code == "4.15" or (code == "4.00" and step.content_format in JSON_FORMATS)):
+            outcome = self._next_format(step)
+        return self._record(self._result(step, code, outcome, diagnostic))
 
     def unreachable(self, reason: str) -> StepResult:
         """No answer came to the current step: the bootstrap fails."""
-        return self._record(StepResult(self._current().name, "unreachable", Outcome.FAILED, reason))
+        return self._record(self._result(self._current(), "unreachable", Outcome.FAILED, reason))
+
+    def _configuration(self) -> tuple[BootstrapStep, ...]:
+        return configuration(self.request, self.account, self._anchors, self.discovery, registry=self._registry,
+                             content_format=self.write_format)
+
+    def _next_format(self, step: BootstrapStep) -> Outcome:
+        """Re-encode the current write and the ones after it in the next format that
+        can carry them; FAILED when none is left."""
+        while self._formats_left:
+            self.write_format = self._formats_left.pop(0)
+            try:
+                fresh = {candidate.name: candidate for candidate in self._configuration()}
+            except BootstrapError:  # this format cannot carry the values (or has no codec here)
+                continue
+            if step.name not in fresh:
+                continue
+            self.steps[self._position:] = [fresh.get(s.name, s) for s in self.steps[self._position:]]
+            return Outcome.RETRIED
+        return Outcome.FAILED
+
+    @staticmethod
+    def _result(step: BootstrapStep, code: str, outcome: Outcome, diagnostic: str) -> StepResult:
+        path = "" if step.path is None else str(step.path)
+        return StepResult(step.name, code, outcome, diagnostic, path, step.content_format)
 
     def _current(self) -> BootstrapStep:
         step = self.next_step()
@@ -505,6 +596,6 @@ class BootstrapSession:
         self.results.append(result)
         if result.outcome is Outcome.FAILED:
             self._failed = result
-        else:
+        elif result.outcome is not Outcome.RETRIED:
             self._position += 1
         return result
