@@ -179,6 +179,18 @@ def test_empty_entries_mean_empty_containers(registry) -> None:
         oma_json.decode(b'{"bn":"2/0/0","e":[]}', P("/2/0/0"), registry)
 
 
+def test_an_empty_instance_of_an_object_is_named_by_the_base_name(registry) -> None:
+    # A Create of /3303/7 without resources: entries cannot name it, the base name can.
+    created = Object(3303, {7: ObjectInstance(7, {})})
+    assert oma_json.encode(created, P("/3303"), registry) == b'{"bn":"/3303/7/","e":[]}'
+    assert oma_json.decode(b'{"bn":"/3303/7/","e":[]}', P("/3303"), registry) == created
+    assert oma_json.decode(b'{"bn":"3303/7","e":[]}', P("/3303"), registry) == created
+    assert oma_json.decode(b'{"bn":"/3304/7/","e":[]}', P("/3303"), registry) == Object(3303, {})
+    with pytest.raises(EncodeError, match="/3303/8 has no resources"):
+        oma_json.encode(Object(3303, {7: ObjectInstance(7, {5701: Resource(5701, "Cel")}),
+                                      8: ObjectInstance(8, {})}), P("/3303"), registry)
+
+
 # ----------------------------------------------------------------- timestamps
 
 

@@ -41,6 +41,7 @@ from strategies import (
     TYPE_ORDER,
     addressed_nodes,
     ids,
+    objects,
     values_of,
 )
 
@@ -603,6 +604,59 @@ def test_empty_multiple_resource_and_empty_payloads(codec, registry):
         codec.decode(write(codec, []), P("/3/0/9"), registry)
 
 
+# A Create of an empty instance (POST /3303): the pack must still name /3303/7. Built by hand
+# from RFC 8428 (§5: JSON labels; §6 Table 4: CBOR labels bn = -2 → 0x21, n = 0 → 0x00) and
+# the Core 1.1 §7.4.4 naming rule (Base Name + Name = path, bn "/o/" as for a Read of /o).
+EMPTY_INSTANCE_JSON = b'[{"bn":"/3303/","n":"7/"}]'
+EMPTY_INSTANCE_CBOR = bytes.fromhex(
+    "81"                      # array(1)
+    "a2"                      # map(2)
+    "21" "66" "2f333330332f"  # bn: text(6) "/3303/"
+    "00" "62" "372f"          # n: text(2) "7/"
+)
+WITH_EMPTY_JSON = b'[{"bn":"/3303/","n":"7/5700","v":21.5},{"n":"8/"}]'
+
+
+@pytest.mark.parametrize("codec, payload", [(senml_json, EMPTY_INSTANCE_JSON),
+                                            (senml_cbor, EMPTY_INSTANCE_CBOR)])
+def test_an_empty_instance_inside_an_object_keeps_its_id(codec, payload, registry):
+    created = Object(3303, {7: ObjectInstance(7, {})})
+    assert codec.encode(created, P("/3303"), registry) == payload
+    assert codec.decode(payload, P("/3303"), registry) == created
+    # the same record read at the instance itself, with or without the trailing "/"
+    assert codec.decode(payload, P("/3303/7"), registry) == ObjectInstance(7, {})
+    assert codec.decode(write(codec, [{"n": "/3303/7"}]), P("/3303"), registry) == created
+    assert codec.decode(write(codec, [{"bn": "/3303/7/"}]), P("/3303"), registry) == created
+    # an empty pack still means no instance at all
+    assert codec.decode(write(codec, []), P("/3303"), registry) == Object(3303, {})
+
+
+def test_an_empty_instance_beside_a_full_one(registry):
+    both = Object(3303, {7: ObjectInstance(7, {5700: Resource(5700, 21.5)}), 8: ObjectInstance(8, {})})
+    assert senml_json.encode(both, P("/3303"), registry) == WITH_EMPTY_JSON
+    assert senml_json.decode(WITH_EMPTY_JSON, P("/3303"), registry) == both
+
+
+@FORMATS
+def test_a_record_without_value_is_only_an_instance_in_a_node(codec, registry):
+    with pytest.raises(DecodeError, match="outside the requested /3303/8"):
+        codec.decode(write(codec, [{"n": "/3303/7/"}]), P("/3303/8"), registry)
+    with pytest.raises(DecodeError, match="no value"):
+        codec.decode(write(codec, [{"n": "/3303/7/5700"}]), P("/3303"), registry)
+    with pytest.raises(DecodeError, match="not a resource"):
+        codec.decode_composite(write(codec, [{"n": "/3303/7/"}]), registry)
+    with pytest.raises(DecodeError, match="not a resource"):
+        codec.decode(write(codec, [{"n": "/3303/"}]), P("/3303"), registry)
+
+
+@FORMATS
+@PROPERTY
+@given(node=objects(allow_empty_multi=False, allow_empty_instance=True))
+def test_objects_with_empty_instances_round_trip(codec, registry, node):
+    path = LwM2MPath.of(ALL_TYPES_OBJECT)
+    assert codec.decode(codec.encode(node, path, registry), path, registry) == node
+
+
 def test_json_opaque_accepts_padding_and_the_standard_alphabet(registry):
     for text in ("-_8", "+/8=", "-_8="):
         payload = b'[{"bn":"/0/0/3","vd":"' + text.encode() + b'"}]'
@@ -759,8 +813,9 @@ def test_codec_dispatch_finds_both_modules():
 
 @FORMATS
 @PROPERTY
-# SenML has no record for an empty object instance or an empty multiple resource nested in
-# a larger node, so those are left out (a top-level empty node is a "[]" and does round-trip).
+# SenML has no record for an empty multiple resource nested in a larger node, so those are
+# left out (a top-level empty node is a "[]" and does round-trip); empty instances inside an
+# object are covered by test_objects_with_empty_instances_round_trip.
 @given(addressed=addressed_nodes(allow_empty=False))
 def test_node_round_trip(codec, registry, addressed):
     node, path = addressed

@@ -284,6 +284,83 @@ def test_create_names_the_new_instance(registry, version, expected):
     assert codecs.decode(expected, request.payload, P(f"/{ALL}"), registry) == Object(ALL, {2: instance})
 
 
+# Create /3303 with instance 7, each format, written by hand from the format specs:
+# TLV from Core 1.0 §6.4.3 Table 21 (type byte: bits 7-6 kind, 00 Object Instance,
+# 11 Resource; bit 5 16-bit id; bits 4-3 length field; bits 2-0 short length) as in its
+# "08 00 79" Object Instance example, Float 21.5 as binary32 41ac0000 (Appendix C);
+# SenML JSON/CBOR from Core 1.1 §7.4.4/§7.4.5 naming (bn "/3303/" + n "7/5700") with
+# RFC 8428 §6 labels (bn -2 → 21, n 0 → 00, v 2 → 02, vs 3 → 03); LwM2M CBOR from Core 1.2
+# §7.4.6 nested maps keyed by ids; OMA JSON from Core 1.0 §6.4.4 (bn, e, n, v, sv). CBOR
+# items per RFC 8949: 19 0ce7 = 3303, f9 4d60 = 21.5 as a half float, 6x = text of x bytes.
+TEMPERATURE = {5700: Resource(5700, 21.5), 5701: Resource(5701, "Cel")}
+CREATE_VECTORS = [
+    # format, resources of /3303/7, payload
+    (CF.TLV, {}, "00 07"),  # an empty Object Instance TLV: type 00000000, id 7, length 0
+    (CF.TLV, TEMPERATURE,
+     "08 07 0d"  # Object Instance 7, 8-bit length field: 13 bytes
+     " e4 1644 41ac0000"  # Resource 5700 (16-bit id), 4 bytes: 21.5
+     " e3 1645 43656c"),  # Resource 5701, 3 bytes: "Cel"
+    (CF.SENML_JSON, {}, '[{"bn":"/3303/","n":"7/"}]'),
+    (CF.SENML_JSON, TEMPERATURE, '[{"bn":"/3303/","n":"7/5700","v":21.5},{"n":"7/5701","vs":"Cel"}]'),
+    (CF.SENML_CBOR, {}, "81 a2 21 66 2f333330332f 00 62 372f"),
+    (CF.SENML_CBOR, TEMPERATURE,
+     "82 a3 21 66 2f333330332f 00 66 372f35373030 02 f9 4d60"
+     " a2 00 66 372f35373031 03 63 43656c"),
+    (CF.LWM2M_CBOR, {}, "a1 19 0ce7 a1 07 a0"),  # {3303: {7: {}}}
+    (CF.LWM2M_CBOR, TEMPERATURE, "a1 19 0ce7 a1 07 a2 19 1644 f9 4d60 19 1645 63 43656c"),
+    (CF.OMA_JSON, {}, '{"bn":"/3303/7/","e":[]}'),
+    (CF.OMA_JSON, TEMPERATURE, '{"bn":"/3303/","e":[{"n":"7/5700","v":21.5},{"n":"7/5701","sv":"Cel"}]}'),
+]
+
+
+@pytest.mark.parametrize("fmt, resources, expected", CREATE_VECTORS,
+                         ids=[f"{CF(f).name}-{'full' if r else 'empty'}" for f, r, _ in CREATE_VECTORS])
+def test_create_carries_the_instance_id_in_every_format(registry, fmt, resources, expected):
+    """An empty instance once went as the SenML CBOR pack 80 (no records, no id): 4.00."""
+    instance = ObjectInstance(7, resources)
+    request = ops.create(device("1.2", root="/lwm2m"), P("/3303"), instance, registry=registry,
+                         content_format=fmt)
+    payload = expected.encode() if expected.startswith(("[", "{")) else bytes.fromhex(expected)
+    assert (request.method, request.uri_path, request.content_format) == ("POST", ("lwm2m", "3303"), fmt)
+    assert request.payload == payload
+    assert codecs.decode(fmt, payload, P("/3303"), registry) == Object(3303, {7: instance})
+
+
+CREATE_FORMATS = [
+    # version, advertised ct, format of a Create
+    ("1.0", (), CF.TLV),
+    ("1.0", (CF.OMA_JSON,), CF.TLV),  # TLV is mandatory for 1.0 clients (Core 1.0 §6.4)
+    ("1.1", (), CF.SENML_CBOR),
+    ("1.1", (CF.TLV,), CF.TLV),
+    ("1.1", (CF.SENML_JSON, CF.TLV), CF.SENML_JSON),
+    ("1.2", (), CF.SENML_CBOR),
+    ("1.2", (CF.TLV, CF.LWM2M_CBOR), CF.LWM2M_CBOR),
+]
+
+
+@pytest.mark.parametrize("version, formats, expected", CREATE_FORMATS)
+def test_create_format_follows_version_and_advertised_formats(registry, version, formats, expected):
+    request = ops.create(device(version, formats), P("/3303"), ObjectInstance(7, {}), registry=registry)
+    assert request.content_format == expected
+    assert codecs.decode(expected, request.payload, P("/3303"), registry) == Object(3303, {7: ObjectInstance(7, {})})
+
+
+def test_create_without_an_id_leaves_it_to_the_device(registry):
+    # Resource TLVs at the top, no Object Instance TLV (OMA LwM2M_for_Developers #422).
+    full = ops.create(device("1.1", (CF.TLV,)), P("/3303"), TEMPERATURE, registry=registry)
+    assert (full.content_format, full.payload) == (CF.TLV, bytes.fromhex("e4 1644 41ac0000 e3 1645 43656c"))
+    empty = ops.create(device("1.0"), P("/3303"), {}, registry=registry)
+    assert (empty.content_format, empty.payload) == (CF.TLV, b"")
+    created = decode_response(empty, "2.01", None, b"", registry, location_path=("3303", "4"))
+    assert created.ok and created.location == P("/3303/4")
+    with pytest.raises(OperationError, match="did not advertise TLV: give an id"):
+        ops.create(device("1.1"), P("/3303"), {}, registry=registry)
+    with pytest.raises(OperationError, match=r"cannot go as SENML_CBOR \(112\): give an id"):
+        ops.create(device("1.1", (CF.TLV,)), P("/3303"), {}, registry=registry, content_format=CF.SENML_CBOR)
+    with pytest.raises(OperationError, match="ObjectInstance or a mapping of resources"):
+        ops.create(device(), P("/3303"), [Resource(5700, 1.0)], registry=registry)
+
+
 def test_delete_and_discover(registry):
     reg = device("1.0", root="/lwm2m")
     gone = ops.delete(reg, P("/3303/1"))
@@ -548,15 +625,26 @@ def test_flat_lines_value_forms(registry):
     assert lines == [
         f"/{ALL}/0/3 Float Single = 0.1",
         f"/{ALL}/0/4 Boolean Single = true",
-        f"/{ALL}/0/5 Opaque Single = 00ab (2 bytes)",
+        f"/{ALL}/0/5 Opaque Single = 0x00ab (2 bytes)",
         f"/{ALL}/0/7 Objlnk Single = 3:0",
-        f"/{ALL}/0/14/0 Opaque Multiple[0] = {'00' * 32}… (40 bytes)",
+        f"/{ALL}/0/14/0 Opaque Multiple[0] = 0x{'00' * 32}… (40 bytes)",
     ]
     assert display.flat_lines(Object(3303, {}), P("/3303"), registry) == ["/3303 (no instances)"]
     assert display.flat_lines(ResourceInstance(2, b""), P(f"/{ALL}/0/14/2"), registry) == [
         f"/{ALL}/0/14/2 Opaque Multiple[2] = (0 bytes)"]
     with pytest.raises(OperationError, match="does not match"):
         display.flat_lines(Resource(1, 5), P("/3/0/2"), registry)
+
+
+def test_opaque_is_shown_as_hex_alike_alone_and_inside_an_instance(registry):
+    """An opaque b"c" read alone once printed ``= 63 (1 bytes)``, which reads as the number 63."""
+    alone = display.describe(P(f"/{ALL}/0/5"), b"c", registry)
+    assert alone == f"/{ALL}/0/5 Opaque Single = 0x63 (1 byte)"
+    inside = display.flat_lines(ObjectInstance(0, {5: Resource(5, b"c")}), P(f"/{ALL}/0"), registry)
+    assert inside == [alone]
+    assert display.format_value(b"c") == "0x63 (1 byte)"
+    assert display.format_value(bytes(32)) == f"0x{'00' * 32} (32 bytes)"  # no ellipsis at the limit
+    assert display.format_value(99) == "99"  # a number stays bare: the two cannot be confused
 
 
 # --- Send ----------------------------------------------------------------------------------

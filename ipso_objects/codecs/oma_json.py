@@ -13,8 +13,12 @@ one of ``v`` (Integer, Unsigned Integer, Float, Time in seconds), ``bv``
 (Boolean), ``ov`` (Objlnk ``"3:0"``) or ``sv`` (String, Corelnk, and Opaque
 as base64, per the 1.0 data type table).
 
-The format only carries leaf values: empty object instances and empty
-multi-instance resources cannot be expressed (they encode to nothing).
+The format only carries leaf values: empty multi-instance resources cannot
+be expressed (they encode to nothing). An object whose one instance is empty
+(a Create of an instance without resources, ``POST /o``) is written with the
+instance as base name and no entries, ``{"bn":"/o/i/","e":[]}``, so the id is
+not lost, and read back so; an empty instance beside others is an
+:class:`EncodeError`.
 
 Encoding: compact JSON, ``bn`` then ``e``; a payload for an object, instance
 or multi-instance resource has ``bn`` = path + ``/`` and names relative to it,
@@ -33,7 +37,7 @@ from typing import Sequence
 
 from ..errors import DecodeError, EncodeError, ModelError, PathError
 from ..model import ResourceType
-from ..nodes import MultiResource, Node, build, flatten
+from ..nodes import MultiResource, Node, Object, ObjectInstance, build, flatten
 from ..path import LwM2MPath
 from ..registry import ObjectRegistry
 from ..values import (
@@ -88,14 +92,28 @@ def decode(data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> Node:
     if not 1 <= len(path) <= 4:
         raise DecodeError(f"OMA JSON decodes /o, /o/i, /o/i/r or /o/i/r/ri, not {path}")
     leaves: dict[LwM2MPath, Value] = {}
-    for record in _records(data, path):
+    records, base_name = _records(data, path)
+    for record in records:
         _check_inside(record.path, path)
         if record.path in leaves:
             raise DecodeError(
                 f"{record.path} appears more than once (a history needs decode_timestamped)")
         leaves[record.path] = _decode_value(record, registry)
+    if not records and len(path) == 1:
+        instance = _instance_named(base_name, path)
+        if instance is not None:
+            return Object(path.ids[0], {instance: ObjectInstance(instance, {})})
     with decode_errors():
         return build(path, leaves, registry)
+
+
+def _instance_named(base_name: str, path: LwM2MPath) -> int | None:
+    """The instance id when ``bn`` names an object instance of ``path`` (``"/3303/7/"``)."""
+    try:
+        named = LwM2MPath.parse(base_name if base_name.startswith("/") else "/" + base_name)
+    except PathError:
+        return None
+    return named.ids[1] if len(named) == 2 and named.startswith(path) else None
 
 
 def decode_timestamped(
@@ -103,7 +121,7 @@ def decode_timestamped(
 ) -> list[TimestampedValues]:
     """Leaf values under ``path`` grouped by time (``bt`` + ``t``), in order of first appearance."""
     groups: dict[float | None, dict[LwM2MPath, Value]] = {}
-    for record in _records(data, path):
+    for record in _records(data, path)[0]:
         _check_inside(record.path, path)
         values = groups.setdefault(record.time, {})
         if record.path in values:
@@ -112,7 +130,8 @@ def decode_timestamped(
     return [TimestampedValues(time, values) for time, values in groups.items()]
 
 
-def _records(data: bytes, request: LwM2MPath) -> list[_Record]:
+def _records(data: bytes, request: LwM2MPath) -> tuple[list[_Record], str]:
+    """The entries with name and time resolved, and the base name they were resolved against."""
     document = _load(data)
     if not isinstance(document, dict):
         raise DecodeError(f"an OMA JSON payload is a JSON object, got {_describe(document)}")
@@ -125,7 +144,7 @@ def _records(data: bytes, request: LwM2MPath) -> list[_Record]:
     if not isinstance(entries, list):
         raise DecodeError(f"'e' must be an array of entries, got {_describe(entries)}")
     return [_record(entry, index, base_name, relative_to_request, base_time)
-            for index, entry in enumerate(entries)]
+            for index, entry in enumerate(entries)], base_name
 
 
 def _record(entry: object, index: int, base_name: str, relative_to_request: bool,
@@ -330,6 +349,13 @@ def encode(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
     """``node`` addressed by ``path`` as ``{"bn": ..., "e": [...]}``."""
     with encode_errors():
         leaves = flatten(node, path)
+    if isinstance(node, Object):
+        empty = sorted(set(node.instances) - {leaf.ids[1] for leaf in leaves})
+        if empty and len(node.instances) == 1:
+            return _dump({"bn": f"{path.child(empty[0])}/", "e": []})
+        if empty:
+            raise EncodeError(f"{path.child(empty[0])} has no resources: OMA JSON cannot carry "
+                              "an empty object instance beside others")
     container = len(path) <= 2 or isinstance(node, MultiResource)
     base_name = f"{path}/" if container else str(path)
     entries = [

@@ -17,6 +17,11 @@ Shapes written, as in the Core 1.1 §7.4.4 examples:
   relative names ``"r"`` and ``"r/ri"`` (Table 7.4.4-2); a single resource or
   resource instance: only ``bn``, the full path (Table 7.4.4-5);
 - composite values and path lists: the full path in ``n`` (Tables 7.4.4-6..8);
+- an object instance without resources inside a node read at ``/o`` (a Create of an
+  empty instance: ``POST /o``): a record without a value whose name is the instance,
+  ``"/o/i/"``, so the instance id is not lost (an empty pack would leave the
+  client to pick the id, cf. OMA LwM2M_for_Developers issue #422). Decoding a
+  node at ``/o`` or ``/o/i`` accepts such a record (``/o/i`` or ``/o/i/``);
 - timestamped values: as composite, with ``bt`` on the first record of each
   timestamp (``bt`` applies to the records after it, RFC 8428 §4.5.3).
 """
@@ -29,7 +34,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from ..errors import DecodeError, EncodeError, ModelError, PathError
 from ..model import ResourceType
-from ..nodes import Node, Resource, ResourceInstance, build, flatten
+from ..nodes import Node, Object, ObjectInstance, Resource, ResourceInstance, build, flatten
 from ..path import LwM2MPath
 from ..registry import ObjectRegistry
 from ..values import (
@@ -178,11 +183,19 @@ def node_records(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> list[
         leaves = flatten(node, path)
         if isinstance(node, (Resource, ResourceInstance)):
             return [{"bn": str(path), **_value_fields(path, leaves[path], registry)}]
+        named: list[LwM2MPath] = list(leaves)
+        if isinstance(node, Object):  # empty instances get a record naming them
+            filled = {leaf.ids[1] for leaf in leaves}
+            named += [path.child(iid) for iid in node.instances if iid not in filled]
+            named.sort()
         records: list[Record] = []
-        for leaf, value in leaves.items():
+        for leaf in named:
             record: Record = {} if records else {"bn": f"{path}/"}
             record["n"] = "/".join(str(i) for i in leaf.ids[len(path) :])
-            record.update(_value_fields(leaf, value, registry))
+            if leaf in leaves:
+                record.update(_value_fields(leaf, leaves[leaf], registry))
+            else:
+                record["n"] += "/"  # "/o/" + "i/": the instance itself, no value
             records.append(record)
         return records
 
@@ -230,11 +243,18 @@ def timestamped_records(
 
 
 def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry) -> Node:
-    """The node at ``path``; a leaf given several times keeps its newest value."""
+    """The node at ``path``; a leaf given several times keeps its newest value. A record
+    without a value that names an object instance (``/o/i/``) stands for that instance,
+    also when it has no resources."""
     with decode_errors():
         if not 1 <= len(path) <= 4:
             raise DecodeError(f"no node can be read at {path}")
-        return build(path, _newest(_typed_leaves(pack, path, registry)), registry)
+        instances: set[int] = set()
+        node = build(path, _newest(_typed_leaves(pack, path, registry, instances)), registry)
+        if isinstance(node, Object) and not instances <= set(node.instances):
+            every = {iid: ObjectInstance(iid, {}) for iid in instances} | dict(node.instances)
+            node = Object(node.id, dict(sorted(every.items())))
+        return node
 
 
 def composite_from_pack(pack: Sequence[Record], registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
@@ -326,15 +346,20 @@ def _value_fields(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> Re
 
 
 def _typed_leaves(
-    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry
+    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry,
+    instances: set[int] | None = None,
 ) -> list[tuple[LwM2MPath, Number | None, Value]]:
-    """(path, time, typed value) of every record, each checked against ``under`` and the model."""
+    """(path, time, typed value) of every record, each checked against ``under`` and the model.
+    With ``instances``, a record without a value naming an object instance adds its id there."""
     leaves = []
     for index, record in enumerate(resolve(pack)):
         where = f"record #{index}"
         path = _parse_name(record.name, where)
         if not path.startswith(under):
             raise DecodeError(f"{where}: {path} is outside the requested {under}")
+        if instances is not None and len(path) == 2 and record.label is None:
+            instances.add(path.ids[1])
+            continue
         try:
             _check_leaf(path, registry)
         except ModelError as error:

@@ -16,15 +16,18 @@ _HEX_SHOWN = 32
 
 
 def format_value(value: Value) -> str:
-    """A value for people: strings quoted, opaque as hex with length, time ISO 8601 UTC."""
+    """A value for people: strings quoted, opaque as ``0x`` hex with its length
+    (``0x63 (1 byte)``, so it is never mistaken for a number), time ISO 8601 UTC."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, (bytes, bytearray)):
-        shown = bytes(value[:_HEX_SHOWN]).hex()
+        size = f"{len(value)} byte" if len(value) == 1 else f"{len(value)} bytes"
+        if not value:
+            return f"({size})"
         more = "…" if len(value) > _HEX_SHOWN else ""
-        return f"{shown}{more} ({len(value)} bytes)" if value else "(0 bytes)"
+        return f"0x{bytes(value[:_HEX_SHOWN]).hex()}{more} ({size})"
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, float):

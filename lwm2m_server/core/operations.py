@@ -22,7 +22,9 @@ in this order of preference, by the version it registered with:
 
 When it advertised none of them: 1.0 → TLV, which Core 1.0 §6.4 makes
 mandatory ("The LWM2M Client MUST support the TLV data format for all
-requests"); 1.1+ → SenML CBOR. Core 1.1.1 §7.4 (same text in 1.2): "The LwM2M
+requests"); 1.1+ → SenML CBOR. A Create on a 1.0 device is always TLV, the one
+format every 1.0 client takes (OMA JSON has no standard form for an instance
+without resources). Core 1.1.1 §7.4 (same text in 1.2): "The LwM2M
 Client MUST support plain text, opaque, and CoRE Link data formats and it
 SHOULD support at least one of SenML CBOR or SenML JSON data formats. [...]
 LwM2M Clients supporting LwM2M TS 1.1 or newer SHOULD NOT use the legacy TLV or
@@ -234,6 +236,8 @@ def choose_format(
         return None, CF.LINK
     if kind is Operation.EXECUTE:
         return CF.TEXT, None
+    if kind is Operation.CREATE and _version(reg) == "1.0":
+        return CF.TLV, None
     if kind in COMPOSITE_READ_KINDS:
         return _composite_format(reg, _PATH_LIST_FORMATS), _composite_format(reg, _COMPOSITE_FORMATS)
     if kind is Operation.WRITE_COMPOSITE:
@@ -451,19 +455,50 @@ def execute(reg: Registration, path: LwM2MPath, arguments: str = "", *,
                          content_format=CF.TEXT if payload else None, payload=payload, paths=(path,))
 
 
-def create(reg: Registration, object_path: LwM2MPath, instance_node: ObjectInstance, *,
+def create(reg: Registration, object_path: LwM2MPath,
+           instance: ObjectInstance | Mapping[int, Resource | MultiResource], *,
            registry: ObjectRegistry | None = None, content_format: int | None = None) -> DeviceRequest:
-    """Create an object instance (POST on /o); the payload names the instance id."""
+    """Create an object instance (POST on /o; the device answers 2.01 with Location-Path /o/i).
+
+    An :class:`ObjectInstance` names the new instance's id, and every format carries it,
+    also when the instance has no resources: TLV an Object Instance TLV around the
+    resource TLVs (empty: ``00 07``); SenML names ``/o/`` + ``i/r``, and a record without
+    a value named ``/o/`` + ``i/`` when there are no resources; LwM2M CBOR
+    ``{o: {i: {...}}}``; OMA JSON names ``i/r`` under ``/o/`` (no resources: base name
+    ``/o/i/``, no entries).
+
+    A mapping of resources (maybe empty) leaves the id to the device: Core 1.1 §6.3.6,
+    "When there is no reference to Object Instance in the TLV/CBOR/JSON payload of the
+    Create command, the LwM2M Client MUST assign the ID". Only TLV can leave it out
+    (resource TLVs without an Object Instance TLV, OMA LwM2M_for_Developers issue #422);
+    SenML, LwM2M CBOR and OMA JSON always name an instance (Leshan and Wakaama refuse or
+    lack it). So such a Create goes as TLV when the device takes TLV (it advertised it, or
+    it is 1.0, where TLV is mandatory); otherwise :class:`OperationError` asks for an id.
+    """
     registry = _registry(registry)
     _check_path(reg, object_path, (1,), "Create")
-    if not isinstance(instance_node, ObjectInstance):
-        raise OperationError(f"Create needs an ObjectInstance, got {type(instance_node).__name__}")
-    node = Object(object_path.ids[0], {instance_node.id: instance_node})
-    fmt = content_format if content_format is not None else (
-        choose_format(reg, Operation.CREATE, object_path, registry, node=node)[0])
-    assert fmt is not None
+    if isinstance(instance, ObjectInstance):
+        node = Object(object_path.ids[0], {instance.id: instance})
+        fmt = content_format if content_format is not None else (
+            choose_format(reg, Operation.CREATE, object_path, registry, node=node)[0])
+        assert fmt is not None
+        payload = _encode(fmt, node, object_path, registry)
+    elif isinstance(instance, Mapping):
+        tlv_ok = _version(reg) == "1.0" or CF.TLV in reg.object_list.content_formats
+        fmt = CF.TLV if content_format is None and tlv_ok else content_format
+        if fmt != CF.TLV:
+            given = f"as {format_name(fmt)}" if fmt is not None else (
+                f"to {reg.endpoint}, which did not advertise TLV")
+            raise OperationError(f"Create {object_path} without an instance id needs TLV (only TLV "
+                                 f"can leave the id to the device); it cannot go {given}: give an id")
+        # The resources as they sit in an instance; the id in this path never reaches the wire.
+        placeholder = object_path.child(0)
+        payload = _encode(fmt, ObjectInstance(0, dict(instance)), placeholder, registry)
+    else:
+        raise OperationError(
+            f"Create needs an ObjectInstance or a mapping of resources, got {type(instance).__name__}")
     return DeviceRequest(Operation.CREATE, "POST", _uri(reg, object_path), content_format=fmt,
-                         payload=_encode(fmt, node, object_path, registry), paths=(object_path,))
+                         payload=payload, paths=(object_path,))
 
 
 def delete(reg: Registration, path: LwM2MPath, *, registry: ObjectRegistry | None = None) -> DeviceRequest:
