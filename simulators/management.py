@@ -17,8 +17,9 @@ Operations (LwM2M Core 1.1 §6.3/§6.4, as a client answers them)::
 The Security object (0) exists but, as for any Device Management server, is
 invisible: every operation on it answers 4.04, and Register does not list it.
 Other resources without operations (Module Trust Anchors, /26241/0/21) are
-written by the Bootstrap-Server only (:mod:`simulators.bootstrap`): Read, Write
-and Discover of them answer 4.05 and Discover of their instance omits them.
+written by the Bootstrap-Server only (:mod:`simulators.bootstrap`): Read, Write and
+Discover of them answer 4.05, Discover of their instance omits them, a Create that
+gives one a value 4.01 and a Delete of an instance holding one 4.05 (Core 1.1 §5.4).
 
 :class:`DeviceManagement` is a mixin of :class:`simulators.objects.DeviceObjects`,
 which owns the tree, the hooks and the device-side accessors it uses.
@@ -570,6 +571,8 @@ class DeviceManagement:
                 rdef = self._rdef(target)
                 if rdef is None or rdef.operations.executable:
                     raise _Fail("4.00", f"{target} cannot be given a value")
+                if self._bootstrap_only(object_id, item.id):
+                    raise _Fail("4.01", f"{target} is written by the Bootstrap-Server only")
                 if isinstance(item, MultiResource) != rdef.multiple:
                     raise _Fail("4.00", f"{target}: wrong multiplicity for this resource")
                 if isinstance(item, MultiResource):
@@ -589,6 +592,8 @@ class DeviceManagement:
         self._check(path)
         if path.ids[0] in (1, 3):
             raise _Fail("4.05", f"{path} cannot be deleted")
+        if any(self._bootstrap_only(path.ids[0], rid) for rid in self._tree[path.ids[0]][path.ids[1]]):
+            raise _Fail("4.05", f"{path} holds resources only the Bootstrap-Server may change")
         del self._tree[path.ids[0]][path.ids[1]]
         for attributed in [p for p in self.attributes if p.startswith(path)]:
             del self.attributes[attributed]

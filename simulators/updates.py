@@ -9,20 +9,24 @@ module for /9, a firmware image for /5). The device checks it with
 id, class id and anti-rollback counter (:class:`DeviceTrust`, one counter per
 object). The class id is ``make_class_id(vendor_id, device_class)`` where the
 device class is computed from the device's own 26241 resources exactly as the
-server's ``TargetSpec.device_class`` does (:func:`device_class`).
+server's ``TargetSpec.device_class`` does (:func:`device_class`). The device then
+runs the manifest's command sequences and, at Install, Activate and Update, checks
+vendor, class and anti-rollback again across all /9 instances
+(:mod:`simulators.package_checks`, which also says how each failure is classified).
 
 /9 instance i::
 
     write Package (push) or Package URI (pull; the device fetches over Block2)
       → 1 DOWNLOAD STARTED (result 1) → 2 DOWNLOADED → verify
       → 3 DELIVERED (result 3)            or 0 INITIAL + failure result
-    Install (E 4), only in DELIVERED: load into the runtime
+    Install (E 4), only in DELIVERED: recheck, run the update sequences, load
       → 4 INSTALLED (result 2), PkgName/PkgVersion set, Activation State false
-                                          or stays DELIVERED, result 58
+        or stays DELIVERED, result 58 (load) / 0 INITIAL + result (refused)
     Activate (E 10), only in INSTALLED: the module becomes the active model
       (the previous one stays loadable) → Activation State true, 26241/10–13 set,
-      statistics reset, one inference run; on failure the previous model keeps
-      running, Activation State false, result 58.
+      statistics reset, one inference run (after the recheck and the invocation
+      sequences); on failure the previous model keeps running, Activation State
+      false, result 58 (or the refusal's result, e.g. 57).
     Deactivate (E 11): the previous model runs again. Uninstall (E 6): without
       argument (or 0) removes the package; with argument 1 only returns to INITIAL.
 
@@ -49,7 +53,9 @@ unsupported    malformed envelope, unsupported SUIT feature, other      54    6
 uri            malformed URI, unknown host, 4.xx from the server        56    7
 protocol       a scheme other than coap or coaps                        56    9
 rollback       sequence number not greater than the installed one       57    8
-install        the runtime cannot load (Install) or run (Activate)      58    8
+               (at Install, Activate, Update: than any held)
+install        the runtime cannot load (Install) or run (Activate),     58    8
+               the manifest aborts or a directive cannot run
 =============  =====================================================  ====  ====
 """
 
@@ -68,12 +74,14 @@ import structlog
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath
 from lwm2m_server.suit.device_class import device_class_name
 from lwm2m_server.suit import (
-    VENDOR_ID, PayloadError, PublicKey, RollbackError, SignatureError, SuitError, VerifiedModule,
+    INVOCATION, UPDATE, VENDOR_ID, DeviceFacts, PublicKey, SuitError, VerifiedModule,
     load_public_key, make_class_id, verify_envelope,
 )
+from lwm2m_server.suit.commands import ComponentId
 
 from .download import BlockDownload, DownloadError, check_uri
 from .management import DeviceAccess, ExecuteRefused
+from .package_checks import Held, Refused, check_identity, check_newer, classify, installed_image, run
 from .runtime import InstalledModule, ModelLoadError, ModelRuntime
 
 if TYPE_CHECKING:
@@ -110,24 +118,6 @@ SOTA_RESULTS = {"storage": 50, "memory": 51, "connection": 52, "server": 52, "in
 FOTA_RESULTS = {"storage": 2, "memory": 3, "connection": 4, "server": 4, "integrity": 5,
                 "unsupported": 6, "uri": 7, "protocol": 9, "rollback": 8, "install": 8}
 """Refusal kind → /5/0/5 Update Result."""
-
-
-class Refused(Exception):
-    """A package the device does not take; ``kind`` picks the result code."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(f"{kind}: {reason}")
-        self.kind = kind
-        self.reason = reason
-
-
-def classify(error: SuitError) -> str:
-    """The refusal kind of a verification error."""
-    if isinstance(error, (SignatureError, PayloadError)):
-        return "integrity"
-    if isinstance(error, RollbackError):
-        return "rollback"
-    return "unsupported"  # FormatError, UnsupportedError, CompatibilityError
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -181,6 +171,8 @@ class DeviceTrust:
     """The device's SUIT vendor id."""
     sequence: dict[str, int] = field(default_factory=dict)
     """Sequence number of the installed manifest, per object (``software``, ``firmware``)."""
+    manifests: dict[str, bytes] = field(default_factory=dict)
+    """Digest of the manifest that set each counter (it alone may carry the same number again)."""
 
 
 @dataclass(slots=True)
@@ -191,6 +183,10 @@ class _Package:
     """Verified, waiting for Install."""
     installed: InstalledModule | None = None
     """Installed (active or not)."""
+    source: VerifiedModule | None = None
+    """The package :attr:`installed` came from."""
+    contents: dict[ComponentId, bytes] = field(default_factory=dict)
+    """This instance's components, as its last Install left them."""
 
 
 class UpdateManager:
@@ -207,6 +203,8 @@ class UpdateManager:
         self.packages: dict[int, _Package] = {}
         self.firmware: VerifiedModule | None = None
         """The verified firmware envelope waiting for Update."""
+        self.firmware_contents: dict[ComponentId, bytes] = {}
+        """The firmware components, as the last Update left them."""
         self.fetches: dict[tuple[str, int], BlockDownload] = {}
         """Downloads the adapter should be running, by (object, instance)."""
         self.partial: dict[str, BlockDownload] = {}
@@ -243,6 +241,23 @@ class UpdateManager:
         if module.payload is None:
             raise Refused("unsupported", "the envelope carries no integrated payload")
         return module
+
+    def _facts(self) -> DeviceFacts:
+        return DeviceFacts(self.trust.vendor_id, self.class_id())
+
+    def _recheck(self, module: VerifiedModule, target: str) -> None:
+        """Before Install, Activate, Update: still this device's vendor and class, and newer
+        than the counter and (/9) than the package installed in any instance."""
+        check_identity(module, self.trust.vendor_id, self.class_id())
+        held = []
+        if target in self.trust.sequence:
+            held.append(Held(self.trust.sequence[target], self.trust.manifests.get(target),
+                             f"the last one activated ({target})"))
+        for instance, package in sorted(self.packages.items()) if target == SOFTWARE else ():
+            if package.source is not None and package.installed is not None:
+                held.append(Held(package.source.sequence_number, package.source.manifest_digest,
+                                 f"installed in /9/{instance} ({package.installed.name} {package.installed.version})"))
+        check_newer(module, held)
 
     def _model_storage(self) -> int:
         return int(self.objects.get(f"/{TML}/0/4") or 0)
@@ -328,6 +343,7 @@ class UpdateManager:
         self._sota(instance, SotaState.DOWNLOADED, 1)
         try:
             module = self._verify_software(data)
+            installed_image(module, run(module, self._facts(), UPDATE, self._package(instance).contents))
         except Refused as refused:
             self._package(instance).delivered = None
             self._sota(instance, SotaState.INITIAL, SOTA_RESULTS[refused.kind], refused.reason)
@@ -349,8 +365,15 @@ class UpdateManager:
             raise ExecuteRefused("4.05", f"Install needs Update State 3 (DELIVERED), the state is {state}")
         verified = package.delivered
         meta = verified.metadata
-        payload = verified.payload
-        assert meta is not None and payload is not None
+        assert meta is not None
+        try:
+            self._recheck(verified, SOFTWARE)
+            outcome = run(verified, self._facts(), UPDATE, package.contents)
+            payload = installed_image(verified, outcome)
+        except Refused as refused:
+            package.delivered = None
+            self._sota(instance, SotaState.INITIAL, SOTA_RESULTS[refused.kind], f"Install refused: {refused.reason}")
+            return
         module = InstalledModule(meta.name, meta.version, hashlib.sha256(payload).digest(), payload,
                                  verified.sequence_number, meta)
         try:
@@ -358,7 +381,8 @@ class UpdateManager:
         except ModelLoadError as error:
             self._sota(instance, SotaState.DELIVERED, 58, error.reason)
             return
-        package.installed, package.delivered = module, None
+        package.installed, package.source, package.delivered = module, verified, None
+        package.contents = outcome.contents
         base = LwM2MPath.of(9, instance)
         objects.set(base.child(0), meta.name)
         objects.set(base.child(1), meta.version)
@@ -373,15 +397,25 @@ class UpdateManager:
             raise ExecuteRefused("4.05", f"Activate needs Update State 4 (INSTALLED), the state is {state}")
         module = package.installed
         running = self.runtime.active
+        kept = f"{running.name} {running.version} still active" if running else "no model active"
+        try:
+            assert package.source is not None
+            self._recheck(package.source, SOFTWARE)
+            run(package.source, self._facts(), INVOCATION, package.contents)
+        except Refused as refused:
+            self._sync_activation()
+            self._sota(instance, SotaState.INSTALLED, SOTA_RESULTS[refused.kind],
+                       f"Activate refused: {refused.reason}; {kept}")
+            return
         try:
             self.runtime.activate(module)
         except ModelLoadError as error:
             self._sync_activation()
             objects.set(LwM2MPath.of(9, instance, 12), False)
-            kept = f"{running.name} {running.version} still active" if running else "no model active"
             self._sota(instance, SotaState.INSTALLED, 58, f"{error.reason}; rolled back, {kept}")
             return
-        self.trust.sequence[SOFTWARE] = max(module.sequence_number, self.trust.sequence.get(SOFTWARE, 0))
+        self.trust.sequence[SOFTWARE] = module.sequence_number  # not below the counter: rechecked above
+        self.trust.manifests[SOFTWARE] = package.source.manifest_digest
         self._sync_activation()
         self._sota(instance, SotaState.INSTALLED, 2, f"active: {module.name} {module.version}")
         self.inference.activated(module, objects.now)
@@ -405,7 +439,7 @@ class UpdateManager:
             return
         if package.installed is not None:
             self.runtime.remove(package.installed)
-            package.installed = None
+            package.installed, package.source, package.contents = None, None, {}
             self.inference.show_active()
         base = LwM2MPath.of(9, instance)
         objects.set(base.child(0), "")
@@ -461,6 +495,9 @@ class UpdateManager:
                 raise Refused("storage", f"the image is {len(data)} B, {self._flash_free()} B of flash are free")
             module = self._verify(data, FIRMWARE)
             name, version = firmware_identity(module)
+            outcome = run(module, self._facts(), UPDATE, self.firmware_contents)
+            run(module, self._facts(), INVOCATION, outcome.contents)
+            installed_image(module, outcome)
         except Refused as refused:
             self._fota(FotaState.IDLE, FOTA_RESULTS[refused.kind], refused.reason)
             return
@@ -475,9 +512,19 @@ class UpdateManager:
             raise ExecuteRefused("4.05", f"Update needs State 2 (Downloaded), the state is {state}")
         module, self.firmware = self.firmware, None
         self._fota(FotaState.UPDATING, 0)
+        try:
+            self._recheck(module, FIRMWARE)
+            outcome = run(module, self._facts(), UPDATE, self.firmware_contents)
+            installed_image(module, outcome)
+            outcome = run(module, self._facts(), INVOCATION, outcome.contents)
+        except Refused as refused:
+            self._fota(FotaState.IDLE, FOTA_RESULTS[refused.kind], f"Update refused: {refused.reason}")
+            return
         _, version = firmware_identity(module)
         objects.set("/3/0/3", version)
+        self.firmware_contents = outcome.contents
         self.trust.sequence[FIRMWARE] = module.sequence_number
+        self.trust.manifests[FIRMWARE] = module.manifest_digest
         self.reboot_requested = True
         self._fota(FotaState.IDLE, 1, f"firmware {version} installed, rebooting")
 

@@ -727,16 +727,17 @@ async def test_server_push_sequence_on_an_lwm2m_10_m0plus(lwm2m):
     try:
         reg = lwm2m.registrations["m0p-0001"]
         assert reg.lwm2m_version == "1.0"
-        first, notifications, cancel = await lwm2m.adapter.observe(
+        first, observation = await lwm2m.adapter.observe(
             reg.address, ops.observe(reg, P("/26241/0/14")), timeout=2.0)
-        assert first.ok and first.payload == b""
+        assert first.ok and first.payload == b"" and observation is not None
+        notifications = aiter(observation)
         job = sota_job(Mode.PUSH, DENSE, "dense", "1.0.0")
         taken = await lwm2m.deliver("m0p-0001", job, module(sim.objects, sequence=11))
         assert job.phase is Phase.DONE, (job.reason, job.log)
         assert taken[0] == "write_package" and taken.count("execute") == 2
         notification = await asyncio.wait_for(anext(notifications), TIMEOUT)
         assert len(json.loads(notification.payload)) == 4  # the first inference after activation
-        cancel()
+        lwm2m.adapter.cancel_observation(observation)
         # a second deployment of the same sequence number is refused as a rollback
         again = sota_job(Mode.PUSH, DENSE, "dense", "1.0.1")
         await lwm2m.deliver("m0p-0001", again, module(sim.objects, version="1.0.1", sequence=11))

@@ -12,18 +12,23 @@ Modules: ``errors`` (the exception hierarchy), ``cose`` (COSE_Sign1 and strict
 CBOR decoding), ``model_info`` (model metadata and where it lives in the
 manifest), ``commands`` (command sequences, parameters, digests), ``manifest``
 (envelope and manifest model, decoder, encoder, vendor/class ids),
-``verify`` (the device-side checks), ``keys`` (key files).
+``verify`` (the device-side checks), ``processor`` (running a verified manifest's
+command sequences on a device), ``keys`` (key files).
 """
 
 from .cose import Algorithm, PublicKey, SigningKey
 from .errors import (
+    AbortError,
     BuildError,
     ClassMismatchError,
+    CommandError,
     CompatibilityError,
+    ConditionFailedError,
     DigestMismatchError,
     FormatError,
     KeyFileError,
     PayloadError,
+    ProcessingError,
     RollbackError,
     SeveredElementError,
     SignatureError,
@@ -61,6 +66,7 @@ from .manifest import (
 )
 from .model_info import MODEL_INFO_KEY, ModelMetadata, Quantization, TensorSpec
 from .verify import Image, VerifiedModule, verify_envelope, verify_payload
+from .processor import INVOCATION, UPDATE, DeviceFacts, Outcome, process
 
 __all__ = [
     "Algorithm", "PublicKey", "SigningKey",
@@ -75,4 +81,6 @@ __all__ = [
     "build_envelope", "make_class_id", "make_vendor_id", "parse_envelope",
     "MODEL_INFO_KEY", "ModelMetadata", "Quantization", "TensorSpec",
     "Image", "VerifiedModule", "verify_envelope", "verify_payload",
+    "AbortError", "CommandError", "ConditionFailedError", "ProcessingError",
+    "INVOCATION", "UPDATE", "DeviceFacts", "Outcome", "process",
 ]  # fmt: skip

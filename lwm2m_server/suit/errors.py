@@ -20,6 +20,10 @@ network, raises nothing else for arbitrary input: a caller that catches
     ├── PayloadError             the payload is not the one the manifest describes
     │   ├── DigestMismatchError
     │   └── SizeMismatchError
+    ├── ProcessingError          a command sequence failed while the processor ran it
+    │   ├── ConditionFailedError a condition did not hold (a soft failure inside Try Each)
+    │   │   └── AbortError       suit-condition-abort
+    │   └── CommandError         a command cannot be carried out (an unset parameter, nothing to fetch)
     ├── BuildError               (also a ValueError) bad arguments to an encoder
     └── KeyFileError             a key file cannot be read, written or used
 """
@@ -87,6 +91,32 @@ class DigestMismatchError(PayloadError):
 
 class SizeMismatchError(PayloadError):
     """The payload's length differs from the manifest's image size."""
+
+
+class ProcessingError(SuitError):
+    """Running a manifest's command sequences failed (:mod:`.processor`)."""
+
+    def __init__(self, reason: str, *, sequence: str, command: int) -> None:
+        super().__init__(reason)
+        self.sequence = sequence
+        """The sequence that failed: ``shared``, ``payload_fetch``, ``install``, ``validate``, ..."""
+        self.command = command
+        """The command that failed (for a Try Each none of whose alternatives held: the
+        condition that failed the last one)."""
+
+
+class ConditionFailedError(ProcessingError):
+    """A condition did not hold for the current component."""
+
+
+class AbortError(ConditionFailedError):
+    """The manifest ran suit-condition-abort."""
+
+
+class CommandError(ProcessingError):
+    """A command cannot be carried out: a parameter it consumes is not set, there is nothing
+    to fetch at its URI, a source component is empty, Soft Failure set outside Try Each or
+    Run Sequence. Never a soft failure."""
 
 
 class BuildError(SuitError, ValueError):
