@@ -27,22 +27,36 @@ MODEL = Path(__file__).parent / "fixtures" / "models" / "dense_int8.tflite"
 class Stack:
     """Store, deployment, server and orchestrator as the daemon wires them."""
 
-    async def start(self, tmp_path: Path) -> Stack:
+    async def start(self, tmp_path: Path, *, awake_window_s: float | None = None) -> Stack:
         self.store = await SqliteStore.open(tmp_path / "state.sqlite3")
         base = ServerConfig()
         deployment_config = DeploymentConfig(data_dir=tmp_path / "data", signing_key=tmp_path / "keys" / "k.pem",
                                              poll_interval_s=0.1, phase_timeout_s=20)
-        config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=5),
-                         deployment=deployment_config)
+        queue = base.queue if awake_window_s is None else replace(base.queue, awake_window_s=awake_window_s)
+        self.config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=5),
+                              deployment=deployment_config, queue=queue)
         self.deployment = Deployment(deployment_config, self.store, clock=time.time)
         await self.deployment.start()
-        self.server = LwM2MServer(config, ObjectRegistry.default(), self.store, downloads=self.deployment.download)
-        await self.server.start()
-        self.orchestrator = Orchestrator(self.server, self.deployment, clock=time.time, interval=0.1)
-        await self.orchestrator.start()
+        await self._start_server()
         self.anchor = tmp_path / "keys" / "k.pub.pem"
         self.devices: list[SimulatedDevice] = []
         return self
+
+    async def _start_server(self) -> None:
+        self.server = LwM2MServer(self.config, ObjectRegistry.default(), self.store,
+                                  downloads=self.deployment.download)
+        await self.server.start()
+        self.orchestrator = Orchestrator(self.server, self.deployment, clock=time.time, interval=0.1)
+        await self.orchestrator.start()
+
+    async def restart(self) -> None:
+        """Stop the server and the orchestrator as a daemon stop does, and start them
+        again on the same port and store (the devices keep running)."""
+        port = self.server.port
+        await self.orchestrator.stop()
+        await self.server.stop()
+        self.config = replace(self.config, coap=replace(self.config.coap, port=port))
+        await self._start_server()
 
     async def device(self, endpoint: str, profile) -> SimulatedDevice:
         device = SimulatedDevice(endpoint, profile, f"coap://127.0.0.1:{self.server.port}",
@@ -106,8 +120,15 @@ async def test_declared_rollouts_are_created_once(stack, tmp_path):
     await _declare(stack.orchestrator, stack.deployment, declared)
     await _declare(stack.orchestrator, stack.deployment, declared)  # a restart re-reads the config
     assert [r.id for r in stack.orchestrator.rollouts()] == ["dense-gw"]
+    assert stack.orchestrator.rollouts()[0].strategy.follow  # declared: it enrols devices that come later
     _, devices = await stack.wait("dense-gw", lambda r, ds: ds and ds[0].status.value == "done")
     assert devices[0].job["mode"] == "pull"
+    await stack.device("gw-2", "linux-gateway")
+    rollout, devices = await stack.wait("dense-gw", lambda r, ds: len(ds) == 2 and ds[1].status.value == "done")
+    assert rollout.state is RolloutState.RUNNING
+    once = DeclaredRollout("dense-once", MODEL, "dense", "3.0", {"endpoints": ["gw-1"]}, {"follow": False})
+    await _declare(stack.orchestrator, stack.deployment, once)
+    await stack.wait("dense-once", lambda r, ds: r.state is RolloutState.COMPLETE)
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])

@@ -2,6 +2,15 @@
 (:mod:`.deployment`), and drives each delivery (:mod:`.delivery`) through the
 server. Every step is persisted, so a restarted daemon resumes each rollout
 and each device's delivery where it stood.
+
+Each tick enrols matching devices in every active rollout, then settles
+overlaps (a newer rollout for the same /9 instance or /5 supersedes an older
+one's delivery to that device: its task is stopped and its queued requests
+withdrawn before the newer one starts), then completes, pauses or starts
+devices. A device that does not answer gives its slot back at once and is
+tried again after a backoff (:func:`.rollouts.after_unreachable`); for a
+sleeping device, a request already waiting in the server's queue is waited
+for, never queued twice.
 """
 
 from __future__ import annotations
@@ -22,17 +31,29 @@ from .deployment import Deployment, DeploymentError, ModelRecord
 from ..core.operations import DeviceRequest
 from ..core.responses import Result, result_from_dict
 from .rollouts import (
-    DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
-    after_failure, assign_canaries, next_devices, should_pause, summarize,
+    ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
+    after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, summarize,
+    superseded,
 )
 from ..core.capabilities import DeviceProfile
 from ..core.events import EventHub
 from ..core.queue_mode import Queued
 from ..core.registration import Registration
-from ..store.base import QueueEntry, Store
+from ..store.base import QueueEntry, QueueFullError, Store
 
 ROLLOUT, DEVICE = "rollout", "rollout-device"
 _NOT_ACTIVATED = "package installed but not activated"
+_NO_ANSWER = ("unreachable", "timeout")
+"""Result codes of a request the device never answered (the server's ``UNREACHABLE``,
+and a queued request that was not delivered in time)."""
+
+
+class _Unreachable(Exception):
+    """The device did not answer a step; the delivery waits, it has not failed."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DeviceGateway(Protocol):
@@ -56,6 +77,10 @@ class DeviceGateway(Protocol):
 
     async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None: ...
 
+    async def pending_requests(self, endpoint: str) -> list[QueueEntry]: ...
+
+    async def cancel_entry(self, entry_id: str) -> QueueEntry | None: ...
+
     async def observe(self, endpoint: str, paths: list[LwM2MPath]) -> Result: ...
 
     async def cancel_observation(self, endpoint: str, paths: list[LwM2MPath]) -> bool: ...
@@ -73,6 +98,8 @@ class Orchestrator:
         self._rollouts: dict[str, Rollout] = {}
         self._devices: dict[str, dict[str, DeviceRollout]] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task] = {}
+        self._formats: dict[str, str] = {}
+        self._ticking = asyncio.Lock()  # the loop's tick and create()'s never interleave
         self._loop: asyncio.Task | None = None
         self._log = structlog.get_logger("lwm2m_server.rollouts")
 
@@ -84,6 +111,7 @@ class Orchestrator:
             self._rollouts[rollout_id] = Rollout.from_dict(data)
             devices = await store.list_documents(DEVICE, f"{rollout_id}/")
             self._devices[rollout_id] = {d["endpoint"]: DeviceRollout.from_dict(d) for d in devices.values()}
+        await self._settle_overlaps()  # before resuming: two deliveries to one device must not both go on
         resumed = 0
         for rollout_id, devices in self._devices.items():
             for endpoint, device in devices.items():
@@ -137,8 +165,8 @@ class Orchestrator:
         rollout = self._rollouts.get(rollout_id)
         if rollout is None:
             raise RolloutError(f"no rollout {rollout_id}")
-        if rollout.state is RolloutState.CANCELLED:
-            raise RolloutError(f"rollout {rollout_id} is cancelled")
+        if rollout.state in (RolloutState.CANCELLED, RolloutState.COMPLETE):
+            raise RolloutError(f"rollout {rollout_id} is {rollout.state.value}")
         rollout = replace(rollout, state=state, paused_reason="" if state is RolloutState.RUNNING else rollout.paused_reason)
         await self._save_rollout(rollout)
         return rollout
@@ -146,10 +174,18 @@ class Orchestrator:
     # -- the loop ---------------------------------------------------------------------
 
     async def tick(self) -> None:
-        for rollout in list(self._rollouts.values()):
-            if rollout.state is RolloutState.CANCELLED:
+        async with self._ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
+        for rollout in self.rollouts():  # oldest first
+            if rollout.state in ACTIVE:
+                await self._enrol(rollout)
+        await self._settle_overlaps()
+        contacted = {r.endpoint: r.updated_at for r in self.server.registrations()}
+        for rollout in self.rollouts():
+            if rollout.state not in ACTIVE:
                 continue
-            await self._enrol(rollout)
             devices = self._devices[rollout.id]
             if rollout.state is RolloutState.RUNNING:
                 reason = should_pause(rollout, devices.values())
@@ -158,10 +194,71 @@ class Orchestrator:
                     await self._save_rollout(rollout)
                     self._log.warning("rollout_paused", id=rollout.id, reason=reason)
                     continue
-            for endpoint in next_devices(rollout, devices.values(), self._clock()):
-                if self.server.registration(endpoint) is None:
+                if is_complete(rollout, devices.values()):
+                    await self._save_rollout(replace(rollout, state=RolloutState.COMPLETE))
+                    self._log.info("rollout_complete", id=rollout.id,
+                                   counts=dict(summarize(devices.values()).counts))
+                    continue
+            for endpoint in next_devices(rollout, devices.values(), self._clock(), contacted):
+                if endpoint not in contacted:
                     continue  # gone for now; stays pending
                 self._start_task(rollout, endpoint, resume=False)
+
+    # -- overlapping rollouts ---------------------------------------------------------
+
+    async def _settle_overlaps(self) -> None:
+        """Supersede older deliveries to a device that a newer rollout for the same target has."""
+        seen: dict[str, int] = {}
+        for rollout_id, devices in self._devices.items():
+            if self._rollouts[rollout_id].state is not RolloutState.CANCELLED:
+                for endpoint in devices:
+                    seen[endpoint] = seen.get(endpoint, 0) + 1
+        claims = []
+        for rollout in self.rollouts():
+            if rollout.state is RolloutState.CANCELLED:
+                continue
+            for endpoint, device in self._devices[rollout.id].items():
+                if seen[endpoint] > 1:
+                    target = await self._target(rollout, device)
+                    if target is not None:
+                        claims.append(Claim(rollout, device, target))
+        for claim, newer in superseded(claims):
+            await self._supersede(claim.rollout.id, claim.device.endpoint, newer.id, claim.target)
+
+    async def _target(self, rollout: Rollout, device: DeviceRollout) -> str | None:
+        """What a delivery of ``rollout`` writes to on the device: ``/9/<instance>`` or ``/5/0``."""
+        if device.job is not None:
+            job = device.job
+            return "/5/0" if job["target"] == Target.FIRMWARE.value else f"/9/{job.get('instance', 0)}"
+        if rollout.id not in self._formats:
+            model = await self.deployment.model(rollout.model)
+            if model is None:
+                return None
+            self._formats[rollout.id] = model.format
+        if self._formats[rollout.id] == "firmware":
+            return "/5/0"
+        profile = self.server.profile(device.endpoint)
+        packages = profile.software_packages if profile is not None else ()
+        return f"/9/{packages[0].instance if packages else 0}"
+
+    async def _supersede(self, rollout_id: str, endpoint: str, newer_id: str, target: str) -> None:
+        """Stop the delivery without touching the device again; withdraw what it queued."""
+        task = self._tasks.get((rollout_id, endpoint))
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        withdrawn = 0
+        if self._devices[rollout_id][endpoint].job is not None:
+            for entry in await self.server.pending_requests(endpoint):
+                paths = [str(path) for path in DeviceRequest.from_dict(entry.request).paths]
+                if paths and all(p == target or p.startswith(target + "/") for p in paths):
+                    withdrawn += await self.server.cancel_entry(entry.id) is not None
+        reason = f"superseded by rollout {newer_id}"
+        device = replace(self._devices[rollout_id][endpoint], status=DeviceStatus.SUPERSEDED, reason=reason,
+                         updated_at=self._clock())
+        await self._save_device(rollout_id, device)
+        self._log.info("delivery_superseded", rollout=rollout_id, ep=endpoint, by=newer_id, target=target,
+                       withdrawn=withdrawn)
 
     async def _enrol(self, rollout: Rollout) -> None:
         """Add matching devices that have a profile; decide compatibility once."""
@@ -218,9 +315,14 @@ class Orchestrator:
         rollout = self._rollouts[rollout_id]
         device = self._devices[rollout_id][endpoint]
         try:
-            if resume and device.job is not None:
+            if device.job is not None and (resume or device.unreachable):
+                # after a restart, or once a device that did not answer may be back: go on where it stood
                 job = DeliveryJob.from_dict(device.job)
                 job.resume(self._clock())
+                if device.status is not DeviceStatus.IN_FLIGHT:
+                    device = replace(device, status=DeviceStatus.IN_FLIGHT, job=job.to_dict(), reason="",
+                                     updated_at=self._clock())
+                    await self._save_device(rollout_id, device)
             else:
                 job = await self._new_job(rollout, endpoint)
                 device = replace(device, status=DeviceStatus.IN_FLIGHT, attempts=device.attempts + 1,
@@ -235,6 +337,8 @@ class Orchestrator:
             await self._finish(rollout_id, endpoint, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
         except (CompilerError, DeploymentError, RolloutError, OSError) as error:
             await self._failed(rollout_id, endpoint, str(error))
+        except _Unreachable as error:
+            await self._unreachable(rollout_id, endpoint, error.reason)
 
     async def _new_job(self, rollout: Rollout, endpoint: str) -> DeliveryJob:
         profile = self.server.profile(endpoint)
@@ -264,8 +368,12 @@ class Orchestrator:
         with self.server.events.subscribe() as events:
             registration = self.server.registration(endpoint)
             # a sleeping device would hold the job for a whole request timeout: poll it instead
-            observed = registration is not None and not registration.queue_mode and (
-                await self.server.observe(endpoint, state_path)).ok
+            observed = False
+            if registration is not None and not registration.queue_mode:
+                first = await self.server.observe(endpoint, state_path)
+                if first.code in _NO_ANSWER:
+                    raise _Unreachable(first.diagnostic or first.code)
+                observed = first.ok
             try:
                 while True:
                     step = job.next_step(self._clock())
@@ -309,17 +417,39 @@ class Orchestrator:
         return await self._send(endpoint, lambda r: operations.execute(r, step.path, registry=registry))
 
     async def _send(self, endpoint: str, build: Callable) -> Result:
-        """One request; for a sleeping device it waits in the queue until delivered."""
+        """One request; for a sleeping device it waits in the queue until delivered.
+        Raises :class:`_Unreachable` when the device gives no answer."""
         try:
-            outcome = await self.server.perform(endpoint, build)
-        except Exception as error:  # not registered, queue full, cannot build: a failed step
+            entry_id = await self._queued_already(endpoint, build)
+            outcome = Queued(entry_id, endpoint, 0.0) if entry_id else await self.server.perform(endpoint, build)
+        except QueueFullError as error:  # the device has not woken to take what waits for it
+            raise _Unreachable(str(error)) from None
+        except Exception as error:  # not registered, cannot build: a failed step
+            if self.server.registration(endpoint) is None:
+                raise _Unreachable(f"{endpoint} is not registered") from None
             return Result(False, "error", diagnostic=str(error))
-        if not isinstance(outcome, Queued):
-            return outcome
-        entry = await self.server.wait_for_entry(outcome.entry_id, timeout=self.deployment.config.phase_timeout_s)
-        if entry is None or entry.result is None:
-            return Result(False, "timeout", diagnostic="queued request was not delivered")
-        return result_from_dict(DeviceRequest.from_dict(entry.request), entry.result, self.server.registry)
+        if isinstance(outcome, Queued):
+            entry = await self.server.wait_for_entry(outcome.entry_id,
+                                                     timeout=self.deployment.config.phase_timeout_s)
+            if entry is None or entry.result is None:
+                raise _Unreachable("the queued request was not delivered (the device did not wake)")
+            outcome = result_from_dict(DeviceRequest.from_dict(entry.request), entry.result, self.server.registry)
+        if outcome.code in _NO_ANSWER:
+            raise _Unreachable(outcome.diagnostic or outcome.code)
+        return outcome
+
+    async def _queued_already(self, endpoint: str, build: Callable) -> str | None:
+        """The id of the same request already waiting for this sleeping device (queued
+        before a restart or an unreachable backoff), so it is waited for, not queued again."""
+        registration = self.server.registration(endpoint)
+        if registration is None or not registration.queue_mode:
+            return None
+        wanted = build(registration).to_dict()
+        for entry in await self.server.pending_requests(endpoint):
+            if entry.request == wanted:
+                self._log.info("queued_request_reused", ep=endpoint, id=entry.id)
+                return entry.id
+        return None
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -336,15 +466,25 @@ class Orchestrator:
         self._log.info("delivery_failed", rollout=rollout_id, ep=endpoint, reason=reason,
                        attempts=device.attempts, status=device.status.value)
 
+    async def _unreachable(self, rollout_id: str, endpoint: str, reason: str) -> None:
+        """Give the slot back; the same delivery resumes after the backoff (logged once per backoff)."""
+        device = after_unreachable(self._devices[rollout_id][endpoint], self._rollouts[rollout_id].strategy,
+                                   reason, self._clock())
+        await self._save_device(rollout_id, device)
+        self._log.info("delivery_unreachable", rollout=rollout_id, ep=endpoint, reason=reason,
+                       tries=device.unreachable, retry_in=round(device.next_attempt_at - self._clock(), 1))
+
     async def _finish(self, rollout_id: str, endpoint: str, *, status: DeviceStatus, reason: str = "",
                       job: DeliveryJob | None = None) -> None:
         device = replace(self._devices[rollout_id][endpoint], status=status, reason=reason,
-                         job=job.to_dict() if job is not None else None, updated_at=self._clock())
+                         job=job.to_dict() if job is not None else None, updated_at=self._clock(), unreachable=0)
         await self._save_device(rollout_id, device)
         self._log.info("delivery_finished", rollout=rollout_id, ep=endpoint, status=status.value, reason=reason)
 
     async def _save_job(self, rollout_id: str, endpoint: str, job: DeliveryJob) -> None:
-        device = replace(self._devices[rollout_id][endpoint], job=job.to_dict(), updated_at=self._clock())
+        """After each answered step (the device is reachable again: its backoff starts over)."""
+        device = replace(self._devices[rollout_id][endpoint], job=job.to_dict(), updated_at=self._clock(),
+                         unreachable=0)
         await self._save_device(rollout_id, device)
 
     async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:

@@ -3,9 +3,26 @@ at once, and when it pauses.
 
 A rollout names a model, a selector and a strategy. Each matching device gets a
 :class:`DeviceRollout` that moves pending → in_flight → done | failed |
-incompatible, with retries after a backoff. Canaries go first: until the canary
-share has finished without failure, no other device starts. When failed devices
-reach the failure threshold the rollout pauses; an operator resumes it.
+incompatible | rolled_back | superseded, with retries after a backoff. Canaries
+go first: until the canary share has finished without failure, no other device
+starts. When failed devices reach the failure threshold the rollout pauses; an
+operator resumes it.
+
+Two kinds of retry. A device that *answered* and failed (refused a write, reported
+an update error, runs the wrong model, made no progress) uses one of
+``max_attempts`` and starts a fresh delivery after the backoff. A device that did
+not answer at all (unreachable, or a queued request that was never delivered)
+uses no attempt: its slot goes back to the rollout at once, and after a backoff
+(doubling, at most :data:`UNREACHABLE_BACKOFF_CAP_S`; sooner when the device has
+contacted the server since) the same delivery resumes where it stood. Such a device
+never fails for being away; it keeps the rollout from completing until it is
+back or the rollout is cancelled.
+
+One device has one delivery per target (its /9 instance, or /5): when a newer
+rollout takes the device, an older one's record becomes ``superseded``
+(:func:`superseded`). A rollout ends ``complete`` once every matched device is
+final (:func:`is_complete`), unless it *follows* (``Strategy.follow``): then it
+stays running and enrols devices that match later.
 """
 
 from __future__ import annotations
@@ -14,7 +31,7 @@ import enum
 import fnmatch
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..core.capabilities import DeviceProfile
 
@@ -80,6 +97,9 @@ class Strategy:
     """Firmware: how a device proves it runs the new image once State is Idle with
     Update Result 1: ``package`` (/5/0/7 PkgVersion), ``firmware`` (/3/0/3), ``none``,
     or ``auto`` (``package`` when the device has /5/0/7, else ``firmware``)."""
+    follow: bool = False
+    """Keep running once every matched device is final, to enrol devices that match
+    later (registered or rediscovered). Without it the rollout ends ``complete``."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,6 +109,7 @@ class Strategy:
             (self.max_attempts > 0, f"max_attempts must be > 0, got {self.max_attempts}"),
             (self.retry_backoff_s >= 0, f"retry_backoff_s must be >= 0, got {self.retry_backoff_s}"),
             (self.mode in ("push", "pull", "auto"), f"mode must be push, pull or auto, got {self.mode!r}"),
+            (isinstance(self.follow, bool), f"follow must be true or false, got {self.follow!r}"),
             (self.version_check in VERSION_CHECKS,
              f"version_check must be {', '.join(VERSION_CHECKS)}, got {self.version_check!r}"),
         ]
@@ -101,6 +122,12 @@ class RolloutState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     CANCELLED = "cancelled"
+    COMPLETE = "complete"
+    """Every matched device is final and the rollout does not follow: it enrols no more."""
+
+
+ACTIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
+"""States in which a rollout enrols devices and owns their deliveries."""
 
 
 class DeviceStatus(enum.Enum):
@@ -112,9 +139,14 @@ class DeviceStatus(enum.Enum):
     INCOMPATIBLE = "incompatible"
     ROLLED_BACK = "rolled_back"
     """Failed, and the previous module was restored."""
+    SUPERSEDED = "superseded"
+    """A newer rollout for the same target took the device over; the reason names it."""
 
 
-FINAL = (DeviceStatus.DONE, DeviceStatus.FAILED, DeviceStatus.INCOMPATIBLE, DeviceStatus.ROLLED_BACK)
+FINAL = (DeviceStatus.DONE, DeviceStatus.FAILED, DeviceStatus.INCOMPATIBLE, DeviceStatus.ROLLED_BACK,
+         DeviceStatus.SUPERSEDED)
+UNREACHABLE_BACKOFF_CAP_S = 600.0
+"""Longest wait between tries to reach a device that does not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +165,12 @@ class DeviceRollout:
     updated_at: float = 0.0
     package: str = ""
     """What the device gets and why, e.g. ``raw image: the device declares no SUIT support``."""
+    unreachable: int = 0
+    """Tries in a row that got no answer from the device (for the backoff); 0 once it answers."""
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -171,12 +209,14 @@ class Rollout:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
         selector = data.get("selector", {})
+        # saved before ``follow`` existed: such rollouts ran on and enrolled newcomers; they still do
+        strategy = {"follow": True, **data.get("strategy", {})}
         return cls(
             id=data["id"], model=data["model"], state=RolloutState(data.get("state", "running")),
             created_at=data.get("created_at", 0.0), paused_reason=data.get("paused_reason", ""),
             selector=Selector(tuple(selector.get("device_classes", ())), tuple(selector.get("endpoints", ())),
                               dict(selector.get("labels", {}))),
-            strategy=Strategy(**data.get("strategy", {})),
+            strategy=Strategy(**strategy),
         )
 
 
@@ -225,11 +265,25 @@ def should_pause(rollout: Rollout, devices: Iterable[DeviceRollout]) -> str | No
     return None
 
 
-def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float) -> list[str]:
-    """Endpoints to start now: canaries first, never more than max_in_flight at once."""
+def is_complete(rollout: Rollout, devices: Iterable[DeviceRollout]) -> bool:
+    """True when a running rollout that does not follow has matched devices and all
+    of them are final. One that has matched no device yet waits for its first."""
+    devices = list(devices)
+    return (rollout.state is RolloutState.RUNNING and not rollout.strategy.follow
+            and bool(devices) and all(d.final for d in devices))
+
+
+def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float,
+                 contacted: Mapping[str, float] | None = None) -> list[str]:
+    """Endpoints to start now: canaries first, never more than max_in_flight at once.
+
+    ``contacted`` maps endpoints to the time each last registered or updated: a
+    device waiting out an unreachable backoff is ready as soon as it has been heard from.
+    """
     if rollout.state is not RolloutState.RUNNING:
         return []
     devices = list(devices)
+    contacted = contacted or {}
     in_flight = sum(1 for d in devices if d.status is DeviceStatus.IN_FLIGHT)
     room = rollout.strategy.max_in_flight - in_flight
     canaries = [d for d in devices if d.canary]
@@ -237,7 +291,8 @@ def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float)
     ready = [
         d for d in devices
         if d.status is DeviceStatus.PENDING
-        or (d.status is DeviceStatus.RETRY_WAIT and d.next_attempt_at <= now)
+        or (d.status is DeviceStatus.RETRY_WAIT and (
+            d.next_attempt_at <= now or (d.unreachable and contacted.get(d.endpoint, 0.0) > d.updated_at)))
     ]
     if not canaries_done:
         ready = [d for d in ready if d.canary]
@@ -248,7 +303,52 @@ def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float)
 def after_failure(device: DeviceRollout, strategy: Strategy, reason: str, now: float) -> DeviceRollout:
     """Retry after a backoff, or fail for good once the attempts are used up."""
     if device.attempts >= strategy.max_attempts:
-        return replace(device, status=DeviceStatus.FAILED, reason=reason, updated_at=now, job=None)
+        return replace(device, status=DeviceStatus.FAILED, reason=reason, updated_at=now, job=None, unreachable=0)
     backoff = strategy.retry_backoff_s * (2 ** (device.attempts - 1))
     return replace(device, status=DeviceStatus.RETRY_WAIT, reason=reason, next_attempt_at=now + backoff,
-                   updated_at=now, job=None)
+                   updated_at=now, job=None, unreachable=0)
+
+
+def after_unreachable(device: DeviceRollout, strategy: Strategy, reason: str, now: float) -> DeviceRollout:
+    """The device did not answer: give the slot back and resume the same delivery
+    (its ``job`` is kept) after a doubling backoff. Uses no attempt."""
+    count = device.unreachable + 1
+    cap = max(strategy.retry_backoff_s, UNREACHABLE_BACKOFF_CAP_S)
+    backoff = min(strategy.retry_backoff_s * (2 ** min(count - 1, 30)), cap)
+    return replace(device, status=DeviceStatus.RETRY_WAIT, reason=f"unreachable: {reason}", unreachable=count,
+                   next_attempt_at=now + backoff, updated_at=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One rollout's record of one device for one target, as :func:`superseded` weighs it."""
+
+    rollout: Rollout
+    device: DeviceRollout
+    target: str
+    """What the delivery writes to: ``/9/<instance>`` or ``/5/0``."""
+
+
+def superseded(claims: Sequence[Claim]) -> list[tuple[Claim, Rollout]]:
+    """Records to mark superseded, each with the newer rollout that takes the device.
+
+    Per (endpoint, target) the newest active rollout whose record is not
+    incompatible or superseded owns the device (done, failed or rolled back count:
+    that rollout decided what the device runs). Every older active rollout's record
+    that is not final yet is superseded by it.
+    """
+    groups: dict[tuple[str, str], list[Claim]] = {}
+    for claim in claims:
+        if claim.rollout.state in ACTIVE or claim.rollout.state is RolloutState.COMPLETE:
+            groups.setdefault((claim.device.endpoint, claim.target), []).append(claim)
+    out = []
+    for group in groups.values():
+        owners = [c for c in group
+                  if c.device.status not in (DeviceStatus.INCOMPATIBLE, DeviceStatus.SUPERSEDED)]
+        if not owners:
+            continue
+        newest = max(owners, key=lambda c: (c.rollout.created_at, c.rollout.id)).rollout
+        out += [(c, newest) for c in group
+                if c.rollout.id != newest.id and c.rollout.state in ACTIVE and not c.device.final
+                and (c.rollout.created_at, c.rollout.id) < (newest.created_at, newest.id)]
+    return out
