@@ -33,7 +33,9 @@ class FolderLock:
         """Raise :class:`FolderInUse` (holding nothing) when another process has one of them."""
         try:
             for folder in self.folders:
-                self._descriptors.append(_lock(folder))
+                descriptor = _lock(folder)
+                if descriptor is not None:
+                    self._descriptors.append(descriptor)
         except BaseException:
             self.release()
             raise
@@ -43,9 +45,14 @@ class FolderLock:
             os.close(self._descriptors.pop())  # closing the descriptor drops the flock
 
 
-def _lock(folder: Path) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+def _lock(folder: Path) -> int | None:
+    """The locked descriptor; None for a folder that cannot be made or written (whatever
+    uses it then fails with its own error, naming its setting)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
