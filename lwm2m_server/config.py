@@ -214,7 +214,8 @@ class DeclaredRollout:
     """``device_classes``, ``endpoints`` (fnmatch patterns), ``labels``."""
     strategy: Mapping[str, Any] = field(default_factory=dict)
     """``max_in_flight``, ``canary_fraction``, ``failure_threshold``, ``max_attempts``,
-    ``retry_backoff_s``, ``mode``."""
+    ``retry_backoff_s``, ``mode``, ``version_check``, ``follow`` (default true here: a
+    declared rollout enrols devices that match later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -573,7 +574,7 @@ def _declared_rollout(s: Section, key: str, item: Any) -> DeclaredRollout:
         Strategy(**strategy)
     except TypeError as error:
         s.fail(f"{key}.strategy", f"valid keys are max_in_flight, canary_fraction, failure_threshold, "
-                                  f"max_attempts, retry_backoff_s, mode, version_check ({error})")
+                                  f"max_attempts, retry_backoff_s, mode, version_check, follow ({error})")
     except RolloutError as error:
         s.fail(f"{key}.strategy", str(error))
     return DeclaredRollout(rollout_id, Path(model["file"]), model["name"], model["version"],

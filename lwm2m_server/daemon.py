@@ -80,7 +80,9 @@ class Daemon:
             await self.stop()
             raise
         structlog.get_logger("tinymlaas").info(
-            "ready", coap_port=self.server.port, coaps_port=self.server.secure_port, api=f"http://{config.api.host}:{self.api.port}",
+            "ready", coap_port=self.server.port, coaps_port=self.server.secure_port,
+            bootstrap_port=self.server.bootstrap_port, bootstrap_secure_port=self.server.bootstrap_secure_port,
+            api=f"http://{config.api.host}:{self.api.port}",
             objects=len(registry), store=str(config.store.path),
         )
 
@@ -110,7 +112,10 @@ async def _declare(orchestrator: Orchestrator, deployment: Deployment, declared:
     try:
         model = await deployment.add_model(data, declared.model_name, declared.model_version)
         selector = Selector(**{k: tuple(v) if isinstance(v, list) else v for k, v in declared.selector.items()})
-        await orchestrator.create(model.key, selector, Strategy(**declared.strategy), rollout_id=declared.id)
+        # a declared rollout states what the fleet runs: it follows (enrols devices that match later)
+        # unless its strategy says ``follow: false``
+        strategy = Strategy(**{"follow": True, **declared.strategy})
+        await orchestrator.create(model.key, selector, strategy, rollout_id=declared.id)
     except (DeploymentError, RolloutError) as error:
         raise ConfigError("config", where, str(error)) from None
 

@@ -9,10 +9,9 @@ sequences them, persists what they return and publishes events.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import structlog
@@ -21,7 +20,7 @@ from ipso_objects import LwM2MPath, ObjectRegistry
 
 from .core import operations
 from .core.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
-from .bootstrap_server import BootstrapService, StoreCredentials, signing_key_anchors
+from .bootstrap_server import BootstrapListener, BootstrapService, StoreCredentials, signing_key_anchors
 from .transport.coap import CoapAdapter
 from .transport.messages import DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .transport.oscore import OscoreContexts
@@ -29,7 +28,7 @@ from .config import ServerConfig
 from .security.credentials import CredentialStore
 from .core.events import EventHub
 from .core.operations import DeviceRequest, OperationError
-from .core.responses import Result, decode_response, parse_send
+from .core.responses import UNREACHABLE, Result, decode_response, parse_send
 from .core.queue_mode import Queued, QueueModePolicy
 from .transport.ratelimit import rate_limiter
 from .security.oscore import is_oscore_identity
@@ -37,13 +36,10 @@ from .core.identity import CredentialLookup, check_identity, check_same_peer
 from .core.registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
+from .observations import Observations
 from .store.base import (
-    DELIVERED, EXPIRED, FAILED, PENDING, ObservationRecord, QueueEntry, Store, StoreError,
+    CANCELLED, DELIVERED, EXPIRED, FAILED, PENDING, ObservationRecord, QueueEntry, Store, StoreError,
 )
-
-
-UNREACHABLE = "unreachable"
-"""Result code when no CoAP response came at all."""
 
 
 class DeviceNotRegistered(Exception):
@@ -55,21 +51,11 @@ class DeviceNotRegistered(Exception):
 
 
 @dataclass(slots=True)
-class _LiveObservation:
-    record: ObservationRecord
-    request: DeviceRequest
-    cancel: Callable[[], None] = lambda: None
-    task: asyncio.Task | None = None
-    last: Result | None = None
-
-
-@dataclass(slots=True)
 class _Device:
     """In-memory facts about a registered device that need no persistence."""
 
     last_seen: float = 0.0
     delivering: asyncio.Task | None = None
-    observations: dict[bytes, _LiveObservation] = field(default_factory=dict)
 
 
 class LwM2MServer:
@@ -123,8 +109,14 @@ class LwM2MServer:
             events=self.events, clock=clock, registry=registry,
         )
         self._bootstrap_anchors_given = trust_anchors is not None
+        self._bootstrap_listener = (  # bootstrap.port / secure_port: /bs on ports of its own
+            BootstrapListener(self._bootstrap, config, psk_lookup=self._psk_for if credentials is not None else None)
+            if BootstrapListener.wanted(config, secure=credentials is not None) else None)
         self._tasks: set[asyncio.Task] = set()
-        self._unrestored: dict[str, list[ObservationRecord]] = {}
+        self._observations = Observations(
+            self._adapter, store, registry, self.events, clock=clock,
+            request_timeout=config.coap.request_timeout_s, spawn=self._spawn, seen=self._heard_from,
+        )
         self._profiles: dict[str, DeviceProfile] = {}
         self._expiry_task: asyncio.Task | None = None
 
@@ -139,13 +131,22 @@ class LwM2MServer:
             self._profiles[endpoint] = DeviceProfile.from_dict(data)
         if not self._bootstrap_anchors_given:
             self._bootstrap.trust_anchors = tuple(signing_key_anchors(self.config.deployment.signing_key))
-        await self._adapter.start()
-        self._expiry_task = asyncio.create_task(self._expire_loop())
         restored = await self.store.load_observations()
-        for record in restored:
+        # adopted before the first datagram is read: their notifications must not be reset
+        to_observe_anew = self._observations.adopt(restored, self._book.by_endpoint)
+        try:
+            await self._adapter.start()
+        except BaseException:
+            await self._cancel_tasks()
+            raise
+        if self._bootstrap_listener is not None:
+            await self._bootstrap_listener.start()
+        self._expiry_task = asyncio.create_task(self._expire_loop())
+        for record in to_observe_anew:
             self._spawn(self._restore_observation(record))
         self._log.info(
             "server_started", port=self.port, secure_port=self.secure_port,
+            bootstrap_port=self.bootstrap_port, bootstrap_secure_port=self.bootstrap_secure_port,
             mode=self.config.security.mode, registrations=len(self._book),
             observations=len(restored), at=now,
         )
@@ -153,17 +154,20 @@ class LwM2MServer:
     async def stop(self) -> None:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
-        for device in self._devices.values():
-            for live in device.observations.values():
-                live.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._observations.close()  # they stay stored, and on the devices, for the next start
+        await self._cancel_tasks()
         await self._bootstrap.close()
+        if self._bootstrap_listener is not None:
+            await self._bootstrap_listener.stop()
         await self._adapter.stop()
         if self._oscore is not None:
             self._oscore.close()  # the replay windows, so devices need no Echo round after a restart
         self._log.info("server_stopped")
+
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def port(self) -> int:
@@ -173,6 +177,20 @@ class LwM2MServer:
     def secure_port(self) -> int | None:
         """The CoAPS port; None when CoAPS is off."""
         return self._adapter.secure_port
+
+    @property
+    def bootstrap_port(self) -> int | None:
+        """The Bootstrap-Server's plain CoAP port: its own, or :attr:`port` when shared."""
+        if self._bootstrap_listener is not None and self._bootstrap_listener.port is not None:
+            return self._bootstrap_listener.port
+        return self.port
+
+    @property
+    def bootstrap_secure_port(self) -> int | None:
+        """The Bootstrap-Server's CoAPS port: its own, or :attr:`secure_port` when shared."""
+        if self._bootstrap_listener is not None and self._bootstrap_listener.secure_port is not None:
+            return self._bootstrap_listener.secure_port
+        return self.secure_port
 
     def _psk_for(self, identity: bytes) -> bytes | None:
         """The key of a PSK identity (called by DTLS mid-handshake)."""
@@ -195,6 +213,9 @@ class LwM2MServer:
         if device is None:
             device = self._devices[endpoint] = _Device()
         return device
+
+    def _heard_from(self, endpoint: str) -> None:
+        self._device(endpoint).last_seen = self._clock()
 
     # -- registrations (read side) ------------------------------------------------
 
@@ -236,6 +257,10 @@ class LwM2MServer:
             if method == "DELETE":
                 return await self._deregister(path[1], request)
         if path == ("bs",) and method == "POST":
+            secure = request.address.startswith("coaps://")
+            if self._bootstrap_listener is not None and not BootstrapListener.shares(self.config, secure):
+                port = self.bootstrap_secure_port if secure else self.bootstrap_port
+                return OutgoingResponse("4.04", f"the Bootstrap-Server listens on port {port}".encode())
             return await self._bootstrap.handle(request)
         if path == ("dp",) and method in ("POST", "iPATCH"):
             return await self._send_operation(request)
@@ -334,7 +359,7 @@ class LwM2MServer:
         device = self._device(registration.endpoint)
         if registration.queue_mode and (device.delivering is None or device.delivering.done()):
             device.delivering = self._spawn(self._deliver_queue(registration.endpoint))
-        for record in self._unrestored.pop(registration.endpoint, []):
+        for record in self._observations.deferred(registration.endpoint):
             self._spawn(self._restore_observation(record))
 
     # -- capability discovery ------------------------------------------------------
@@ -431,8 +456,9 @@ class LwM2MServer:
 
     async def _exchange(self, registration: Registration, request: DeviceRequest) -> Result:
         try:
-            response = await self._adapter.request(
-                registration.address, request, timeout=self.config.coap.request_timeout_s
+            response = await self._adapter.request(  # only over a session of the identity it registered with
+                registration.address, request, timeout=self.config.coap.request_timeout_s,
+                identity=registration.identity,
             )
         except DeviceUnreachable as error:
             self._log.info("device_unreachable", ep=registration.endpoint, reason=error.reason)
@@ -463,6 +489,9 @@ class LwM2MServer:
             registration = self._book.by_endpoint(endpoint)
             if registration is None:
                 return
+            current = await self.store.get_entry(entry.id)
+            if current is None or current.finished:  # cancelled while the ones before it went out
+                continue
             if entry.expires_at < self._clock():
                 finished = await self.store.set_state(entry.id, EXPIRED)
             else:
@@ -475,6 +504,20 @@ class LwM2MServer:
 
     async def queue_entry(self, entry_id: str) -> QueueEntry | None:
         return await self.store.get_entry(entry_id)
+
+    async def pending_requests(self, endpoint: str) -> list[QueueEntry]:
+        """Requests queued for ``endpoint`` and not sent yet, oldest first."""
+        return await self.store.pending(endpoint)
+
+    async def cancel_entry(self, entry_id: str) -> QueueEntry | None:
+        """Withdraw a queued request that was not sent yet; None if unknown or finished."""
+        entry = await self.store.get_entry(entry_id)
+        if entry is None or entry.finished:
+            return None
+        entry = await self.store.set_state(entry_id, CANCELLED)
+        self._log.info("queued_request_cancelled", ep=entry.endpoint, id=entry_id)
+        self.events.publish("queue", endpoint=entry.endpoint, entry=entry)
+        return entry
 
     async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None:
         """Wait until a queued request has finished (or ``timeout`` passed)."""
@@ -494,119 +537,25 @@ class LwM2MServer:
                     entry = event.data["entry"]
             return entry
 
-    # -- observations -------------------------------------------------------------------
+    # -- observations (lwm2m_server.observations) ------------------------------------------
 
-    async def observe(self, endpoint: str, paths: list[LwM2MPath]) -> Result:
-        """Start observing ``paths`` (Observe for one path, Observe-Composite for several)."""
-        registration = self._require(endpoint)
-        if len(paths) == 1:
-            request = operations.observe(registration, paths[0], registry=self.registry)
-        else:
-            request = operations.observe_composite(registration, paths, registry=self.registry)
-        return await self._start_observation(registration, request)
-
-    async def _start_observation(self, registration: Registration, request: DeviceRequest) -> Result:
-        try:
-            first, stream, cancel = await self._adapter.observe(
-                registration.address, request, timeout=self.config.coap.request_timeout_s
-            )
-        except DeviceUnreachable as error:
-            return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
-        result = decode_response(
-            request, first.code, first.content_format, first.payload, self.registry
-        )
-        if stream is None:
-            return result
-        record = ObservationRecord(
-            token=secrets.token_bytes(8),  # our handle; aiocoap keeps the wire token
-            endpoint=registration.endpoint,
-            registration_id=registration.id,
-            paths=request.paths,
-            content_format=request.accept,
-            created_at=self._clock(),
-        )
-        await self.store.save_observation(record)
-        live = _LiveObservation(record, request, cancel, last=result)
-        live.task = self._spawn(self._follow(live, stream))
-        self._device(registration.endpoint).observations[record.token] = live
-        self._log.info("observing", ep=registration.endpoint, paths=[str(p) for p in request.paths])
-        self.events.publish("notification", endpoint=registration.endpoint, paths=request.paths, result=result)
-        return result
-
-    async def _follow(self, live: _LiveObservation, stream) -> None:
-        endpoint = live.record.endpoint
-        async for notification in stream:
-            result = decode_response(
-                live.request, notification.code, notification.content_format,
-                notification.payload, self.registry,
-            )
-            live.last = result
-            self._device(endpoint).last_seen = self._clock()
-            self.events.publish("notification", endpoint=endpoint, paths=live.request.paths, result=result)
-            if not notification.ok:
-                break
-        self._forget_observation(live)
-
-    def _forget_observation(self, live: _LiveObservation) -> None:
-        device = self._devices.get(live.record.endpoint)
-        if device is not None:
-            device.observations.pop(live.record.token, None)
-        self._spawn(self._delete_observation(live.record.token))
-
-    async def _delete_observation(self, token: bytes) -> None:
-        with contextlib.suppress(StoreError):
-            await self.store.delete_observation(token)
+    async def observe(self, endpoint: str, paths: list[LwM2MPath], *, timeout: float | None = None) -> Result:
+        """Start observing ``paths`` (Observe for one path, Observe-Composite for several);
+        ``timeout`` bounds the wait for the device's answer (default: the request timeout)."""
+        return await self._observations.observe(self._require(endpoint), paths, timeout=timeout)
 
     async def cancel_observation(self, endpoint: str, paths: list[LwM2MPath]) -> bool:
-        """Stop observing ``paths``: passive cancel (RST on the next notification)."""
-        device = self._devices.get(endpoint)
-        if device is None:
-            return False
-        wanted = tuple(paths)
-        for live in list(device.observations.values()):
-            if live.record.paths == wanted:
-                live.cancel()
-                if live.task is not None:
-                    live.task.cancel()
-                device.observations.pop(live.record.token, None)
-                await self._delete_observation(live.record.token)
-                self._log.info("observation_cancelled", ep=endpoint, paths=[str(p) for p in wanted])
-                return True
-        return False
+        """Stop observing ``paths`` and tell the device (Cancel Observation)."""
+        return await self._observations.cancel(endpoint, paths)
 
     def observations(self, endpoint: str | None = None) -> list[ObservationRecord]:
-        devices = [self._devices.get(endpoint)] if endpoint else list(self._devices.values())
-        return [live.record for device in devices if device for live in device.observations.values()]
+        return self._observations.records(endpoint)
 
     def _drop_observations(self, endpoint: str) -> None:
-        device = self._devices.get(endpoint)
-        if device is None:
-            return
-        for live in device.observations.values():
-            live.cancel()
-            if live.task is not None:
-                live.task.cancel()
-        device.observations.clear()
+        self._observations.drop(endpoint)
 
     async def _restore_observation(self, record: ObservationRecord) -> None:
-        """Re-establish an observation persisted before a restart.
-
-        aiocoap cannot adopt the old token, so the server observes anew; the
-        device's old observation ends with an RST on its next notification.
-        """
-        await self._delete_observation(record.token)
         registration = self._book.by_endpoint(record.endpoint)
-        if registration is None or registration.id != record.registration_id:
-            return
-        if registration.queue_mode and not self._awake(registration):
-            await self.store.save_observation(record)
-            self._unrestored.setdefault(record.endpoint, []).append(record)  # on its next Update
-            return
-        result = await self.observe(record.endpoint, list(record.paths))
-        if result.code == UNREACHABLE:  # e.g. a DTLS device that must handshake again first
-            await self.store.save_observation(record)
-            self._unrestored.setdefault(record.endpoint, []).append(record)  # on its next message
-            self._log.info("observation_restore_deferred", ep=record.endpoint, reason=result.diagnostic)
-            return
-        self._log.info("observation_restored", ep=record.endpoint, ok=result.ok, code=result.code)
+        awake = registration is not None and self._awake(registration)
+        await self._observations.restore(record, registration, awake)
 

@@ -34,14 +34,14 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 class Daemon:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra: str = "") -> None:
         self.folder = folder
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.coaps_port = free_port(socket.SOCK_DGRAM)
         self.api_port = free_port(socket.SOCK_STREAM)
         (folder / "server.yaml").write_text(
             f'coap: {{host: "127.0.0.1", port: {self.coap_port}, secure_port: {self.coaps_port}}}\n'
-            f"api: {{port: {self.api_port}}}\nlogging: {{format: json}}\n"
+            f"api: {{port: {self.api_port}}}\nlogging: {{format: json}}\n{extra}"
         )
         self.process: subprocess.Popen | None = None
         self.lines: list[str] = []
@@ -240,3 +240,37 @@ def test_a_second_daemon_on_the_same_data_folder_exits_2_naming_the_holder(daemo
     restarted = Daemon(tmp_path)  # a SIGKILL leaves no stale lock behind
     restarted.start()
     restarted.kill()
+
+
+def test_the_bootstrap_server_on_a_coaps_port_of_its_own_sends_devices_to_the_servers_port(tmp_path):
+    """bootstrap.secure_port: the device bootstraps there and registers, on a new DTLS session
+    with its server PSK, at coap.secure_port (the URI the Bootstrap-Server wrote)."""
+    from simulators.client import SimulatedDevice
+
+    bootstrap_port = free_port(socket.SOCK_DGRAM)
+    daemon = Daemon(tmp_path, f"bootstrap: {{secure_port: {bootstrap_port}}}\n")
+    try:
+        daemon.start()
+        ready = daemon.events("ready")[-1]
+        assert (ready["coaps_port"], ready["bootstrap_secure_port"]) == (daemon.coaps_port, bootstrap_port)
+        key = "00112233445566778899aabbccddeeff"
+        added = cli("credentials", "add", "own-1", "--bootstrap", "--identity", "own-1-bs", "--key", key,
+                    cwd=daemon.folder)
+        assert added.returncode == 0, added.stderr
+
+        async def bootstrap() -> str:
+            device = SimulatedDevice("own-1", "cortex-m0plus", bootstrap_uri=f"coaps://127.0.0.1:{bootstrap_port}",
+                                     bootstrap_psk=("own-1-bs", bytes.fromhex(key)), request_timeout=10,
+                                     sensor_interval=3600)
+            await device.start()
+            try:
+                return device.server_uri
+            finally:
+                await device.stop()
+
+        assert asyncio.run(bootstrap()) == f"coaps://127.0.0.1:{daemon.coaps_port}"
+        assert daemon.events("bootstrap_finished")[-1]["content_format"] == "TLV (11542)"
+        assert daemon.events("registered")[-1]["identity"] == "own-1"  # the server PSK, not own-1-bs
+    finally:
+        if daemon.process and daemon.process.poll() is None:
+            daemon.kill()

@@ -163,6 +163,17 @@ def _paths(body: dict[str, Any]) -> list[LwM2MPath]:
     return [_path(p, "paths") for p in raw]
 
 
+def _seconds(raw: Any, name: str) -> float | None:
+    """An optional positive number of seconds (a deadline the caller keeps)."""
+    try:
+        seconds = None if raw is None else math.nan if isinstance(raw, bool) else float(raw)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if seconds is not None and not 0 < seconds < math.inf:
+        raise ApiError(400, f"{name}: must be a number of seconds > 0, got {raw!r}")
+    return seconds
+
+
 class ManagementApi:
     """Routes and handlers; :meth:`start` binds the HTTP listener."""
 
@@ -304,6 +315,8 @@ class ManagementApi:
             raise ApiError(400, "give {\"model\": \"name@version\", \"selector\": {...}, \"strategy\": {...}}")
         selector = body.get("selector") or {}
         strategy = body.get("strategy") or {}
+        if "follow" in body and isinstance(strategy, dict):  # shorthand for strategy.follow
+            strategy = {**strategy, "follow": body["follow"]}
         try:
             selector = Selector(tuple(selector.get("device_classes", ())), tuple(selector.get("endpoints", ())),
                                 dict(selector.get("labels", {})))
@@ -360,7 +373,7 @@ class ManagementApi:
         server, registry = self.server, self.server.registry
         if name == "observe":
             paths = _paths(body)
-            result = await server.observe(endpoint, paths)
+            result = await server.observe(endpoint, paths, timeout=_seconds(body.get("timeout"), "timeout"))
             return web.json_response(result_json(result, server, paths[0] if len(paths) == 1 else None))
         if name == "cancel-observe":
             cancelled = await server.cancel_observation(endpoint, _paths(body))
@@ -412,23 +425,27 @@ class ManagementApi:
         return text_to_value(str(raw) if not isinstance(raw, bool) else str(int(raw)), rtype)
 
     def _create_builder(self, path: LwM2MPath, body: dict[str, Any]):
+        """``{"instance": 7, "values": {"5701": "Cel"}}``; without ``instance`` (or with
+        null) the device picks the id and answers it in Location-Path."""
         from ipso_objects.nodes import ObjectInstance, Resource
 
         if not path.is_object:
             raise ApiError(400, "create takes an object path such as \"/3303\"")
         values = body.get("values", {})
         instance_id = body.get("instance")
-        if not isinstance(values, dict) or not isinstance(instance_id, int):
-            raise ApiError(400, "create needs \"instance\" (int) and \"values\" ({resource id: text})")
+        valid_id = instance_id is None or (type(instance_id) is int and 0 <= instance_id < 65535)
+        if not isinstance(values, dict) or not valid_id:
+            raise ApiError(400, "create takes \"instance\" (0..65534, or null to let the device "
+                                "pick) and \"values\" ({resource id: text})")
         resources = {}
         for key, raw in values.items():
             if not str(key).isdigit():
                 raise ApiError(400, f"values key {key!r} is not a resource id")
-            leaf = path.child(instance_id).child(int(key))
+            leaf = path.child(instance_id or 0).child(int(key))  # the model ignores the instance id
             rtype = self.server.registry.value_type(leaf)
             value = text_to_value(str(raw), rtype) if rtype is not None else raw
             resources[int(key)] = Resource(int(key), value)
-        node = ObjectInstance(instance_id, resources)
+        node = resources if instance_id is None else ObjectInstance(instance_id, resources)
         registry = self.server.registry
         return lambda reg: operations.create(reg, path, node, registry=registry)
 
@@ -551,21 +568,30 @@ class ManagementApi:
         return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /events[?endpoint=][&kinds=a,b][&timeout=S]``: one JSON event a line;
+        with ``timeout`` the stream ends after S seconds."""
         endpoint = request.query.get("endpoint")
         kinds = set(filter(None, request.query.get("kinds", "").split(",")))
+        duration = _seconds(request.query.get("timeout"), "timeout")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + duration if duration is not None else math.inf
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         with self.server.events.subscribe() as queue:
-            while True:
+            while (remaining := deadline - loop.time()) > 0:
                 try:
-                    async with asyncio.timeout(15):
+                    async with asyncio.timeout(min(15, remaining)):
                         event = await queue.get()
+                    if endpoint and event.endpoint != endpoint or kinds and event.kind not in kinds:
+                        continue
+                    line = json.dumps(self._event_json(event)).encode() + b"\n"
                 except TimeoutError:
-                    await response.write(b"\n")  # keep-alive; also notices a gone client
-                    continue
-                if endpoint and event.endpoint != endpoint or kinds and event.kind not in kinds:
-                    continue
-                await response.write(json.dumps(self._event_json(event)).encode() + b"\n")
+                    line = b"\n"  # keep-alive; also notices a gone client
+                try:
+                    await response.write(line)
+                except ConnectionResetError:  # the client left (e.g. observe --count had enough)
+                    break
+        return response
 
     def _event_json(self, event) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": event.kind, "endpoint": event.endpoint, "time": event.time}

@@ -50,8 +50,8 @@ class ApiClient:
                 f"cannot reach the daemon at {self.base_url}: {error.reason} (is `tinymlaas serve` running?)"
             ) from None
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        with self._open(method, path, body) as response:
+    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
+        with self._open(method, path, body, timeout) as response:
             return response.status, json.loads(response.read() or b"null")
 
     def stream(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
@@ -220,20 +220,40 @@ def cmd_attributes(args):
 
 
 def cmd_create(args):
-    values = _pairs(args.values, "value")
-    return _operation(args, "create", {"path": args.path, "instance": args.instance, "values": values})
+    """``create EP /O [ID] [RID=TEXT ...]``: without ID the device picks it (Location-Path)."""
+    instance, values = args.instance, list(args.values)
+    if instance is not None and "=" in instance:  # no id given: the first word is a value
+        instance, values = None, [instance, *values]
+    if instance is not None and not (instance.isascii() and instance.isdigit() and int(instance) < 65535):
+        raise CliError(f"instance id {instance!r} must be a number 0..65534 (or leave it out)")
+    body = {"path": args.path, "instance": None if instance is None else int(instance),
+            "values": _pairs(values, "value")}
+    return _operation(args, "create", body)
+
+
+_HTTP_MARGIN_S = 5.0
+"""Beyond a deadline the daemon keeps, how long to wait for its HTTP answer."""
 
 
 def cmd_observe(args: argparse.Namespace) -> int:
     client = _client(args)
-    _, first = client.call("POST", f"/devices/{args.endpoint}/observe", {"paths": args.paths})
+    # --timeout bounds the whole command: the server waits for the device's answer no
+    # longer, and ends the event stream at the deadline (keep-alives never end it here)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    body = {"paths": args.paths, **({"timeout": args.timeout} if deadline else {})}
+    _, first = client.call("POST", f"/devices/{args.endpoint}/observe", body,
+                           timeout=args.timeout + _HTTP_MARGIN_S if deadline else None)
     if _print_result(first, False) != 0:
         return 1
     seen = 0
-    deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
         query = f"/events?endpoint={args.endpoint}&kinds=notification"
-        for event in client.stream(query, timeout=args.timeout or 3600):
+        remaining = deadline - time.monotonic() if deadline else None
+        if remaining is not None:
+            query += f"&timeout={max(remaining, 0.001):.3f}"
+        for event in client.stream(query, timeout=remaining + _HTTP_MARGIN_S if deadline else 3600):
+            if deadline and time.monotonic() > deadline:
+                break
             if event.get("paths") != args.paths:
                 continue
             stamp = time.strftime("%H:%M:%S")
@@ -250,7 +270,7 @@ def cmd_observe(args: argparse.Namespace) -> int:
     except TimeoutError:
         pass
     finally:
-        client.call("POST", f"/devices/{args.endpoint}/cancel-observe", {"paths": args.paths})
+        client.call("POST", f"/devices/{args.endpoint}/cancel-observe", {"paths": args.paths}, timeout=_HTTP_MARGIN_S)
     return 0
 
 
@@ -298,7 +318,8 @@ def _labels(where: list[str]) -> dict[str, str]:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     strategy = {"max_in_flight": args.max_in_flight, "canary_fraction": args.canary,
-                "failure_threshold": args.failure_threshold, "mode": args.mode, "version_check": args.version_check}
+                "failure_threshold": args.failure_threshold, "mode": args.mode, "version_check": args.version_check,
+                "follow": args.follow}
     selector = {"device_classes": args.device_class, "endpoints": args.endpoint, "labels": _labels(args.where)}
     body = {"model": args.model, "selector": selector, "strategy": strategy}
     if args.id:
@@ -318,8 +339,8 @@ def _progress_line(rollout: dict[str, Any]) -> str:
     filled = int(width * summary["finished"] / total) if total else 0
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     state = rollout["state"]
-    if state == "running" and total and summary["finished"] == total:
-        state = "complete (new matching devices still join)"
+    if state == "running" and total and summary["finished"] == total and rollout.get("strategy", {}).get("follow"):
+        state = "running (--follow: new matching devices join)"
     return f"{rollout['id']} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({parts}) {state}"
 
 
@@ -466,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("exec", cmd_exec, "execute a resource", ep, path,
             (("arguments",), {"nargs": "?", "help": "execute arguments, e.g. \"0='v',1\""}), json_flag=True)
     command("create", cmd_create, "create an object instance", ep, path,
-            (("instance",), {"type": int, "help": "new instance id"}),
+            (("instance",), {"nargs": "?", "metavar": "ID",
+                             "help": "new instance id; leave it out to let the device pick"}),
             (("values",), {"nargs": "*", "help": "resource values as ID=TEXT"}), json_flag=True)
     command("delete", cmd_delete, "delete an object instance", ep, path, json_flag=True)
     command("discover", cmd_discover, "discover resources and attributes", ep, path, json_flag=True)
@@ -508,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
                      (("--failure-threshold",), {"type": float, "default": 0.2}),
                      (("--mode",), {"choices": ["auto", "push", "pull"], "default": "auto"}),
                      (("--id",), {"help": "rollout id (default: generated)"}),
+                     (("--follow",), {"action": "store_true",
+                                      "help": "keep running once every matched device is done, to enrol "
+                                              "devices that match later (default: end 'complete')"}),
                      (("--watch",), {"action": "store_true", "help": "show a live progress bar"}))
     command("rollouts", cmd_rollouts, "list rollouts, or show/pause/resume/cancel one",
             (("id",), {"nargs": "?"}),

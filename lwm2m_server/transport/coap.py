@@ -6,11 +6,16 @@ requests are any object with the fields of :class:`~.messages.CoapRequest` (the
 server passes its ``DeviceRequest``). Work-arounds for aiocoap limits measured in DESIGN.md live
 here: a raised SO_RCVBUF, a cap on requests in flight, one request per device
 at a time, and a retry with a smaller block size after 4.13 on Block1.
+Observations (:mod:`.observe`): cancelled on the wire, orphan notifications reset,
+CON or NON, and those made before a restart adopted by their token.
 
 OSCORE (:mod:`.oscore`) runs on the plain UDP port: protected requests are
 verified before the handler sees them (``identity`` ``oscore:<hex>``, address
 ``oscore://<hex>@host:port``), and requests to such an address are protected with
 the endpoint's current context, also after a restart.
+
+An adapter made with ``port=None`` has no plain UDP endpoint, only CoAPS (and so
+no OSCORE): the Bootstrap-Server uses one for a CoAPS port of its own.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import aiocoap
 import aiocoap.error
 import structlog
 from aiocoap import Code, Message, blockwise, optiontypes, resource
+from aiocoap.util import hostportsplit
 
 from .messages import CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .observe import ObservationKeeper, WireObservation, response_of as _response
 from .dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
 from .oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
@@ -52,23 +59,9 @@ class _Forgetful(dict):
         return super().pop(key, default)
 
 
-def dotted(code: Code) -> str:
-    return code.dotted
-
-
 def _code(dotted_code: str) -> Code:
     major, minor = dotted_code.split(".")
     return Code((int(major) << 5) | int(minor))
-
-
-def _response(message: Message) -> CoapResponse:
-    return CoapResponse(
-        code=dotted(message.code),
-        content_format=int(message.opt.content_format) if message.opt.content_format is not None else None,
-        payload=bytes(message.payload),
-        location_path=tuple(message.opt.location_path),
-        observe=message.opt.observe,
-    )
 
 
 def smaller_block_exp(response: Message, current_exp: int) -> int | None:
@@ -156,7 +149,7 @@ class CoapAdapter:
         handler: Callable[[IncomingRequest], Awaitable[OutgoingResponse]],
         *,
         host: str = "::",
-        port: int = 5683,
+        port: int | None = 5683,
         receive_buffer_bytes: int = 4 * 1024 * 1024,
         max_in_flight: int = 200,
         block_size: int = 1024,
@@ -191,22 +184,31 @@ class CoapAdapter:
         self._max_request_body = max_request_body
         self._oscore = oscore
         self._udp = None  # aiocoap's udp6 token manager (OSCORE requests go first, not through it)
+        self._observations = ObservationKeeper(self._message, lambda: self._context, self._address_of_remote, log)
 
     async def start(self) -> None:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
         # then silently share its traffic, and two port-0 binds may get one port.
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
         site = _Root(self, self._max_request_body)
-        self._context = await aiocoap.Context.create_server_context(
-            site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind, transports=["udp6"]
-        )
-        self._udp = self._context.request_interfaces[0]
-        if self._oscore is not None:
-            # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
-            self._context.request_interfaces.insert(0, OscoreRequests(self._context))
-        self._guard_decoding()
-        set_receive_buffer(self._socket(), self._receive_buffer_bytes)
         secure_port, lookup, max_sessions, idle_timeout = self._secure
+        if self._bind[1] is None:  # CoAPS only
+            if secure_port is None or lookup is None:
+                raise ValueError("an adapter without a plain UDP port needs a CoAPS port and a PSK lookup")
+            self._context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site,
+                                            loggername="coap-server")
+        else:
+            self._context = await aiocoap.Context.create_server_context(
+                site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind,
+                transports=["udp6"]
+            )
+            self._udp = self._context.request_interfaces[0]
+            self._observations.screen.install(self._udp, self._udp.token_interface)
+            if self._oscore is not None:
+                # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
+                self._context.request_interfaces.insert(0, OscoreRequests(self._context))
+            self._guard_decoding()
+            set_receive_buffer(self._socket(), self._receive_buffer_bytes)
         if secure_port is not None and lookup is not None:
             try:
                 await self._context._append_tokenmanaged_messagemanaged_transport(
@@ -217,7 +219,9 @@ class CoapAdapter:
             except BaseException:
                 await self.stop()
                 raise
-            self._dtls = self._context.request_interfaces[-1].token_interface.message_interface
+            dtls_tokens = self._context.request_interfaces[-1]
+            self._observations.screen.install(dtls_tokens, dtls_tokens.token_interface)
+            self._dtls = dtls_tokens.token_interface.message_interface
         self._forgetful_deduplication()
 
     def _guard_decoding(self) -> None:
@@ -240,6 +244,7 @@ class CoapAdapter:
         interface.datagram_msg_received = guarded
 
     async def stop(self) -> None:
+        await self._observations.stop()  # nothing goes to the devices: the next start adopts them
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -249,7 +254,10 @@ class CoapAdapter:
         return interface.transport.get_extra_info("socket")
 
     @property
-    def port(self) -> int:
+    def port(self) -> int | None:
+        """The plain CoAP port, None without one."""
+        if self._udp is None:
+            return None
         return self._socket().getsockname()[1]
 
     @property
@@ -277,6 +285,9 @@ class CoapAdapter:
 
     @property
     def receive_buffer_bytes(self) -> int:
+        """SO_RCVBUF of the plain UDP socket (0 without one)."""
+        if self._udp is None:
+            return 0
         return self._socket().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     async def _incoming(self, message: Message) -> Message:
@@ -333,7 +344,7 @@ class CoapAdapter:
                 return remote.uri_base_local
             except (ValueError, AttributeError):  # no packet info for this remote
                 pass
-        if address.startswith("coaps://") and self.secure_port is not None:
+        if (address.startswith("coaps://") or self.port is None) and self.secure_port is not None:
             return f"coaps://127.0.0.1:{self.secure_port}"
         return f"coap://127.0.0.1:{self.port}"
 
@@ -354,7 +365,8 @@ class CoapAdapter:
     def _forgetful_deduplication(self) -> None:
         """Let entries of aiocoap's deduplication table go early (its own timer then finds
         them gone; a plain dict would raise KeyError there)."""
-        for interface in (self._udp.token_interface, self._dtls._mman if self._dtls is not None else None):
+        for interface in (self._udp.token_interface if self._udp is not None else None,
+                          self._dtls._mman if self._dtls is not None else None):
             if interface is not None and type(interface._recent_messages) is dict:
                 interface._recent_messages = _Forgetful(interface._recent_messages)
 
@@ -389,12 +401,11 @@ class CoapAdapter:
             reply.opt.size2 = download.size
         return reply
 
-    async def _message(self, address: str, request: CoapRequest) -> Message:
+    async def _message(self, address: str, request: CoapRequest, identity: str | None = None) -> Message:
         message = Message(code=_METHODS[request.method], payload=request.payload)
         remote = self._remotes.get(address)
-        if address.startswith("coaps://") and (remote is None or remote.closed):
-            # only the device opens a DTLS session; until it does, it cannot be reached
-            raise DeviceUnreachable(address, "no DTLS session with the device (it must handshake again)")
+        if address.startswith("coaps://"):
+            remote = self._dtls_session(address, remote, identity)
         if (oscore_peer := split_address(address)) is not None:
             message.remote = await self._oscore_remote(address, *oscore_peer, remote)
         elif remote is None:
@@ -411,6 +422,27 @@ class CoapAdapter:
         if request.observe is not None:
             message.opt.observe = request.observe
         return message
+
+    def _dtls_session(self, address: str, remembered: object, identity: str | None) -> DtlsSession:
+        """The newest DTLS session at ``address``: a device may handshake again from the
+        same port at any time, and is reachable over the new session at once. It must have
+        proved ``identity`` (the registration's; by default the one last heard from that
+        address): another identity's session at the same address is never used."""
+        session = None
+        if self._dtls is not None:
+            with contextlib.suppress(ValueError):  # a malformed stored address reaches nobody
+                session = self._dtls.endpoint.session_at(*hostportsplit(address.removeprefix("coaps://")))
+        if session is None:  # only the device opens a DTLS session; until it does, it cannot be reached
+            raise DeviceUnreachable(address, "no DTLS session with the device (it must handshake again)")
+        if identity is None and isinstance(remembered, DtlsSession):
+            identity = remembered.identity.decode("utf-8", "replace")
+        proved = session.identity.decode("utf-8", "replace")
+        if identity is not None and proved != identity:
+            raise DeviceUnreachable(address, f"the DTLS session at this address proved identity {proved!r}, "
+                                             f"not {identity!r} (the device must handshake again as {identity!r})")
+        if session is not remembered:
+            self._remember(address, session)
+        return session
 
     async def _oscore_remote(self, address: str, identity: str, hostinfo: str, remote) -> OSCOREAddress:
         """Where to send a request for an OSCORE device: its current context (the
@@ -454,14 +486,17 @@ class CoapAdapter:
         self._remotes.pop(address, None)
         self._block_limits.pop(address, None)
 
-    async def request(self, address: str, request: CoapRequest, *, timeout: float) -> CoapResponse:
+    async def request(self, address: str, request: CoapRequest, *, timeout: float,
+                      identity: str | None = None) -> CoapResponse:
         """Send one request and wait for its (block-wise reassembled) response.
 
         ``timeout`` applies per block: a large Block1 transfer gets one
         ``timeout`` for each block it takes, not one for the whole transfer.
+        ``identity``: the PSK identity the device registered with; over CoAPS only a
+        session that proved it carries the request.
         """
         async with self._in_flight, self._turn(address):
-            message = await self._message(address, request)
+            message = await self._message(address, request, identity)
             while True:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
                 per_block = 1 << (min(remote_exp, self._block_exp) + 4)
@@ -475,7 +510,7 @@ class CoapAdapter:
                     return _response(raw)
                 self._block_limits[address] = retry_exp
                 self._remember(address, raw.remote)
-                message = await self._message(address, request)
+                message = await self._message(address, request, identity)
 
     async def _exchange(self, address: str, message: Message, timeout: float):
         """Send ``message``; the pending request and its first response."""
@@ -508,29 +543,40 @@ class CoapAdapter:
             self.forget(next(iter(self._remotes)))
 
     async def observe(
-        self, address: str, request: CoapRequest, *, timeout: float
-    ) -> tuple[CoapResponse, AsyncIterator[CoapResponse] | None, Callable[[], None]]:
-        """Start an observation: first response, notification stream, and a
-        canceller that stops listening (the device is told by RST on its next
-        notification: passive cancel, RFC 7641 §3.6)."""
+        self, address: str, request: CoapRequest, *, timeout: float, identity: str | None = None
+    ) -> tuple[CoapResponse, WireObservation | None]:
+        """Start an observation: the first response and, when the device took it, the
+        observation: iterate it for notifications, end it with :meth:`cancel_observation`
+        or :meth:`release_observation`. ``identity`` as for :meth:`request`."""
         async with self._in_flight, self._turn(address):
-            pending, raw = await self._exchange(address, await self._message(address, request), timeout)
+            pending, raw = await self._exchange(address, await self._message(address, request, identity), timeout)
         first = _response(raw)
         observation = pending.observation
         if raw.opt.observe is None or not first.ok:
             if not observation.cancelled:
                 observation.cancel()
-            return first, None, lambda: None
+            return first, None
+        return first, self._observations.follow(address, request, raw, observation)
 
-        async def notifications() -> AsyncIterator[CoapResponse]:
-            try:
-                async for notification in observation:
-                    yield _response(notification)
-            except aiocoap.error.Error:
-                return
+    def adopt_observation(self, address: str, token: bytes, request: CoapRequest) -> WireObservation | None:
+        """Take over an observation made before a restart by its token, so its
+        notifications are delivered, not reset; may be called before :meth:`start`.
+        Over plain CoAP only (None otherwise): a DTLS session and an OSCORE request's
+        context end with the process, and those devices are observed anew."""
+        if not token or address.startswith("coaps://") or split_address(address) is not None:
+            return None
+        return self._observations.adopt(address, token, request)
 
-        def cancel() -> None:
-            if not observation.cancelled:
-                observation.cancel()
+    def cancel_observation(self, observation: WireObservation) -> None:
+        """End an observation and tell the device (Cancel Observation, sent in the background)."""
+        self._observations.cancel(observation)
 
-        return first, notifications(), cancel
+    def release_observation(self, observation: WireObservation) -> None:
+        """End an observation without telling the device (it left, or registered anew):
+        its next notification is answered with a Reset."""
+        self._observations.release(observation)
+
+    @staticmethod
+    def _address_of_remote(remote) -> str:
+        """The address string registrations hold for a remote (plain UDP or DTLS)."""
+        return f"coaps://{remote.hostinfo}" if isinstance(remote, DtlsSession) else remote.hostinfo
