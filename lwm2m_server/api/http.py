@@ -12,7 +12,6 @@ import asyncio
 import hmac
 import json
 import math
-import time
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -26,13 +25,14 @@ from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
 from . import display
+from .credentials import CredentialRoutes
+from .errors import ApiError
 from ..core import operations
 from ..core.capabilities import FIRMWARE_RESULTS, FIRMWARE_STATES, DeviceProfile
 from ..security.oscore import is_oscore_identity
 from ..core.operations import OperationError
 from ..core.responses import Result
-from ..security.credentials import CredentialConflict, CredentialStorageError, CredentialStore, oscore_credential
-from ..security.psk import SCOPES, CredentialError, PskCredential, parse_hex, parse_key
+from ..security.credentials import CredentialStore
 from ..ota.deployment import Deployment, DeploymentError
 from ..ota.orchestrator import Orchestrator
 from ..core.registration import Registration
@@ -140,13 +140,6 @@ def _firmware_update(profile: DeviceProfile | None) -> str | None:
     return f"{state}; update result {result if result is not None else '-'}: {words}"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def _path(text: Any, field: str = "path") -> LwM2MPath:
     if not isinstance(text, str):
         raise ApiError(400, f"{field} must be a string such as \"/3/0\"")
@@ -206,9 +199,7 @@ class ManagementApi:
         for action in ("pause", "resume", "cancel"):
             r.add_post(f"{API}/rollouts/{{id}}/{action}", self._rollout_action(action))
         r.add_get(f"{API}/events", self.events)
-        r.add_get(f"{API}/credentials", self.list_credentials)
-        r.add_put(f"{API}/credentials/{{ep}}", self.put_credential)
-        r.add_delete(f"{API}/credentials/{{ep}}", self.delete_credentials)
+        CredentialRoutes(credentials, self._log).register(r, API)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -448,124 +439,6 @@ class ManagementApi:
         node = resources if instance_id is None else ObjectInstance(instance_id, resources)
         registry = self.server.registry
         return lambda reg: operations.create(reg, path, node, registry=registry)
-
-    # -- credentials (the security store; never a key in an answer) -------------------------
-
-    def _credential_store(self) -> CredentialStore:
-        if self.credentials is None:
-            raise ApiError(503, "the security store is not running in this server")
-        return self.credentials
-
-    def _credential_failure(self, error: CredentialError) -> ApiError:
-        if isinstance(error, CredentialConflict):
-            return ApiError(409, error.reason)
-        if isinstance(error, CredentialStorageError):
-            self._log.error("credentials_store_failed", error=error.reason)
-            return ApiError(503, "credentials storage unavailable")
-        return ApiError(400, error.reason)
-
-    async def list_credentials(self, request: web.Request) -> web.Response:
-        try:
-            credentials = self._credential_store().list()
-        except CredentialError as error:
-            raise self._credential_failure(error) from None
-        return web.json_response([c.public() for c in credentials])
-
-    async def put_credential(self, request: web.Request) -> web.Response:
-        """``{"identity": "...", "key": "<hex>", "scope": "server", "replace": false}``, or
-        an OSCORE context: ``{"mechanism": "oscore", "secret": "<hex>", "sender_id":
-        "<hex>", "recipient_id": "<hex>", "salt", "id_context", "aead", "replace"}``
-        (ids are the server's; see :mod:`lwm2m_server.security.oscore`)."""
-        store = self._credential_store()
-        endpoint = request.match_info["ep"]
-        try:
-            body = json.loads(await request.text())
-        except UnicodeDecodeError:
-            raise ApiError(400, "body is not UTF-8 JSON") from None
-        except json.JSONDecodeError as error:  # its message names a position, never the text
-            raise ApiError(400, f"body is not JSON: {error.msg} at character {error.pos}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "give {\"key\": \"<hex>\", \"identity\", \"scope\", \"replace\"}")
-        if body.get("mechanism", "psk") == "oscore":
-            return self._put_oscore(store, endpoint, body)
-        if body.get("mechanism") == "psk":
-            del body["mechanism"]
-        unknown = sorted(set(body) - {"identity", "key", "scope", "replace"})
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "
-                                "known: identity, key, scope, replace")
-        identity, key, scope = body.get("identity", endpoint), body.get("key"), body.get("scope", "server")
-        replace = body.get("replace", False)
-        if not isinstance(key, str):
-            raise ApiError(400, "key: give the key as a hex string")
-        if not isinstance(identity, str):
-            raise ApiError(400, "identity: must be a string")
-        if scope not in SCOPES:
-            raise ApiError(400, f"scope: must be one of {', '.join(SCOPES)}")
-        if not isinstance(replace, bool):
-            raise ApiError(400, "replace: must be true or false")
-        try:
-            credential = PskCredential(endpoint, identity, parse_key(key), scope)
-            replaced = store.add(credential, replace=replace, now=time.time())
-            stored = store.for_endpoint(endpoint, scope)
-        except CredentialError as error:
-            raise self._credential_failure(error) from None
-        self._log.info("credential_stored", ep=endpoint, scope=scope, identity=identity, replaced=replaced)
-        body = stored.public() if stored is not None else credential.public()
-        return web.json_response(body, status=200 if replaced else 201)
-
-    def _put_oscore(self, store: CredentialStore, endpoint: str, body: dict) -> web.Response:
-        fields = {"mechanism", "secret", "sender_id", "recipient_id", "salt", "id_context", "aead", "replace"}
-        unknown = sorted(set(body) - fields)
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(fields))}")
-        for name in ("secret", "sender_id", "recipient_id"):
-            if not isinstance(body.get(name), str):
-                raise ApiError(400, f"{name}: give it as a hex string")
-        for name in ("salt", "id_context"):
-            if body.get(name) is not None and not isinstance(body[name], str):
-                raise ApiError(400, f"{name}: give it as a hex string")
-        aead, replace = body.get("aead", 10), body.get("replace", False)
-        if isinstance(aead, bool) or not isinstance(aead, int):
-            raise ApiError(400, "aead: a COSE algorithm number")
-        if not isinstance(replace, bool):
-            raise ApiError(400, "replace: must be true or false")
-        try:
-            credential = oscore_credential(
-                endpoint, master_secret=parse_hex(body["secret"], "secret"),
-                sender_id=parse_hex(body["sender_id"], "sender_id", allow_empty=True),
-                recipient_id=parse_hex(body["recipient_id"], "recipient_id", allow_empty=True),
-                master_salt=parse_hex(body.get("salt") or "", "salt", allow_empty=True),
-                id_context=None if body.get("id_context") is None
-                else parse_hex(body["id_context"], "id_context", allow_empty=True),
-                aead=aead)
-            replaced = store.add_oscore(credential, replace=replace, now=time.time())
-            stored = store.oscore_for_endpoint(endpoint)
-        except CredentialError as error:
-            raise self._credential_failure(error) from None
-        self._log.info("credential_stored", ep=endpoint, scope="server", mechanism="oscore",
-                       identity=credential.identity, replaced=replaced)
-        answer = stored.public() if stored is not None else credential.public()
-        return web.json_response(answer, status=200 if replaced else 201)
-
-    async def delete_credentials(self, request: web.Request) -> web.Response:
-        """``DELETE /credentials/{ep}[?scope=server|bootstrap][&mechanism=psk|oscore]``: 204,
-        or 404 if it had none."""
-        store = self._credential_store()
-        endpoint, scope = request.match_info["ep"], request.query.get("scope")
-        mechanism = request.query.get("mechanism")
-        if scope is not None and scope not in SCOPES:
-            raise ApiError(400, f"scope: must be one of {', '.join(SCOPES)}")
-        if mechanism not in (None, "psk", "oscore"):
-            raise ApiError(400, "mechanism: must be psk or oscore")
-        try:
-            removed = store.remove(endpoint, scope, mechanism)
-        except CredentialError as error:
-            raise self._credential_failure(error) from None
-        if not removed:
-            raise ApiError(404, f"endpoint {endpoint!r} has no {scope + ' credential' if scope else 'credentials'}")
-        self._log.info("credentials_removed", ep=endpoint, scope=scope or "all", count=removed)
-        return web.Response(status=204)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """``GET /events[?endpoint=][&kinds=a,b][&timeout=S]``: one JSON event a line;
