@@ -192,7 +192,7 @@ async def bench_server(args: argparse.Namespace, endpoints: list[str], secure: b
         base = config()
         server = LwM2MServer(replace(base, coap=replace(base.coap, secure_port=0)), ObjectRegistry.default(),
                              store, credentials=credentials,
-                             downloads=lambda path: download if path == ("fw", "bench") else None)
+                             downloads=lambda request: download if request.uri_path == ("fw", "bench") else None)
         await server.start()
         try:
             yield server
@@ -358,7 +358,7 @@ async def main(args: argparse.Namespace) -> None:
         download = Download(module, module.stat().st_size, b"bench001")
         store = await SqliteStore.open(Path(folder) / "state.sqlite3")
         server = LwM2MServer(config(), ObjectRegistry.default(), store,
-                             downloads=lambda path: download if path == ("fw", "bench") else None)
+                             downloads=lambda request: download if request.uri_path == ("fw", "bench") else None)
         await server.start()
         try:
             if args.registrations:

@@ -396,6 +396,7 @@ class BootstrapListener:
             block_size=coap.block_size, rate_limiter=rate_limiter(coap.rate_limit_per_peer, coap.rate_limit_burst),
             max_sessions=security.max_sessions, session_idle_timeout=security.session_idle_timeout_s,
             plain_allowed=security.mode != "secure-only", max_request_body=coap.max_request_body_bytes,
+            block1_limits=coap.block1_limits(),
             log=structlog.get_logger("lwm2m_server.bootstrap.coap"),
         )
 

@@ -35,6 +35,7 @@ from .config_values import (
     MIN_TOKEN_LENGTH, ConfigError, Section, YamlLoader, check_keys, describe, is_loopback, plain,
     yaml_error,
 )
+from .transport.block1 import IDLE_TIMEOUT_S, Block1Limits
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +81,23 @@ class CoapConfig:
     """Requests a device may send at once after a quiet spell (a host: ten times that)."""
     max_request_body_bytes: int = 256 * 1024
     """Largest request body (a Register's links, a Send) reassembled from Block1; more: 4.13."""
+    max_block1_bodies_per_peer: int = 4
+    """Request bodies one device (source ``host:port``) may have in Block1 assembly at once; more: 4.29."""
+    max_block1_bytes_per_peer: int = 512 * 1024
+    """Bytes one device's bodies in assembly may hold (>= ``max_request_body_bytes``); more: 4.29."""
+    max_block1_bodies: int = 1000
+    """Request bodies in Block1 assembly, all devices together; more: 5.03 with Max-Age."""
+    max_block1_bytes: int = 16 * 1024 * 1024
+    """Bytes all bodies in assembly may hold together; more: 5.03 with Max-Age."""
+    block1_idle_timeout_s: float = IDLE_TIMEOUT_S
+    """A body in assembly no block arrived for in this many seconds is dropped (its next block: 4.08)."""
     secure_port: int | None = 5684
     """UDP port of CoAPS (DTLS 1.2 PSK), on ``host``; None = no CoAPS; 0 = any free port."""
+
+    def block1_limits(self) -> Block1Limits:
+        """The bounds on Block1 reassembly (the CoAP adapter's)."""
+        return Block1Limits(self.max_block1_bodies_per_peer, self.max_block1_bytes_per_peer,
+                            self.max_block1_bodies, self.max_block1_bytes, self.block1_idle_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +443,11 @@ def _coap(s: Section) -> CoapConfig:
     s.number("rate_limit_per_peer", positive=False, unit="requests per second")
     s.integer("rate_limit_burst", 1)
     s.integer("max_request_body_bytes", 1024)
+    s.integer("max_block1_bodies_per_peer", 1)
+    s.integer("max_block1_bytes_per_peer", 1024)
+    s.integer("max_block1_bodies", 1)
+    s.integer("max_block1_bytes", 1024)
+    s.number("block1_idle_timeout_s", positive=True)
     present, value = s._get("secure_port", nullable=True)
     if present and value is not None:
         s.integer("secure_port", 0, 65535)
@@ -435,6 +456,13 @@ def _coap(s: Section) -> CoapConfig:
     config = s.build()
     if config.secure_port is not None and config.secure_port == config.port != 0:
         s.fail("secure_port", f"must differ from coap.port ({config.port})")
+    for key, smaller, why in (
+        ("max_block1_bytes_per_peer", "max_request_body_bytes", ": else a body of the largest size never finishes"),
+        ("max_block1_bodies", "max_block1_bodies_per_peer", ""),
+        ("max_block1_bytes", "max_block1_bytes_per_peer", ""),
+    ):
+        if getattr(config, key) < getattr(config, smaller):
+            s.fail(key, f"must be >= coap.{smaller} ({getattr(config, smaller)}), got {getattr(config, key)}{why}")
     if config.max_in_flight_per_device > config.max_in_flight:
         s.fail(
             "max_in_flight_per_device",

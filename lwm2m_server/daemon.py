@@ -14,6 +14,7 @@ import structlog
 from ipso_objects import DdfError, ObjectRegistry
 
 from .api.http import ManagementApi
+from .transport.sockets import PortUnavailable, naming_port
 from .transport.dtls import DtlsUnavailable
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
 from .security.credentials import CredentialError, CredentialStore
@@ -75,7 +76,8 @@ class Daemon:
             self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port,
                                      deployment=deployment, orchestrator=self.orchestrator,
                                      credentials=self.credentials)
-            await self.api.start()
+            with naming_port("TCP", config.api.host, config.api.port):
+                await self.api.start()
         except BaseException:
             await self.stop()
             raise
@@ -132,6 +134,15 @@ async def _serve(config: ServerConfig) -> None:
     await daemon.stop()
 
 
+def port_key(config: ServerConfig, error: PortUnavailable) -> str:
+    """The configuration key of the port that could not be bound (each configured
+    port differs from the others, so protocol and number tell which)."""
+    ports = {"TCP": {"api.port": config.api.port},
+             "UDP": {"coap.port": config.coap.port, "coap.secure_port": config.coap.secure_port,
+                     "bootstrap.port": config.bootstrap.port, "bootstrap.secure_port": config.bootstrap.secure_port}}
+    return next((key for key, port in ports.get(error.protocol, {}).items() if port == error.port), "cannot start")
+
+
 def serve(config_path: str) -> int:
     """Exit status: 0 after a clean stop, 2 for a bad configuration, 1 when startup failed."""
     try:
@@ -159,6 +170,9 @@ def serve(config_path: str) -> int:
         return 1
     except DtlsUnavailable as error:
         print(f"tinymlaas: coap.secure_port: {error}", file=sys.stderr)
+        return 1
+    except PortUnavailable as error:
+        print(f"tinymlaas: {port_key(config, error)}: {error}", file=sys.stderr)
         return 1
     except OSError as error:
         print(f"tinymlaas: cannot start: {error}", file=sys.stderr)

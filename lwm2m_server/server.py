@@ -32,11 +32,15 @@ from .core.responses import UNREACHABLE, Result, decode_response, parse_send
 from .core.queue_mode import Queued, QueueModePolicy
 from .transport.ratelimit import rate_limiter
 from .security.oscore import is_oscore_identity
-from .core.identity import CredentialLookup, check_identity, check_same_peer
+from .core.identity import (
+    CredentialLookup, RegistrationEnded, check_identity, check_registration, check_same_peer,
+)
 from .core.registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
 from .observations import Observations
+from .ota.downloads import ModuleDownloads
+from .registration_writes import RegistrationWrites
 from .store.base import (
     CANCELLED, DELIVERED, EXPIRED, FAILED, PENDING, ObservationRecord, QueueEntry, Store, StoreError,
 )
@@ -81,9 +85,12 @@ class LwM2MServer:
         self.events = EventHub()
         self._clock = clock
         self._book = RegistrationBook()
+        self.downloads = ModuleDownloads(downloads, store, self._book.by_endpoint)
+        """Who may fetch which module (pull delivery): the rollouts grant, the adapter asks."""
         self._devices: dict[str, _Device] = {}
         self._queue_policy = QueueModePolicy(config.queue.awake_window_s)
         self._log = structlog.get_logger("lwm2m_server")
+        self._writes = RegistrationWrites(store, self._log)  # Updates and De-registers outlive a full disk
         self._adapter = CoapAdapter(
             self._handle,
             host=config.coap.host,
@@ -91,7 +98,7 @@ class LwM2MServer:
             receive_buffer_bytes=config.coap.receive_buffer_bytes,
             max_in_flight=config.coap.max_in_flight,
             block_size=config.coap.block_size,
-            downloads=downloads,
+            downloads=self.downloads.resolve,
             rate_limiter=rate_limiter(config.coap.rate_limit_per_peer, config.coap.rate_limit_burst),
             secure_port=config.coap.secure_port if credentials is not None else None,
             psk_lookup=self._psk_for,
@@ -99,6 +106,7 @@ class LwM2MServer:
             session_idle_timeout=config.security.session_idle_timeout_s,
             plain_allowed=config.security.mode != "secure-only",
             max_request_body=config.coap.max_request_body_bytes,
+            block1_limits=config.coap.block1_limits(),
             oscore=self._oscore,
         )
         self._bootstrap = BootstrapService(  # POST /bs; trust anchors: the signing key's, read at start
@@ -134,6 +142,7 @@ class LwM2MServer:
         restored = await self.store.load_observations()
         # adopted before the first datagram is read: their notifications must not be reset
         to_observe_anew = self._observations.adopt(restored, self._book.by_endpoint)
+        await self.downloads.load()  # likewise: a pull that resumes must not meet a 4.04
         try:
             await self._adapter.start()
         except BaseException:
@@ -154,6 +163,8 @@ class LwM2MServer:
     async def stop(self) -> None:
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if await self._writes.flush():  # still no space: the store keeps the versions last written
+            self._log.error("registration_writes_unsaved", waiting=self._writes.pending)
         self._observations.close()  # they stay stored, and on the devices, for the next start
         await self._cancel_tasks()
         await self._bootstrap.close()
@@ -240,9 +251,9 @@ class LwM2MServer:
             self._log.info("request_refused", path="/".join(request.uri_path), code=error.code,
                            reason=error.reason, address=request.address)
             return OutgoingResponse(error.code, error.reason.encode())
-        except StoreError as error:
+        except StoreError as error:  # Service Unavailable: the device retries later
             self._log.error("store_failed", error=str(error))
-            return OutgoingResponse("5.00", b"server storage unavailable")
+            return OutgoingResponse("5.03", b"server storage unavailable")
         except Exception:  # one bad request must not take the server down
             self._log.exception("request_failed", path="/".join(request.uri_path))
             return OutgoingResponse("5.00", b"internal server error")
@@ -275,7 +286,9 @@ class LwM2MServer:
         now = self._clock()
         registration, previous = self._book.register(params, request.address, now, identity=request.identity)
         try:
-            await self.store.save_registration(registration)
+            # stored before it is answered, else 5.03 and the device retries: an Update or
+            # De-register may wait for disk space, a Register not (see .registration_writes)
+            await self._writes.save_now(registration)
         except StoreError:  # unsaved means unregistered: the book goes back to what is stored
             self._book.deregister(registration.id)
             if previous is not None:
@@ -301,13 +314,9 @@ class LwM2MServer:
         now = self._clock()
         previous = self._book.get(registration_id)
         if previous is not None:
-            check_same_peer(previous, request.identity, self.credentials)
+            await self._check_peer(previous, request)
         registration = self._book.update(registration_id, params, request.address, now)
-        try:
-            await self.store.save_registration(registration)
-        except StoreError:
-            self._book.restore(previous)
-            raise
+        await self._writes.save(registration)  # on a full disk: written once space returns
         self._device(registration.endpoint).last_seen = now
         if previous is not None and previous.address != registration.address:
             self._adapter.forget(previous.address)
@@ -327,24 +336,44 @@ class LwM2MServer:
     async def _deregister(self, registration_id: str, request: IncomingRequest) -> OutgoingResponse:
         current = self._book.get(registration_id)
         if current is not None:
-            check_same_peer(current, request.identity, self.credentials)
+            await self._check_peer(current, request)
         registration = self._book.deregister(registration_id)
-        try:
-            await self.store.delete_registration(registration.id)
-        except StoreError:
-            self._book.restore(registration)
-            raise
-        self._drop_observations(registration.endpoint)
-        self._adapter.forget(registration.address)
+        await self._forget_registration(registration)
         self._log.info("deregistered", ep=registration.endpoint)
         self.events.publish("deregistered", endpoint=registration.endpoint, registration=registration)
         return OutgoingResponse("2.02")
+
+    async def _check_peer(self, registration: Registration, request: IncomingRequest) -> None:
+        """4.03 unless the request may act for ``registration``; one its endpoint's
+        credentials no longer admit is ended first (:mod:`.core.identity`)."""
+        try:
+            check_same_peer(registration, request.identity, self.credentials)
+        except RegistrationEnded as error:
+            await self._end(registration, error.reason)
+            raise
+
+    async def _end(self, registration: Registration, reason: str) -> None:
+        """Remove a registration that is no longer allowed, and say why."""
+        if self._book.get(registration.id) is None:
+            return
+        self._book.deregister(registration.id)
+        await self._forget_registration(registration)
+        self._log.warning("registration_ended", ep=registration.endpoint, id=registration.id,
+                          address=registration.address, reason=reason)
+        self.events.publish("registration_ended", endpoint=registration.endpoint, registration=registration,
+                            reason=reason)
+
+    async def _forget_registration(self, registration: Registration) -> None:
+        """After the book dropped it: its row (and observations) and its peer state."""
+        await self._writes.delete(registration)  # on a full disk: deleted once space returns
+        self._drop_observations(registration.endpoint)
+        self._adapter.forget(registration.address)
 
     async def _send_operation(self, request: IncomingRequest) -> OutgoingResponse:
         registration = self._book.by_address(request.address)
         if registration is None:
             return OutgoingResponse("4.03", b"Send from an address without registration")
-        check_same_peer(registration, request.identity, self.credentials)
+        await self._check_peer(registration, request)
         try:
             entries = parse_send(request.payload, request.content_format, self.registry)
         except OperationError as error:
@@ -380,7 +409,10 @@ class LwM2MServer:
             self._log.info("discovery_incomplete", ep=registration.endpoint, problems=list(profile.problems))
             self.events.publish("discovery_incomplete", endpoint=registration.endpoint, profile=profile)
             return profile
-        await self.store.put_document("profile", registration.endpoint, profile.to_dict(), self._clock())
+        try:
+            await self.store.put_document("profile", registration.endpoint, profile.to_dict(), self._clock())
+        except StoreError as error:  # a full disk: used from memory, stored at a later discovery
+            self._log.error("store_failed", error=str(error))
         self._profiles[registration.endpoint] = profile
         self._log.info("discovered", ep=registration.endpoint, device_class=profile.device_class,
                        problems=len(profile.problems))
@@ -418,6 +450,7 @@ class LwM2MServer:
         while True:
             await asyncio.sleep(interval)
             try:
+                await self._writes.flush()  # what a full disk held back
                 await self.expire_now()
             except StoreError as error:
                 self._log.error("store_failed", error=str(error))
@@ -427,9 +460,7 @@ class LwM2MServer:
         now = self._clock()
         expired = self._book.expire(now - self.config.registration.grace_s)
         for registration in expired:
-            await self.store.delete_registration(registration.id)
-            self._drop_observations(registration.endpoint)
-            self._adapter.forget(registration.address)
+            await self._forget_registration(registration)
             self._log.info("registration_expired", ep=registration.endpoint)
             self.events.publish("expired", endpoint=registration.endpoint, registration=registration)
         for entry in await self.store.expire_entries(now):
@@ -445,6 +476,11 @@ class LwM2MServer:
         when the device sleeps. Raises :class:`DeviceNotRegistered`,
         :class:`OperationError`, :class:`QueueFullError`."""
         registration = self._require(endpoint)
+        try:  # e.g. a plain registration of an endpoint that has been given credentials since
+            check_registration(registration, self.credentials)
+        except RegistrationEnded as error:
+            await self._end(registration, error.reason)
+            raise DeviceNotRegistered(endpoint) from None
         request = build(registration)
         if registration.queue_mode and queue and not self._awake(registration):
             return await self._enqueue(registration, request)

@@ -159,7 +159,7 @@ async def file_server(tmp_path):
         return OutgoingResponse("4.04")
 
     server = CoapAdapter(handler, host="127.0.0.1", port=0,
-                         downloads=lambda path: download if path == ("fw", "m1") else None)
+                         downloads=lambda request: download if request.uri_path == ("fw", "m1") else None)
     await server.start()
     yield server, image
     await server.stop()
@@ -292,3 +292,41 @@ async def test_download_blocks_are_not_kept_for_aiocoaps_whole_exchange_lifetime
         assert errors == []
     finally:
         await client.shutdown()
+
+
+async def test_an_icmp_error_from_one_device_does_not_lose_the_answer_to_another():
+    """A device whose port closed makes the kernel report "port unreachable" on the
+    server's socket, and also leave it pending there: it used to fail the server's next
+    send, whatever peer that was for, and this device's answer was lost."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: IncomingRequest) -> OutgoingResponse:
+        entered.set()
+        await release.wait()
+        return OutgoingResponse("2.04")
+
+    server = CoapAdapter(handler, host="127.0.0.1", port=0)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as device:
+            device.setblocking(False)
+            device.connect(("127.0.0.1", server.port))
+            for mid in range(3):
+                entered.clear()
+                release.clear()
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+                    gone.bind(("127.0.0.1", 0))
+                    closed = gone.getsockname()[1]
+                request = Message(code=Code.POST, payload=b"x")
+                request.mtype, request.mid, request.token = aiocoap.CON, mid, bytes([mid])
+                request.opt.uri_path = ("dp",)
+                device.send(request.encode())
+                await entered.wait()  # the server is about to answer this device, when it
+                server._socket().sendto(b"\x50\x01\x00\x01", ("::ffff:127.0.0.1", closed))  # sends to a closed port
+                release.set()
+                async with asyncio.timeout(2):
+                    answer = Message.decode(await loop.sock_recv(device, 2048))
+                assert answer.code == Code.CHANGED and answer.mid == mid
+    finally:
+        await server.stop()

@@ -158,6 +158,14 @@ def test_config_is_immutable() -> None:
         ("coap: {rate_limit_burst: 0}", "coap.rate_limit_burst: must be > 0, got 0"),
         ("coap: {rate_limit_burst: 2.5}", "coap.rate_limit_burst: must be an integer, got 2.5"),
         ("coap: 5", "coap: must be a mapping of keys, got 5"),
+        ("coap: {max_block1_bodies_per_peer: 0}", "coap.max_block1_bodies_per_peer: must be > 0, got 0"),
+        ("coap: {block1_idle_timeout_s: 0}", "coap.block1_idle_timeout_s: must be > 0, got 0"),
+        ("coap: {max_block1_bytes_per_peer: 100000}",
+         "coap.max_block1_bytes_per_peer: must be >= coap.max_request_body_bytes (262144), got 100000: "
+         "else a body of the largest size never finishes"),
+        ("coap: {max_block1_bodies: 2}", "coap.max_block1_bodies: must be >= coap.max_block1_bodies_per_peer (4), got 2"),
+        ("coap: {max_block1_bytes_per_peer: 33554432}",
+         "coap.max_block1_bytes: must be >= coap.max_block1_bytes_per_peer (33554432), got 16777216"),
         ("coap: {secure_port: 70000}", "coap.secure_port: must be an integer in 0..65535, got 70000"),
         ("coap: {port: 5683, secure_port: 5683}", "coap.secure_port: must differ from coap.port (5683)"),
         ("security: {mode: paranoid}", "security.mode: must be one of 'mixed' or 'secure-only', got 'paranoid'"),
@@ -191,7 +199,8 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
     assert load_error(tmp_path, "coap:\n  prot: 5683\n") == (
         "coap.prot: unknown key (did you mean 'port'?); valid keys: host, port, max_in_flight, "
         "max_in_flight_per_device, receive_buffer_bytes, request_timeout_s, block_size, "
-        "rate_limit_per_peer, rate_limit_burst, max_request_body_bytes, secure_port"
+        "rate_limit_per_peer, rate_limit_burst, max_request_body_bytes, max_block1_bodies_per_peer, "
+        "max_block1_bytes_per_peer, max_block1_bodies, max_block1_bytes, block1_idle_timeout_s, secure_port"
     )
     assert load_error(tmp_path, "api: {tokn_file: x}").startswith(
         "api.tokn_file: unknown key (did you mean 'token_file'?); valid keys: host, port,"

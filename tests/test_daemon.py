@@ -274,3 +274,26 @@ def test_the_bootstrap_server_on_a_coaps_port_of_its_own_sends_devices_to_the_se
     finally:
         if daemon.process and daemon.process.poll() is None:
             daemon.kill()
+
+
+@pytest.mark.parametrize("key", ["coap.port", "coap.secure_port", "bootstrap.port", "bootstrap.secure_port",
+                                 "api.port"])
+def test_a_port_in_use_is_named_by_its_key_protocol_and_address(tmp_path, key):
+    """Another process holds one of the daemon's ports: it exits 1 with one line naming
+    the key, the protocol and the address, not a bare ``[Errno 98] Address already in use``."""
+    kind = socket.SOCK_STREAM if key == "api.port" else socket.SOCK_DGRAM
+    bootstrap_port, bootstrap_secure_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    daemon = Daemon(tmp_path, f"bootstrap: {{port: {bootstrap_port}, secure_port: {bootstrap_secure_port}}}\n")
+    port = {"coap.port": daemon.coap_port, "coap.secure_port": daemon.coaps_port, "api.port": daemon.api_port,
+            "bootstrap.port": bootstrap_port, "bootstrap.secure_port": bootstrap_secure_port}[key]
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1", port))
+        if kind == socket.SOCK_STREAM:
+            holder.listen()
+        result = subprocess.run([sys.executable, "-m", "lwm2m_server.cli", "serve", "--config", "server.yaml"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    protocol = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"tinymlaas: {key}: {protocol} 127.0.0.1:{port} is in use by another process")
+    assert "Traceback" not in result.stderr + result.stdout

@@ -207,8 +207,9 @@ async def test_removed_credentials_end_the_device_access(secure):
     secure.add("dev-1")
     device = await secure.device("dev-1", psk=("dev-1", KEY))
     secure.credentials.remove("dev-1")
-    with pytest.raises(RegistrationFailed, match=r"4\.03"):
+    with pytest.raises(RegistrationFailed, match=r"4\.03.*registration of 'dev-1' ended"):
         await device.update()
+    assert secure.server.registration("dev-1") is None  # ended, not only refused
 
 
 async def test_secure_only_refuses_plain_coap(tmp_path):

@@ -136,7 +136,7 @@ async def test_libcoap_handshaking_again_from_its_port_is_reached_at_once(secure
     firmware = tmp_path / "firmware.bin"
     firmware.write_bytes(b"\x7fFIRMWARE" * 10)
     offered = Download(firmware, firmware.stat().st_size, b"fw-1")
-    secure.server._adapter._downloads = lambda path: offered if path == ("fw", "t1") else None
+    secure.server._adapter._downloads = lambda request: offered if request.uri_path == ("fw", "t1") else None
     key = "libcoap-secret16"
     secure.add("libcoap-1", key=key.encode())
     port = free_udp_port()

@@ -9,7 +9,10 @@ sends its own requests to, the relay's per-device upstream address it saw.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +23,7 @@ import aiocoap
 import pytest
 from aiocoap import Code, Message
 from aiocoap.numbers.constants import TransportTuning
+from structlog.testing import capture_logs
 
 import simulators.client
 from ipso_objects import LwM2MPath, ObjectRegistry
@@ -617,12 +621,42 @@ async def uncap_store(store: SqliteStore) -> None:
     await store._run("uncap size", lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchone())
 
 
+class _FullDiskConnection:
+    """The store's connection on a disk with no space at all: every transaction's
+    COMMIT fails with SQLITE_FULL (its WAL frames cannot be written) and is rolled
+    back; reads work. :func:`fill_store` caps the database's pages, which fails only
+    the writes that need new pages: a De-register or a small Update still fits."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, *args):
+        if sql.strip().upper() == "COMMIT":
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorname = "SQLITE_FULL"
+            raise error
+        return self.connection.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.connection, name)
+
+
+def disk_full(store: SqliteStore) -> None:
+    store._connection = _FullDiskConnection(store._connection)  # read on the store's thread at each call
+
+
+def disk_freed(store: SqliteStore) -> None:
+    store._connection = store._connection.connection
+
+
 class StorageSetup:
-    async def start(self, tmp_path: Path) -> StorageSetup:
+    async def start(self, tmp_path: Path, **registration) -> StorageSetup:
         self.registry = ObjectRegistry.default()
         self.store = await SqliteStore.open(tmp_path / "state.sqlite3")
         base = ServerConfig()
-        config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=5))
+        config = replace(base, coap=replace(base.coap, host="127.0.0.1", port=0, request_timeout_s=5),
+                         registration=replace(base.registration, **registration))
+        self.config = config
         self.server = LwM2MServer(config, self.registry, self.store)
         await self.server.start()
         self.devices: list[SimulatedDevice] = []
@@ -652,7 +686,7 @@ async def big_register(peer: aiocoap.Context, port: int, endpoint: str) -> Messa
     return await peer.request(request).response
 
 
-async def test_full_store_answers_5_00_keeps_earlier_data_and_recovers(tmp_path):
+async def test_full_store_answers_5_03_keeps_earlier_data_and_recovers(tmp_path):
     setup = await StorageSetup().start(tmp_path)
     try:
         old = [await setup.device(f"m4f-old-{i}") for i in range(2)]
@@ -662,7 +696,7 @@ async def test_full_store_answers_5_00_keeps_earlier_data_and_recovers(tmp_path)
         peer = await aiocoap.Context.create_client_context()
         try:
             refused = await big_register(peer, setup.server.port, "big-new")
-            assert (refused.code.dotted, refused.payload) == ("5.00", b"server storage unavailable")
+            assert (refused.code.dotted, refused.payload) == ("5.03", b"server storage unavailable")
             # what needs no new space keeps working: reads of registered devices, their Updates
             result = await setup.server.perform("m4f-old-0", lambda r: ops.read(r, LwM2MPath.parse("/3/0/0"),
                                                                                  registry=setup.registry))
@@ -692,12 +726,117 @@ async def test_register_refused_by_a_full_store_is_not_listed(tmp_path):
         peer = await aiocoap.Context.create_client_context()
         try:
             response = await big_register(peer, setup.server.port, "refused")
-            assert (response.code.dotted, response.payload) == ("5.00", b"server storage unavailable")
+            assert (response.code.dotted, response.payload) == ("5.03", b"server storage unavailable")
         finally:
             await peer.shutdown()
         assert setup.server.registration("refused") is None
     finally:
         await setup.stop()
+
+
+async def coap(peer: aiocoap.Context, port: int, method: Code, path: str, payload: bytes = b"") -> Message:
+    message = Message(code=method, uri=f"coap://127.0.0.1:{port}{path}", payload=payload)
+    if payload:
+        message.opt.content_format = 40
+    return await peer.request(message).response
+
+
+async def stored_registrations(store: SqliteStore) -> dict:
+    return {r.endpoint: r for r in await store.load_registrations()}
+
+
+@pytest.mark.parametrize("noticed_by", ["periodic flush", "next write"])
+async def test_update_and_deregister_work_on_a_full_disk_and_are_stored_once_space_returns(tmp_path, noticed_by):
+    """Devices do not fall off a server whose disk is full: their Updates and
+    De-registers succeed from memory and reach the store when it takes writes again;
+    a new device's Register is refused with 5.03 (it must be stored first)."""
+    setup = await StorageSetup().start(tmp_path, expiry_check_interval_s=0.1 if noticed_by == "periodic flush"
+                                       else 3600)
+    first = await aiocoap.Context.create_client_context()
+    second = await aiocoap.Context.create_client_context()  # the keeper's new source address
+    try:
+        port, locations = setup.server.port, {}
+        for endpoint in ("keeper", "leaver", "bystander"):
+            response = await coap(first, port, Code.POST, f"/rd?ep={endpoint}&lt=300", b"</3/0>,</3303/0>")
+            assert response.code.dotted == "2.01"
+            locations[endpoint] = "/" + "/".join(response.opt.location_path)
+        before = await stored_registrations(setup.store)
+        assert before["keeper"].lifetime == 300
+
+        disk_full(setup.store)
+        with capture_logs() as logs:
+            updated = await coap(second, port, Code.POST, f"{locations['keeper']}?lt=900")
+            left = await coap(first, port, Code.DELETE, locations["leaver"])
+            refused = await coap(first, port, Code.POST, "/rd?ep=newcomer&lt=300", b"</3/0>")
+            again = await coap(second, port, Code.POST, f"{locations['keeper']}?lt=901")
+        assert (updated.code.dotted, left.code.dotted, again.code.dotted) == ("2.04", "2.02", "2.04")
+        assert (refused.code.dotted, refused.payload) == ("5.03", b"server storage unavailable")
+        keeper = setup.server.registration("keeper")
+        assert keeper.lifetime == 901 and keeper.address != before["keeper"].address
+        assert setup.server.registration("leaver") is None and setup.server.registration("newcomer") is None
+        assert await stored_registrations(setup.store) == before  # nothing written, nothing stored lost
+        deferred = [e for e in logs if e["event"] == "registration_writes_deferred"]
+        assert len(deferred) == 1 and "SQLITE_FULL" in deferred[0]["error"]  # once per outage
+
+        assert setup.server._writes.pending == 2  # the keeper's newest version, the leaver's delete
+        disk_freed(setup.store)
+        if noticed_by == "next write":
+            assert (await coap(first, port, Code.POST, locations["bystander"])).code.dotted == "2.04"
+        async with asyncio.timeout(10):
+            while setup.server._writes.pending:
+                await asyncio.sleep(0.05)
+        stored = await stored_registrations(setup.store)
+        assert set(stored) == {"keeper", "bystander"}
+        assert (stored["keeper"].lifetime, stored["keeper"].address) == (901, keeper.address)
+    finally:
+        await first.shutdown()
+        await second.shutdown()
+        await setup.stop()
+
+    store = await SqliteStore.open(tmp_path / "state.sqlite3")  # a restart on the same file
+    server = LwM2MServer(setup.config, setup.registry, store)
+    await server.start()
+    try:
+        assert sorted(r.endpoint for r in server.registrations()) == ["bystander", "keeper"]
+        restored = server.registration("keeper")
+        assert (restored.id, restored.lifetime, restored.address) == (keeper.id, 901, keeper.address)
+    finally:
+        await server.stop()
+        await store.close()
+
+
+async def test_post_models_on_a_full_disk_is_503_json(tmp_path, monkeypatch):
+    import aiohttp
+
+    from lwm2m_server.api.http import ManagementApi
+    from lwm2m_server.ota import deployment as deployment_module
+
+    stack = await Stack().start(tmp_path)
+    api = ManagementApi(stack.server, "t0ken", port=0, deployment=stack.deployment, orchestrator=stack.orchestrator)
+    await api.start()
+    try:
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as session:
+            async def post_model(version: str):
+                url = f"http://127.0.0.1:{api.port}/api/v1/models?name=dense&version={version}"
+                async with session.post(url, data=MODEL.read_bytes()) as response:
+                    return response.status, response.content_type, await response.json()
+
+            disk_full(stack.store)  # the model's record cannot be stored
+            assert await post_model("1.0") == (503, "application/json", {"error": "server storage unavailable"})
+
+            def no_space(path, data):  # the model file cannot be written
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+            disk_freed(stack.store)
+            monkeypatch.setattr(deployment_module, "_write_atomic", no_space)
+            assert await post_model("1.1") == (503, "application/json",
+                                               {"error": "server storage unavailable: No space left on device"})
+            monkeypatch.undo()
+            assert (await post_model("1.2"))[0] == 201  # space again
+        assert [m.version for m in await stack.deployment.models()] == ["1.2"]
+    finally:
+        await api.stop()
+        await stack.stop()
 
 
 # -- bugs found by these tests, fixed ------------------------------------------------------------------

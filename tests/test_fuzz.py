@@ -2,7 +2,7 @@
 
 What a user relies on: nothing a device sends and no file an operator loads makes the
 server crash, hang or balloon. A malformed CoAP request gets a 4.xx with a short
-diagnostic (5.00 only for "server storage unavailable") and the server goes on
+diagnostic (5.03 only for "server storage unavailable") and the server goes on
 answering; a malformed payload, DDF, SUIT envelope, YAML config, key file or .tflite
 raises its parser's documented error (DecodeError, DdfError, SuitError, ConfigError,
 KeyFileError, ModelError, RegistrationError) and nothing else; no input of fuzzing size
@@ -671,7 +671,7 @@ def loopback():
 
 
 def check_answer(response: Message) -> None:
-    """A 2.xx, or a 4.xx with a short diagnostic; 5.00 only when storage is down."""
+    """A 2.xx, or a 4.xx with a short diagnostic; 5.03 only when storage is down."""
     code = response.code
     assert code.is_response(), code
     if code.class_ == 5:

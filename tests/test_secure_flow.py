@@ -93,6 +93,7 @@ async def deploy(stack: SecureStack, endpoint: str, mode: str, version: str) -> 
                                       if d.status.value in ("done", "failed", "rolled_back")])
     assert devices[0].status.value == "done", devices[0].reason
     assert devices[0].job["mode"] == mode
+    assert endpoint not in stack.server.downloads.granted()  # delivered: the module is no longer served to it
 
 
 async def test_bootstrap_register_deploy_and_infer_over_dtls_psk(stack):

@@ -643,7 +643,7 @@ class MiniLwM2MServer:
         self.downloads: dict[str, Download] = {}
         self.registered = asyncio.Event()
         self.adapter = CoapAdapter(self.handle, host="127.0.0.1", port=0, block_size=1024,
-                                   downloads=lambda path: self.downloads.get(path[1]) if len(path) == 2 else None)
+                                   downloads=lambda request: self.downloads.get("/".join(request.uri_path[1:])))
 
     @property
     def uri(self) -> str:

@@ -61,10 +61,12 @@ class CredentialRoutes:
             raise ApiError(400, f"body is not JSON: {error.msg} at character {error.pos}") from None
         if not isinstance(body, dict):
             raise ApiError(400, "give {\"key\": \"<hex>\", \"identity\", \"scope\", \"replace\"}")
-        if body.get("mechanism", "psk") == "oscore":
+        mechanism = body.get("mechanism", "psk")
+        if not isinstance(mechanism, str) or mechanism not in ("psk", "oscore"):
+            raise ApiError(400, "mechanism: must be \"psk\" or \"oscore\"")
+        if mechanism == "oscore":
             return self._put_oscore(store, endpoint, body)
-        if body.get("mechanism") == "psk":
-            del body["mechanism"]
+        body.pop("mechanism", None)
         unknown = sorted(set(body) - {"identity", "key", "scope", "replace"})
         if unknown:
             raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; "

@@ -2,7 +2,11 @@
 
 JSON in, JSON out. Device operations answer ``200`` with the decoded result,
 ``202`` with a queue entry when the device sleeps (queue mode), ``404`` for an
-unknown endpoint, ``400`` for a request that cannot be built. ``GET
+unknown endpoint, ``400`` for a request that cannot be built. A body that is not
+a JSON object, or has a wrong-typed or unknown field, is a ``400`` naming the
+field (:mod:`.bodies`); storage that cannot be written (a full disk) is ``503``;
+anything else unexpected a ``500`` with ``{"error": "internal server error"}``
+(the traceback goes to the log only). ``GET
 /api/v1/events`` streams newline-delimited JSON events until the client leaves.
 """
 
@@ -24,7 +28,7 @@ from ipso_objects.codecs.link_format import NotificationAttributes, encode as en
 from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
-from . import display
+from . import bodies, display
 from .credentials import CredentialRoutes
 from .errors import ApiError
 from ..core import operations
@@ -36,12 +40,19 @@ from ..security.credentials import CredentialStore
 from ..ota.deployment import Deployment, DeploymentError
 from ..ota.orchestrator import Orchestrator
 from ..core.registration import Registration
-from ..ota.rollouts import RolloutError, RolloutState, Selector, Strategy, summarize
+from ..ota.rollouts import RolloutError, RolloutState, summarize
 from ..core.queue_mode import Queued
 from ..server import DeviceNotRegistered, LwM2MServer
 from ..store.base import QueueEntry, QueueFullError, StoreError
 
 API = "/api/v1"
+OPERATION_FIELDS: dict[str, tuple[str, ...]] = {
+    "read": ("path",), "delete": ("path",), "discover": ("path",),
+    "write": ("path", "value", "replace"), "execute": ("path", "args"),
+    "write-attributes": ("path", "attributes"), "create": ("path", "instance", "values"),
+    "observe": ("path", "paths", "timeout"), "cancel-observe": ("path", "paths"),
+}
+"""The body fields of each device operation."""
 
 
 def json_value(value: Value) -> Any:
@@ -235,6 +246,15 @@ class ManagementApi:
         except StoreError as error:
             self._log.error("store_failed", error=str(error))
             return web.json_response({"error": "server storage unavailable"}, status=503)
+        except (web.HTTPException, ConnectionError):
+            raise  # aiohttp's own answers (an unknown route, a wrong method); a client that left
+        except OSError as error:  # e.g. no space left for a model file
+            self._log.error("storage_failed", error=str(error))
+            reason = error.strerror or type(error).__name__
+            return web.json_response({"error": f"server storage unavailable: {reason}"}, status=503)
+        except Exception:  # a bug: the log gets the traceback, the client a plain answer
+            self._log.exception("api_request_failed", method=request.method, path=request.path)
+            return web.json_response({"error": "internal server error"}, status=500)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
@@ -288,6 +308,7 @@ class ManagementApi:
     async def add_model(self, request: web.Request) -> web.Response:
         """``POST /models?name=kws&version=1.0`` with the model file as the body."""
         deployment, _ = self._deploying()
+        bodies.check_fields(dict(request.query), ("name", "version", "format"), "query")
         name, version = request.query.get("name", ""), request.query.get("version", "")
         data = await request.read()
         if not data:
@@ -301,20 +322,8 @@ class ManagementApi:
 
     async def create_rollout(self, request: web.Request) -> web.Response:
         _, orchestrator = self._deploying()
-        body = await request.json()
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise ApiError(400, "give {\"model\": \"name@version\", \"selector\": {...}, \"strategy\": {...}}")
-        selector = body.get("selector") or {}
-        strategy = body.get("strategy") or {}
-        if "follow" in body and isinstance(strategy, dict):  # shorthand for strategy.follow
-            strategy = {**strategy, "follow": body["follow"]}
-        try:
-            selector = Selector(tuple(selector.get("device_classes", ())), tuple(selector.get("endpoints", ())),
-                                dict(selector.get("labels", {})))
-            strategy = Strategy(**strategy)
-        except (TypeError, AttributeError) as error:
-            raise ApiError(400, f"bad selector or strategy: {error}") from None
-        rollout = await orchestrator.create(body["model"], selector, strategy, body.get("id"))
+        model, selector, strategy, rollout_id = bodies.rollout(await bodies.json_object(request))
+        rollout = await orchestrator.create(model, selector, strategy, rollout_id)
         return web.json_response(self._rollout_json(rollout.id), status=201)
 
     async def get_rollout(self, request: web.Request) -> web.Response:
@@ -325,6 +334,7 @@ class ManagementApi:
 
         async def handler(request: web.Request) -> web.Response:
             _, orchestrator = self._deploying()
+            bodies.check_fields(await bodies.json_object(request, optional=True), ())  # it takes none
             await orchestrator.set_state(request.match_info["id"], states[action])
             return web.json_response(self._rollout_json(request.match_info["id"]))
 
@@ -350,12 +360,8 @@ class ManagementApi:
 
     def _operation(self, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            try:
-                body = await request.json() if request.can_read_body else {}
-            except json.JSONDecodeError as error:
-                raise ApiError(400, f"body is not JSON: {error}") from None
-            if not isinstance(body, dict):
-                raise ApiError(400, "body must be a JSON object")
+            body = await bodies.json_object(request, optional=True)
+            bodies.check_fields(body, OPERATION_FIELDS[name])
             return await self._perform(name, request.match_info["ep"], body)
 
         return handler
@@ -374,7 +380,7 @@ class ManagementApi:
             build = lambda reg: operations.read(reg, path, registry=registry)  # noqa: E731
         elif name == "write":
             value = self._write_value(path, body)
-            replace = bool(body.get("replace", True))
+            replace = bodies.boolean(body, "replace", True)
             build = lambda reg: operations.write(reg, path, value, replace, registry=registry)  # noqa: E731
         elif name == "execute":
             arguments = body.get("args", "")
@@ -387,8 +393,10 @@ class ManagementApi:
             build = lambda reg: operations.discover(reg, path, registry=registry)  # noqa: E731
         elif name == "write-attributes":
             attributes = body.get("attributes")
-            if not isinstance(attributes, dict):
-                raise ApiError(400, "attributes must be an object such as {\"pmin\": 10}")
+            if not isinstance(attributes, dict) or not all(
+                    v is None or type(v) in (str, int, float) for v in attributes.values()):
+                raise ApiError(400, "attributes must be an object such as {\"pmin\": 10} "
+                                    "(values: numbers, strings or null)")
             query = [f"{k}={v}" if v is not None else k for k, v in attributes.items()]
             attrs = NotificationAttributes.from_query(query)
             build = lambda reg: operations.write_attributes(reg, path, attrs, registry=registry)  # noqa: E731
@@ -410,6 +418,8 @@ class ManagementApi:
         if "value" not in body:
             raise ApiError(400, "write needs \"value\"")
         raw = body["value"]
+        if raw is None or not isinstance(raw, (str, int, float)):  # bool is an int
+            raise ApiError(400, f"value: must be a string, number or boolean, got {bodies.kind(raw)}")
         rtype = self.server.registry.value_type(path)
         if rtype is None:
             return raw if isinstance(raw, (str, int, float, bool)) else str(raw)
@@ -432,6 +442,8 @@ class ManagementApi:
         for key, raw in values.items():
             if not str(key).isdigit():
                 raise ApiError(400, f"values key {key!r} is not a resource id")
+            if raw is None or not isinstance(raw, (str, int, float)):
+                raise ApiError(400, f"values.{key}: must be a string, number or boolean, got {bodies.kind(raw)}")
             leaf = path.child(instance_id or 0).child(int(key))  # the model ignores the instance id
             rtype = self.server.registry.value_type(leaf)
             value = text_to_value(str(raw), rtype) if rtype is not None else raw
@@ -477,6 +489,8 @@ class ManagementApi:
             body["result"] = result_json(data["result"], self.server, paths[0] if len(paths) == 1 else None)
         if "entry" in data:
             body["entry"] = entry_json(data["entry"])
+        if "reason" in data:
+            body["reason"] = data["reason"]
         if "entries" in data:
             body["values"] = [
                 {"time": entry.time, "path": str(path), "value": json_value(value),

@@ -14,7 +14,8 @@ class Event:
     """Something that happened to a device."""
 
     kind: str
-    """``registered``, ``updated``, ``deregistered``, ``expired``, ``notification``, ``send``, ``queue``."""
+    """``registered``, ``updated``, ``deregistered``, ``expired``, ``registration_ended`` (its
+    credentials no longer admit it; ``reason`` says why), ``notification``, ``send``, ``queue``."""
     endpoint: str
     """The device concerned."""
     data: dict[str, Any] = field(default_factory=dict)

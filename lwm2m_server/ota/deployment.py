@@ -302,7 +302,7 @@ class Deployment:
         return data
 
     def download(self, uri_path: tuple[str, ...]) -> Download | None:
-        """The adapter's resolver for ``GET /fw/<token>``."""
+        """The file of ``GET /fw/<token>`` (:class:`.downloads.ModuleDownloads` decides who gets it)."""
         if len(uri_path) == 2 and uri_path[0] == "fw":
             return self._downloads.get(uri_path[1])
         return None

@@ -28,6 +28,7 @@ from ..core import operations
 from ..compilers import CompilerError, Incompatible
 from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError, ModelRecord
+from .downloads import ModuleDownloads
 from ..core.operations import DeviceRequest
 from ..core.responses import Result, result_from_dict
 from .rollouts import (
@@ -62,6 +63,7 @@ class DeviceGateway(Protocol):
     registry: ObjectRegistry
     store: Store
     events: EventHub
+    downloads: ModuleDownloads
 
     def registrations(self) -> list[Registration]: ...
 
@@ -112,6 +114,9 @@ class Orchestrator:
             devices = await store.list_documents(DEVICE, f"{rollout_id}/")
             self._devices[rollout_id] = {d["endpoint"]: DeviceRollout.from_dict(d) for d in devices.values()}
         await self._settle_overlaps()  # before resuming: two deliveries to one device must not both go on
+        enrolled = {endpoint for devices in self._devices.values() for endpoint in devices}
+        for endpoint in enrolled | set(self.server.downloads.granted()):
+            await self._grant(endpoint)  # the saved grants, checked against the records
         resumed = 0
         for rollout_id, devices in self._devices.items():
             for endpoint, device in devices.items():
@@ -169,6 +174,8 @@ class Orchestrator:
             raise RolloutError(f"rollout {rollout_id} is {rollout.state.value}")
         rollout = replace(rollout, state=state, paused_reason="" if state is RolloutState.RUNNING else rollout.paused_reason)
         await self._save_rollout(rollout)
+        for endpoint in self._devices[rollout_id] if state is RolloutState.CANCELLED else ():
+            await self._grant(endpoint)  # its modules are no longer served
         return rollout
 
     # -- the loop ---------------------------------------------------------------------
@@ -489,10 +496,22 @@ class Orchestrator:
 
     async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:
         self._devices[rollout_id][device.endpoint] = device
+        await self._grant(device.endpoint)  # in memory before anything else sees the new status
         await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
         summary = summarize(self._devices[rollout_id].values())
         self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
                                    status=device.status.value, counts=dict(summary.counts), total=summary.total)
+
+    async def _grant(self, endpoint: str) -> None:
+        """Let ``endpoint`` fetch exactly the modules of its pull deliveries in progress: from
+        the save of the job that names the URI until the delivery is done, failed,
+        superseded or cancelled (a device that does not answer keeps its job, and its grant)."""
+        tokens = {device.job["artifact"] for rollout_id, devices in self._devices.items()
+                  if (device := devices.get(endpoint)) is not None and device.job is not None
+                  and device.job.get("mode") == Mode.PULL.value and device.job.get("artifact")
+                  and device.status in (DeviceStatus.IN_FLIGHT, DeviceStatus.RETRY_WAIT)
+                  and self._rollouts[rollout_id].state is not RolloutState.CANCELLED}
+        await self.server.downloads.grant(endpoint, tokens, self._clock())
 
     async def _save_rollout(self, rollout: Rollout) -> None:
         self._rollouts[rollout.id] = rollout

@@ -31,7 +31,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import aiocoap
 import aiocoap.error
 import structlog
-from aiocoap import Code, Message, blockwise, optiontypes, resource
+from aiocoap import Code, Message, optiontypes, resource
 from aiocoap.util import hostportsplit
 
 from .messages import CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
@@ -41,13 +41,14 @@ from .oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
     split_address,
 )
+from .sockets import naming_port, resend_after_stale_errors
+from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .ratelimit import RateLimiter
 
 _METHODS = {
     "GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE,
     "FETCH": Code.FETCH, "PATCH": Code.PATCH, "iPATCH": Code.iPATCH,
 }
-_SMALLEST_BLOCK_EXP = 0  # 16-byte blocks
 _DOWNLOAD_COPY_KEPT_S = 1.0
 """How long aiocoap keeps a download block it sent (for a duplicate GET in flight)."""
 
@@ -64,76 +65,36 @@ def _code(dotted_code: str) -> Code:
     return Code((int(major) << 5) | int(minor))
 
 
-def smaller_block_exp(response: Message, current_exp: int) -> int | None:
-    """The block size exponent to retry with after a 4.13, or None to give up.
-
-    A Block1 option in the 4.13 names the size the peer wants (RFC 7959 §2.9.3);
-    otherwise Size1 bounds the body it accepts, so blocks no larger than that;
-    otherwise halve the block size.
-    """
-    if response.opt.block1 is not None:
-        wanted = response.opt.block1.size_exponent
-    elif response.opt.size1 is not None and response.opt.size1 >= 16:
-        wanted = min(current_exp, max(_SMALLEST_BLOCK_EXP, response.opt.size1.bit_length() - 5))
-    else:
-        wanted = current_exp - 1
-    if wanted >= current_exp or wanted < _SMALLEST_BLOCK_EXP:
-        return None
-    return wanted
-
-
-class BodyTooLarge(aiocoap.error.RenderableError):
-    """4.13 Request Entity Too Large with Size1 = the largest body accepted (RFC 7959 §2.9.3)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def to_message(self) -> Message:
-        return Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=self.limit,
-                       payload=f"request body over {self.limit} bytes".encode())
-
-
-class _BoundedBlock1(blockwise.Block1Spool):
-    """aiocoap's Block1 reassembly, refusing a body larger than ``limit`` before it
-    is held in memory: announced by Size1, or reached by the blocks."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def feed_and_take(self, req: Message) -> Message:
-        block = req.opt.block1
-        if block is None:
-            if len(req.payload) > self.limit:
-                raise BodyTooLarge(self.limit)
-            return req
-        if (req.opt.size1 or 0) > self.limit or block.start + len(req.payload) > self.limit:
-            raise BodyTooLarge(self.limit)
-        return super().feed_and_take(req)
-
-
 class _Root(resource.Resource):
     """Every incoming request goes to one handler; the server does the routing.
 
-    GETs of downloads skip aiocoap's Block2 cache, which would hold the whole
-    file in memory, and are answered block by block from disk instead.
+    Each datagram is screened (:meth:`CoapAdapter._screen`) before its Block1 block
+    is put in the bounded spool (:mod:`.block1`). GETs of downloads skip aiocoap's
+    Block2 cache, which would hold the whole file in memory, and are answered block
+    by block from disk instead.
     """
 
-    def __init__(self, adapter: CoapAdapter, max_body: int) -> None:
+    def __init__(self, adapter: CoapAdapter, spool: BoundedBlock1Spool) -> None:
         super().__init__()
         self._adapter = adapter
-        self._block1 = _BoundedBlock1(max_body)
+        self._block1 = spool
+
+    async def render_to_pipe(self, pipe) -> None:
+        # a refusal is not kept for aiocoap's 247 s duplicate window: a repeat is refused anew
+        if (refusal := self._adapter._screen(pipe.request)) is not None:
+            self._adapter._release_copy_later(pipe.request, after=0)
+            pipe.add_response(refusal, is_last=True)
+            return
+        try:
+            await super().render_to_pipe(pipe)
+        except Block1Refused:
+            self._adapter._release_copy_later(pipe.request, after=0)
+            raise
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
         return self._adapter._download_for(request) is None
 
     async def render(self, request: Message) -> Message:
-        if (refusal := self._adapter._refuse_plain(request)) is not None:
-            return refusal
-        if (reason := refuse_reason(request.remote)) is not None:
-            return Message(code=Code.FORBIDDEN, payload=reason.encode())
-        if (refusal := self._adapter._refuse_unknown_context(request)) is not None:
-            return refusal
         download = self._adapter._download_for(request)
         if download is not None:
             self._adapter._release_copy_later(request)
@@ -153,7 +114,7 @@ class CoapAdapter:
         receive_buffer_bytes: int = 4 * 1024 * 1024,
         max_in_flight: int = 200,
         block_size: int = 1024,
-        downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
+        downloads: Callable[[IncomingRequest], Download | OutgoingResponse | None] = lambda request: None,
         rate_limiter: RateLimiter | None = None,
         secure_port: int | None = None,
         psk_lookup: PskLookup | None = None,
@@ -161,6 +122,7 @@ class CoapAdapter:
         session_idle_timeout: float = 86400.0,
         plain_allowed: bool = True,
         max_request_body: int = 256 * 1024,
+        block1_limits: Block1Limits | None = None,
         max_remotes: int = 100_000,
         oscore: OscoreContexts | None = None,
         log=None,
@@ -181,7 +143,8 @@ class CoapAdapter:
         self._secure = (secure_port, psk_lookup, max_sessions, session_idle_timeout)
         self._dtls: DtlsServerInterface | None = None
         self._plain_allowed = plain_allowed
-        self._max_request_body = max_request_body
+        self._block1 = BoundedBlock1Spool(max_request_body, block1_limits,
+                                          log=log or structlog.get_logger("lwm2m_server.coap"))
         self._oscore = oscore
         self._udp = None  # aiocoap's udp6 token manager (OSCORE requests go first, not through it)
         self._observations = ObservationKeeper(self._message, lambda: self._context, self._address_of_remote, log)
@@ -190,7 +153,7 @@ class CoapAdapter:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
         # then silently share its traffic, and two port-0 binds may get one port.
         os.environ["AIOCOAP_REUSE_PORT"] = "0"
-        site = _Root(self, self._max_request_body)
+        site = _Root(self, self._block1)
         secure_port, lookup, max_sessions, idle_timeout = self._secure
         if self._bind[1] is None:  # CoAPS only
             if secure_port is None or lookup is None:
@@ -198,24 +161,27 @@ class CoapAdapter:
             self._context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site,
                                             loggername="coap-server")
         else:
-            self._context = await aiocoap.Context.create_server_context(
-                site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind,
-                transports=["udp6"]
-            )
+            with naming_port("UDP", *self._bind):
+                self._context = await aiocoap.Context.create_server_context(
+                    site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind,
+                    transports=["udp6"]
+                )
             self._udp = self._context.request_interfaces[0]
             self._observations.screen.install(self._udp, self._udp.token_interface)
             if self._oscore is not None:
                 # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
                 self._context.request_interfaces.insert(0, OscoreRequests(self._context))
             self._guard_decoding()
+            resend_after_stale_errors(self._udp.token_interface.message_interface.transport)
             set_receive_buffer(self._socket(), self._receive_buffer_bytes)
         if secure_port is not None and lookup is not None:
             try:
-                await self._context._append_tokenmanaged_messagemanaged_transport(
-                    lambda mman: DtlsServerInterface.create(
-                        mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
-                        receive_buffer_bytes=self._receive_buffer_bytes,
-                        idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop()))
+                with naming_port("UDP", self._bind[0], secure_port):
+                    await self._context._append_tokenmanaged_messagemanaged_transport(
+                        lambda mman: DtlsServerInterface.create(
+                            mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
+                            receive_buffer_bytes=self._receive_buffer_bytes,
+                            idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop()))
             except BaseException:
                 await self.stop()
                 raise
@@ -245,6 +211,7 @@ class CoapAdapter:
 
     async def stop(self) -> None:
         await self._observations.stop()  # nothing goes to the devices: the next start adopts them
+        self._block1.close()
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -270,6 +237,27 @@ class CoapAdapter:
     def _logger(self):
         return self._log or structlog.get_logger("lwm2m_server.coap")
 
+    @property
+    def block1_stats(self) -> Block1Stats:
+        """Request bodies in Block1 assembly now, their peaks and the blocks refused."""
+        return self._block1.stats()
+
+    def _screen(self, message: Message) -> Message | None:
+        """The refusal of one incoming datagram, decided before its Block1 block is kept:
+        plain CoAP in secure-only mode (4.03 at block 0, never 2.31 first), an OSCORE
+        request that cannot be taken, then the rate limit, which each Block1 block pays.
+        A GET pays in :meth:`_incoming`, a download's block GETs not at all (a pull is
+        paced by the device's own requests)."""
+        if (refusal := self._refuse_plain(message)) is not None:
+            return refusal
+        if (reason := refuse_reason(message.remote)) is not None:
+            return Message(code=Code.FORBIDDEN, payload=reason.encode())
+        if (refusal := self._refuse_unknown_context(message)) is not None:
+            return refusal
+        if self._rate_limiter is not None and message.code != Code.GET:
+            return self._over_limit(message.remote.hostinfo, message)
+        return None
+
     def _refuse_plain(self, message: Message) -> Message | None:
         if self._plain_allowed or isinstance(message.remote, (DtlsSession, OSCOREAddress)):
             return None
@@ -292,7 +280,8 @@ class CoapAdapter:
 
     async def _incoming(self, message: Message) -> Message:
         peer = message.remote.hostinfo
-        if self._rate_limiter is not None and (refusal := self._over_limit(peer, message)) is not None:
+        if self._rate_limiter is not None and message.code == Code.GET and \
+                (refusal := self._over_limit(peer, message)) is not None:
             return refusal
         session = message.remote if isinstance(message.remote, DtlsSession) else None
         identity = authenticated_identity(message.remote)
@@ -348,19 +337,22 @@ class CoapAdapter:
             return f"coaps://127.0.0.1:{self.secure_port}"
         return f"coap://127.0.0.1:{self.port}"
 
-    def _release_copy_later(self, request: Message) -> None:
+    def _release_copy_later(self, request: Message, after: float = _DOWNLOAD_COPY_KEPT_S) -> None:
         """aiocoap keeps each response EXCHANGE_LIFETIME (247 s) to answer a duplicate
         request: for downloads that is every block sent in the last four minutes (about
         90 MB after 20 pulls of 1 MiB). A block GET is idempotent: once the block is
         sent its copy and its duplicate marker go, and a retransmitted request is simply
-        served again from the file."""
+        served again from the file. A refusal (``after=0``) is not kept at all: a repeat is
+        refused anew, and a flood of refused requests holds no copies."""
         if isinstance(request.remote, DtlsSession):
             manager = self._dtls._mman if self._dtls is not None else None
         else:
             manager = self._udp.token_interface if self._udp is not None else None
         recent = getattr(manager, "_recent_messages", None)
-        if isinstance(recent, _Forgetful):
-            asyncio.get_running_loop().call_later(_DOWNLOAD_COPY_KEPT_S, recent.pop, (request.remote, request.mid))
+        if isinstance(recent, _Forgetful) and after <= 0:
+            recent.pop((request.remote, request.mid))
+        elif isinstance(recent, _Forgetful):
+            asyncio.get_running_loop().call_later(after, recent.pop, (request.remote, request.mid))
 
     def _forgetful_deduplication(self) -> None:
         """Let entries of aiocoap's deduplication table go early (its own timer then finds
@@ -371,9 +363,21 @@ class CoapAdapter:
                 interface._recent_messages = _Forgetful(interface._recent_messages)
 
     def _download_for(self, request: Message) -> Download | None:
+        """The file a GET fetches, None for no download; the resolver is told who asks,
+        and its refusal (4.03 to a peer the module is not delivered to, 4.04) is raised."""
         if request.code != Code.GET or request.opt.observe is not None:
             return None
-        return self._downloads(tuple(request.opt.uri_path))
+        identity = authenticated_identity(request.remote)
+        address = address_of(identity, request.remote.hostinfo) if identity else self._address_of_remote(request.remote)
+        if isinstance(request.remote, DtlsSession):
+            identity = request.remote.identity.decode("utf-8", "replace")
+        found = self._downloads(IncomingRequest("GET", tuple(request.opt.uri_path), tuple(request.opt.uri_query),
+                                                None, b"", address, identity))
+        if isinstance(found, OutgoingResponse):
+            refusal = aiocoap.error.ConstructionRenderableError(found.payload.decode("utf-8", "replace"))
+            refusal.code = _code(found.code)
+            raise refusal
+        return found
 
     def _serve_block(self, request: Message, download: Download) -> Message:
         """One Block2 block of ``download`` (RFC 7959 §2.4), any block number, so a
