@@ -28,6 +28,9 @@ from lwm2m_server.transport.messages import OutgoingResponse
 from simulators.profiles import get_profile
 from test_orchestrator import MODEL, Stack
 
+SLOW_MODEL = MODEL.with_name("wide_float.tflite")  # 11 KB: ~700 blocks of 16 B, so a loaded machine cannot finish
+# the pull before the test has asked as another peer
+
 
 def registration(endpoint: str, address: str, identity: str | None = None) -> Registration:
     return Registration("1", endpoint, address, 300, "1.1", "U", False, None, ObjectList(), 0.0, 0.0,
@@ -148,7 +151,7 @@ async def pulling(stack: Stack, endpoint: str, version: str = "1.0"):
     the device may fetch the module and has fetched a few blocks."""
     device = next(d for d in stack.devices if d.endpoint == endpoint)
     before, fetched = stack.server.downloads.granted().get(endpoint, frozenset()), device.stats.blocks_fetched
-    model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", version)
+    model = await stack.deployment.add_model(SLOW_MODEL.read_bytes(), "dense", version)
     rollout = await stack.orchestrator.create(model.key, Selector(endpoints=(endpoint,)),
                                               Strategy(canary_fraction=0, mode="pull", retry_backoff_s=0.5),
                                               rollout_id=f"r-{version}")
