@@ -30,7 +30,7 @@ from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError, ModelRecord
 from .downloads import ModuleDownloads
 from ..core.operations import DeviceRequest
-from ..core.responses import Result, result_from_dict
+from ..core.responses import UNREACHABLE, Result, result_from_dict
 from .rollouts import (
     ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
     after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, summarize,
@@ -44,7 +44,7 @@ from ..store.base import QueueEntry, QueueFullError, Store
 
 ROLLOUT, DEVICE = "rollout", "rollout-device"
 _NOT_ACTIVATED = "package installed but not activated"
-_NO_ANSWER = ("unreachable", "timeout")
+_NO_ANSWER = (UNREACHABLE, "timeout")
 """Result codes of a request the device never answered (the server's ``UNREACHABLE``,
 and a queued request that was not delivered in time)."""
 

@@ -283,13 +283,7 @@ class CoapAdapter:
         if self._rate_limiter is not None and message.code == Code.GET and \
                 (refusal := self._over_limit(peer, message)) is not None:
             return refusal
-        session = message.remote if isinstance(message.remote, DtlsSession) else None
-        identity = authenticated_identity(message.remote)
-        if identity is not None:
-            address = address_of(identity, peer)
-        else:
-            address = peer if session is None else f"coaps://{peer}"
-            identity = session.identity.decode("utf-8", "replace") if session is not None else None
+        address, identity = self._peer_of(message.remote)
         self._remember(address, message.remote)
         incoming = IncomingRequest(
             method=message.code.name,
@@ -367,10 +361,7 @@ class CoapAdapter:
         and its refusal (4.03 to a peer the module is not delivered to, 4.04) is raised."""
         if request.code != Code.GET or request.opt.observe is not None:
             return None
-        identity = authenticated_identity(request.remote)
-        address = address_of(identity, request.remote.hostinfo) if identity else self._address_of_remote(request.remote)
-        if isinstance(request.remote, DtlsSession):
-            identity = request.remote.identity.decode("utf-8", "replace")
+        address, identity = self._peer_of(request.remote)
         found = self._downloads(IncomingRequest("GET", tuple(request.opt.uri_path), tuple(request.opt.uri_query),
                                                 None, b"", address, identity))
         if isinstance(found, OutgoingResponse):
@@ -579,6 +570,17 @@ class CoapAdapter:
         """End an observation without telling the device (it left, or registered anew):
         its next notification is answered with a Reset."""
         self._observations.release(observation)
+
+    @staticmethod
+    def _peer_of(remote) -> tuple[str, str | None]:
+        """Who sent a request: the address registrations hold for it and the identity it
+        proved (OSCORE ``oscore:<hex>``, a DTLS PSK identity, None over plain CoAP)."""
+        identity = authenticated_identity(remote)
+        if identity is not None:
+            return address_of(identity, remote.hostinfo), identity
+        if isinstance(remote, DtlsSession):
+            return f"coaps://{remote.hostinfo}", remote.identity.decode("utf-8", "replace")
+        return remote.hostinfo, None
 
     @staticmethod
     def _address_of_remote(remote) -> str:
