@@ -199,25 +199,33 @@ class Observations:
                            paths=[str(p) for p in record.paths])
         return others
 
-    async def restore(self, record: ObservationRecord, registration: Registration | None, awake: bool) -> None:
+    async def restore(self, record: ObservationRecord,
+                      current: Callable[[], tuple[Registration | None, bool]]) -> None:
         """Observe anew what was observed before a restart (the old token is reset when
-        the device next notifies on it), now or at the device's next message."""
+        the device next notifies on it), now or at the device's next message.
+        ``current()`` gives the device's registration now and whether it is awake."""
         await self._delete(record.token)
-        if registration is None or registration.id != record.registration_id:
-            return
-        if registration.queue_mode and not awake:
-            await self._defer(record)  # on its next Update
-            return
-        result = await self.observe(registration, record.paths)
-        if result.code == UNREACHABLE:  # e.g. a DTLS device that must handshake again first
-            await self._defer(record)  # on its next message
-            self._log.info("observation_restore_deferred", ep=record.endpoint, reason=result.diagnostic)
-            return
-        self._log.info("observation_restored", ep=record.endpoint, ok=result.ok, code=result.code)
+        while True:
+            registration, awake = current()
+            if registration is None or registration.id != record.registration_id:
+                return
+            if registration.queue_mode and not awake:
+                await self._defer(record)  # on its next Update
+                return
+            result = await self.observe(registration, record.paths)
+            if result.code != UNREACHABLE:
+                self._log.info("observation_restored", ep=record.endpoint, ok=result.ok, code=result.code)
+                return
+            # e.g. a DTLS device that must handshake again first; if it registered or
+            # updated meanwhile (maybe from a new port), its message found nothing deferred
+            if current()[0] is registration:
+                await self._defer(record)  # on its next message
+                self._log.info("observation_restore_deferred", ep=record.endpoint, reason=result.diagnostic)
+                return
 
     async def _defer(self, record: ObservationRecord) -> None:
+        self._unrestored.setdefault(record.endpoint, []).append(record)  # before any await: see restore
         await self._store.save_observation(record)
-        self._unrestored.setdefault(record.endpoint, []).append(record)
 
     def deferred(self, endpoint: str) -> list[ObservationRecord]:
         """The observations of ``endpoint`` waiting to be restored (taken: restore them now)."""

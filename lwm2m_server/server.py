@@ -591,7 +591,9 @@ class LwM2MServer:
         self._observations.drop(endpoint)
 
     async def _restore_observation(self, record: ObservationRecord) -> None:
-        registration = self._book.by_endpoint(record.endpoint)
-        awake = registration is not None and self._awake(registration)
-        await self._observations.restore(record, registration, awake)
+        def current() -> tuple[Registration | None, bool]:
+            registration = self._book.by_endpoint(record.endpoint)
+            return registration, registration is not None and self._awake(registration)
+
+        await self._observations.restore(record, current)
 

@@ -4,6 +4,7 @@ back and is reported, failures pause a rollout, declared rollouts are created on
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -69,12 +70,20 @@ class Stack:
         return device
 
     async def wait(self, rollout_id: str, condition, timeout: float = 30.0):
-        async with asyncio.timeout(timeout):
-            while True:
-                rollout, devices = self.orchestrator.rollout(rollout_id)
-                if condition(rollout, devices):
-                    return rollout, devices
-                await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    rollout, devices = self.orchestrator.rollout(rollout_id)
+                    if condition(rollout, devices):
+                        return rollout, devices
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            rollout, devices = self.orchestrator.rollout(rollout_id)
+            sims = {d.endpoint: (d.objects.get("/9/0/7"), d.objects.get("/9/0/9"), d.stats.blocks_fetched)
+                    for d in self.devices if d.objects.get("/9/0/7") is not None}
+            raise AssertionError(f"rollout {rollout_id} did not get there in {timeout} s: {rollout.state}, "
+                                 f"devices {[(d.endpoint, d.status.value, d.reason, d.job) for d in devices]}, "
+                                 f"simulated (state, result, blocks) {sims}") from None
 
     async def stop(self) -> None:
         for device in self.devices:
@@ -111,7 +120,8 @@ async def test_failed_activation_rolls_back_and_failures_pause_the_rollout(stack
     assert good.objects.get("/26241/0/10") == "dense"
     assert bad.objects.get("/26241/0/10") == "" and bad.objects.get("/9/0/12") is False  # kept the old (none)
     rollout, _ = await stack.wait(rollout.id, lambda r, ds: r.state is RolloutState.PAUSED)
-    assert "1 of 2 finished devices failed" in rollout.paused_reason
+    # the bad device may finish first: the rollout pauses at 1 of 1 or at 1 of 2
+    assert re.search(r"1 of [12] finished devices failed \(threshold 50%\)", rollout.paused_reason)
 
 
 async def test_declared_rollouts_are_created_once(stack, tmp_path):
