@@ -19,7 +19,9 @@ import structlog
 from ipso_objects import LwM2MPath, ObjectRegistry
 
 from .core import operations
-from .core.capabilities import DeviceProfile, build_profile, discovery_paths, needs_discovery
+from .core.capabilities import (
+    DeviceProfile, build_profile, discovery_paths, needs_discovery, reads_from_composite,
+)
 from .bootstrap_server import BootstrapListener, BootstrapService, StoreCredentials, signing_key_anchors
 from .transport.coap import CoapAdapter
 from .transport.messages import DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
@@ -60,6 +62,8 @@ class _Device:
 
     last_seen: float = 0.0
     delivering: asyncio.Task | None = None
+    composite_refused: bool = False
+    """The device answered a Read-Composite with an error: discover it path by path."""
 
 
 class LwM2MServer:
@@ -320,7 +324,7 @@ class LwM2MServer:
         self._device(registration.endpoint).last_seen = now
         if previous is not None and previous.address != registration.address:
             self._adapter.forget(previous.address)
-        self._log.info("updated", ep=registration.endpoint, lt=registration.lifetime,
+        self._log.debug("updated", ep=registration.endpoint, lt=registration.lifetime,
                        address=registration.address)
         self.events.publish("updated", endpoint=registration.endpoint, registration=registration)
         self._after_contact(registration)
@@ -380,7 +384,7 @@ class LwM2MServer:
             return OutgoingResponse(error.code, error.reason.encode())
         self._device(registration.endpoint).last_seen = self._clock()
         self.events.publish("send", endpoint=registration.endpoint, entries=entries)
-        self._log.info("send_received", ep=registration.endpoint, records=sum(len(e.values) for e in entries))
+        self._log.debug("send_received", ep=registration.endpoint, records=sum(len(e.values) for e in entries))
         return OutgoingResponse("2.04")
 
     def _after_contact(self, registration: Registration) -> None:
@@ -395,12 +399,17 @@ class LwM2MServer:
 
     async def _discover(self, registration: Registration) -> DeviceProfile:
         """Read what the device can run and store its profile."""
-        reads: dict[LwM2MPath, object] = {}
-        for path in discovery_paths(registration):
-            request = operations.read(registration, path, registry=self.registry)
-            result = await self._exchange(registration, request)
-            ok = result.ok and result.node is not None
-            reads[path] = result.node if ok else f"{result.code} {result.diagnostic}".strip()
+        paths = discovery_paths(registration)
+        reads, composite_unanswered = await self._read_in_one(registration, paths)
+        if reads is None:
+            reads = {}
+            for path in paths:
+                request = operations.read(registration, path, registry=self.registry)
+                result = await self._exchange(registration, request)
+                ok = result.ok and result.node is not None
+                reads[path] = result.node if ok else f"{result.code} {result.diagnostic}".strip()
+                if ok and composite_unanswered:  # it answers Reads, not Read-Composite
+                    self._device(registration.endpoint).composite_refused = True
         profile = build_profile(registration.endpoint, reads, self._clock())
         if self._book.by_endpoint(registration.endpoint) is None:
             return profile  # de-registered meanwhile
@@ -418,6 +427,29 @@ class LwM2MServer:
                        problems=len(profile.problems))
         self.events.publish("profile", endpoint=registration.endpoint, profile=profile)
         return profile
+
+    async def _read_in_one(self, registration: Registration,
+                           paths: list[LwM2MPath]) -> tuple[dict[LwM2MPath, object] | None, bool]:
+        """The discovery reads as one Read-Composite (LwM2M 1.1+): one round trip instead
+        of one per object. None where the device cannot: read path by path (also after
+        no answer, which may be a device that leaves Read-Composite unanswered); and
+        whether it went unanswered."""
+        device = self._device(registration.endpoint)
+        if len(paths) < 2 or device.composite_refused:
+            return None, False
+        try:
+            request = operations.read_composite(registration, paths, registry=self.registry)
+        except OperationError:  # LwM2M 1.0, or no SenML format in common
+            return None, False
+        result = await self._exchange(registration, request)
+        if result.code == UNREACHABLE:
+            return None, True
+        if not result.ok:
+            device.composite_refused = True
+            self._log.debug("read_composite_refused", ep=registration.endpoint, code=result.code,
+                            reason=result.diagnostic)
+            return None, False
+        return reads_from_composite(paths, result.values, self.registry), False
 
     def profile(self, endpoint: str) -> DeviceProfile | None:
         return self._profiles.get(endpoint)
@@ -557,7 +589,7 @@ class LwM2MServer:
 
     async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None:
         """Wait until a queued request has finished (or ``timeout`` passed)."""
-        with self.events.subscribe() as events:
+        with self.events.subscribe(kinds=("queue",)) as events:
             entry = await self.store.get_entry(entry_id)
             deadline = asyncio.get_running_loop().time() + timeout
             while entry is not None and not entry.finished:

@@ -173,7 +173,7 @@ async def test_a_credential_added_ends_a_plain_registration_at_its_next_message(
         assert result.ok and len(await setup.store.load_observations()) == 1
         location = "/" + "/".join(device.location)
         events = asyncio.create_task(setup.events("registration_ended", 1))
-        await wait_until(lambda: setup.server.events._subscribers)
+        await wait_until(lambda: setup.server.events.subscribers())
         with setup.cli_store() as cli:  # `tinymlaas credentials import` of the fleet's bootstrap keys
             add_credential(cli, "squatter", "bootstrap psk")
 

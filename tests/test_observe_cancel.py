@@ -254,10 +254,10 @@ async def test_a_restored_observation_is_adopted_by_its_token_and_not_reset(setu
 
 
 class AcksCompositeNeverAnswers(FirmwarePeer):
-    """Takes a FETCH (aiocoap acknowledges it after a moment) and never answers it."""
+    """Takes an Observe-Composite (aiocoap acknowledges it after a moment) and never answers it."""
 
     async def _handle(self, pipe) -> None:
-        if pipe.request.code == Code.FETCH:
+        if pipe.request.code == Code.FETCH and pipe.request.opt.observe is not None:
             await asyncio.Event().wait()
         await super()._handle(pipe)
 

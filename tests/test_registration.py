@@ -131,3 +131,16 @@ def test_registration_queries():
     book, registration = book_with()
     assert registration.location == f"/rd/{registration.id}" and registration.supports(3)
     assert registration.instances(3) == [0] and not registration.supports(5)
+
+
+def test_by_address_follows_registers_updates_and_removals():
+    book, first = book_with("dev1")  # at 127.0.0.1:5000
+    second, _ = book.register(parse_register(["ep=dev2"], b""), "127.0.0.1:5000", 1001.0)  # e.g. behind one NAT port
+    assert book.by_address("127.0.0.1:5000") == second  # the one that came to the address last
+    moved = book.update(second.id, parse_update([], b""), "127.0.0.1:6000", 1002.0)
+    assert book.by_address("127.0.0.1:5000") == first and book.by_address("127.0.0.1:6000") == moved
+    book.deregister(first.id)
+    assert book.by_address("127.0.0.1:5000") is None
+    again, replaced = book.register(parse_register(["ep=dev2"], b""), "127.0.0.1:7000", 1003.0)
+    assert replaced == moved and book.by_address("127.0.0.1:6000") is None and book.by_address("127.0.0.1:7000") == again
+    assert [r.endpoint for r in book] == ["dev2"]

@@ -9,12 +9,15 @@ from dataclasses import replace
 import aiocoap
 import pytest
 from aiocoap import Code, Message, resource
+from structlog.testing import capture_logs
 
 from ipso_objects import LwM2MPath, ObjectRegistry
 from lwm2m_server.core import operations
 from lwm2m_server.config import ServerConfig
 from lwm2m_server.server import LwM2MServer, Queued
 from lwm2m_server.store.sqlite import SqliteStore
+from peers.fw_client import FirmwarePeer
+from simulators.client import SimulatedDevice
 
 P = LwM2MPath.parse
 
@@ -229,3 +232,32 @@ async def test_send_from_a_registered_device_is_published(server):
             await stranger.shutdown()
     finally:
         await device.shutdown()
+
+
+async def test_a_1_1_device_is_discovered_in_one_round_trip(server):
+    device = SimulatedDevice("gw-one", "linux-gateway", f"coap://127.0.0.1:{server.port}", seed=1,
+                             sensor_interval=3600)
+    await device.start()
+    try:
+        await discovered(server, "gw-one")
+        assert device.stats.requests == 1  # one Read-Composite of /3/0, /5/0, /9 and /26241/0
+        profile = server.profile("gw-one")
+        assert profile.manufacturer and profile.firmware_delivery is not None and profile.tinyml is not None
+        assert not profile.problems
+    finally:
+        await device.stop()
+
+
+async def test_a_device_that_refuses_read_composite_is_discovered_object_by_object(server):
+    device = FirmwarePeer("127.0.0.1", server.port, "fw-peer-1")  # answers FETCH with 4.05
+    await device.start()
+    try:
+        await discovered(server, "fw-peer-1")
+        profile = server.profile("fw-peer-1")
+        assert profile.manufacturer == "TinyMLaaS test peer" and profile.firmware_delivery == 2
+        with capture_logs() as logs:
+            await server.rediscover("fw-peer-1")
+        events = [entry["event"] for entry in logs]
+        assert "discovered" in events and "read_composite_refused" not in events  # remembered: path by path
+    finally:
+        await device.stop()

@@ -462,13 +462,11 @@ class ManagementApi:
         deadline = loop.time() + duration if duration is not None else math.inf
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        with self.server.events.subscribe() as queue:
+        with self.server.events.subscribe(endpoint or None, kinds or None) as queue:
             while (remaining := deadline - loop.time()) > 0:
                 try:
                     async with asyncio.timeout(min(15, remaining)):
                         event = await queue.get()
-                    if endpoint and event.endpoint != endpoint or kinds and event.kind not in kinds:
-                        continue
                     line = json.dumps(self._event_json(event)).encode() + b"\n"
                 except TimeoutError:
                     line = b"\n"  # keep-alive; also notices a gone client

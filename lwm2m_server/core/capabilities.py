@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
-from ipso_objects.nodes import Node, flatten
+from ipso_objects.errors import IpsoError
+from ipso_objects.nodes import Node, build, flatten
 
 from ..compilers.base import InvalidTarget, TargetSpec
 from .registration import Registration
@@ -207,6 +208,23 @@ def discovery_paths(registration: Registration) -> list[LwM2MPath]:
     if registration.supports(TINYML_OBJECT_ID):
         paths.append(LwM2MPath.of(TINYML_OBJECT_ID, 0))
     return paths
+
+
+def reads_from_composite(paths: list[LwM2MPath], values: Mapping[LwM2MPath, Value],
+                         registry) -> dict[LwM2MPath, object]:
+    """Split a Read-Composite answer into what a Read of each path would have given:
+    the node, or a reason (an instance the answer left out reads as 4.04)."""
+    reads: dict[LwM2MPath, object] = {}
+    for path in paths:
+        leaves = {leaf: value for leaf, value in values.items() if leaf.startswith(path)}
+        if not leaves and len(path) > 1:
+            reads[path] = "4.04 not in the Read-Composite answer"
+            continue
+        try:
+            reads[path] = build(path, leaves, registry)
+        except IpsoError as error:
+            reads[path] = f"undecodable: {error}"
+    return reads
 
 
 def needs_discovery(previous: Registration | None, current: Registration) -> bool:

@@ -326,6 +326,8 @@ class RegistrationBook:
     def __init__(self, registrations: Iterable[Registration] = ()) -> None:
         self._by_id: dict[str, Registration] = {}
         self._by_endpoint: dict[str, str] = {}
+        self._by_address: dict[str, dict[str, None]] = {}  # ids in the order they came to the address
+        self._sorted: list[Registration] | None = None  # by endpoint; made again after a change
         for registration in registrations:
             self._put(registration)
 
@@ -334,8 +336,27 @@ class RegistrationBook:
         self._put(registration)
 
     def _put(self, registration: Registration) -> None:
+        previous = self._by_id.get(registration.id)
+        if previous is not None:
+            self._leave_address(previous)
         self._by_id[registration.id] = registration
         self._by_endpoint[registration.endpoint] = registration.id
+        self._by_address.setdefault(registration.address, {})[registration.id] = None
+        self._sorted = None
+
+    def _pop(self, registration_id: str) -> Registration | None:
+        registration = self._by_id.pop(registration_id, None)
+        if registration is not None:
+            self._leave_address(registration)
+            self._sorted = None
+        return registration
+
+    def _leave_address(self, registration: Registration) -> None:
+        ids = self._by_address.get(registration.address)
+        if ids is not None:
+            ids.pop(registration.id, None)
+            if not ids:
+                del self._by_address[registration.address]
 
     def register(
         self, params: RegisterParams, address: str, now: float, registration_id: str | None = None,
@@ -343,7 +364,7 @@ class RegistrationBook:
     ) -> tuple[Registration, Registration | None]:
         """Add a registration; a previous one of the same endpoint is replaced and returned."""
         previous_id = self._by_endpoint.get(params.endpoint)
-        previous = self._by_id.pop(previous_id) if previous_id is not None else None
+        previous = self._pop(previous_id) if previous_id is not None else None
         registration = Registration(
             id=registration_id or new_registration_id(),
             endpoint=params.endpoint,
@@ -385,7 +406,7 @@ class RegistrationBook:
 
     def deregister(self, registration_id: str) -> Registration:
         """Remove a registration; unknown ids are 4.04."""
-        registration = self._by_id.pop(registration_id, None)
+        registration = self._pop(registration_id)
         if registration is None:
             raise RegistrationError("4.04", f"no registration {registration_id}")
         del self._by_endpoint[registration.endpoint]
@@ -412,14 +433,15 @@ class RegistrationBook:
         return self._by_id.get(registration_id) if registration_id is not None else None
 
     def by_address(self, address: str) -> Registration | None:
-        """The registration whose newest source address is ``address`` (for Send)."""
-        for registration in self._by_id.values():
-            if registration.address == address:
-                return registration
-        return None
+        """The registration whose newest source address is ``address`` (for Send); of
+        several at one address, the one that came to it last."""
+        ids = self._by_address.get(address)
+        return self._by_id[next(reversed(ids))] if ids else None
 
     def __iter__(self):
-        return iter(sorted(self._by_id.values(), key=lambda r: r.endpoint))
+        if self._sorted is None:
+            self._sorted = sorted(self._by_id.values(), key=lambda r: r.endpoint)
+        return iter(self._sorted)
 
     def __len__(self) -> int:
         return len(self._by_id)

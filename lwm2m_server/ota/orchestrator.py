@@ -372,7 +372,7 @@ class Orchestrator:
         """Run the job's steps. The update state is observed where the device allows,
         so a change ends a wait early; polling stays the fallback."""
         state_path = [job.state_path]
-        with self.server.events.subscribe() as events:
+        with self.server.events.subscribe(endpoint, kinds=("notification",)) as events:
             registration = self.server.registration(endpoint)
             # a sleeping device would hold the job for a whole request timeout: poll it instead
             observed = False
@@ -495,12 +495,14 @@ class Orchestrator:
         await self._save_device(rollout_id, device)
 
     async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:
+        before = self._devices[rollout_id].get(device.endpoint)
         self._devices[rollout_id][device.endpoint] = device
         await self._grant(device.endpoint)  # in memory before anything else sees the new status
         await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
-        summary = summarize(self._devices[rollout_id].values())
-        self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
-                                   status=device.status.value, counts=dict(summary.counts), total=summary.total)
+        if before is None or before.status is not device.status:  # not at every job step: counting costs O(devices)
+            summary = summarize(self._devices[rollout_id].values())
+            self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
+                                       status=device.status.value, counts=dict(summary.counts), total=summary.total)
 
     async def _grant(self, endpoint: str) -> None:
         """Let ``endpoint`` fetch exactly the modules of its pull deliveries in progress: from

@@ -36,6 +36,7 @@ from aiocoap.util import hostportsplit
 
 from .messages import CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .observe import ObservationKeeper, WireObservation, response_of as _response
+from .aiocoap_tuning import ServerContext
 from .dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
 from .oscore import (
     OSCOREAddress, OscoreContexts, OscoreRequests, OscoreSite, address_of, authenticated_identity, refuse_reason,
@@ -158,11 +159,11 @@ class CoapAdapter:
         if self._bind[1] is None:  # CoAPS only
             if secure_port is None or lookup is None:
                 raise ValueError("an adapter without a plain UDP port needs a CoAPS port and a PSK lookup")
-            self._context = aiocoap.Context(loop=asyncio.get_running_loop(), serversite=site,
-                                            loggername="coap-server")
+            self._context = ServerContext(loop=asyncio.get_running_loop(), serversite=site,
+                                          loggername="coap-server")
         else:
             with naming_port("UDP", *self._bind):
-                self._context = await aiocoap.Context.create_server_context(
+                self._context = await ServerContext.create_server_context(
                     site if self._oscore is None else OscoreSite(site, self._oscore), bind=self._bind,
                     transports=["udp6"]
                 )
