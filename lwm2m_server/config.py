@@ -177,6 +177,9 @@ class SecurityConfig:
     """DTLS sessions kept at once; the least recently used goes when a new one needs room."""
     session_idle_timeout_s: float = 86400
     """A DTLS session silent this long is dropped; the device handshakes again."""
+    dtls_session_file: Path | None = None
+    """Where the daemon keeps DTLS sessions over a graceful restart (mode 0600; read and
+    deleted at start). None: ``dtls-sessions.json`` beside ``credentials_path``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,6 +538,7 @@ def _security(s: Section) -> SecurityConfig:
     s.path("credentials_path")
     s.integer("max_sessions", 1)
     s.number("session_idle_timeout_s", positive=True)
+    s.optional_path("dtls_session_file")  # null: the daemon's default
     return s.build()
 
 

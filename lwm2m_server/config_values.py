@@ -131,6 +131,12 @@ class Section:
         if present:
             self.values[key] = self._path_value(key, value)
 
+    def optional_path(self, key: str) -> None:
+        """A path, or null for "the default the program works out"."""
+        present, value = self._get(key, nullable=True)
+        if present:
+            self.values[key] = None if value is None else self._path_value(key, value)
+
     def _path_value(self, key: str, value: Any) -> Path:
         if not isinstance(value, str) or not value.strip():
             self.fail(key, f"must be a path (a non-empty string), got {describe(value)}")

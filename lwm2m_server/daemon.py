@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 import time
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from ipso_objects import DdfError, ObjectRegistry
 
 from .api.http import ManagementApi
 from .transport.sockets import PortUnavailable, naming_port
-from .transport.dtls import DtlsUnavailable
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
 from .security.credentials import CredentialError, CredentialStore
 from .ota.deployment import Deployment, DeploymentError
@@ -41,6 +41,16 @@ async def open_store(config: ServerConfig) -> Store:
     return await plugin.load().open(config.store.path)
 
 
+def with_dtls_session_file(config: ServerConfig) -> ServerConfig:
+    """``config`` naming where DTLS sessions wait out a graceful restart: by default beside
+    the security store, since the file is as secret as the keys in it."""
+    security = config.security
+    if security.dtls_session_file is not None:
+        return config
+    return replace(config, security=replace(
+        security, dtls_session_file=security.credentials_path.with_name("dtls-sessions.json")))
+
+
 class Daemon:
     """The server, its store and its API, started and stopped together."""
 
@@ -57,7 +67,7 @@ class Daemon:
         self._lock = FolderLock(config.deployment.data_dir, *([store_file.parent] if store_file else []))
 
     async def start(self) -> None:
-        config = self.config
+        config = with_dtls_session_file(self.config)
         self._lock.acquire()  # before anything is read or written: FolderInUse leaves all as it was
         try:
             token = ensure_api_token(config)
@@ -167,9 +177,6 @@ def serve(config_path: str) -> int:
         return 1
     except CredentialError as error:
         print(f"tinymlaas: security.credentials_path: {error.reason}", file=sys.stderr)
-        return 1
-    except DtlsUnavailable as error:
-        print(f"tinymlaas: coap.secure_port: {error}", file=sys.stderr)
         return 1
     except PortUnavailable as error:
         print(f"tinymlaas: {port_key(config, error)}: {error}", file=sys.stderr)

@@ -112,6 +112,7 @@ class LwM2MServer:
             max_request_body=config.coap.max_request_body_bytes,
             block1_limits=config.coap.block1_limits(),
             oscore=self._oscore,
+            dtls_session_file=config.security.dtls_session_file,
         )
         self._bootstrap = BootstrapService(  # POST /bs; trust anchors: the signing key's, read at start
             config.bootstrap, config.coap, self._adapter.request,

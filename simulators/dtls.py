@@ -6,13 +6,17 @@ server and identity) and then both sends its requests over it and answers the
 server's requests that come back over it. Credentials come from the context's
 ``client_credentials`` (``{"coaps://host:port/*": {"dtls": {"psk": ..., "client-identity": ...}}}``).
 aiocoap's own ``tinydtls`` client drops a session as soon as no message refers to
-it, which would cut the server off; here sessions live until closed.
+it, which would cut the server off; here sessions live until closed. The DTLS is
+tinydtls' (DTLSSocket): a stack independent of the server's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import socket
+import time
 from typing import Callable
 
 from aiocoap import error, interfaces
@@ -21,9 +25,133 @@ from aiocoap.numbers import COAPS_PORT, constants
 from aiocoap.transports.generic_udp import GenericMessageInterface
 from aiocoap.util import hostportjoin, hostportsplit
 
-from lwm2m_server.transport.dtls import SockAddr, TinyDtlsContext, PskView, as_v6, ends_session
+from lwm2m_server.security.psk import MAX_IDENTITY_BYTES, MAX_KEY_BYTES  # tinydtls' buffers
+from lwm2m_server.transport.dtls import SockAddr, as_v6, tinydtls
 
 _EVENT_CONNECTED = 0x01DE
+_TICKS_PER_SECOND = 1000
+_LEVEL_WARNING, _LEVEL_FATAL = 1, 2
+_CLOSE_NOTIFY = 0
+
+
+def ends_session(level: int, code: int) -> bool:
+    """A fatal alert, or close_notify (which tinydtls sends and reports as a warning)."""
+    return level == _LEVEL_FATAL or (level == _LEVEL_WARNING and code == _CLOSE_NOTIFY)
+
+
+_clock_offset = int(time.time())
+"""tinydtls counts ticks from time(NULL) at the newest context's creation (dtls_init
+resets its one global clock), in whole seconds."""
+
+
+class PskView:
+    """The dict-like key store DTLSSocket asks (``identity in store.keys()``, then
+    ``store[identity]``); it reports each identity it has a key for to ``seen``, and
+    each one it has none for to ``refused``."""
+
+    def __init__(self, lookup: Callable[[bytes], "bytes | None"], seen: Callable[[bytes], None], log,
+                 refused: Callable[[bytes], None] | None = None) -> None:
+        self._lookup = lookup
+        self._seen = seen
+        self._refused = refused
+        self._log = log
+        self._last: tuple[bytes, bytes | None] | None = None
+
+    def keys(self) -> PskView:
+        return self
+
+    def __contains__(self, identity: object) -> bool:
+        return self._key(identity) is not None
+
+    def __getitem__(self, identity: bytes) -> bytes:
+        key = self._key(identity)
+        if key is None:
+            raise KeyError(identity)
+        return key
+
+    def _key(self, identity: object) -> bytes | None:
+        # Exceptions must not cross into tinydtls: an unusable answer is "unknown".
+        if not isinstance(identity, bytes) or not 0 < len(identity) <= MAX_IDENTITY_BYTES:
+            if isinstance(identity, bytes) and self._refused is not None:
+                self._refused(identity)
+            return None
+        if self._last is not None and self._last[0] == identity:
+            return self._last[1]
+        try:
+            key = self._lookup(identity)
+        except Exception:
+            self._log.exception("dtls_psk_lookup_failed")
+            key = None
+        if key is not None and not 0 < len(key) <= MAX_KEY_BYTES:
+            self._log.error("dtls_psk_unusable", reason=f"key longer than {MAX_KEY_BYTES} bytes")
+            key = None
+        self._last = (identity, key)
+        if key is not None:
+            self._seen(identity)
+        elif self._refused is not None:
+            self._refused(identity)
+        return key
+
+    def forget(self) -> None:
+        self._last = None
+
+
+class TinyDtlsContext:
+    """One tinydtls context and its retransmission timer."""
+
+    def __init__(self, *, read, write, event, psk: PskView, client_identity: bytes = b"-") -> None:
+        global _clock_offset
+        dtls = tinydtls()
+        self.dtls = dtls
+        _clock_offset = int(time.time())
+        self._context = dtls.DTLS(read=read, write=write, event=event, pskId=client_identity, pskStore=psk)
+        self._psk = psk
+        self._timer: asyncio.TimerHandle | None = None
+
+    def handle(self, sockaddr: SockAddr, data: bytes) -> None:
+        self._psk.forget()
+        self._context.handleMessageAddr(sockaddr[0], sockaddr[1], data)
+        self.schedule()
+
+    def session(self, sockaddr: SockAddr):
+        return self.dtls.Session(sockaddr[0], sockaddr[1])
+
+    def write(self, session, data: bytes) -> int:
+        written = self._context.write(session, data)
+        self.schedule()
+        return written
+
+    def connect(self, sockaddr: SockAddr):
+        with contextlib.redirect_stdout(io.StringIO()):  # DTLSSocket prints its errors
+            connection = self._context.connect(sockaddr[0], sockaddr[1])
+        self.schedule()
+        return connection
+
+    def close(self, session) -> None:
+        """Send close_notify, if tinydtls still has the peer."""
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._context.close(session)
+        except Exception:  # no such peer (any more)
+            pass
+
+    def reset(self, session) -> None:
+        self._context.resetPeer(session)
+
+    def schedule(self) -> None:
+        """Run tinydtls' handshake retransmissions when they are due."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._context.checkRetransmit()
+        if due:
+            delay = max(0.0, _clock_offset + due / _TICKS_PER_SECOND - time.time())
+            self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.schedule)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class DtlsConnection(interfaces.EndpointAddress, asyncio.DatagramProtocol):

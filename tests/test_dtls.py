@@ -30,7 +30,7 @@ from simulators.client import RegistrationFailed, SimulatedDevice
 from test_integration import wait_until
 from test_server import config_for_tests
 
-pytest.importorskip("DTLSSocket.dtls", reason="CoAPS needs DTLSSocket (tinydtls)")
+pytest.importorskip("DTLSSocket.dtls", reason="the simulated devices' CoAPS client needs DTLSSocket (tinydtls)")
 
 KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 REGISTRY = ObjectRegistry.default()
@@ -299,7 +299,7 @@ async def test_libcoap_registers_over_dtls_psk(secure, binary):
     refused = await asyncio.to_thread(coap_client, "-m", "post", "-u", "nobody", "-k", key.decode(),
                                       "-t", "40", "-e", "</3/0>", uri.replace("libcoap-1", "libcoap-2"))
     assert secure.server.registration("libcoap-2") is None
-    assert "alert" in (refused.stdout + refused.stderr).lower()  # tinydtls refuses the unknown identity
+    assert "alert" in (refused.stdout + refused.stderr).lower()  # the server refuses the unknown identity
 
 
 # -- the rules, without sockets ---------------------------------------------------------------
@@ -349,8 +349,8 @@ def test_same_peer_rules():
 
 async def test_unfinished_handshakes_are_bounded_and_their_state_dropped(tmp_path):
     """Ten clients stop after the server's first flight (a verified ClientHello makes
-    tinydtls keep a peer); only the five newest stay, and an evicted one can no longer
-    finish its handshake, while a kept one still can."""
+    the server keep a handshake); only the five newest stay, and an evicted one can no
+    longer finish its handshake, while a kept one still can."""
     from DTLSSocket import dtls
 
     async with Secure(tmp_path, max_sessions=100) as setup:
@@ -394,7 +394,7 @@ async def test_unfinished_handshakes_are_bounded_and_their_state_dropped(tmp_pat
             flights.append((connection, await client.receive()))  # ServerHello ... ServerHelloDone
         assert len(endpoint.handshakes) == 5
         before = len(endpoint.sessions)
-        for client, (connection, flight) in list(zip(clients, flights))[:5]:  # evicted: tinydtls forgot them
+        for client, (connection, flight) in list(zip(clients, flights))[:5]:  # evicted: the server forgot them
             client.feed(connection, flight)
         await asyncio.sleep(0.3)
         assert len(endpoint.sessions) == before
@@ -417,19 +417,23 @@ async def test_close_notify_from_the_device_ends_its_session_at_once(secure):
     assert asyncio.get_running_loop().time() - started < 1  # not after CoAP's retransmissions
 
 
-async def test_a_session_whose_dtls_state_is_gone_fails_fast_and_never_handshakes_as_client(secure):
+async def test_a_session_that_cannot_seal_any_more_ends_fails_fast_and_never_handshakes_as_client(secure):
+    """The 48-bit write sequence is used up (no nonce may repeat): the session ends, the
+    request fails at once, and the server never starts a handshake toward the device."""
+    from lwm2m_server.transport.dtls_records import MAX_SEQUENCE
+
     secure.add("dev-1")
     await secure.device("dev-1", psk=("dev-1", KEY))
     endpoint = secure.server._adapter._dtls.endpoint
     session = next(iter(endpoint.sessions.values()))
-    endpoint.context.reset(session._session)  # as when tinydtls drops a peer on its own
+    session.connection.write_sequence = MAX_SEQUENCE + 1
     sent = []
-    write = endpoint._write
-    endpoint._write = lambda recipient, data: (sent.append(data), write(recipient, data))[1]
+    send = endpoint._send
+    endpoint._send = lambda recipient, data: (sent.append(data), send(recipient, data))[1]
     result = await asyncio.wait_for(read_device(secure.server, "dev-1"), 5)
     assert result.code == "unreachable" and not endpoint.sessions
-    await asyncio.sleep(0.6)  # tinydtls would have retransmitted a ClientHello by now
-    assert not [datagram for datagram in sent if datagram[:1] == b"\x16" and datagram[13:14] == b"\x01"]
+    await asyncio.sleep(0.6)
+    assert sent == []  # no record with a reused sequence number, and no ClientHello
 
 
 async def test_the_coaps_socket_gets_the_large_receive_buffer(secure):

@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
 import aiocoap
@@ -127,6 +128,7 @@ class CoapAdapter:
         max_remotes: int = 100_000,
         oscore: OscoreContexts | None = None,
         log=None,
+        dtls_session_file: Path | None = None,
     ) -> None:
         self._handler = handler
         self._rate_limiter = rate_limiter
@@ -143,6 +145,8 @@ class CoapAdapter:
         self._log = log
         self._secure = (secure_port, psk_lookup, max_sessions, session_idle_timeout)
         self._dtls: DtlsServerInterface | None = None
+        self.dtls_session_file = dtls_session_file
+        """Where DTLS sessions are kept over a graceful restart (read and deleted at start); None: nowhere."""
         self._plain_allowed = plain_allowed
         self._block1 = BoundedBlock1Spool(max_request_body, block1_limits,
                                           log=log or structlog.get_logger("lwm2m_server.coap"))
@@ -182,7 +186,8 @@ class CoapAdapter:
                         lambda mman: DtlsServerInterface.create(
                             mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
                             receive_buffer_bytes=self._receive_buffer_bytes,
-                            idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop()))
+                            idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop(),
+                            session_file=self.dtls_session_file))
             except BaseException:
                 await self.stop()
                 raise
