@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -39,6 +40,12 @@ class LwM2MPath:
     @classmethod
     def parse(cls, text: str) -> LwM2MPath:
         """Parse ``/3/0/1`` (a leading slash is required; a trailing one is tolerated)."""
+        if cls is LwM2MPath and isinstance(text, str):
+            return _parse_cached(text)  # a fleet's payloads name the same paths over and over
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> LwM2MPath:
         if not isinstance(text, str):
             raise PathError(f"a path must be a string, got {type(text).__name__}")
         if not text.startswith("/"):
@@ -114,3 +121,8 @@ class LwM2MPath:
     def startswith(self, prefix: LwM2MPath) -> bool:
         """True when ``prefix`` is this path or one of its ancestors."""
         return self.ids[: len(prefix.ids)] == prefix.ids
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_cached(text: str) -> LwM2MPath:
+    return LwM2MPath._parse(text)  # an error is raised each time, never cached

@@ -516,3 +516,30 @@ async def test_documents_round_trip_list_by_prefix_and_survive_reopen(tmp_path):
     assert await store.get_document("profile", "dev-1") == {"a": 2}
     assert await store.delete_document("profile", "dev-1") and not await store.delete_document("profile", "dev-1")
     await store.close()
+
+
+async def test_calls_of_one_loop_turn_commit_together_and_a_failing_one_takes_back_only_its_own(db_path: Path):
+    store = await SqliteStore.open(db_path)
+    hops = 0
+    call_batch = store._call_batch
+
+    def counted(calls):
+        nonlocal hops
+        hops += 1
+        return call_batch(calls)
+
+    store._call_batch = counted
+    outcomes = await asyncio.gather(
+        store.save_registration(registration("r1", "dev1")),
+        store.save_observation(observation(registration_id="gone")),  # refused: no such registration
+        store.save_registration(registration("r2", "dev2")),
+        store.save_observation(observation(b"\x07", registration_id="r2")),  # sees r2, saved before it
+        return_exceptions=True,
+    )
+    assert hops == 1  # one trip to the store's thread, one transaction
+    assert outcomes[0] is None and outcomes[2] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], UnknownRegistrationError)
+    await store.close()  # what was made before close is committed first
+    async with await SqliteStore.open(db_path) as again:
+        assert {r.id for r in await again.load_registrations()} == {"r1", "r2"}
+        assert [o.token for o in await again.load_observations()] == [b"\x07"]

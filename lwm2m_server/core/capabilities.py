@@ -248,9 +248,13 @@ def build_profile(
     def get(*ids: int, default: Any = None) -> Any:
         return leaves.get(LwM2MPath(ids), default)
 
+    instances: dict[LwM2MPath, list[tuple[LwM2MPath, Value]]] = {}  # resource instances by resource
+    for leaf, value in sorted(leaves.items()):
+        if len(leaf) == 4:
+            instances.setdefault(leaf.parent, []).append((leaf, value))
+
     def multi(*ids: int) -> tuple:
-        prefix = LwM2MPath(ids)
-        return tuple(v for p, v in sorted(leaves.items()) if len(p) == 4 and p.parent == prefix)
+        return tuple(value for _, value in instances.get(LwM2MPath(ids), ()))
 
     packages = sorted({p.ids[1] for p in leaves if p.ids[0] == SOFTWARE})
     tinyml = None

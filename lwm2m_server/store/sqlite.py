@@ -2,8 +2,11 @@
 
 Every sqlite3 call runs on one dedicated worker thread that owns the
 connection, so the event loop never waits on the disk and the connection is
-never shared between threads. Calls queue on that thread in the order they
-were made; each call is one transaction.
+never shared between threads. Calls run on that thread in the order they were
+made. The calls made in one turn of the event loop go to the thread together
+and commit as one transaction (group commit: one hop and one commit for a burst
+of Registers, not one each); each call is a savepoint in it, so a call that
+fails takes back only its own changes.
 
 Durability: WAL journal with ``synchronous=NORMAL``. A commit is in the WAL
 file (in the OS page cache) before the call returns, so everything committed
@@ -68,6 +71,7 @@ class SqliteStore(Store):
         self._executor = executor
         self._connection = connection  # touched only on the executor's thread
         self._closed = False
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future]] = []  # this loop turn's calls
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}{', closed' if self._closed else ''})"
@@ -91,12 +95,25 @@ class SqliteStore(Store):
     # -- plumbing ------------------------------------------------------------
 
     async def _run(self, operation: str, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(connection, *args)`` on the worker thread; sqlite3 errors → StoreError."""
+        """Run ``function(connection, *args)`` on the worker thread, in this loop turn's
+        transaction; sqlite3 errors → StoreError."""
         if self._closed:
             raise StoreError(f"SQLite store {self.path}: {operation} after close")
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._call, operation, function, *args)
-        return await loop.run_in_executor(self._executor, call)
+        future: asyncio.Future[T] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._flush)
+        self._batch.append((functools.partial(self._call, operation, function, *args), future))
+        return await future
+
+    def _flush(self) -> asyncio.Future | None:
+        """Hand the calls gathered so far to the worker thread as one transaction."""
+        batch, self._batch = self._batch, []
+        if not batch:
+            return None
+        done = asyncio.get_running_loop().run_in_executor(self._executor, self._call_batch, [c for c, _ in batch])
+        done.add_done_callback(functools.partial(_deliver, [f for _, f in batch]))
+        return done
 
     def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
         try:
@@ -108,6 +125,17 @@ class SqliteStore(Store):
             raise StoreError(
                 f"SQLite store {self.path}: {operation}: unreadable row ({error!r})"
             ) from error
+
+    def _call_batch(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        if len(calls) == 1:
+            return [_outcome(calls[0])]
+        try:
+            with transaction(self._connection):
+                outcomes = [_outcome(call) for call in calls]
+        except sqlite3.Error as error:  # the COMMIT failed (e.g. a full disk): none of it was kept
+            failure = store_error(self.path, "commit", error)
+            return [(False, failure)] * len(calls)
+        return outcomes
 
     # -- registrations -------------------------------------------------------
 
@@ -226,12 +254,34 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True  # calls made from now on fail; calls already queued run first
+        self._flush()
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, functools.partial(self._call, "close", close_connection))
         finally:
             self._executor.shutdown(wait=False)
             log.info("store closed", path=self.path)
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, call()
+    except Exception as error:  # handed to the caller's future
+        return False, error
+
+
+def _deliver(futures: list[asyncio.Future], done: asyncio.Future) -> None:
+    if done.cancelled() or done.exception() is not None:
+        outcomes = [(False, done.exception() or asyncio.CancelledError())] * len(futures)
+    else:
+        outcomes = done.result()
+    for future, (ok, value) in zip(futures, outcomes):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 # -- worker-thread side: plain functions of the connection ---------------------

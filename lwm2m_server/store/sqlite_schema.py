@@ -162,7 +162,18 @@ def migrate(connection: sqlite3.Connection, path: str) -> int:
 
 @contextmanager
 def transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT; any exception (or a failed COMMIT) rolls back."""
+    """BEGIN IMMEDIATE … COMMIT; any exception (or a failed COMMIT) rolls back. Inside
+    a transaction already (a group commit), a savepoint that rolls back only its own."""
+    if connection.in_transaction:
+        connection.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK TO part")
+            connection.execute("RELEASE part")
+            raise
+        connection.execute("RELEASE part")
+        return
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield
