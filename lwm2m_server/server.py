@@ -450,7 +450,7 @@ class LwM2MServer:
             self._log.debug("read_composite_refused", ep=registration.endpoint, code=result.code,
                             reason=result.diagnostic)
             return None, False
-        return reads_from_composite(paths, result.values, self.registry), False
+        return reads_from_composite(paths, result.values), False
 
     def profile(self, endpoint: str) -> DeviceProfile | None:
         return self._profiles.get(endpoint)

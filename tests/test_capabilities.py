@@ -84,3 +84,16 @@ def test_rediscovery_when_the_object_list_changes():
     assert needs_discovery(None, before)
     assert not needs_discovery(before, registration(b"</3/0>"))
     assert needs_discovery(before, registration(b"</3/0>,</26241/0>"))
+
+
+def test_a_read_composite_answer_is_split_by_the_paths_asked_for():
+    from lwm2m_server.core.capabilities import reads_from_composite
+    P = LwM2MPath.parse
+    values = {P("/3/0/0"): "Acme", P("/3/0/3"): "1.0", P("/26241/0/0"): "tflite-micro"}
+    reads = reads_from_composite([P("/3/0"), P("/5/0"), P("/9"), P("/26241/0")], values)
+    assert reads[P("/3/0")] == {P("/3/0/0"): "Acme", P("/3/0/3"): "1.0"}
+    assert reads[P("/5/0")] == "4.04 not in the Read-Composite answer"  # as a Read of it would fail
+    assert reads[P("/9")] == {}  # an object with no instances reads as empty
+    profile = build_profile("dev", reads, 1.0)
+    assert profile.manufacturer == "Acme" and profile.tinyml.runtime == "tflite-micro"
+    assert profile.problems == ("/5/0: 4.04 not in the Read-Composite answer",)

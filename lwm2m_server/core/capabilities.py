@@ -18,8 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
-from ipso_objects.errors import IpsoError
-from ipso_objects.nodes import Node, build, flatten
+from ipso_objects.nodes import Node, flatten
 
 from ..compilers.base import InvalidTarget, TargetSpec
 from .registration import Registration
@@ -210,20 +209,13 @@ def discovery_paths(registration: Registration) -> list[LwM2MPath]:
     return paths
 
 
-def reads_from_composite(paths: list[LwM2MPath], values: Mapping[LwM2MPath, Value],
-                         registry) -> dict[LwM2MPath, object]:
-    """Split a Read-Composite answer into what a Read of each path would have given:
-    the node, or a reason (an instance the answer left out reads as 4.04)."""
+def reads_from_composite(paths: list[LwM2MPath], values: Mapping[LwM2MPath, Value]) -> dict[LwM2MPath, object]:
+    """Split a Read-Composite answer by the paths asked for: the leaves under each, or
+    a reason where a Read of it would have failed (an instance left out reads as 4.04)."""
     reads: dict[LwM2MPath, object] = {}
     for path in paths:
         leaves = {leaf: value for leaf, value in values.items() if leaf.startswith(path)}
-        if not leaves and len(path) > 1:
-            reads[path] = "4.04 not in the Read-Composite answer"
-            continue
-        try:
-            reads[path] = build(path, leaves, registry)
-        except IpsoError as error:
-            reads[path] = f"undecodable: {error}"
+        reads[path] = leaves if leaves or len(path) == 1 else "4.04 not in the Read-Composite answer"
     return reads
 
 
@@ -233,15 +225,18 @@ def needs_discovery(previous: Registration | None, current: Registration) -> boo
 
 
 def build_profile(
-    endpoint: str, reads: Mapping[LwM2MPath, Node | str], now: float
+    endpoint: str, reads: Mapping[LwM2MPath, Node | Mapping[LwM2MPath, Value] | str], now: float
 ) -> DeviceProfile:
-    """The profile from discovery reads: each path maps to the decoded node, or
-    to a string saying why the read failed."""
+    """The profile from discovery reads: each path maps to the decoded node (or its
+    leaves by path, as a Read-Composite gives them), or to a string saying why the
+    read failed."""
     leaves: dict[LwM2MPath, Value] = {}
     problems = []
     for path, outcome in reads.items():
         if isinstance(outcome, str):
             problems.append(f"{path}: {outcome}")
+        elif isinstance(outcome, Mapping):
+            leaves.update(outcome)
         else:
             leaves.update(flatten(outcome, path))
 
