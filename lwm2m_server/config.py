@@ -46,6 +46,8 @@ BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 STORE_KINDS = ("sqlite",)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+METRICS_ACCESS = ("token", "loopback", "open")
+"""Who may read ``/metrics`` without the API token: nobody, this machine, anyone."""
 MAX_CONFIG_BYTES = 256 * 1024
 """A configuration is a few KB; PyYAML needs ~150 times a file's size in memory."""
 REDACTED = "***"
@@ -159,6 +161,9 @@ class ApiConfig:
     """Bearer token given inline; None means read (or create) ``token_file``."""
     token_file: Path = Path("data/api-token")
     """File holding the bearer token; created (mode 0600) with a random token if missing."""
+    metrics: str = "loopback"
+    """Who may read ``/metrics`` (Prometheus): ``token`` (with the bearer token only),
+    ``loopback`` (requests from 127.0.0.1 / ::1 without it, others with it) or ``open``."""
 
 
 SECURITY_MODES = ("mixed", "secure-only")
@@ -520,6 +525,7 @@ def _api(s: Section) -> ApiConfig:
     s.boolean("allow_remote")
     s.token("token")
     s.path("token_file")
+    s.choice("metrics", METRICS_ACCESS, lower=True)
     config = s.build()
     if config.token is not None and "token_file" in s.raw:
         s.fail(None, "set either token or token_file, not both")

@@ -85,7 +85,7 @@ class Daemon:
                 await _declare(self.orchestrator, deployment, declared)
             self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port,
                                      deployment=deployment, orchestrator=self.orchestrator,
-                                     credentials=self.credentials)
+                                     credentials=self.credentials, metrics_access=config.api.metrics)
             with naming_port("TCP", config.api.host, config.api.port):
                 await self.api.start()
         except BaseException:

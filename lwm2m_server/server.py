@@ -24,7 +24,7 @@ from .core.capabilities import (
 )
 from .bootstrap_server import BootstrapListener, BootstrapService, StoreCredentials, signing_key_anchors
 from .transport.coap import CoapAdapter
-from .transport.messages import DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .transport.messages import AdapterStats, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
 from .transport.oscore import OscoreContexts
 from .config import ServerConfig
 from .security.credentials import CredentialStore
@@ -40,6 +40,7 @@ from .core.identity import (
 from .core.registration import (
     Registration, RegistrationBook, RegistrationError, parse_register, parse_update,
 )
+from .metrics import Metrics
 from .observations import Observations
 from .ota.downloads import ModuleDownloads
 from .registration_writes import RegistrationWrites
@@ -87,6 +88,8 @@ class LwM2MServer:
         self.registry = registry
         self.store = store
         self.events = EventHub()
+        self.metrics = Metrics(self)
+        """Its Prometheus metrics (``GET /metrics`` of the API)."""
         self._clock = clock
         self._book = RegistrationBook()
         self.downloads = ModuleDownloads(downloads, store, self._book.by_endpoint)
@@ -195,6 +198,11 @@ class LwM2MServer:
         return self._adapter.secure_port
 
     @property
+    def transport_stats(self) -> AdapterStats:
+        """The CoAP adapter's counters (blocks, bytes, rate-limited requests, DTLS sessions)."""
+        return self._adapter.stats
+
+    @property
     def bootstrap_port(self) -> int | None:
         """The Bootstrap-Server's plain CoAP port: its own, or :attr:`port` when shared."""
         if self._bootstrap_listener is not None and self._bootstrap_listener.port is not None:
@@ -250,6 +258,11 @@ class LwM2MServer:
     # -- incoming requests -----------------------------------------------------------
 
     async def _handle(self, request: IncomingRequest) -> OutgoingResponse:
+        response = await self._answer(request)
+        self.metrics.request_from_device(request.method, request.uri_path, response.code)
+        return response
+
+    async def _answer(self, request: IncomingRequest) -> OutgoingResponse:
         try:
             return await self._route(request)
         except RegistrationError as error:
@@ -524,14 +537,17 @@ class LwM2MServer:
         return self._queue_policy.is_awake(registration, last_seen, self._clock())
 
     async def _exchange(self, registration: Registration, request: DeviceRequest) -> Result:
+        started = time.monotonic()
         try:
             response = await self._adapter.request(  # only over a session of the identity it registered with
                 registration.address, request, timeout=self.config.coap.request_timeout_s,
                 identity=registration.identity,
             )
         except DeviceUnreachable as error:
+            self.metrics.request_to_device(request.kind, UNREACHABLE, time.monotonic() - started)
             self._log.info("device_unreachable", ep=registration.endpoint, reason=error.reason)
             return Result(ok=False, code=UNREACHABLE, diagnostic=f"device unreachable: {error.reason}")
+        self.metrics.request_to_device(request.kind, response.code, time.monotonic() - started)
         self._device(registration.endpoint).last_seen = self._clock()
         return decode_response(
             request, response.code, response.content_format, response.payload, self.registry,

@@ -1,26 +1,28 @@
-"""``tinymlaas-sim``: run simulated LwM2M devices against an LwM2M server.
+"""tinymlaas-sim: run simulated LwM2M devices against an LwM2M server.
 
     tinymlaas-sim fleet --config config/fleet.yaml --server coap://127.0.0.1:5683 [--count N] [--duration S]
     tinymlaas-sim device --profile cortex-m4f --endpoint ep1 --server coap://127.0.0.1:5683
     tinymlaas-sim profiles [--config FILE]
     tinymlaas-sim credentials --config config/fleet.yaml [--count N] [--scope bootstrap|server] [--out FILE]
 
-Client-initiated bootstrap: ``--bootstrap coap://host:5683`` makes devices start
+Client-initiated bootstrap: --bootstrap coap://host:5683 makes devices start
 with only a Bootstrap-Server account; they send Bootstrap-Request, take the
 LwM2M server URI, credentials and trust anchors the Bootstrap-Server writes, and
-register there (``--server`` is then ignored). ``device`` also takes
-``--bootstrap-psk IDENTITY:HEXKEY`` for a coaps:// Bootstrap-Server.
+register there (--server is then ignored). device also takes
+--bootstrap-psk IDENTITY:HEXKEY for a coaps:// Bootstrap-Server.
 
-Per-device PSKs for a fleet: ``credentials`` writes a key file (CSV ``endpoint,
-identity,key,scope``, mode 0600) for the endpoints ``fleet`` makes from the same
+Per-device PSKs for a fleet: credentials writes a key file (CSV endpoint,
+identity,key,scope, mode 0600) for the endpoints fleet makes from the same
 --config/--count, the simulation's stand-in for a factory's key file (the operator
-loads it with ``tinymlaas credentials import``). ``fleet --credentials FILE`` gives
-each device its row: the bootstrap-scope one with a coaps:// ``--bootstrap``, the
-server-scope one with a coaps:// ``--server``.
+loads it with tinymlaas credentials import). fleet --credentials FILE gives
+each device its row: the bootstrap-scope one with a coaps:// --bootstrap, the
+server-scope one with a coaps:// --server.
 
 Devices accept inference modules and firmware signed by a trust anchor:
-``--trust-anchor keys/signing.pub.pem`` (repeatable), added to the config's
-``trust_anchors``. Without one every package is refused (Update Result 53).
+--trust-anchor PEM (repeatable), added to the config's trust_anchors. The
+daemon's is the .pub.pem beside its deployment.signing_key, by default
+data/keys/signing-es256.pub.pem (the daemon creates it at its first start; tinymlaas
+keys show prints it). Without one every package is refused (Update Result 53).
 
 Exit codes: 0 ok, 1 some device could not register, 2 bad config or usage.
 """
@@ -298,13 +300,21 @@ def _credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_bytes(size: int) -> str:
+    """``16384 bytes (16 KB)``: a size with its unit (the server's CLI prints them alike)."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size} bytes ({size / scale:.3g} {unit})"
+    return f"{size} bytes"
+
+
 def _profiles(args: argparse.Namespace) -> int:
     profiles = load_config(args.config).profiles if args.config else builtin_profiles()
     for name, profile in sorted(profiles.items()):
         tinyml = profile.tinyml
         print(f"{name:<16} LwM2M {profile.lwm2m_version} b={profile.binding}{'Q' if profile.queue_mode else ''} "
               f"lt={profile.lifetime}  {tinyml.runtime} {tinyml.runtime_version} on {tinyml.cpu_core} "
-              f"@ {tinyml.cpu_clock / 1e6:g} MHz, arena {tinyml.arena_budget} B, "
+              f"@ {tinyml.cpu_clock / 1e6:g} MHz, arena {format_bytes(tinyml.arena_budget)}, "
               f"{len(tinyml.operators)} ops, sensors: {', '.join(profile.sensors) or '-'}")
     return 0
 
@@ -321,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, default=30.0, metavar="S",
                              help="seconds to wait for a Register/Update answer (default 30)")
         command.add_argument("--trust-anchor", action="append", metavar="PEM",
-                             help="public key whose signed packages devices accept (repeatable)")
+                             help="public key (PEM) whose signed packages devices accept, e.g. the daemon's "
+                                  "data/keys/signing-es256.pub.pem (repeatable; default: the config's trust_anchors)")
         command.add_argument("--bootstrap", metavar="URI",
                              help="bootstrap first from this Bootstrap-Server (coap:// or coaps://)")
         command.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")

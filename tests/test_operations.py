@@ -610,7 +610,7 @@ def test_flat_lines_of_a_device_instance(registry):
         '/3/0/1 Model Number = "X-1"',
         "/3/0/6/0 Available Power Sources[0] = 1",
         "/3/0/6/1 Available Power Sources[1] = 5",
-        "/3/0/9 Battery Level = 95",
+        "/3/0/9 Battery Level = 95 %",  # with the unit of its DDF (/100)
         "/3/0/11 Error Code = (no instances)",
         "/3/0/13 Current Time = 2024-05-01T12:30:00Z",
     ]

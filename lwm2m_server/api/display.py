@@ -37,6 +37,29 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
+def format_bytes(size: int | float) -> str:
+    """``512 bytes``, ``1 byte``, ``16384 bytes (16 KB)``, ``3145728 bytes (3 MB)``."""
+    number = int(size) if float(size).is_integer() else size
+    text = f"{number} byte" if size == 1 else f"{number} bytes"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if abs(size) >= scale:
+            return f"{text} ({size / scale:.3g} {unit})"
+    return text
+
+
+def with_units(value: Value, units: str) -> str:
+    """A number with the unit its resource declares (DDF ``<Units>``): bytes also in KB
+    or MB, microseconds also in ms; other units as written (``95 %``, ``21.5 Cel``)."""
+    shown = format_value(value)
+    if not units or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return shown
+    if units == "B":
+        return format_bytes(value)
+    if units == "us":
+        return f"{shown} us ({value / 1000:.3g} ms)"
+    return f"{shown} {'%' if units == '/100' else units}"
+
+
 def _label(path: LwM2MPath, registry: ObjectRegistry) -> str:
     """``/3/0/6/0 Available Power Sources[0]``; the path alone when the model lacks it."""
     definition = registry.resource_def(path)
@@ -48,8 +71,9 @@ def _label(path: LwM2MPath, registry: ObjectRegistry) -> str:
 
 
 def describe(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> str:
-    """``/3/0/0 Manufacturer = "Acme"``."""
-    return f"{_label(path, registry)} = {format_value(value)}"
+    """``/3/0/0 Manufacturer = "Acme"``; a number with its unit, ``/3/0/9 Battery Level = 95 %``."""
+    definition = registry.resource_def(path)
+    return f"{_label(path, registry)} = {with_units(value, definition.units if definition else '')}"
 
 
 def flat_lines(node: Node, path: LwM2MPath, registry: ObjectRegistry) -> list[str]:

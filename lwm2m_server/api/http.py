@@ -1,7 +1,10 @@
 """The management HTTP API (aiohttp), on loopback with a bearer token.
 
-JSON in, JSON out. Device operations answer ``200`` with the decoded result,
-``202`` with a queue entry when the device sleeps (queue mode), ``404`` for an
+JSON in, JSON out, described by the OpenAPI document at ``GET
+/api/v1/openapi.json`` (:mod:`.openapi`). Device operations answer ``200`` with the
+decoded result, ``202`` with a queue entry when the device sleeps (queue mode),
+``502`` when the device answered an error code (or an answer that does not decode)
+and ``504`` when it did not answer (both with its CoAP ``code``), ``404`` for an
 unknown endpoint, ``400`` for a request that cannot be built. A body that is not
 a JSON object, or has a wrong-typed or unknown field, is a ``400`` naming the
 field (:mod:`.bodies`); storage that cannot be written (a full disk) is ``503``;
@@ -28,14 +31,16 @@ from ipso_objects.codecs.link_format import NotificationAttributes, encode as en
 from ipso_objects.nodes import flatten
 from ipso_objects.values import from_text
 
-from . import bodies, display
+from . import bodies, display, openapi
 from .credentials import CredentialRoutes
+from .dashboard import Dashboard
 from .errors import ApiError
+from .. import metrics as prometheus
 from ..core import operations
 from ..core.capabilities import FIRMWARE_RESULTS, FIRMWARE_STATES, DeviceProfile
 from ..security.oscore import is_oscore_identity
 from ..core.operations import OperationError
-from ..core.responses import Result
+from ..core.responses import REASONS, UNREACHABLE, Result
 from ..security.credentials import CredentialStore
 from ..ota.deployment import Deployment, DeploymentError
 from ..ota.orchestrator import Orchestrator
@@ -128,6 +133,22 @@ def result_json(result: Result, server: LwM2MServer, path: LwM2MPath | None = No
     return body
 
 
+def device_answer(result: Result, server: LwM2MServer, path: LwM2MPath | None = None) -> web.Response:
+    """A device's answer as HTTP: ``200`` for a decoded 2.xx; ``504`` when it did not
+    answer; ``502`` for an error code or an answer that does not decode. The body
+    keeps the CoAP ``code`` and ``diagnostic`` (and an ``error`` line, as every error
+    answer has)."""
+    body = result_json(result, server, path)
+    if result.ok:
+        return web.json_response(body)
+    if result.code == UNREACHABLE:
+        body["error"] = result.diagnostic or "device unreachable"
+        return web.json_response(body, status=504)
+    reason = f"{result.code} {REASONS.get(result.code, '')}".rstrip()
+    body["error"] = f"device answered {reason}: {result.diagnostic}"
+    return web.json_response(body, status=502)
+
+
 def _name(path: LwM2MPath, server: LwM2MServer) -> str | None:
     definition = server.registry.resource_def(path)
     return definition.name if definition is not None else None
@@ -161,6 +182,8 @@ def _path(text: Any, field: str = "path") -> LwM2MPath:
 
 
 def _paths(body: dict[str, Any]) -> list[LwM2MPath]:
+    if "path" in body and "paths" in body:
+        raise ApiError(400, "give \"path\" or \"paths\", not both")
     raw = body.get("paths", [body["path"]] if "path" in body else None)
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "give \"path\" or a non-empty list \"paths\"")
@@ -183,12 +206,14 @@ class ManagementApi:
 
     def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780,
                  deployment: Deployment | None = None, orchestrator: Orchestrator | None = None,
-                 credentials: CredentialStore | None = None) -> None:
+                 credentials: CredentialStore | None = None, metrics_access: str = "loopback") -> None:
         self.server = server
         self.deployment = deployment
         self.orchestrator = orchestrator
         self.credentials = credentials
         self._token = token
+        self._metrics_access = metrics_access
+        """``api.metrics``: who may read ``/metrics`` without the token."""
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -196,6 +221,7 @@ class ManagementApi:
         self.app = web.Application(middlewares=[self._errors, self._auth])
         r = self.app.router
         r.add_get(f"{API}/health", self.health)
+        r.add_get(f"{API}/openapi.json", self.openapi_document)
         r.add_get(f"{API}/devices", self.devices)
         r.add_get(f"{API}/devices/{{ep}}", self.device)
         for name in ("read", "write", "execute", "create", "delete", "discover",
@@ -210,7 +236,10 @@ class ManagementApi:
         for action in ("pause", "resume", "cancel"):
             r.add_post(f"{API}/rollouts/{{id}}/{action}", self._rollout_action(action))
         r.add_get(f"{API}/events", self.events)
+        r.add_get(prometheus.PATH, self.metrics)
         CredentialRoutes(credentials, self._log).register(r, API)
+        self.dashboard = Dashboard(self, security=_security, firmware_update=_firmware_update)  # pages at /, sessions
+        self.dashboard.register(self.app)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -258,17 +287,30 @@ class ManagementApi:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler) -> web.StreamResponse:
-        if request.path != f"{API}/health":
+        if request.path == prometheus.PATH and not prometheus.needs_token(self._metrics_access, request.remote):
+            return await handler(request)
+        if request.path not in (f"{API}/health", f"{API}/openapi.json") and not Dashboard.public(request.path):
             given = request.headers.get("Authorization", "")
             expected = f"Bearer {self._token}"
             if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+                # or the dashboard's session cookie, with its CSRF header on a change
+                refused = self.dashboard.refusal(request)
+                if refused is not None:
+                    return refused
         return await handler(request)
 
     # -- handlers ---------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": len(self.server.registrations())})
+
+    async def openapi_document(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.DOCUMENT)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus text (who may read it: ``api.metrics``)."""
+        body = await self.server.metrics.render(self.orchestrator)
+        return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     async def devices(self, request: web.Request) -> web.Response:
         return web.json_response([registration_json(r) for r in self.server.registrations()])
@@ -371,7 +413,7 @@ class ManagementApi:
         if name == "observe":
             paths = _paths(body)
             result = await server.observe(endpoint, paths, timeout=_seconds(body.get("timeout"), "timeout"))
-            return web.json_response(result_json(result, server, paths[0] if len(paths) == 1 else None))
+            return device_answer(result, server, paths[0] if len(paths) == 1 else None)
         if name == "cancel-observe":
             cancelled = await server.cancel_observation(endpoint, _paths(body))
             return web.json_response({"cancelled": cancelled})
@@ -409,7 +451,7 @@ class ManagementApi:
             return web.json_response(
                 {"queued": outcome.entry_id, "expires_at": outcome.expires_at}, status=202
             )
-        return web.json_response(result_json(outcome, server, path))
+        return device_answer(outcome, server, path)
 
     def _write_value(self, path: LwM2MPath, body: dict[str, Any]) -> Value:
         """``{"value": "text"}``: parsed by the resource's type (opaque as hex)."""

@@ -195,16 +195,18 @@ def add_credentials_commands(commands, common: argparse.ArgumentParser) -> None:
     add.add_argument("--identity", help="PSK identity, 1..32 bytes (default: the endpoint name)")
     secret = add.add_mutually_exclusive_group()
     secret.add_argument("--key", metavar="HEX",
-                        help="the key in hex, 1..16 bytes; - reads it from stdin, @FILE from a file")
+                        help="the key in hex, 1..16 bytes; - reads it from stdin, @FILE from a file "
+                             "(one of --key, --secret, --generate is required)")
     secret.add_argument("--secret", metavar="HEX",
-                        help="OSCORE Master Secret in hex, 16..64 bytes; - reads it from stdin, @FILE from a file")
+                        help="OSCORE Master Secret in hex, 16..64 bytes; - reads it from stdin, @FILE from a file "
+                             "(required with --oscore, or --generate)")
     secret.add_argument("--generate", action="store_true",
                         help="make a random 16-byte key (or Master Secret) and print it once")
     add.add_argument("--oscore", action="store_true", help="an OSCORE (RFC 8613) context instead of a PSK")
     add.add_argument("--sender-id", metavar="HEX",
-                     help="OSCORE: the server's Sender ID (the device's Recipient ID, /21/x/2); '' for empty")
+                     help="OSCORE: the server's Sender ID (the device's Recipient ID, /21/x/2); '' for empty (required with --oscore)")
     add.add_argument("--recipient-id", metavar="HEX",
-                     help="OSCORE: the server's Recipient ID (the device's Sender ID, /21/x/1); '' for empty")
+                     help="OSCORE: the server's Recipient ID (the device's Sender ID, /21/x/1); '' for empty (required with --oscore)")
     add.add_argument("--salt", metavar="HEX", help="OSCORE Master Salt (default: empty)")
     add.add_argument("--id-context", metavar="HEX", help="OSCORE ID Context (default: none)")
     add.add_argument("--aead", type=int, metavar="COSE_ALG",

@@ -1,4 +1,4 @@
-"""``tinymlaas``: run the daemon and operate it through its management API."""
+"""tinymlaas: run the LwM2M server daemon and operate it through its management API."""
 
 from __future__ import annotations
 
@@ -14,13 +14,22 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from ipso_objects import IpsoError, ObjectRegistry
 
-from .common import DEFAULT_CONFIG, CliError
+from . import progress
+from .common import DEFAULT_CONFIG, CliError, Parser
 from .credentials import add_credentials_commands
+from .local import cmd_config_show, cmd_keys, cmd_objects, cmd_serve
+from ..api.display import format_bytes
 from ..core.responses import REASONS
+
+class DeviceFailed(CliError):
+    """The device refused (HTTP 502) or did not answer (504); ``body`` keeps its CoAP ``code``."""
+
+    def __init__(self, message: str, body: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.body = body
+
 
 class ApiClient:
     """A small blocking client for the management API (stdlib only)."""
@@ -41,9 +50,12 @@ class ApiClient:
             return urllib.request.urlopen(request, timeout=timeout or self._timeout)
         except urllib.error.HTTPError as error:
             try:
-                message = json.loads(error.read()).get("error", error.reason)
-            except ValueError:
-                message = error.reason
+                body = json.loads(error.read())
+                message = body.get("error", error.reason)
+            except (ValueError, AttributeError):
+                body, message = None, error.reason
+            if error.code in (502, 504) and isinstance(body, dict) and "code" in body:
+                raise DeviceFailed(f"{message} (HTTP {error.code})", body) from None
             raise CliError(f"{message} (HTTP {error.code})") from None
         except urllib.error.URLError as error:
             raise CliError(
@@ -164,7 +176,7 @@ def cmd_device(args: argparse.Namespace) -> int:
     tinyml = profile.get("tinyml")
     if tinyml:
         print(f"ml runtime    {tinyml['runtime']} {tinyml['runtime_version']} on {tinyml['cpu_core']}, "
-              f"arena budget {tinyml['arena_budget_bytes']} B, {len(tinyml['operators'])} operators")
+              f"arena budget {format_bytes(tinyml['arena_budget_bytes'])}, {len(tinyml['operators'])} operators")
     if profile:
         print(f"device        {profile['manufacturer'] or '?'} {profile['model'] or '?'}, hardware "
               f"{profile['hardware_version'] or '?'}, firmware version (/3/0/3) {profile['firmware_version'] or '?'}")
@@ -180,8 +192,18 @@ def cmd_device(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device_call(client: ApiClient, name: str, endpoint: str, body: dict[str, Any],
+                 timeout: float | None = None) -> dict[str, Any]:
+    """A device operation's answer: the result, or the device's failure (HTTP 502/504,
+    ``ok`` false with its CoAP ``code``), which :func:`_print_result` reports."""
+    try:
+        return client.call("POST", f"/devices/{endpoint}/{name}", body, timeout=timeout)[1]
+    except DeviceFailed as failure:
+        return failure.body
+
+
 def _operation(args: argparse.Namespace, name: str, body: dict[str, Any]) -> int:
-    _, result = _client(args).call("POST", f"/devices/{args.endpoint}/{name}", body)
+    result = _device_call(_client(args), name, args.endpoint, body)
     return _print_result(result, getattr(args, "json", False))
 
 
@@ -241,8 +263,8 @@ def cmd_observe(args: argparse.Namespace) -> int:
     # longer, and ends the event stream at the deadline (keep-alives never end it here)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     body = {"paths": args.paths, **({"timeout": args.timeout} if deadline else {})}
-    _, first = client.call("POST", f"/devices/{args.endpoint}/observe", body,
-                           timeout=args.timeout + _HTTP_MARGIN_S if deadline else None)
+    first = _device_call(client, "observe", args.endpoint, body,
+                         timeout=args.timeout + _HTTP_MARGIN_S if deadline else None)
     if _print_result(first, False) != 0:
         return 1
     seen = 0
@@ -289,14 +311,15 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise CliError(f"cannot read {args.file}: {error.strerror}") from None
         query = urllib.parse.urlencode({"name": args.name, "version": args.model_version, "format": args.format})
         _, model = client.call("POST", f"/models?{query}", data)
-        print(f"added {model['name']}@{model['version']} ({model['size']} bytes, sha256 {model['digest'][:16]}…)")
+        print(f"added {model['name']}@{model['version']} ({format_bytes(model['size'])}, sha256 {model['digest'][:16]}…)")
         return 0
     _, models = client.call("GET", "/models")
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
     for model in models:
-        print(f"{model['name']}@{model['version']:<12} {model['format']:<7} {model['size']:>8} B  {model['digest'][:16]}")
+        print(f"{model['name']}@{model['version']:<12} {model['format']:<7} {format_bytes(model['size']):>24}  "
+              f"{model['digest'][:16]}")
     print(f"{len(models)} model(s)")
     return 0
 
@@ -331,40 +354,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_line(rollout: dict[str, Any]) -> str:
-    summary = rollout["summary"]
-    counts, total = summary["counts"], summary["total"]
-    done = counts.get("done", 0)
-    width = 30
-    filled = int(width * summary["finished"] / total) if total else 0
-    parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    state = rollout["state"]
-    if state == "running" and total and summary["finished"] == total and rollout.get("strategy", {}).get("follow"):
-        state = "running (--follow: new matching devices join)"
-    return f"{rollout['id']} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} done ({parts}) {state}"
-
-
 def _watch(client: ApiClient, rollout_id: str) -> int:
-    tty = sys.stdout.isatty()
-    while True:
-        _, rollout = client.call("GET", f"/rollouts/{rollout_id}")
-        line = _progress_line(rollout)
-        print(("\r" + line + " " * 4) if tty else line, end="" if tty else "\n", flush=True)
-        summary = rollout["summary"]
-        if rollout["state"] != "running" or (summary["total"] and summary["finished"] == summary["total"]):
-            print()
-            if rollout.get("paused_reason"):
-                print(f"paused: {rollout['paused_reason']}")
-            return 0
-        time.sleep(1.0)
+    return progress.watch(lambda: client.call("GET", f"/rollouts/{rollout_id}")[1])
 
 
 def cmd_rollouts(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.id is None:
         _, rollouts = client.call("GET", "/rollouts")
+        width = progress.terminal_width() if sys.stdout.isatty() else None
         for rollout in rollouts:
-            print(_progress_line(rollout))
+            print(progress.progress_line(rollout, width))
         print(f"{len(rollouts)} rollout(s)")
         return 0
     if args.action:
@@ -375,7 +375,7 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rollout, indent=2))
         return 0
-    print(_progress_line(rollout))
+    print(progress.progress_line(rollout, progress.terminal_width() if sys.stdout.isatty() else None))
     if rollout.get("paused_reason"):
         print(f"paused: {rollout['paused_reason']}")
     for device in rollout["devices"]:
@@ -387,78 +387,20 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, ServerConfig, load_config
-    from ..suit import KeyFileError, SuitError, describe_key, generate_key_files
-
-    path = args.path
-    if path is None:
-        config_path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
-        try:
-            config = load_config(config_path) if config_path else ServerConfig()
-        except ConfigError as error:
-            raise CliError(str(error)) from None
-        path = str(config.deployment.signing_key)
-    try:
-        if args.keys_command == "generate":
-            files = generate_key_files(Path(path), args.alg, overwrite=args.force)
-            print(f"wrote {files.private_path} (private, mode 0600) and {files.public_path}")
-        print(describe_key(Path(path)))
-    except (KeyFileError, SuitError) as error:
-        raise CliError(error.reason) from None
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from ..daemon import serve
-
-    return serve(args.config or DEFAULT_CONFIG)
-
-
-def cmd_config_show(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, config_to_dict, load_config
-
-    try:
-        config = load_config(args.config or DEFAULT_CONFIG)
-    except ConfigError as error:
-        print(f"tinymlaas: {error}", file=sys.stderr)
-        return 2
-    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
-    return 0
-
-
-def cmd_objects(args: argparse.Namespace) -> int:
-    registry = ObjectRegistry.default(args.ddf_dir)
-    if args.object_id is None:
-        for definition in registry:
-            print(f"{definition.id:>6}  {definition.version:<4} {definition.name}")
-        return 0
-    definition = registry.get(args.object_id)
-    if definition is None:
-        raise CliError(f"object {args.object_id} is not defined")
-    kind = "multiple" if definition.multiple else "single"
-    print(f"/{definition.id} {definition.name} v{definition.version} ({kind}) {definition.urn}")
-    for resource in definition.resources.values():
-        flags = ("M" if resource.multiple else "S") + ("!" if resource.mandatory else " ")
-        print(
-            f"  {resource.id:>5} {resource.operations.value or '-':<2} {flags} "
-            f"{resource.type.value:<16} {resource.name}"
-            + (f" [{resource.units}]" if resource.units else "")
-        )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinymlaas", description=__doc__)
+    parser = Parser(prog="tinymlaas", description=__doc__,
+                    epilog="`tinymlaas COMMAND --help` describes a command and its options.")
     parser.add_argument("--version", action="version", version=version("tinymlaas"))
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help=f"daemon configuration (default {DEFAULT_CONFIG})")
-    common.add_argument("--api", help="management API URL (default from the configuration)")
-    common.add_argument("--token", help="API token (default $TINYMLAAS_TOKEN or api.token_file)")
+    # --config for commands that read the configuration; --api and --token only for those that call the API
+    configured = argparse.ArgumentParser(add_help=False)
+    configured.add_argument("--config", help=f"daemon configuration file (default: {DEFAULT_CONFIG})")
+    common = argparse.ArgumentParser(add_help=False, parents=[configured])
+    common.add_argument("--api", metavar="URL", help="management API URL (default: from the configuration)")
+    common.add_argument("--token", help="API token (default: $TINYMLAAS_TOKEN, or api.token / api.token_file)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, handler, help, *arguments, json_flag=False):
-        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+    def command(name, handler, help, *arguments, json_flag=False, parents=(common,)):
+        sub = commands.add_parser(name, parents=list(parents), help=help, description=help)
         for names, options in arguments:
             sub.add_argument(*names, **options)
         if json_flag:
@@ -468,15 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ep = (("endpoint",), {"help": "device endpoint name"})
     path = (("path",), {"help": "LwM2M path such as /3/0"})
-    command("serve", cmd_serve, "run the LwM2M server daemon")
-    config = commands.add_parser("config", help="inspect the configuration")
-    config_commands = config.add_subparsers(dest="config_command", required=True)
-    show = config_commands.add_parser("show", parents=[common], help="print the effective configuration")
+    command("serve", cmd_serve, "run the LwM2M server daemon", parents=(configured,))
+    config = commands.add_parser("config", help="inspect the configuration", description="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    show = config_commands.add_parser("show", parents=[configured], help="print the effective configuration "
+                                      "(token redacted)", description="print the effective configuration")
     show.set_defaults(handler=cmd_config_show)
     objects = command("objects", cmd_objects, "list known LwM2M objects, or one object's resources",
-                      (("object_id",), {"nargs": "?", "type": int}))
+                      (("object_id",), {"nargs": "?", "type": int, "metavar": "ID",
+                                        "help": "object id (default: list every object)"}), parents=())
     objects.add_argument("--ddf-dir", action="append", default=[], metavar="DIR",
-                         help="also load the DDF XML files of DIR (repeatable)")
+                         help="also load the DDF XML files of DIR (repeatable; default: the built-in objects only)")
     command("devices", cmd_devices, "list registered devices", json_flag=True)
     command("device", cmd_device, "show a device's registration and objects", ep, json_flag=True)
     command("read", cmd_read, "read a path and print named values", ep, path, json_flag=True)
@@ -485,11 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
             (("--update",), {"action": "store_true", "help": "partial update (POST) instead of replace"}),
             json_flag=True)
     command("exec", cmd_exec, "execute a resource", ep, path,
-            (("arguments",), {"nargs": "?", "help": "execute arguments, e.g. \"0='v',1\""}), json_flag=True)
+            (("arguments",), {"nargs": "?", "help": "execute arguments, e.g. \"0='v',1\" (default: none)"}), json_flag=True)
     command("create", cmd_create, "create an object instance", ep, path,
             (("instance",), {"nargs": "?", "metavar": "ID",
-                             "help": "new instance id; leave it out to let the device pick"}),
-            (("values",), {"nargs": "*", "help": "resource values as ID=TEXT"}), json_flag=True)
+                             "help": "new instance id (default: the device picks it)"}),
+            (("values",), {"nargs": "*", "help": "resource values as ID=TEXT (default: none)"}), json_flag=True)
     command("delete", cmd_delete, "delete an object instance", ep, path, json_flag=True)
     command("discover", cmd_discover, "discover resources and attributes", ep, path, json_flag=True)
     command("attributes", cmd_attributes, "write notification attributes (pmin=10 pmax=60 gt= ...)",
@@ -497,58 +441,82 @@ def build_parser() -> argparse.ArgumentParser:
             json_flag=True)
     command("observe", cmd_observe, "observe paths and print notifications until Ctrl-C", ep,
             (("paths",), {"nargs": "+", "help": "one path (Observe) or several (Observe-Composite)"}),
-            (("--count",), {"type": int, "default": 0, "help": "stop after N notifications"}),
-            (("--timeout",), {"type": float, "default": 0, "help": "stop after S seconds"}))
-    command("queue", cmd_queue, "show a queued request", (("id",), {"help": "queue entry id"}))
+            (("--count",), {"type": int, "default": 0, "metavar": "N",
+                            "help": "stop after N notifications (default: 0, no limit)"}),
+            (("--timeout",), {"type": float, "default": 0, "metavar": "S",
+                              "help": "stop after S seconds, the device's first answer included "
+                                      "(default: 0, no limit)"}))
+    command("queue", cmd_queue, "show a request queued for a sleeping device",
+            (("id",), {"help": "queue entry id, as `queued as ID` printed it"}))
 
-    models = commands.add_parser("models", help="register and list TinyML models")
-    models_commands = models.add_subparsers(dest="models_command", required=True)
-    add = models_commands.add_parser("add", parents=[common], help="register a model (.tflite) or firmware image")
-    add.add_argument("file")
-    add.add_argument("--name", required=True)
-    add.add_argument("--version", dest="model_version", required=True)
+    models = commands.add_parser("models", help="register and list TinyML models",
+                                 description="register and list TinyML models and firmware images")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    add = models_commands.add_parser("add", parents=[common], help="register a model (.tflite) or firmware image",
+                                     description="register a model (.tflite, validated) or a firmware image")
+    add.add_argument("file", help="the .tflite model or the firmware image")
+    add.add_argument("--name", required=True, help="model name, as in NAME@VERSION (required)")
+    add.add_argument("--version", dest="model_version", required=True, metavar="VERSION",
+                     help="model version, as in NAME@VERSION (required)")
     add.add_argument("--format", choices=["tflite", "firmware"], default="tflite",
                      help="a TFLite model (installed through /9) or a firmware image (through /5)")
     listing = models_commands.add_parser("list", parents=[common], help="list registered models")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     for sub in (add, listing):
         sub.set_defaults(handler=cmd_models)
     command("deploy", cmd_deploy, "roll a model out to the devices a selector picks",
-                     (("model",), {"help": "name@version"}),
+                     (("model",), {"metavar": "NAME@VERSION", "help": "a registered model"}),
                      (("--class",), {"dest": "device_class", "action": "append", "default": [],
-                                     "help": "device class pattern (repeatable)"}),
-                     (("--endpoint",), {"action": "append", "default": [], "help": "endpoint pattern, e.g. 'm4f-*'"}),
+                                     "metavar": "PATTERN",
+                                     "help": "device class pattern, e.g. 'cortex-m*' (repeatable; default: any)"}),
+                     (("--endpoint",), {"action": "append", "default": [], "metavar": "PATTERN",
+                                   "help": "endpoint pattern, e.g. 'm4f-*' (repeatable; default: any)"}),
                      (("--where",), {"action": "append", "default": [], "metavar": "KEY=VALUE,...",
                                      "help": "what /3 (or the TinyML object) must report exactly, e.g. "
-                                             "manufacturer=Acme,model=X; keys: " + ", ".join(LABELS)}),
+                                             "manufacturer=Acme,model=X; keys: " + ", ".join(LABELS) + " (default: no condition)"}),
                      (("--version-check",), {"choices": ["auto", "package", "firmware", "none"], "default": "auto",
                                              "help": "firmware: done when /5/0/7 (package) or /3/0/3 (firmware) "
                                                      "equals the version, or at Update Result 1 (none); auto: "
                                                      "package when the device has /5/0/7"}),
-                     (("--max-in-flight",), {"type": int, "default": 10}),
-                     (("--canary",), {"type": float, "default": 0.1, "help": "canary fraction (0..1)"}),
-                     (("--failure-threshold",), {"type": float, "default": 0.2}),
-                     (("--mode",), {"choices": ["auto", "push", "pull"], "default": "auto"}),
+                     (("--max-in-flight",), {"type": int, "default": 10, "metavar": "N",
+                                             "help": "devices delivered to at once"}),
+                     (("--canary",), {"type": float, "default": 0.1, "metavar": "F",
+                                      "help": "share of the compatible devices (0..1) that go first; the rest "
+                                              "wait until every canary is done"}),
+                     (("--failure-threshold",), {"type": float, "default": 0.2, "metavar": "F",
+                                                 "help": "pause once this share (0..1) of the finished devices "
+                                                         "failed or rolled back"}),
+                     (("--mode",), {"choices": ["auto", "push", "pull"], "default": "auto",
+                                    "help": "push: the server writes the package to the device (Block1); pull: "
+                                            "the device downloads it from a URI; auto: as the device's /5/0/9 "
+                                            "prefers"}),
                      (("--id",), {"help": "rollout id (default: generated)"}),
                      (("--follow",), {"action": "store_true",
                                       "help": "keep running once every matched device is done, to enrol "
                                               "devices that match later (default: end 'complete')"}),
-                     (("--watch",), {"action": "store_true", "help": "show a live progress bar"}))
+                     (("--watch",), {"action": "store_true",
+                                     "help": "show live progress until the rollout ends; exit 0 only when it "
+                                             "ends complete"}))
     command("rollouts", cmd_rollouts, "list rollouts, or show/pause/resume/cancel one",
-            (("id",), {"nargs": "?"}),
-            (("action",), {"nargs": "?", "choices": ["pause", "resume", "cancel"]}),
-            (("--watch",), {"action": "store_true", "help": "live progress bar until it finishes"}),
+            (("id",), {"nargs": "?", "metavar": "ID", "help": "a rollout (default: list every rollout)"}),
+            (("action",), {"nargs": "?", "choices": ["pause", "resume", "cancel"],
+                           "help": "change the rollout's state first (default: none, show it)"}),
+            (("--watch",), {"action": "store_true",
+                            "help": "show live progress until the rollout ends; exit 0 only when it ends "
+                                    "complete"}),
             json_flag=True)
-    keys = commands.add_parser("keys", help="manage the module signing key")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    generate = keys_commands.add_parser("generate", parents=[common], help="create a signing key pair")
-    generate.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256")
+    keys = commands.add_parser("keys", help="manage the module signing key", description="manage the module signing key")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    generate = keys_commands.add_parser("generate", parents=[configured], help="create a signing key pair",
+                                        description="create a signing key pair (private key mode 0600)")
+    generate.add_argument("--alg", choices=["ES256", "EdDSA"], default="ES256", help="signature algorithm")
     generate.add_argument("--force", action="store_true", help="replace an existing key")
-    show = keys_commands.add_parser("show", parents=[common], help="print the public key and key id")
+    show = keys_commands.add_parser("show", parents=[configured], help="print the public key and key id",
+                                    description="print the public key and key id")
     for sub in (generate, show):
-        sub.add_argument("--path", help="key file (default: deployment.signing_key)")
+        sub.add_argument("--path", help="private key file (default: deployment.signing_key of the configuration)")
         sub.set_defaults(handler=cmd_keys)
-    add_credentials_commands(commands, common)
+    add_credentials_commands(commands, configured)
     return parser
 
 

@@ -187,6 +187,10 @@ class Store(abc.ABC):
         """Pending entries of an endpoint, oldest first (the order to send them)."""
 
     @abc.abstractmethod
+    async def count_pending(self) -> int:
+        """Pending entries of all endpoints together (the queue depth; one cheap query)."""
+
+    @abc.abstractmethod
     async def set_state(
         self, entry_id: str, state: str, result: dict[str, Any] | None = None
     ) -> QueueEntry:

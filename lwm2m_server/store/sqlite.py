@@ -211,6 +211,9 @@ class SqliteStore(Store):
     async def pending(self, endpoint: str) -> list[QueueEntry]:
         return await self._run("read queue", _pending, endpoint)
 
+    async def count_pending(self) -> int:
+        return await self._run("count queue", _count_pending)
+
     async def set_state(
         self, entry_id: str, state: str, result: dict[str, Any] | None = None
     ) -> QueueEntry:
@@ -423,6 +426,11 @@ def _pending(connection: sqlite3.Connection, endpoint: str) -> list[QueueEntry]:
         (endpoint, PENDING),
     ).fetchall()
     return [_entry(row) for row in rows]
+
+
+def _count_pending(connection: sqlite3.Connection) -> int:
+    # the index queue_state_expires (state, expires_at) answers it without reading rows
+    return connection.execute("SELECT count(*) FROM queue WHERE state = ?", (PENDING,)).fetchone()[0]
 
 
 def _get_entry(connection: sqlite3.Connection, entry_id: str) -> QueueEntry | None:

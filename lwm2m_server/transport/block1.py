@@ -341,6 +341,10 @@ class BoundedBlock1Spool(blockwise.Block1Spool):
         self._throttle = LogThrottle()
         self._refused: dict[str, int] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self.blocks_received = 0
+        """Blocks fed (a Block1 option present), refused ones included."""
+        self.bytes_received = 0
+        """Their payload bytes."""
 
     @property
     def limit(self) -> int:
@@ -364,6 +368,8 @@ class BoundedBlock1Spool(blockwise.Block1Spool):
         key = blockwise._extract_block_key(req)
         now = self._clock()
         size = len(req.payload)
+        self.blocks_received += 1
+        self.bytes_received += size
         if block.more and size != block.size and not (block.size_exponent == 7 and size % block.size == 0):
             self.ledger.drop(key)
             self._refuse(req, Refusal("4.00", f"block of {size} bytes, its Block1 option says {block.size}"))

@@ -35,7 +35,9 @@ import structlog
 from aiocoap import Code, Message, optiontypes, resource
 from aiocoap.util import hostportsplit
 
-from .messages import CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse
+from .messages import (
+    AdapterStats, CoapRequest, CoapResponse, DeviceUnreachable, Download, IncomingRequest, OutgoingResponse,
+)
 from .observe import ObservationKeeper, WireObservation, response_of as _response
 from .aiocoap_tuning import ServerContext
 from .dtls import DtlsServerInterface, DtlsSession, PskLookup, set_receive_buffer
@@ -153,6 +155,7 @@ class CoapAdapter:
         self._oscore = oscore
         self._udp = None  # aiocoap's udp6 token manager (OSCORE requests go first, not through it)
         self._observations = ObservationKeeper(self._message, lambda: self._context, self._address_of_remote, log)
+        self._moved = [0, 0, 0, 0]  # Block2 blocks and bytes served, Block1 blocks and bytes sent
 
     async def start(self) -> None:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
@@ -242,6 +245,15 @@ class CoapAdapter:
 
     def _logger(self):
         return self._log or structlog.get_logger("lwm2m_server.coap")
+
+    @property
+    def stats(self) -> AdapterStats:
+        """Blocks and bytes moved, requests rate-limited, DTLS sessions open."""
+        served_blocks, served_bytes, sent_blocks, sent_bytes = self._moved
+        return AdapterStats(
+            served_blocks, served_bytes, self._block1.blocks_received, self._block1.bytes_received,
+            sent_blocks, sent_bytes, self._rate_limiter.refused_total if self._rate_limiter is not None else 0,
+            len(self._dtls.endpoint.sessions) if self._dtls is not None else 0)
 
     @property
     def block1_stats(self) -> Block1Stats:
@@ -394,6 +406,8 @@ class CoapAdapter:
         except OSError as error:
             return Message(code=Code.INTERNAL_SERVER_ERROR, payload=f"cannot read: {error.strerror}".encode())
         more = offset + len(chunk) < download.size
+        self._moved[0] += 1
+        self._moved[1] += len(chunk)
         reply = Message(code=Code.CONTENT, payload=chunk, content_format=download.content_format)
         reply.opt.etag = download.etag
         if more or wanted is not None:
@@ -503,6 +517,9 @@ class CoapAdapter:
                 per_block = 1 << (min(remote_exp, self._block_exp) + 4)
                 blocks = max(1, -(-len(request.payload) // per_block))
                 _, raw = await self._exchange(address, message, timeout * blocks)
+                if blocks > 1 and raw.code != Code.REQUEST_ENTITY_TOO_LARGE:  # sent whole
+                    self._moved[2] += blocks
+                    self._moved[3] += len(request.payload)
                 if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
                     return _response(raw)
                 current = getattr(raw.remote, "maximum_block_size_exp", self._block_exp)

@@ -97,3 +97,25 @@ class Download:
     """1..8 bytes that change when the content changes."""
     content_format: int = 42
     """application/octet-stream by default."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterStats:
+    """What an adapter has moved and refused since it was made (the metrics read it)."""
+
+    blocks_served: int
+    """Block2 blocks of module downloads answered (pull delivery)."""
+    bytes_served: int
+    """Their payload bytes."""
+    blocks_received: int
+    """Block1 blocks of request bodies received from devices (refused ones included)."""
+    bytes_received: int
+    """Their payload bytes."""
+    blocks_sent: int
+    """Block1 blocks of request bodies sent to devices (push delivery), counted when answered."""
+    bytes_sent: int
+    """Their payload bytes."""
+    rate_limited: int
+    """Requests refused by the rate limit (4.29, or dropped for a NON request)."""
+    dtls_sessions: int
+    """DTLS sessions open now."""
