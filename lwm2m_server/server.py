@@ -9,7 +9,6 @@ sequences them, persists what they return and publishes events.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -44,8 +43,9 @@ from .metrics import Metrics
 from .observations import Observations
 from .ota.downloads import ModuleDownloads
 from .registration_writes import RegistrationWrites
+from .request_queue import RequestQueue
 from .store.base import (
-    CANCELLED, DELIVERED, EXPIRED, FAILED, PENDING, ObservationRecord, QueueEntry, Store, StoreError,
+    ObservationRecord, QueueEntry, Store, StoreError,
 )
 
 
@@ -96,6 +96,8 @@ class LwM2MServer:
         """Who may fetch which module (pull delivery): the rollouts grant, the adapter asks."""
         self._devices: dict[str, _Device] = {}
         self._queue_policy = QueueModePolicy(config.queue.awake_window_s)
+        self._queue = RequestQueue(store, self.events, config.queue, clock=clock,
+                                   registration_of=self._book.by_endpoint, exchange=self._exchange)
         self._log = structlog.get_logger("lwm2m_server")
         self._writes = RegistrationWrites(store, self._log)  # Updates and De-registers outlive a full disk
         self._adapter = CoapAdapter(
@@ -405,7 +407,7 @@ class LwM2MServer:
         """A device spoke: deliver what waits for it and restore lost observations."""
         device = self._device(registration.endpoint)
         if registration.queue_mode and (device.delivering is None or device.delivering.done()):
-            device.delivering = self._spawn(self._deliver_queue(registration.endpoint))
+            device.delivering = self._spawn(self._queue.deliver(registration.endpoint))
         for record in self._observations.deferred(registration.endpoint):
             self._spawn(self._restore_observation(record))
 
@@ -529,7 +531,7 @@ class LwM2MServer:
             raise DeviceNotRegistered(endpoint) from None
         request = build(registration)
         if registration.queue_mode and queue and not self._awake(registration):
-            return await self._enqueue(registration, request)
+            return await self._queue.add(registration.endpoint, request)
         return await self._exchange(registration, request)
 
     def _awake(self, registration: Registration) -> bool:
@@ -554,39 +556,6 @@ class LwM2MServer:
             location_path=response.location_path,
         )
 
-    async def _enqueue(self, registration: Registration, request: DeviceRequest) -> Queued:
-        now = self._clock()
-        entry = QueueEntry(
-            id=secrets.token_hex(8),
-            endpoint=registration.endpoint,
-            created_at=now,
-            expires_at=now + self.config.queue.default_expiry_s,
-            state=PENDING,
-            request=request.to_dict(),
-        )
-        await self.store.enqueue(entry, self.config.queue.max_pending_per_device)
-        self._log.info("request_queued", ep=registration.endpoint, id=entry.id, op=request.kind.name)
-        self.events.publish("queue", endpoint=entry.endpoint, entry=entry)
-        return Queued(entry.id, entry.endpoint, entry.expires_at)
-
-    async def _deliver_queue(self, endpoint: str) -> None:
-        for entry in await self.store.pending(endpoint):
-            registration = self._book.by_endpoint(endpoint)
-            if registration is None:
-                return
-            current = await self.store.get_entry(entry.id)
-            if current is None or current.finished:  # cancelled while the ones before it went out
-                continue
-            if entry.expires_at < self._clock():
-                finished = await self.store.set_state(entry.id, EXPIRED)
-            else:
-                request = DeviceRequest.from_dict(entry.request)
-                result = await self._exchange(registration, request)
-                state = FAILED if result.code == UNREACHABLE else DELIVERED
-                finished = await self.store.set_state(entry.id, state, result.to_dict())
-                self._log.info("queued_request_delivered", ep=endpoint, id=entry.id, code=result.code)
-            self.events.publish("queue", endpoint=endpoint, entry=finished)
-
     async def queue_entry(self, entry_id: str) -> QueueEntry | None:
         return await self.store.get_entry(entry_id)
 
@@ -596,31 +565,11 @@ class LwM2MServer:
 
     async def cancel_entry(self, entry_id: str) -> QueueEntry | None:
         """Withdraw a queued request that was not sent yet; None if unknown or finished."""
-        entry = await self.store.get_entry(entry_id)
-        if entry is None or entry.finished:
-            return None
-        entry = await self.store.set_state(entry_id, CANCELLED)
-        self._log.info("queued_request_cancelled", ep=entry.endpoint, id=entry_id)
-        self.events.publish("queue", endpoint=entry.endpoint, entry=entry)
-        return entry
+        return await self._queue.cancel(entry_id)
 
     async def wait_for_entry(self, entry_id: str, timeout: float) -> QueueEntry | None:
         """Wait until a queued request has finished (or ``timeout`` passed)."""
-        with self.events.subscribe(kinds=("queue",)) as events:
-            entry = await self.store.get_entry(entry_id)
-            deadline = asyncio.get_running_loop().time() + timeout
-            while entry is not None and not entry.finished:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        event = await events.get()
-                except TimeoutError:
-                    break
-                if event.kind == "queue" and event.data["entry"].id == entry_id:
-                    entry = event.data["entry"]
-            return entry
+        return await self._queue.wait_for(entry_id, timeout)
 
     # -- observations (lwm2m_server.observations) ------------------------------------------
 
