@@ -330,3 +330,55 @@ async def test_an_icmp_error_from_one_device_does_not_lose_the_answer_to_another
                 assert answer.code == Code.CHANGED and answer.mid == mid
     finally:
         await server.stop()
+
+
+class StallingBlock1(resource.Resource):
+    """Takes Block1 transfers; answers 2.31 asking for 32-byte blocks from block 1 on,
+    and never answers block ``stall_at`` (aiocoap acknowledges it after a moment)."""
+
+    def __init__(self, stall_at: int | None = None):
+        super().__init__()
+        self.body, self.sizes, self.stall_at = b"", [], stall_at
+
+    async def needs_blockwise_assembly(self, request):
+        return False
+
+    async def render_put(self, request):
+        block = request.opt.block1
+        self.sizes.append(len(request.payload))
+        if block.block_number == self.stall_at:
+            await asyncio.Event().wait()
+        self.body = (b"" if block.block_number == 0 else self.body) + request.payload
+        answer = Message(code=Code.CONTINUE if block.more else Code.CHANGED)
+        answer.opt.block1 = optiontypes.BlockOption.BlockwiseTuple(block.block_number, block.more, 1)  # 32 bytes
+        return answer
+
+
+async def test_a_smaller_block_size_in_the_devices_2_31_is_taken_from_the_next_block_on(adapter):
+    device_side = StallingBlock1()
+    site = resource.Site()
+    site.add_resource(("5", "0", "0"), device_side)
+    dev = await device(site)
+    try:
+        image = bytes(range(256)) * 8  # 2 KiB: the first block at our 1024, the rest at 32
+        response = await adapter.request(
+            f"127.0.0.1:{port_of(dev)}", Req("PUT", ("5", "0", "0"), content_format=42, payload=image), timeout=5
+        )
+        assert response.code == "2.04" and device_side.body == image
+        assert device_side.sizes == [1024] + [32] * 32
+    finally:
+        await dev.shutdown()
+
+
+async def test_a_block_acknowledged_and_never_answered_fails_the_transfer_after_one_timeout(adapter):
+    site = resource.Site()
+    site.add_resource(("5", "0", "0"), StallingBlock1(stall_at=40))  # numbers count 32-byte blocks after the first
+    dev = await device(site)
+    try:
+        image = bytes(range(256)) * 40  # 10 KiB: 300+ blocks after the first (once was a timeout for each)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DeviceUnreachable, match="no response within 1 s"):
+            await adapter.request(f"127.0.0.1:{port_of(dev)}", Req("PUT", ("5", "0", "0"), payload=image), timeout=1)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        await dev.shutdown()

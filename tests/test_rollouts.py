@@ -7,7 +7,7 @@ import pytest
 from lwm2m_server.core.capabilities import DeviceProfile, TinyMLCapability
 from lwm2m_server.ota.rollouts import (
     UNREACHABLE_BACKOFF_CAP_S, Claim, DeviceRollout, DeviceStatus as S, Rollout, RolloutError, RolloutState,
-    Selector, Strategy, after_failure, after_unreachable, assign_canaries, is_complete, next_devices,
+    DeviceTable, Selector, Strategy, after_failure, after_unreachable, assign_canaries, is_complete, next_devices,
     should_pause, summarize, superseded,
 )
 
@@ -164,3 +164,13 @@ def test_follow_and_unreachable_round_trip_and_old_records_load():
     old = device.to_dict()
     del old["unreachable"]
     assert DeviceRollout.from_dict(old).unreachable == 0
+
+
+def test_a_device_table_counts_statuses_as_they_change():
+    table = DeviceTable(devices(4))
+    table["d00"] = replace(table["d00"], status=S.IN_FLIGHT)
+    table["d01"] = replace(table["d01"], status=S.DONE)
+    table["d00"] = replace(table["d00"], status=S.DONE)
+    table["d09"] = replace(DeviceRollout("d09"), status=S.INCOMPATIBLE)
+    assert table.summary() == summarize(table.values())
+    assert dict(table.summary().counts) == {"pending": 2, "done": 2, "incompatible": 1}

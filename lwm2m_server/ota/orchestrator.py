@@ -33,7 +33,7 @@ from ..core.operations import DeviceRequest
 from ..core.responses import UNREACHABLE, Result, result_from_dict
 from .rollouts import (
     ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
-    after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, summarize,
+    DeviceTable, after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, summarize,
     superseded,
 )
 from ..core.capabilities import DeviceProfile
@@ -98,7 +98,7 @@ class Orchestrator:
         self._clock = clock
         self._interval = interval
         self._rollouts: dict[str, Rollout] = {}
-        self._devices: dict[str, dict[str, DeviceRollout]] = {}
+        self._devices: dict[str, DeviceTable] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task] = {}
         self._formats: dict[str, str] = {}
         self._ticking = asyncio.Lock()  # the loop's tick and create()'s never interleave
@@ -112,7 +112,7 @@ class Orchestrator:
         for rollout_id, data in (await store.list_documents(ROLLOUT)).items():
             self._rollouts[rollout_id] = Rollout.from_dict(data)
             devices = await store.list_documents(DEVICE, f"{rollout_id}/")
-            self._devices[rollout_id] = {d["endpoint"]: DeviceRollout.from_dict(d) for d in devices.values()}
+            self._devices[rollout_id] = DeviceTable(DeviceRollout.from_dict(d) for d in devices.values())
         await self._settle_overlaps()  # before resuming: two deliveries to one device must not both go on
         enrolled = {endpoint for devices in self._devices.values() for endpoint in devices}
         for endpoint in enrolled | set(self.server.downloads.granted()):
@@ -152,7 +152,7 @@ class Orchestrator:
             raise RolloutError(f"rollout {rollout_id} exists")
         rollout = Rollout(rollout_id, model, selector, strategy, created_at=self._clock())
         await self._save_rollout(rollout)
-        self._devices[rollout_id] = {}
+        self._devices[rollout_id] = DeviceTable()
         self._log.info("rollout_created", id=rollout_id, model=model)
         await self.tick()
         return rollout
@@ -204,7 +204,7 @@ class Orchestrator:
                 if is_complete(rollout, devices.values()):
                     await self._save_rollout(replace(rollout, state=RolloutState.COMPLETE))
                     self._log.info("rollout_complete", id=rollout.id,
-                                   counts=dict(summarize(devices.values()).counts))
+                                   counts=dict(devices.summary().counts))
                     continue
             for endpoint in next_devices(rollout, devices.values(), self._clock(), contacted):
                 if endpoint not in contacted:
@@ -499,8 +499,8 @@ class Orchestrator:
         self._devices[rollout_id][device.endpoint] = device
         await self._grant(device.endpoint)  # in memory before anything else sees the new status
         await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
-        if before is None or before.status is not device.status:  # not at every job step: counting costs O(devices)
-            summary = summarize(self._devices[rollout_id].values())
+        if before is None or before.status is not device.status:  # not at every job step
+            summary = self._devices[rollout_id].summary()
             self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
                                        status=device.status.value, counts=dict(summary.counts), total=summary.total)
 

@@ -232,6 +232,27 @@ class Summary:
         return sum(self.counts.get(s.value, 0) for s in FINAL)
 
 
+class DeviceTable(dict):
+    """A rollout's devices by endpoint, counted by status as they change: its progress
+    is asked at every status change, and counting it anew cost O(devices) each time."""
+
+    def __init__(self, devices: Iterable[DeviceRollout] = ()) -> None:
+        super().__init__()
+        self._counts: dict[str, int] = {}
+        for device in devices:
+            self[device.endpoint] = device
+
+    def __setitem__(self, endpoint: str, device: DeviceRollout) -> None:
+        old = self.get(endpoint)
+        if old is not None:
+            self._counts[old.status.value] -= 1
+        super().__setitem__(endpoint, device)
+        self._counts[device.status.value] = self._counts.get(device.status.value, 0) + 1
+
+    def summary(self) -> Summary:
+        return Summary(len(self), {status: n for status, n in self._counts.items() if n})
+
+
 def summarize(devices: Iterable[DeviceRollout]) -> Summary:
     counts: dict[str, int] = {}
     total = 0

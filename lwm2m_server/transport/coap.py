@@ -47,6 +47,7 @@ from .oscore import (
 )
 from .sockets import naming_port, resend_after_stale_errors
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
+from .blockwise import UnexpectedBlock1, send_in_blocks, serve_block
 from .ratelimit import RateLimiter
 
 _METHODS = {
@@ -104,6 +105,9 @@ class _Root(resource.Resource):
             self._adapter._release_copy_later(request)
             return self._adapter._serve_block(request, download)
         return await self._adapter._incoming(request)
+
+
+_UNKNOWN = object()
 
 
 class CoapAdapter:
@@ -379,6 +383,8 @@ class CoapAdapter:
         and its refusal (4.03 to a peer the module is not delivered to, 4.04) is raised."""
         if request.code != Code.GET or request.opt.observe is not None:
             return None
+        if (known := request.__dict__.get("_tinymlaas_download", _UNKNOWN)) is not _UNKNOWN:
+            return known  # asked once by aiocoap (assemble blocks?) and once to render
         address, identity = self._peer_of(request.remote)
         found = self._downloads(IncomingRequest("GET", tuple(request.opt.uri_path), tuple(request.opt.uri_query),
                                                 None, b"", address, identity))
@@ -386,34 +392,14 @@ class CoapAdapter:
             refusal = aiocoap.error.ConstructionRenderableError(found.payload.decode("utf-8", "replace"))
             refusal.code = _code(found.code)
             raise refusal
+        request._tinymlaas_download = found
         return found
 
     def _serve_block(self, request: Message, download: Download) -> Message:
-        """One Block2 block of ``download`` (RFC 7959 §2.4), any block number, so a
-        device resumes where it stopped."""
-        wanted = request.opt.block2
-        exp = min(wanted.size_exponent, self._block_exp) if wanted is not None else self._block_exp
-        size = 1 << (exp + 4)
-        number = wanted.block_number if wanted is not None else 0
-        if wanted is not None and wanted.size_exponent > exp:  # renumber for our smaller blocks
-            number = wanted.block_number << (wanted.size_exponent - exp)
-        offset = number * size
-        if offset >= download.size and not (offset == 0 and download.size == 0):
-            return Message(code=Code.BAD_OPTION, payload=b"block beyond the end of the file")
-        try:
-            with open(download.path, "rb") as file:
-                chunk = os.pread(file.fileno(), size, offset)
-        except OSError as error:
-            return Message(code=Code.INTERNAL_SERVER_ERROR, payload=f"cannot read: {error.strerror}".encode())
-        more = offset + len(chunk) < download.size
-        self._moved[0] += 1
-        self._moved[1] += len(chunk)
-        reply = Message(code=Code.CONTENT, payload=chunk, content_format=download.content_format)
-        reply.opt.etag = download.etag
-        if more or wanted is not None:
-            reply.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(number, more, exp)
-        if number == 0 or request.opt.size2 is not None:
-            reply.opt.size2 = download.size
+        reply = serve_block(request, download, self._block_exp)
+        if reply.code == Code.CONTENT:
+            self._moved[0] += 1
+            self._moved[1] += len(reply.payload)
         return reply
 
     async def _message(self, address: str, request: CoapRequest, identity: str | None = None) -> Message:
@@ -505,21 +491,19 @@ class CoapAdapter:
                       identity: str | None = None) -> CoapResponse:
         """Send one request and wait for its (block-wise reassembled) response.
 
-        ``timeout`` applies per block: a large Block1 transfer gets one
-        ``timeout`` for each block it takes, not one for the whole transfer.
+        ``timeout`` applies per block: a large Block1 transfer fails when one block
+        goes unanswered that long, however many blocks went before.
         ``identity``: the PSK identity the device registered with; over CoAPS only a
         session that proved it carries the request.
         """
         async with self._in_flight, self._turn(address):
-            message = await self._message(address, request, identity)
             while True:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
-                per_block = 1 << (min(remote_exp, self._block_exp) + 4)
-                blocks = max(1, -(-len(request.payload) // per_block))
-                _, raw = await self._exchange(address, message, timeout * blocks)
-                if blocks > 1 and raw.code != Code.REQUEST_ENTITY_TOO_LARGE:  # sent whole
-                    self._moved[2] += blocks
-                    self._moved[3] += len(request.payload)
+                exp = min(remote_exp, self._block_exp, self._block_limits.get(address, self._block_exp))
+                if len(request.payload) <= 1 << (exp + 4):
+                    _, raw = await self._exchange(address, await self._message(address, request, identity), timeout)
+                else:
+                    raw = await self._send_blocks(address, request, identity, exp, timeout)
                 if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
                     return _response(raw)
                 current = getattr(raw.remote, "maximum_block_size_exp", self._block_exp)
@@ -528,12 +512,33 @@ class CoapAdapter:
                     return _response(raw)
                 self._block_limits[address] = retry_exp
                 self._remember(address, raw.remote)
-                message = await self._message(address, request, identity)
 
-    async def _exchange(self, address: str, message: Message, timeout: float):
-        """Send ``message``; the pending request and its first response."""
+    async def _send_blocks(self, address: str, request: CoapRequest, identity: str | None, exp: int,
+                           timeout: float) -> Message:
+        async def block(number: int, more: bool, exp: int, chunk: bytes, remote) -> Message:
+            message = await self._message(address, request, identity)
+            message.payload = chunk
+            message.opt.block1 = optiontypes.BlockOption.BlockwiseTuple(number, more, exp)
+            if number == 0:
+                message.opt.size1 = len(request.payload)
+            if remote is not None:
+                message.remote = remote  # the same source address for every block
+            return (await self._exchange(address, message, timeout, whole=False))[1]
+
+        try:
+            raw, blocks, sent = await send_in_blocks(block, request.payload, exp)
+        except UnexpectedBlock1 as error:
+            raise DeviceUnreachable(address, str(error)) from None
+        if raw.code != Code.REQUEST_ENTITY_TOO_LARGE:
+            self._moved[2] += blocks
+            self._moved[3] += sent
+        return raw
+
+    async def _exchange(self, address: str, message: Message, timeout: float, *, whole: bool = True):
+        """Send ``message``; the pending request and its first response (``whole``:
+        aiocoap reassembles a Block2 response; else ``message`` is one block)."""
         assert self._context is not None, "adapter not started"
-        pending = self._context.request(message)
+        pending = self._context.request(message, handle_blockwise=whole)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             async with asyncio.timeout(timeout):

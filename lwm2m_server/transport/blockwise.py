@@ -1,0 +1,75 @@
+"""Block-wise transfers the adapter runs itself (RFC 7959): module downloads served one
+Block2 block at a time from disk, and request bodies sent one Block1 block at a time.
+
+aiocoap's own Block1 sending copies the whole request for every block (a quarter of a
+push's CPU) and has no bound on a block the device acknowledged and never answered;
+here each block is one exchange with its own timeout, built by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Awaitable, Callable
+
+from aiocoap import Code, Message, optiontypes
+
+from .messages import Download
+
+SendBlock = Callable[[int, bool, int, bytes, object], Awaitable[Message]]
+"""``(number, more, size exponent, payload, remote or None) → the device's response``:
+send one block (from ``remote``'s source address, once known) and await its answer."""
+
+
+class UnexpectedBlock1(Exception):
+    """The device's Block1 answers do not fit the transfer."""
+
+
+def serve_block(request: Message, download: Download, block_exp: int) -> Message:
+    """One Block2 block of ``download`` (RFC 7959 §2.4), any block number, so a
+    device resumes where it stopped; blocks of at most ``2**(block_exp+4)`` bytes."""
+    wanted = request.opt.block2
+    exp = min(wanted.size_exponent, block_exp) if wanted is not None else block_exp
+    size = 1 << (exp + 4)
+    number = wanted.block_number if wanted is not None else 0
+    if wanted is not None and wanted.size_exponent > exp:  # renumber for our smaller blocks
+        number = wanted.block_number << (wanted.size_exponent - exp)
+    offset = number * size
+    if offset >= download.size and not (offset == 0 and download.size == 0):
+        return Message(code=Code.BAD_OPTION, payload=b"block beyond the end of the file")
+    try:
+        with open(download.path, "rb") as file:
+            chunk = os.pread(file.fileno(), size, offset)
+    except OSError as error:
+        return Message(code=Code.INTERNAL_SERVER_ERROR, payload=f"cannot read: {error.strerror}".encode())
+    more = offset + len(chunk) < download.size
+    reply = Message(code=Code.CONTENT, payload=chunk, content_format=download.content_format)
+    reply.opt.etag = download.etag
+    if more or wanted is not None:
+        reply.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(number, more, exp)
+    if number == 0 or request.opt.size2 is not None:
+        reply.opt.size2 = download.size
+    return reply
+
+
+async def send_in_blocks(send: SendBlock, payload: bytes, exp: int) -> tuple[Message, int, int]:
+    """Send ``payload`` in Block1 blocks of ``2**(exp+4)`` bytes, or the smaller size a
+    device's 2.31 asks for, from the next block on. The device's final response (or
+    its first error, or its answer when it ignored Block1), the blocks sent and the
+    bytes they carried."""
+    offset, remote, blocks = 0, None, 0
+    while True:
+        size = 1 << (exp + 4)
+        number, more = offset // size, offset + size < len(payload)
+        response = await send(number, more, exp, payload[offset:offset + size], remote)
+        remote, blocks = response.remote, blocks + 1
+        block1 = response.opt.block1
+        if not response.code.is_successful() or block1 is None:  # refused, or Block1 ignored and answered
+            return response, blocks, min(offset + size, len(payload))
+        if block1.block_number != number:
+            raise UnexpectedBlock1(f"answered block {block1.block_number} for block {number}")
+        if not more:
+            if block1.more or response.code == Code.CONTINUE:
+                raise UnexpectedBlock1("asked for more data after the last block")
+            return response, blocks, len(payload)
+        offset += size
+        exp = min(exp, block1.size_exponent)
