@@ -83,34 +83,66 @@ async def registrations(server: LwM2MServer, count: int, concurrency: int) -> No
           f"(concurrency {concurrency}); registered now: {len(server.registrations())}")
 
 
+PULLER = "bench-pull-{:06d}"
+"""Endpoint name of the i-th client of the downloads scenario (distinct from the
+registrations scenario's ``bench-...``)."""
+TOKEN = "bench"
+"""The module token: /fw/bench."""
+
 CLIENTS = """
 import asyncio, sys, aiocoap
 from aiocoap import Code, Message, resource
+PULLER, TOKEN = %r, %r
 async def main(port, count, size):
     contexts = [await aiocoap.Context.create_server_context(resource.Site(), bind=("127.0.0.1", 0),
                                                             transports=["udp6"]) for _ in range(count)]
+    registered = await asyncio.gather(*(
+        c.request(Message(code=Code.POST, uri=f"coap://127.0.0.1:{port}/rd?ep={PULLER.format(i)}&lt=3600",
+                          payload=b"</1/0>,</3/0>")).response for i, c in enumerate(contexts)), return_exceptions=True)
+    print(sum(1 for r in registered if getattr(r, "code", None) == Code.CREATED), flush=True)
+    sys.stdin.readline()  # the server granted the module: pull
     responses = await asyncio.gather(*(
-        c.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{port}/fw/bench")).response for c in contexts))
-    print(sum(1 for r in responses if len(r.payload) == size))
+        c.request(Message(code=Code.GET, uri=f"coap://127.0.0.1:{port}/fw/{TOKEN}")).response for c in contexts),
+        return_exceptions=True)
+    print(sum(1 for r in responses if not isinstance(r, BaseException) and len(r.payload) == size), flush=True)
+    errors = sorted({f"{type(r).__name__}: {r}" if isinstance(r, BaseException)
+                     else f"answered {r.code} {r.payload[:80].decode(errors='replace')}"
+                     for r in responses if isinstance(r, BaseException) or len(r.payload) != size})
+    for error in errors[:5]:
+        print(error, flush=True)
+    for c in contexts:
+        await c.shutdown()
 asyncio.run(main(*map(int, sys.argv[1:])))
-"""
+""" % (PULLER, TOKEN)
 
 
 async def downloads(server: LwM2MServer, clients: int, size: int) -> None:
-    """The clients run in another process, so the heap figure is the server's alone."""
-    tracemalloc.start()
-    start = time.perf_counter()
+    """The clients run in another process, so the heap figure is the server's alone.
+    Each client first Registers from its own context (so its address is the
+    registration's) and is granted the module, as a rollout's pull delivery would;
+    the time and heap figures cover the pulls alone."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CLIENTS, str(server.port), str(clients), str(size),
-        stdout=asyncio.subprocess.PIPE)
-    out, _ = await process.communicate()
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    registered = int(await process.stdout.readline() or 0)
+    if registered < clients:
+        print(f"    only {registered}/{clients} download clients registered", file=sys.stderr)
+    for i in range(clients):
+        await server.downloads.grant(PULLER.format(i), [TOKEN], time.time())
+    tracemalloc.start()
+    start = time.perf_counter()
+    process.stdin.write(b"go\n")
+    await process.stdin.drain()
+    ok = int(await process.stdout.readline() or 0)
     elapsed = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    ok = int(out or 0)
+    errors, _ = await process.communicate()
     print(f"downloads: {ok}/{clients} × {size // 1024} KiB in {elapsed:.2f} s "
           f"({clients * size / elapsed / 1e6:.2f} MB/s); server Python heap peak {peak / 1e6:.2f} MB "
           f"vs {clients * size / 1e6:.1f} MB if each download held the module")
+    for error in errors.decode().splitlines():
+        print(f"    client error: {error}")
 
 
 # -- fleet over coap and coaps (--dtls) -----------------------------------------------------
@@ -192,7 +224,7 @@ async def bench_server(args: argparse.Namespace, endpoints: list[str], secure: b
         base = config()
         server = LwM2MServer(replace(base, coap=replace(base.coap, secure_port=0)), ObjectRegistry.default(),
                              store, credentials=credentials,
-                             downloads=lambda request: download if request.uri_path == ("fw", "bench") else None)
+                             downloads=lambda path: download if path == ("fw", TOKEN) else None)
         await server.start()
         try:
             yield server
@@ -252,6 +284,10 @@ async def run_fleet(scheme: str, args: argparse.Namespace) -> dict:
             f["reads"] += sum(1 for r in results if getattr(r, "ok", False))
         f["reads_s"], f["reads_cpu"] = time.perf_counter() - began, time.process_time() - cpu
 
+        # the devices that pull (the first --downloads: bench_fleet.py's "pull M") are granted the
+        # module, as a rollout's pull delivery would grant it to the device it is delivered to
+        for ep in endpoints[:max(1, args.downloads)]:
+            await server.downloads.grant(ep, [TOKEN], time.time())
         for clients in (1, args.downloads):
             f[f"pull_{clients}"] = await devices.ask(f"pull {clients} fw/bench {args.download_kib * 1024}")
         f["rss_end"] = rss()
@@ -358,7 +394,7 @@ async def main(args: argparse.Namespace) -> None:
         download = Download(module, module.stat().st_size, b"bench001")
         store = await SqliteStore.open(Path(folder) / "state.sqlite3")
         server = LwM2MServer(config(), ObjectRegistry.default(), store,
-                             downloads=lambda request: download if request.uri_path == ("fw", "bench") else None)
+                             downloads=lambda path: download if path == ("fw", TOKEN) else None)
         await server.start()
         try:
             if args.registrations:
