@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from ipso_objects import ObjectRegistry
 from ipso_objects.ddf import load_ddf_file
@@ -35,3 +36,12 @@ def shared_folder(name: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"reference data {folder} is absent (clone the project beside ../shared)")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was():
+    """A command run in-process (``cli_main([...])``) may point structlog at the stderr
+    pytest captured for that test, a stream closed after it: later logging would fail."""
+    config = structlog.get_config()
+    yield
+    structlog.configure(**config)

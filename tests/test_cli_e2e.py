@@ -1,10 +1,13 @@
 """The ``tinymlaas`` command line end to end: the daemon (``tinymlaas serve``, a
 subprocess) and a simulated fleet (``tinymlaas-sim fleet``, a subprocess), operated
 through the CLI's ``main(argv)`` as a user types it, for each command of README's
-CLI table that no other test drives against a daemon: read, write, exec, observe,
-queue, models, deploy (``--watch``: progress, exit status, a selector that matches
-nothing), rollouts (list, show, pause/resume/cancel, ``--watch`` on a terminal), keys;
-and the API's ``/events``. Also the help texts, and one state vocabulary.
+CLI table: read, write, exec, observe, queue, models, deploy (``--watch``: progress,
+exit status, a selector that matches nothing), rollouts (list, show,
+pause/resume/cancel, ``--watch`` on a terminal), keys, objects, devices, device,
+discover, attributes, create, delete, credentials (import, add, list, remove on the
+running daemon's store), and ``tinymlaas-sim`` profiles, credentials and device
+(``--bootstrap`` and ``--psk`` over CoAPS); and the API's ``/events``. Also the help
+texts, and one state vocabulary.
 
 One daemon and one fleet serve the whole module (a few seconds to start); the tests
 that change a rollout's state use rollouts of their own.
@@ -435,3 +438,138 @@ def test_keys_generate_and_show(stack, tmp_path, capsys):
     daemon_key = stack.daemon.folder / "data" / "keys" / "signing-es256.pem"
     assert cli_main(["keys", "show", "--path", str(daemon_key)]) == 0
     assert "ES256" in capsys.readouterr().out
+
+
+# -- the rest of the table: objects, devices/device, discover, attributes, create/delete, --------
+# -- credentials with the daemon running, and the simulator's commands against it ---------------
+
+
+def test_objects_lists_the_registry_and_one_object(capsys):
+    assert cli_main(["objects"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^\s+3\s+\S+\s+Device$", listed, re.M) and re.search(r"^\s*26241\s", listed, re.M), listed
+    assert cli_main(["objects", "3303"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("/3303 Temperature ") and re.search(r"5700 R\s+S!\s+Float\s+Sensor Value", shown), shown
+    assert cli_main(["objects", "65000"]) == 1
+    assert "object 65000 is not defined" in capsys.readouterr().err
+
+
+def test_devices_and_device(stack, capsys):
+    code, out, _ = stack.cli(capsys, "devices")
+    assert code == 0 and out.splitlines()[0].startswith("ENDPOINT ") and out.rstrip().endswith("device(s)")
+    assert ENDPOINTS <= {line.split()[0] for line in out.splitlines()[1:-1]}
+    code, out, _ = stack.cli(capsys, "devices", "--json")
+    assert ENDPOINTS <= {d["endpoint"] for d in json.loads(out)}
+    code, out, _ = stack.cli(capsys, "device", "m4f-0001")
+    assert code == 0 and out.startswith("endpoint      m4f-0001  (registration ")
+    assert "security      none (plain CoAP)" in out and re.search(r"^  /3303/0\s+Temperature", out, re.M), out
+    assert re.search(r"^device class  \S+", out, re.M), out
+    code, out, _ = stack.cli(capsys, "device", "m4f-0001", "--json")
+    assert json.loads(out)["endpoint"] == "m4f-0001"
+    code, _, err = stack.cli(capsys, "device", "nobody-0001")
+    assert code == 1 and "nobody-0001" in err
+
+
+def test_discover_attributes_create_delete(stack, capsys):
+    code, out, _ = stack.cli(capsys, "discover", "gw-0001", "/3303/0")
+    assert code == 0 and "5700" in out, out
+    code, out, _ = stack.cli(capsys, "attributes", "gw-0001", "/3303/0/5700", "pmin=1", "pmax=30")
+    assert code == 0 and "2.04" in out, out
+    code, out, _ = stack.cli(capsys, "discover", "gw-0001", "/3303/0/5700")
+    assert code == 0 and "pmin=1" in out and "pmax=30" in out, out
+    code, out, _ = stack.cli(capsys, "attributes", "gw-0001", "/3303/0/5700", "pmax=")  # unset
+    assert code == 0 and "2.04" in out, out
+    code, out, _ = stack.cli(capsys, "discover", "gw-0001", "/3303/0/5700")
+    assert code == 0 and "pmin=1" in out and "pmax" not in out, out
+
+    code, out, _ = stack.cli(capsys, "create", "gw-0001", "/3303", "42", "5701=K")
+    assert (code, out) == (0, "created /3303/42\n")
+    code, out, _ = stack.cli(capsys, "read", "gw-0001", "/3303/42/5701")
+    assert code == 0 and out.strip() == '/3303/42/5701 Sensor Units = "K"', out
+    code, out, _ = stack.cli(capsys, "delete", "gw-0001", "/3303/42")
+    assert code == 0 and "2.02" in out, out
+    code, out, err = stack.cli(capsys, "read", "gw-0001", "/3303/42")
+    assert code == 1 and "4.04" in out + err
+
+
+def test_credentials_and_simulated_devices_over_coaps_against_the_daemon(stack, tmp_path, capsys, monkeypatch):
+    """``tinymlaas-sim profiles`` and ``credentials``, ``tinymlaas credentials import/add/list/remove``
+    on the running daemon's store, then ``tinymlaas-sim device --bootstrap`` and ``--psk`` over CoAPS."""
+    profiles = subprocess.run([sys.executable, "-m", "simulators.cli", "profiles"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+    assert profiles.returncode == 0 and "cortex-m4f" in profiles.stdout, profiles.stderr
+
+    config = yaml.safe_load((ROOT / "config" / "fleet.yaml").read_text())
+    config.update(fleet=[{"profile": "cortex-m4f", "count": 1, "endpoint_prefix": "boot"}], trust_anchors=[])
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(config))
+    keys = tmp_path / "keys.csv"
+    made = subprocess.run([sys.executable, "-m", "simulators.cli", "credentials", "--config", str(tmp_path / "fleet.yaml"),
+                           "--count", "1", "--scope", "bootstrap", "--out", str(keys)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    [row] = [line.split(",") for line in keys.read_text().splitlines() if line and not line.startswith(("#", "endpoint"))]
+    endpoint, identity, key = row[0], row[1], row[2]
+    assert (endpoint, identity) == ("boot-0001", "boot-0001-bs")
+
+    monkeypatch.chdir(stack.daemon.folder)  # the daemon's server.yaml and data/, as an operator beside it
+    def credentials(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli_main(["credentials", *args, "--config", "server.yaml"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, err = credentials("import", str(keys))
+    assert (code, out) == (0, f"imported 1 credential(s) from {keys}: 1 added, 0 replaced\n"), err
+    code, out, err = credentials("add", "psk-0001", "--generate")
+    assert code == 0 and re.search(r"\b[0-9a-f]{32}\b", out), out + err
+    server_key = re.search(r"\b([0-9a-f]{32})\b", out).group(1)
+    code, out, err = credentials("add", "osc-0001", "--oscore", "--sender-id", "01", "--recipient-id", "0a",
+                                 "--generate")
+    assert code == 0, out + err
+    osc_secret = re.search(r"\b([0-9a-f]{32})\b", out).group(1)
+    code, out, _ = credentials("list", "--json")
+    listed = {(c["endpoint"], c["scope"]) for c in json.loads(out)}
+    assert {("boot-0001", "bootstrap"), ("psk-0001", "server"), ("osc-0001", "server")} <= listed
+    assert [c.get("mechanism") for c in json.loads(out) if c["endpoint"] == "osc-0001"] == ["oscore"], out
+    assert key not in out and server_key not in out and osc_secret not in out
+    code, out, err = credentials("remove", "osc-0001", "--mechanism", "oscore")
+    assert (code, out) == (0, "removed 1 credential(s) of osc-0001\n"), err
+
+    def sim_device(endpoint: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "simulators.cli", "device", "--profile", "cortex-m4f", "--endpoint", endpoint,
+             *args, "--timeout", "10", "--duration", "60"], cwd=ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    secure = f"coaps://127.0.0.1:{stack.daemon.coaps_port}"
+    (tmp_path / "psk.key").write_text(server_key + "\n")
+    devices = [sim_device("boot-0001", "--bootstrap", secure, "--bootstrap-psk", f"{identity}:-"),
+               sim_device("psk-0001", "--server", secure, "--psk", f"psk-0001:@{tmp_path / 'psk.key'}")]
+    try:
+        devices[0].stdin.write(key + "\n")
+        devices[0].stdin.close()
+        for endpoint in ("boot-0001", "psk-0001"):
+            def registered():
+                code, out, _ = stack.cli(capsys, "device", endpoint)
+                return out if code == 0 else None
+
+            shown = wait_for(registered, 30, f"{endpoint} to register over CoAPS")
+            assert f"security      psk  identity {endpoint}" in shown, shown
+            assert re.search(r"^address\s+coaps://", shown, re.M), shown
+    finally:
+        for device in devices:
+            device.send_signal(signal.SIGTERM)
+        for device in devices:
+            try:
+                device.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                device.kill()
+    code, out, _ = credentials("list", "--json")
+    assert ("boot-0001", "server") in {(c["endpoint"], c["scope"]) for c in json.loads(out)}  # bootstrap made it
+    for endpoint, scope in (("boot-0001", "bootstrap"), ("boot-0001", "server"), ("psk-0001", "server")):
+        code, out, err = credentials("remove", endpoint, "--scope", scope)
+        assert (code, out) == (0, f"removed 1 credential(s) of {endpoint}\n"), err
+    code, out, _ = credentials("list", "--json")
+    assert not {c["endpoint"] for c in json.loads(out)} & {"boot-0001", "psk-0001"}

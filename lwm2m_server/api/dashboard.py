@@ -196,19 +196,6 @@ class Dashboard:
 
     # -- Server-Sent Events -------------------------------------------------------------
 
-    def event_json(self, event) -> dict[str, Any]:
-        """The /events JSON of ``event``, with what rollout and profile events carry."""
-        body = self.api._event_json(event)
-        data = event.data
-        if event.kind == "rollout":
-            for key in ("rollout", "status", "counts", "total"):
-                if key in data:
-                    body.setdefault(key, data[key])
-        profile = data.get("profile")
-        if profile is not None and hasattr(profile, "device_class"):
-            body.setdefault("device_class", profile.device_class)
-        return body
-
     async def sse(self, request: web.Request) -> web.StreamResponse:
         """``GET /events/sse[?endpoint=][&kinds=a,b]``: ``text/event-stream`` until the client leaves."""
         endpoint = request.query.get("endpoint") or None
@@ -232,7 +219,7 @@ class Dashboard:
                     else:
                         if event is None:  # the server stops
                             break
-                        data = json.dumps(self.event_json(event), separators=(",", ":"))
+                        data = json.dumps(self.api.event_json(event), separators=(",", ":"))
                         chunk = f"event: {event.kind}\ndata: {data}\n\n".encode()
                     await response.write(chunk)
             except ConnectionError:  # the browser left (closed the tab, logged out)

@@ -509,7 +509,7 @@ class ManagementApi:
                 try:
                     async with asyncio.timeout(min(15, remaining)):
                         event = await queue.get()
-                    line = json.dumps(self._event_json(event)).encode() + b"\n"
+                    line = json.dumps(self.event_json(event)).encode() + b"\n"
                 except TimeoutError:
                     line = b"\n"  # keep-alive; also notices a gone client
                 try:
@@ -518,7 +518,7 @@ class ManagementApi:
                     break
         return response
 
-    def _event_json(self, event) -> dict[str, Any]:
+    def event_json(self, event) -> dict[str, Any]:
         body: dict[str, Any] = {"kind": event.kind, "endpoint": event.endpoint, "time": event.time}
         data = event.data
         if "registration" in data:
@@ -531,6 +531,10 @@ class ManagementApi:
             body["entry"] = entry_json(data["entry"])
         if "reason" in data:
             body["reason"] = data["reason"]
+        if event.kind == "rollout":
+            body.update({key: data[key] for key in ("rollout", "status", "counts", "total") if key in data})
+        if (profile := data.get("profile")) is not None and hasattr(profile, "device_class"):
+            body["device_class"] = profile.device_class
         if "entries" in data:
             body["values"] = [
                 {"time": entry.time, "path": str(path), "value": json_value(value),

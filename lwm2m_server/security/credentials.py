@@ -7,7 +7,7 @@ it to the LwM2M server (``/rd``, ``/dp`` and server→device requests); a
 Each identity names exactly one credential, so the DTLS layer can ask
 :meth:`CredentialStore.by_identity` during a handshake.
 
-The limits of an identity and a key are tinydtls' (:mod:`.psk`).
+The limits of an identity and a key are those of tinydtls devices (:mod:`.psk`).
 
 The file is created with mode 0600 before SQLite opens it; SQLite creates its
 ``-wal`` and ``-shm`` files with the permissions of the database file, so they

@@ -1,10 +1,10 @@
 """PSK credentials as values: tinydtls' limits, validation, keys written in hex.
 
-Limits come from tinydtls (the DTLS library behind CoAPS): the PSK identity buffer
-is 32 bytes (``DTLS_PSK_MAX_CLIENT_IDENTITY_LEN``) and the key buffer 16 bytes
-(``DTLS_PSK_MAX_KEY_LEN``; its only cipher suite is TLS_PSK_WITH_AES_128_CCM_8).
-tinydtls copies the key into that buffer without a length check, so a longer key
-is refused here, never stored. The DTLS transport, the store, key files and the
+Limits come from tinydtls, the DTLS library of many devices (Wakaama's, the
+simulator's; the server's own DTLS has no such limit): the PSK identity buffer is
+32 bytes (``DTLS_PSK_MAX_CLIENT_IDENTITY_LEN``) and the key buffer 16 bytes
+(``DTLS_PSK_MAX_KEY_LEN``). tinydtls copies the key into that buffer without a
+length check, so a longer key, which such a device could not hold, is refused here. The DTLS transport, the store, key files and the
 simulator's devices all take the limits from here.
 """
 
