@@ -51,9 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import json
 import os
 import statistics
 import sys
@@ -62,38 +60,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from processes import Child, commands, reply, vm_rss
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CHILD = dict(timeout=1800, first_timeout=120, stop_timeout=60, cwd=ROOT)
+"""How long a child may take to answer: a 1,000-device phase is slow; to start; to stop."""
 MODEL_SIZES = (32, 640, 8)
 """Inputs, hidden units, outputs of the built MLP: ~100 KB of float32 weights."""
-
-
-def reply(**figures) -> None:
-    print(json.dumps(figures), flush=True)
-
-
-async def commands():
-    """The lines of stdin, split, without a thread."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if words := line.decode().split():
-            yield words
-
-
-def vm_rss(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_of(stat: Path) -> float:
-    """utime + stime, seconds, from a /proc stat file."""
-    fields = stat.read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def build_model() -> bytes:
@@ -255,7 +229,7 @@ async def rollout(server, orchestrator, model: str, mode: str, max_in_flight: in
 
 async def server_main(log_level: str, tick: float, poll_interval: float) -> None:
     from ipso_objects import ObjectRegistry
-    from lwm2m_server.config import DeploymentConfig, ServerConfig
+    from lwm2m_server.config import ServerConfig
     from lwm2m_server.logging_setup import configure_logging
     from lwm2m_server.ota.deployment import Deployment
     from lwm2m_server.ota.orchestrator import Orchestrator
@@ -305,68 +279,18 @@ async def server_main(log_level: str, tick: float, poll_interval: float) -> None
 # --------------------------------------------------------------------------- the benchmark
 
 
-class Child:
-    """A process of this file: one command a line, one JSON answer."""
-
-    def __init__(self, process: asyncio.subprocess.Process, first: dict) -> None:
-        self.process, self.first = process, first
-
-    @classmethod
-    async def start(cls, *arguments: str) -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE), *arguments, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            cwd=str(ROOT))
-        child = cls(process, {})
-        child.first = await child.answer(120)
-        return child
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def answer(self, timeout: float = 1800) -> dict:
-        async with asyncio.timeout(timeout):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process {self.pid} ended (status {await self.process.wait()})")
-        return json.loads(line)
-
-    async def ask(self, *command, timeout: float = 1800) -> dict:
-        self.process.stdin.write(" ".join(map(str, command)).encode() + b"\n")
-        await self.process.stdin.drain()
-        return await self.answer(timeout)
-
-    def cpu(self) -> float:
-        """utime + stime of the process (all its threads), seconds."""
-        return cpu_of(Path(f"/proc/{self.pid}/stat"))
-
-    def loop_cpu(self) -> float:
-        """utime + stime of the process's first thread (the event loop), seconds."""
-        return cpu_of(Path(f"/proc/{self.pid}/task/{self.pid}/stat"))
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ask("stop", timeout=60)
-        try:
-            async with asyncio.timeout(30):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
 async def phase(devices: int, mode: str, run: int, model_file: Path, args: argparse.Namespace) -> dict:
     """One fresh server and fleet; a measured rollout to every device."""
     label = f"rollout-{mode}-{devices}-run{run}"
-    server = await Child.start("_server", args.log_level, str(args.tick), str(args.poll_interval))
+    server = await Child.start(HERE, "_server", args.log_level, str(args.tick), str(args.poll_interval), **CHILD)
     fleets: list[Child] = []
     try:
         processes = max(1, min(args.fleet_processes, devices))
         shares = [devices // processes + (1 if k < devices % processes else 0) for k in range(processes)]
         starts = [sum(shares[:k]) for k in range(processes)]
         fleets = list(await asyncio.gather(*(
-            Child.start("_fleet", str(server.first["port"]), server.first["anchor"], args.device_profile,
-                        str(first), str(count), args.log_level)
+            Child.start(HERE, "_fleet", str(server.first["port"]), server.first["anchor"], args.device_profile,
+                        str(first), str(count), args.log_level, **CHILD)
             for first, count in zip(starts, shares))))
         began = time.perf_counter()
         started = await asyncio.gather(*(f.ask("start", args.register_concurrency) for f in fleets))

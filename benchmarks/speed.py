@@ -58,7 +58,6 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import socket
 import statistics
@@ -69,8 +68,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from processes import Child, commands, reply, vm_rss
+
 HERE = Path(__file__).resolve()
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- CoAP on the wire
 
@@ -363,27 +363,6 @@ async def client_main(port: int, mode: str) -> None:
 # --------------------------------------------------------------------------- the server process (_server)
 
 
-def reply(**figures) -> None:
-    print(json.dumps(figures), flush=True)
-
-
-async def commands():
-    """The lines of stdin, split, without a thread."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if words := line.decode().split():
-            yield words
-
-
-def vm_rss(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 class Profiles:
     """Counts the endpoints whose profile the server stored, from its events."""
 
@@ -521,58 +500,12 @@ async def bare_server_main(log_level: str) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
-class Child:
-    """A process of this file (or another script): one command a line, one JSON answer."""
-
-    def __init__(self, process: asyncio.subprocess.Process, first: dict) -> None:
-        self.process, self.first = process, first
-
-    @classmethod
-    async def start(cls, *arguments: str) -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE), *arguments, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        child = cls(process, {})
-        child.first = await child.answer()
-        return child
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def answer(self, timeout: float = 900) -> dict:
-        async with asyncio.timeout(timeout):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"process {self.pid} ended (status {await self.process.wait()})")
-        return json.loads(line)
-
-    async def ask(self, *command) -> dict:
-        self.process.stdin.write(" ".join(map(str, command)).encode() + b"\n")
-        await self.process.stdin.drain()
-        return await self.answer()
-
-    def cpu(self) -> float:
-        """utime + stime of the process (all its threads), seconds."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    async def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ask("stop")
-        try:
-            async with asyncio.timeout(30):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
-
-
 @contextlib.asynccontextmanager
 async def server_and_fleet(kind: str, mode: str, devices: int, args: argparse.Namespace, label: str):
-    server = await Child.start("_server", kind, args.log_level, label)
+    server = await Child.start(HERE, "_server", kind, args.log_level, label, timeout=900)
     fleet = None
     try:
-        fleet = await Child.start("_client", str(server.first["port"]), mode)
+        fleet = await Child.start(HERE, "_client", str(server.first["port"]), mode, timeout=900)
         await fleet.ask("open", devices)
         yield server, fleet
     finally:
