@@ -22,6 +22,7 @@ import pytest
 
 from simulators.client import SimulatedDevice
 from test_daemon import Daemon
+from test_e2e_deploy import daemon  # noqa: F401 - the fixture: a daemon with quick delivery polls
 
 CHROMIUM = os.environ.get("DASHBOARD_CHROMIUM", "/usr/bin/chromium")
 MODEL = Path(__file__).parent / "fixtures" / "models" / "wide_int8.tflite"
@@ -33,16 +34,6 @@ playwright_api = pytest.importorskip("playwright.async_api", reason="Playwright 
                                      "(pip install -e '.[dev]')")
 if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which(CHROMIUM):
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    daemon = Daemon(tmp_path)
-    config = daemon.folder / "server.yaml"
-    config.write_text(config.read_text() + "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\n")
-    yield daemon
-    if daemon.process and daemon.process.poll() is None:
-        daemon.kill()
 
 
 def api_call(daemon: Daemon, token: str, method: str, path: str, body=None):
