@@ -106,14 +106,12 @@ class SqliteStore(Store):
         self._batch.append((functools.partial(self._call, operation, function, *args), future))
         return await future
 
-    def _flush(self) -> asyncio.Future | None:
+    def _flush(self) -> None:
         """Hand the calls gathered so far to the worker thread as one transaction."""
         batch, self._batch = self._batch, []
-        if not batch:
-            return None
-        done = asyncio.get_running_loop().run_in_executor(self._executor, self._call_batch, [c for c, _ in batch])
-        done.add_done_callback(functools.partial(_deliver, [f for _, f in batch]))
-        return done
+        if batch:
+            done = asyncio.get_running_loop().run_in_executor(self._executor, self._call_batch, [c for c, _ in batch])
+            done.add_done_callback(functools.partial(_deliver, [f for _, f in batch]))
 
     def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
         try:
