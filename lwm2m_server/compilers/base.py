@@ -243,13 +243,38 @@ class CompiledModule:
     """SHA-256 hex of the :class:`ModelInput` compiled."""
     log: tuple[str, ...] = ()
     """What the compiler did, one line each."""
+    accelerator: str = ""
+    """Accelerator the payload needs (one of 26241/8, lower case, e.g. ``ethos-u55-128``); "" for none."""
+    accelerator_ops: tuple[str, ...] = ()
+    """Source-model operators placed on ``accelerator`` (empty when there is none)."""
+    cpu_ops: tuple[str, ...] = ()
+    """Source-model operators left to the CPU; with an accelerator, the fallback part."""
+    required_flash_bytes: int = 0
+    """Storage needed besides the payload bytes (e.g. weights placed off-chip); 0 for none."""
+    estimated_cycles: int | None = None
+    """The compiler's own estimate of cycles per inference, or None; an estimate, never a measurement."""
+    estimated_latency_s: float | None = None
+    """The compiler's estimate of seconds per inference, or None."""
+    estimate_source: str = ""
+    """What made the estimate (e.g. ``vela 5.2.0 performance model``); "" when there is none."""
+    report: Mapping[str, Any] = field(default_factory=dict)
+    """The compiler's own figures (JSON values only), shown to operators as they are."""
     payload_digest: str = field(init=False, default="")
     """SHA-256 of ``payload``, hex (the device reports it as 26241/12)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "payload", bytes(self.payload))
         object.__setattr__(self, "required_ops", frozenset(self.required_ops))
+        object.__setattr__(self, "accelerator", self.accelerator.strip().lower())
+        object.__setattr__(self, "accelerator_ops", tuple(self.accelerator_ops))
+        object.__setattr__(self, "cpu_ops", tuple(self.cpu_ops))
+        object.__setattr__(self, "report", dict(self.report))
         object.__setattr__(self, "payload_digest", hashlib.sha256(self.payload).hexdigest())
+
+    @property
+    def storage_bytes(self) -> int:
+        """Bytes of device storage the module takes (payload plus ``required_flash_bytes``)."""
+        return len(self.payload) + self.required_flash_bytes
 
 
 def fit_reasons(module: CompiledModule, target: TargetSpec) -> list[str]:
@@ -270,8 +295,12 @@ def fit_reasons(module: CompiledModule, target: TargetSpec) -> list[str]:
     if module.required_arena_bytes > target.arena_budget_bytes:
         reasons.append(f"needs {module.required_arena_bytes} B of tensor arena, "
                        f"device arena budget is {target.arena_budget_bytes} B")
-    if len(module.payload) > target.flash_bytes:
-        reasons.append(f"payload is {len(module.payload)} B, device model storage is {target.flash_bytes} B")
+    if module.accelerator and module.accelerator not in target.accelerators:
+        reasons.append(f"module needs accelerator {module.accelerator!r}, device has "
+                       f"{', '.join(sorted(target.accelerators)) or 'none'}")
+    if module.storage_bytes > target.flash_bytes:
+        extra = f" + {module.required_flash_bytes} B more storage" if module.required_flash_bytes else ""
+        reasons.append(f"payload is {len(module.payload)} B{extra}, device model storage is {target.flash_bytes} B")
     if module.required_ram_bytes > target.ram_bytes:
         reasons.append(f"needs {module.required_ram_bytes} B of RAM outside the arena, "
                        f"device has {target.ram_bytes} B")
@@ -344,6 +373,11 @@ class CompilerPlugin(abc.ABC):
     def compile(self, model: ModelInput, target: TargetSpec,
                 options: Mapping[str, Any] | None = None) -> CompiledModule:
         """Compile for ``target``; raises :class:`Incompatible` with the reasons of :meth:`check`."""
+
+    def validate(self, model: ModelInput) -> None:
+        """Raise :class:`ModelError` naming the problem when ``model`` is not a valid model of a
+        format this plugin accepts; called when an operator uploads a model. Plugins whose
+        format has a checker override this; the default accepts the bytes."""
 
     def basic_reasons(self, model: ModelInput, target: TargetSpec) -> list[str]:
         """The checks every plugin shares: input format, runtime name, output format."""

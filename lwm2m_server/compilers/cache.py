@@ -76,6 +76,14 @@ def _module_to_json(module: CompiledModule) -> dict[str, Any]:
         "compiler_version": module.compiler_version,
         "source_digest": module.source_digest,
         "log": list(module.log),
+        "accelerator": module.accelerator,
+        "accelerator_ops": list(module.accelerator_ops),
+        "cpu_ops": list(module.cpu_ops),
+        "required_flash_bytes": module.required_flash_bytes,
+        "estimated_cycles": module.estimated_cycles,
+        "estimated_latency_s": module.estimated_latency_s,
+        "estimate_source": module.estimate_source,
+        "report": dict(module.report),
     }
 
 
@@ -104,6 +112,15 @@ def _module_from_json(payload: bytes, data: Mapping[str, Any]) -> CompiledModule
         compiler_version=str(data["compiler_version"]),
         source_digest=str(data["source_digest"]),
         log=tuple(str(line) for line in data["log"]),
+        # entries written before these fields existed have none of them
+        accelerator=str(data.get("accelerator", "")),
+        accelerator_ops=tuple(str(o) for o in data.get("accelerator_ops", ())),
+        cpu_ops=tuple(str(o) for o in data.get("cpu_ops", ())),
+        required_flash_bytes=int(data.get("required_flash_bytes", 0)),
+        estimated_cycles=None if data.get("estimated_cycles") is None else int(data["estimated_cycles"]),
+        estimated_latency_s=None if data.get("estimated_latency_s") is None else float(data["estimated_latency_s"]),
+        estimate_source=str(data.get("estimate_source", "")),
+        report=dict(data.get("report") or {}),
     )
 
 

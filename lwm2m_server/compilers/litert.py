@@ -120,6 +120,9 @@ class LiteRtPlugin(CompilerPlugin):
                            f"outside the arena, device has {target.ram_bytes} B")
         return reasons, info
 
+    def validate(self, model: ModelInput) -> None:
+        parse_model(model.data)
+
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target)[0]
 

@@ -420,6 +420,9 @@ class Int8QuantizePlugin(CompilerPlugin):
         found = backend.check(ModelInput(result.data, model.format, model.name, model.version), target)
         return [f"after int8 quantization: {r}" for r in found], result
 
+    def validate(self, model: ModelInput) -> None:
+        parse_model(model.data)
+
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target, None)[0]
 

@@ -282,6 +282,9 @@ class TflmPlugin(CompilerPlugin):
                            f"device arena budget is {target.arena_budget_bytes} B")
         return reasons, info, measured
 
+    def validate(self, model: ModelInput) -> None:
+        parse_model(model.data)
+
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target)[0]
 

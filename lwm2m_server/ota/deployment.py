@@ -27,7 +27,6 @@ from ..compilers import (
     CompileCache, CompilerError, CompilerPlugin, Incompatible, ModelInput, TargetSpec,
     discover_plugins, fit_reasons, select_plugin,
 )
-from ..compilers.tflite_model import parse_model
 from ..core.capabilities import DeviceProfile
 from ..store.base import Store
 from ..suit import (
@@ -36,8 +35,6 @@ from ..suit import (
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-FORMATS = ("tflite", "firmware")
-"""A TFLite model (SOTA to object 9) or a firmware image (FOTA to object 5)."""
 
 
 class DeploymentError(Exception):
@@ -140,21 +137,29 @@ class Deployment:
 
     # -- models ---------------------------------------------------------------------
 
+    def formats(self) -> list[str]:
+        """Model formats an operator may upload: what the installed plugins accept, and firmware."""
+        return sorted({"firmware"}.union(*(plugin.accepts for plugin in self.plugins)))
+
     async def add_model(self, data: bytes, name: str, version: str, fmt: str = "tflite") -> ModelRecord:
         """Register a model; the same bytes again are fine, other bytes under a used
         name@version are refused."""
         for what, value in (("name", name), ("version", version)):
             if not _NAME.fullmatch(value):
                 raise DeploymentError(f"model {what} {value!r}: use 1..64 letters, digits, '.', '_', '-'")
-        if fmt not in FORMATS:
-            raise DeploymentError(f"format {fmt!r} is not supported ({', '.join(FORMATS)})")
-        if fmt == "tflite":
+        if fmt not in self.formats():
+            raise DeploymentError(f"format {fmt!r} is not supported ({', '.join(self.formats())})")
+        if fmt == "firmware":
+            if not data:
+                raise DeploymentError(f"{name}@{version}: the firmware image is empty")
+        else:
+            source = ModelInput(data, fmt, name, version)
             try:
-                await asyncio.to_thread(parse_model, data)
+                for plugin in self.plugins:
+                    if fmt in plugin.accepts:
+                        await asyncio.to_thread(plugin.validate, source)
             except CompilerError as error:
                 raise DeploymentError(f"{name}@{version} is not a valid {fmt} model: {error.reason}") from None
-        elif not data:
-            raise DeploymentError(f"{name}@{version}: the firmware image is empty")
         digest = hashlib.sha256(data).hexdigest()
         existing = await self.model(f"{name}@{version}")
         if existing is not None:
