@@ -277,6 +277,16 @@ class CompiledModule:
         return len(self.payload) + self.required_flash_bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ConformanceSample:
+    """A model and a target it fits: what the conformance kit (``tinymlaas plugins check``) compiles."""
+
+    model: ModelInput
+    """A valid model of a format the plugin accepts."""
+    target: TargetSpec
+    """A target the plugin compiles ``model`` for (check returns no reason)."""
+
+
 def fit_reasons(module: CompiledModule, target: TargetSpec) -> list[str]:
     """Why an already compiled module cannot go to ``target``; empty when it can.
 
@@ -378,6 +388,11 @@ class CompilerPlugin(abc.ABC):
         """Raise :class:`ModelError` naming the problem when ``model`` is not a valid model of a
         format this plugin accepts; called when an operator uploads a model. Plugins whose
         format has a checker override this; the default accepts the bytes."""
+
+    def conformance_samples(self) -> list[ConformanceSample]:
+        """Small models with a target each fits, for the conformance kit; a plugin ships at
+        least one (the kit derives the targets that must not fit from them)."""
+        return []
 
     def basic_reasons(self, model: ModelInput, target: TargetSpec) -> list[str]:
         """The checks every plugin shares: input format, runtime name, output format."""
