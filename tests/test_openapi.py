@@ -6,8 +6,9 @@
   are out of the document's scope and not compared;
 - it is served at ``GET /api/v1/openapi.json`` without a token;
 - ``docs/api.md`` is what the generator prints now;
-- a device-side failure keeps its CoAP code: 502 (the device answered an error),
-  504 (no answer), and the CLI prints the device's code and exits 1.
+- a device-side failure keeps its CoAP code and maps to HTTP as RFC 8075 §7 does (4.04 →
+  404, …), 502 for an answer that does not decode, 504 for no answer; the CLI prints the
+  device's code and exits 1.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lwm2m_server.api import openapi
 from lwm2m_server.api.http import API, ManagementApi
 from lwm2m_server.cli.main import main as cli_main
 from lwm2m_server.core.responses import UNREACHABLE, Result
+from lwm2m_server.server import DeviceNotRegistered
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t0ken"
@@ -46,6 +48,8 @@ class StubServer:
         return []
 
     async def perform(self, endpoint, build):
+        if endpoint == "nobody":
+            raise DeviceNotRegistered(endpoint)
         return self.answer
 
     async def observe(self, endpoint, paths, *, timeout=None):
@@ -91,9 +95,12 @@ def test_the_document_is_openapi_3_1_and_every_reference_resolves():
             assert declared == names, (method, path)
             assert operation["responses"], (method, path)
             for status, response in operation["responses"].items():
-                if status.startswith(("4", "5")) and status not in ("502", "504"):
+                if status.startswith(("4", "5")):
                     schema = response["content"]["application/json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
+                    assert schema["$ref" if "$ref" in schema else "anyOf"] in (
+                        "#/components/schemas/Error", "#/components/schemas/DeviceFailure",
+                        [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/DeviceFailure"}],
+                    ), (method, path, status)
 
 
 def test_bodies_refuse_unknown_fields():
@@ -143,15 +150,19 @@ async def test_the_document_is_served_without_a_token(stub_api):
 
 
 @pytest.mark.parametrize("answer, status, error", [
-    (Result(False, "4.04", diagnostic="Not Found"), 502, "device answered 4.04 Not Found: Not Found"),
-    (Result(False, "5.00", diagnostic="sensor fault"), 502, "device answered 5.00 Internal Server Error: "
+    (Result(False, "4.04", diagnostic="Not Found"), 404, "device answered 4.04 Not Found: Not Found"),
+    (Result(False, "4.01", diagnostic="no access"), 403, "device answered 4.01 Unauthorized: no access"),
+    (Result(False, "4.05", diagnostic="/3/0 cannot be deleted"), 400, "device answered 4.05 Method Not Allowed"),
+    (Result(False, "4.99", diagnostic="odd"), 400, "device answered 4.99: odd"),
+    (Result(False, "5.00", diagnostic="sensor fault"), 500, "device answered 5.00 Internal Server Error: "
                                                             "sensor fault"),
+    (Result(False, "5.03", diagnostic="busy"), 503, "device answered 5.03 Service Unavailable: busy"),
     (Result(False, "2.05", content_format=11542, diagnostic="TLV payload for /3/0 could not be decoded: x"),
      502, "device answered 2.05 Content: TLV payload"),
     (Result(False, UNREACHABLE, diagnostic="device unreachable: no response within 5 s"), 504,
      "device unreachable: no response within 5 s"),
 ])
-async def test_a_device_failure_is_502_or_504_with_its_coap_code(stub_api, answer, status, error):
+async def test_a_device_failure_maps_as_rfc_8075_and_keeps_its_coap_code(stub_api, answer, status, error):
     stub_api.server.answer = answer
     for operation, body in (("read", {"path": "/3/0"}), ("observe", {"path": "/3/0"})):
         async with stub_api.session.post(f"{API}/devices/dev/{operation}", json=body) as response:
@@ -159,6 +170,12 @@ async def test_a_device_failure_is_502_or_504_with_its_coap_code(stub_api, answe
             answered = await response.json()
         assert answered["error"].startswith(error)
         assert (answered["ok"], answered["code"], answered["diagnostic"]) == (False, answer.code, answer.diagnostic)
+
+
+async def test_an_unknown_endpoint_is_a_404_without_a_coap_code(stub_api):
+    async with stub_api.session.post(f"{API}/devices/nobody/read", json={"path": "/3/0"}) as response:
+        assert response.status == 404
+        assert "code" not in await response.json()
 
 
 async def test_a_delivered_answer_stays_200(stub_api):

@@ -3,9 +3,10 @@
 JSON in, JSON out, described by the OpenAPI document at ``GET
 /api/v1/openapi.json`` (:mod:`.openapi`). Device operations answer ``200`` with the
 decoded result, ``202`` with a queue entry when the device sleeps (queue mode),
-``502`` when the device answered an error code (or an answer that does not decode)
-and ``504`` when it did not answer (both with its CoAP ``code``), ``404`` for an
-unknown endpoint, ``400`` for a request that cannot be built. A body that is not
+the device's error code mapped as RFC 8075 maps CoAP to HTTP (4.04 → ``404``, …;
+the body keeps the CoAP ``code``), ``502`` for a 2.xx answer that does not decode and
+``504`` when the device did not answer, ``404`` for an unknown endpoint (no ``code``
+in the body), ``400`` for a request that cannot be built. A body that is not
 a JSON object, or has a wrong-typed or unknown field, is a ``400`` naming the
 field (:mod:`.bodies`); storage that cannot be written (a full disk) is ``503``;
 anything else unexpected a ``500`` with ``{"error": "internal server error"}``
@@ -34,7 +35,7 @@ from ipso_objects.values import from_text
 from . import bodies, display, openapi
 from .credentials import CredentialRoutes
 from .dashboard import Dashboard
-from .errors import ApiError
+from .errors import ApiError, device_error_status
 from .. import metrics as prometheus
 from ..core import operations
 from ..core.capabilities import FIRMWARE_RESULTS, FIRMWARE_STATES, DeviceProfile
@@ -135,9 +136,9 @@ def result_json(result: Result, server: LwM2MServer, path: LwM2MPath | None = No
 
 def device_answer(result: Result, server: LwM2MServer, path: LwM2MPath | None = None) -> web.Response:
     """A device's answer as HTTP: ``200`` for a decoded 2.xx; ``504`` when it did not
-    answer; ``502`` for an error code or an answer that does not decode. The body
-    keeps the CoAP ``code`` and ``diagnostic`` (and an ``error`` line, as every error
-    answer has)."""
+    answer; its error code mapped by :func:`.errors.device_error_status`; ``502`` for a
+    2.xx that does not decode. The body keeps the CoAP ``code`` and ``diagnostic`` (and
+    an ``error`` line, as every error answer has)."""
     body = result_json(result, server, path)
     if result.ok:
         return web.json_response(body)
@@ -146,7 +147,8 @@ def device_answer(result: Result, server: LwM2MServer, path: LwM2MPath | None = 
         return web.json_response(body, status=504)
     reason = f"{result.code} {REASONS.get(result.code, '')}".rstrip()
     body["error"] = f"device answered {reason}: {result.diagnostic}"
-    return web.json_response(body, status=502)
+    status = 502 if result.code.startswith("2.") else device_error_status(result.code)
+    return web.json_response(body, status=status)
 
 
 def _name(path: LwM2MPath, server: LwM2MServer) -> str | None:

@@ -17,6 +17,9 @@ import json
 import sys
 from typing import Any
 
+from ..core.responses import REASONS
+from .errors import DEVICE_CODE_STATUS
+
 VERSION = "1.0.0"
 
 # -- schema helpers -------------------------------------------------------------------
@@ -128,7 +131,8 @@ SCHEMAS: dict[str, Any] = {
         "diagnostic": {"type": "string", "description": "the device's error payload (or the code's reason "
                                                         "phrase), or why its answer could not be decoded"},
     }, ("error", "ok", "code", "content_format", "diagnostic"),
-        description="The device was reached but refused (502) or did not answer (504)."),
+        description="The device refused (its CoAP error code, mapped as RFC 8075 does), sent an "
+                    "answer that does not decode (502), or did not answer (504)."),
     "Queued": _obj({"queued": {"type": "string", "description": "queue entry id (`GET /queue/{id}`)"},
                     "expires_at": TIME}, ("queued", "expires_at")),
     "Cancelled": _obj({"cancelled": {"type": "boolean", "description": "whether an observation was found"}},
@@ -233,16 +237,42 @@ EP = {"name": "ep", "in": "path", "required": True, "schema": {"type": "string",
       "description": "the device's endpoint client name"}
 ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
 
-DEVICE_RESPONSES = {
-    "200": _json(_ref("Result"), "the device answered 2.xx; its answer decoded"),
-    "202": _json(_ref("Queued"), "the device sleeps (queue mode): the request goes out at its next update"),
-    "400": BAD_REQUEST, "401": UNAUTHORIZED, "404": UNKNOWN_ENDPOINT,
-    "429": _error("too many requests are queued for this sleeping device"),
-    "502": _json(_ref("DeviceFailure"), "the device answered an error code (4.xx, 5.xx), or a 2.xx "
-                                        "whose payload could not be decoded; `code` is its CoAP code"),
-    "503": _error("server storage unavailable"),
-    "504": _json(_ref("DeviceFailure"), "the device did not answer (`code` is `unreachable`)"),
+_OWN_DEVICE_RESPONSES = {
+    400: BAD_REQUEST, 401: UNAUTHORIZED, 404: UNKNOWN_ENDPOINT,
+    429: _error("too many requests are queued for this sleeping device"),
+    503: _error("server storage unavailable"),
 }
+
+
+def _device_responses() -> dict[str, Any]:
+    """200/202, this API's own errors, and every status a device's error code maps to; where
+    both can give one status, the body says which (a device's answer has a CoAP ``code``)."""
+    responses: dict[str, Any] = {
+        "200": _json(_ref("Result"), "the device answered 2.xx; its answer decoded"),
+        "202": _json(_ref("Queued"), "the device sleeps (queue mode): the request goes out at its next update"),
+        "502": _json(_ref("DeviceFailure"), "the device answered 2.xx with a payload that could not be "
+                                            "decoded, or 5.02/5.05; `code` is its CoAP code"),
+        "504": _json(_ref("DeviceFailure"), "the device did not answer (`code` is `unreachable`), or 5.04"),
+    }
+    codes_by_status: dict[int, list[str]] = {}
+    for code, status in DEVICE_CODE_STATUS.items():
+        codes_by_status.setdefault(status, []).append(code)
+    for status in sorted(set(codes_by_status) | set(_OWN_DEVICE_RESPONSES)):
+        device = f"the device answered {', '.join(codes_by_status.get(status, ()))}" if status in codes_by_status else ""
+        own = _OWN_DEVICE_RESPONSES.get(status)
+        if str(status) in responses:
+            continue
+        if own is None:
+            responses[str(status)] = _json(_ref("DeviceFailure"), device)
+        elif not device:
+            responses[str(status)] = own
+        else:
+            responses[str(status)] = _json({"anyOf": [_ref("Error"), _ref("DeviceFailure")]},
+                                           f"{own['description']}; or {device} (`code` says which)")
+    return dict(sorted(responses.items()))
+
+
+DEVICE_RESPONSES = _device_responses()
 _PATH_ONLY = {"path": LWM2M_PATH}
 _PATHS = {"type": "array", "items": LWM2M_PATH, "minItems": 1,
           "description": "several paths (Observe-Composite); instead of `path` (give one of the two)"}
@@ -311,6 +341,11 @@ def _rollout_action(action: str) -> dict[str, Any]:
     }}
 
 
+def _status_table() -> str:
+    rows = "".join(f"| {code} {REASONS.get(code, '')} | `{status}` |\n" for code, status in DEVICE_CODE_STATUS.items())
+    return "| device's CoAP code | HTTP status |\n|---|---|\n" + rows + "| any other 4.xx / 5.xx | `400` / `500` |\n"
+
+
 DESCRIPTION = """\
 The management API of the tinymlaas LwM2M server: JSON in, JSON out, on the daemon's
 `api.host:api.port` (loopback by default). Every route but `/health` and `/openapi.json`
@@ -329,11 +364,13 @@ or credential, `409` a conflicting credential, `429` a sleeping device's queue i
 |---|---|---|
 | answered 2.xx, payload decoded | `200` | `Result`, `ok: true` |
 | sleeps (queue mode) | `202` | `Queued` |
-| answered 4.xx or 5.xx (e.g. `4.04`), or a 2.xx that does not decode | `502 Bad Gateway` | `DeviceFailure` |
+| answered 4.xx or 5.xx | as RFC 8075 §7 maps it (table below) | `DeviceFailure` |
+| answered 2.xx with a payload that does not decode | `502 Bad Gateway` | `DeviceFailure` |
 | did not answer in time | `504 Gateway Timeout` | `DeviceFailure`, `code: "unreachable"` |
 
-A `404` therefore always means the endpoint is not registered, never that the device
-answered 4.04 (that is a `502` with `code: "4.04"`).
+""" + _status_table() + """
+A device's answer always has `ok: false` and its CoAP `code`; this API's own errors (an
+unknown endpoint is a `404` too) have only `error`.
 """
 
 PATHS: dict[str, Any] = {

@@ -24,7 +24,7 @@ from ..api.display import format_bytes
 from ..core.responses import REASONS
 
 class DeviceFailed(CliError):
-    """The device refused (HTTP 502) or did not answer (504); ``body`` keeps its CoAP ``code``."""
+    """The device refused, did not answer or answered something undecodable; ``body`` keeps its CoAP ``code``."""
 
     def __init__(self, message: str, body: dict[str, Any]) -> None:
         super().__init__(message)
@@ -54,7 +54,7 @@ class ApiClient:
                 message = body.get("error", error.reason)
             except (ValueError, AttributeError):
                 body, message = None, error.reason
-            if error.code in (502, 504) and isinstance(body, dict) and "code" in body:
+            if isinstance(body, dict) and body.get("ok") is False and "code" in body:
                 raise DeviceFailed(f"{message} (HTTP {error.code})", body) from None
             raise CliError(f"{message} (HTTP {error.code})") from None
         except urllib.error.URLError as error:
@@ -194,8 +194,8 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def _device_call(client: ApiClient, name: str, endpoint: str, body: dict[str, Any],
                  timeout: float | None = None) -> dict[str, Any]:
-    """A device operation's answer: the result, or the device's failure (HTTP 502/504,
-    ``ok`` false with its CoAP ``code``), which :func:`_print_result` reports."""
+    """A device operation's answer: the result, or the device's failure (an HTTP error status with
+    ``ok`` false and its CoAP ``code``), which :func:`_print_result` reports."""
     try:
         return client.call("POST", f"/devices/{endpoint}/{name}", body, timeout=timeout)[1]
     except DeviceFailed as failure:

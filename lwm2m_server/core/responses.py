@@ -33,11 +33,12 @@ REASONS = {
     "4.03": "Forbidden", "4.04": "Not Found", "4.05": "Method Not Allowed",
     "4.06": "Not Acceptable", "4.08": "Request Entity Incomplete", "4.09": "Conflict",
     "4.12": "Precondition Failed", "4.13": "Request Entity Too Large",
-    "4.15": "Unsupported Content-Format", "5.00": "Internal Server Error",
+    "4.15": "Unsupported Content-Format", "4.22": "Unprocessable Entity",
+    "4.29": "Too Many Requests", "5.00": "Internal Server Error",
     "5.01": "Not Implemented", "5.02": "Bad Gateway", "5.03": "Service Unavailable",
     "5.04": "Gateway Timeout", "5.05": "Proxying Not Supported",
 }
-"""Reason phrases of RFC 7252 §12.1.2 (and RFC 7959 / RFC 8132 additions)."""
+"""Reason phrases of RFC 7252 §12.1.2 (and RFC 7959, RFC 8132, RFC 8516 additions)."""
 UNREACHABLE = "unreachable"
 """Result code when no CoAP response came at all."""
 _CODE = re.compile(r"[2-5]\.[0-9]{2}")
