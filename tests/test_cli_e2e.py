@@ -495,7 +495,8 @@ def test_discover_attributes_create_delete(stack, capsys):
 
 def test_credentials_and_simulated_devices_over_coaps_against_the_daemon(stack, tmp_path, capsys, monkeypatch):
     """``tinymlaas-sim profiles`` and ``credentials``, ``tinymlaas credentials import/add/list/remove``
-    on the running daemon's store, then ``tinymlaas-sim device --bootstrap`` and ``--psk`` over CoAPS."""
+    on the running daemon's store, then ``tinymlaas-sim device --bootstrap`` and ``--psk`` and
+    ``tinymlaas-sim fleet --credentials`` over CoAPS."""
     profiles = subprocess.run([sys.executable, "-m", "simulators.cli", "profiles"], cwd=ROOT,
                               capture_output=True, text=True, timeout=30)
     assert profiles.returncode == 0 and "cortex-m4f" in profiles.stdout, profiles.stderr
@@ -566,6 +567,36 @@ def test_credentials_and_simulated_devices_over_coaps_against_the_daemon(stack, 
                 device.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 device.kill()
+
+    # a fleet given its key file: each device bootstraps over CoAPS with its own row
+    config.update(fleet=[{"profile": "cortex-m4f", "count": 2, "endpoint_prefix": "kit"}])
+    (tmp_path / "kit.yaml").write_text(yaml.safe_dump(config))
+    kit_keys = tmp_path / "kit-keys.csv"
+    made = subprocess.run([sys.executable, "-m", "simulators.cli", "credentials", "--config", str(tmp_path / "kit.yaml"),
+                           "--out", str(kit_keys)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    code, out, err = credentials("import", str(kit_keys))
+    assert (code, out) == (0, f"imported 2 credential(s) from {kit_keys}: 2 added, 0 replaced\n"), err
+    fleet = subprocess.Popen(
+        [sys.executable, "-m", "simulators.cli", "fleet", "--config", str(tmp_path / "kit.yaml"), "--bootstrap", secure,
+         "--credentials", str(kit_keys), "--duration", "60"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for endpoint in ("kit-0001", "kit-0002"):
+            def bootstrapped():
+                assert fleet.poll() is None, fleet.stderr.read()
+                code, out, _ = stack.cli(capsys, "device", endpoint)
+                return out if code == 0 else None
+
+            shown = wait_for(bootstrapped, 30, f"{endpoint} of the fleet to bootstrap and register over CoAPS")
+            assert f"security      psk  identity {endpoint}" in shown, shown
+    finally:
+        fleet.send_signal(signal.SIGTERM)
+        try:
+            fleet.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            fleet.kill()
+
     code, out, _ = credentials("list", "--json")
     assert ("boot-0001", "server") in {(c["endpoint"], c["scope"]) for c in json.loads(out)}  # bootstrap made it
     for endpoint, scope in (("boot-0001", "bootstrap"), ("boot-0001", "server"), ("psk-0001", "server")):
