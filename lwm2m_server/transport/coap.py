@@ -33,6 +33,7 @@ import aiocoap
 import aiocoap.error
 import structlog
 from aiocoap import Code, Message, optiontypes, resource
+from aiocoap.transports.udp6 import UDP6EndpointAddress
 from aiocoap.util import hostportsplit
 
 from .messages import (
@@ -46,6 +47,8 @@ from .oscore import (
     split_address,
 )
 from .sockets import naming_port, resend_after_stale_errors
+from .fast_client import ExchangeFailed, FastClient
+from .fast_requests import FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import UnexpectedBlock1, send_in_blocks, serve_block
 from .ratelimit import RateLimiter
@@ -54,6 +57,7 @@ _METHODS = {
     "GET": Code.GET, "POST": Code.POST, "PUT": Code.PUT, "DELETE": Code.DELETE,
     "FETCH": Code.FETCH, "PATCH": Code.PATCH, "iPATCH": Code.iPATCH,
 }
+_PLAIN_REFUSED = b"plain CoAP refused: this server accepts only CoAPS (DTLS) or OSCORE"
 _DOWNLOAD_COPY_KEPT_S = 1.0
 """How long aiocoap keeps a download block it sent (for a duplicate GET in flight)."""
 
@@ -158,6 +162,8 @@ class CoapAdapter:
                                           log=log or structlog.get_logger("lwm2m_server.coap"))
         self._oscore = oscore
         self._udp = None  # aiocoap's udp6 token manager (OSCORE requests go first, not through it)
+        self._fast: FastRequests | None = None  # Register, Update, Send on plain UDP, past aiocoap
+        self._fast_client: FastClient | None = None  # reads and pushed blocks on plain UDP, past aiocoap
         self._observations = ObservationKeeper(self._message, lambda: self._context, self._address_of_remote, log)
         self._moved = [0, 0, 0, 0]  # Block2 blocks and bytes served, Block1 blocks and bytes sent
 
@@ -183,7 +189,20 @@ class CoapAdapter:
             if self._oscore is not None:
                 # First: udp6 would take an OSCOREAddress's host and send the request unprotected.
                 self._context.request_interfaces.insert(0, OscoreRequests(self._context))
-            self._guard_decoding()
+            interface = self._udp.token_interface.message_interface
+
+            def send(data: bytes, pktinfo: bytes | None, address) -> None:
+                ancdata = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)] if pktinfo else []
+                interface.transport.sendmsg(data, ancdata, 0, address)
+
+            self._fast = FastRequests(
+                self._handler, peer=lambda address, pktinfo: self._remembered_peer(interface, address, pktinfo),
+                refusal=self._fast_refusal, send=send, clock=time.monotonic, log=self._logger())
+            self._fast_client = FastClient(
+                send=send, next_mid=self._udp.token_interface._next_message_id, next_token=self._udp.next_token,
+                decode=lambda data, address, pktinfo: Message.decode(
+                    data, UDP6EndpointAddress(address, interface, pktinfo=pktinfo)))
+            self._route_datagrams()
             resend_after_stale_errors(self._udp.token_interface.message_interface.transport)
             set_receive_buffer(self._socket(), self._receive_buffer_bytes)
         if secure_port is not None and lookup is not None:
@@ -203,16 +222,22 @@ class CoapAdapter:
             self._dtls = dtls_tokens.token_interface.message_interface
         self._forgetful_deduplication()
 
-    def _guard_decoding(self) -> None:
-        """aiocoap lets some malformed datagrams raise out of its receive callback (a
+    def _route_datagrams(self) -> None:
+        """Each datagram on the plain UDP port goes to the fast paths first (answers to
+        :mod:`.fast_client` exchanges, then :mod:`.fast_requests`), then to aiocoap.
+        aiocoap lets some malformed datagrams raise out of its receive callback (a
         non-UTF-8 Uri-Path: an asyncio ERROR traceback per datagram, aiocoap #176/#417).
         Such a datagram is dropped here, and a confirmable one answered with a Reset
         (RFC 7252 §4.2: a CON that cannot be processed is rejected)."""
         interface = self._udp.token_interface.message_interface
         receive = interface.datagram_msg_received
+        answers, requests = self._fast_client, self._fast
 
         def guarded(data: bytes, ancdata, flags, address) -> None:
             try:
+                pktinfo = next((item[2] for item in ancdata if item[1] == socket.IPV6_PKTINFO), None)
+                if answers.take(data, pktinfo, address) or requests.take(data, pktinfo, address):
+                    return
                 receive(data, ancdata, flags, address)
             except Exception as error:  # noqa: BLE001 - any decoding failure of one datagram
                 self._logger().info("undecodable_datagram", peer=str(address[:2]), reason=repr(error)[:200])
@@ -224,6 +249,8 @@ class CoapAdapter:
 
     async def stop(self) -> None:
         await self._observations.stop()  # nothing goes to the devices: the next start adopts them
+        if self._fast is not None:
+            await self._fast.stop()
         self._block1.close()
         if self._context is not None:
             await self._context.shutdown()
@@ -283,8 +310,7 @@ class CoapAdapter:
     def _refuse_plain(self, message: Message) -> Message | None:
         if self._plain_allowed or isinstance(message.remote, (DtlsSession, OSCOREAddress)):
             return None
-        return Message(code=Code.FORBIDDEN,
-                       payload=b"plain CoAP refused: this server accepts only CoAPS (DTLS) or OSCORE")
+        return Message(code=Code.FORBIDDEN, payload=_PLAIN_REFUSED)
 
     def _refuse_unknown_context(self, message: Message) -> Message | None:
         """A request verified under a context that is not the server's (cannot happen
@@ -324,9 +350,9 @@ class CoapAdapter:
             reply.opt.content_format = answer.content_format
         return reply
 
-    def _over_limit(self, address: str, message: Message) -> Message | None:
+    def _rate_refusal(self, address: str) -> Refusal | None:
         """None when ``address`` is within its rate limit; else 4.29 Too Many Requests with
-        Max-Age = seconds until it may retry (RFC 8516 §3), suppressed for a NON request."""
+        Max-Age = seconds until it may retry (RFC 8516 §3)."""
         decision = self._rate_limiter.check(address, time.monotonic())
         if decision.allowed:
             return None
@@ -336,7 +362,26 @@ class CoapAdapter:
                 refused=decision.refused, retry_after=round(decision.retry_after, 3),
                 refused_total=self._rate_limiter.refused_total,
             )
-        reply = Message(code=Code.TOO_MANY_REQUESTS, payload=b"too many requests", max_age=decision.max_age)
+        return Refusal("4.29", b"too many requests", decision.max_age)
+
+    def _fast_refusal(self, address: str) -> Refusal | None:
+        """:meth:`_screen` for a request on the fast path (plain CoAP, no OSCORE, not a GET)."""
+        if not self._plain_allowed:
+            return Refusal("4.03", _PLAIN_REFUSED)
+        return self._rate_refusal(address) if self._rate_limiter is not None else None
+
+    def _remembered_peer(self, interface, address, pktinfo: bytes | None) -> str:
+        remote = UDP6EndpointAddress(address, interface, pktinfo=pktinfo)
+        hostinfo = remote.hostinfo
+        self._remember(hostinfo, remote)
+        return hostinfo
+
+    def _over_limit(self, address: str, message: Message) -> Message | None:
+        """:meth:`_rate_refusal` as aiocoap's answer, suppressed for a NON request."""
+        refusal = self._rate_refusal(address)
+        if refusal is None:
+            return None
+        reply = Message(code=Code.TOO_MANY_REQUESTS, payload=refusal.payload, max_age=refusal.max_age)
         if message.mtype == aiocoap.NON:
             reply.opt.no_response = 26  # no response of any class: the request is dropped
         return reply
@@ -538,6 +583,12 @@ class CoapAdapter:
         """Send ``message``; the pending request and its first response (``whole``:
         aiocoap reassembles a Block2 response; else ``message`` is one block)."""
         assert self._context is not None, "adapter not started"
+        if self._fast_client is not None and type(message.remote) is UDP6EndpointAddress \
+                and message.opt.observe is None and (not whole or message.code in (Code.GET, Code.FETCH)):
+            raw = await self._fast_exchange(address, message, timeout)
+            if not whole or raw.opt.block2 is None:
+                return None, raw
+            message.mid = None  # a Block2 answer to a read wanted whole: aiocoap asks again and reassembles
         pending = self._context.request(message, handle_blockwise=whole)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -553,6 +604,16 @@ class CoapAdapter:
         if address not in self._remotes:
             self._remember(address, raw.remote)
         return pending, raw
+
+    async def _fast_exchange(self, address: str, message: Message, timeout: float) -> Message:
+        remote = message.remote
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._fast_client.exchange(message, remote.sockaddr, remote.pktinfo)
+        except TimeoutError:
+            raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
+        except ExchangeFailed as error:
+            raise DeviceUnreachable(address, error.reason) from None
 
     def _remember(self, address: str, remote) -> None:
         """Keep the newest remote of ``address``, its block size capped at ours and at

@@ -1,0 +1,164 @@
+"""Requests to devices over plain UDP without aiocoap's request path.
+
+Reads, writes, executes and each block of a push are one confirmable request and one
+response. Through aiocoap each costs a request object, a pipe, tasks and a token
+manager's and message manager's bookkeeping; here it is one datagram out, a timer for
+RFC 7252 retransmission (§4.2: ACK_TIMEOUT 2 s × a random factor up to 1.5, doubled,
+MAX_RETRANSMIT 4), and the answer matched by Message ID (a piggybacked response, an
+empty ACK, a Reset) or by token (a separate response, acknowledged when confirmable).
+
+Message IDs and tokens come from aiocoap's own allocators, so an exchange here never
+shares one with an exchange of aiocoap's. A datagram that matches nothing here goes on
+to aiocoap. The adapter sends only what fits: plain UDP, no Observe; a response it
+cannot use (a Block2 response to a request it wants whole) it sends again through aiocoap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from typing import Any, Callable
+
+from aiocoap import CON, Message
+
+from .fast_requests import EXCHANGE_LIFETIME_S
+
+ACK_TIMEOUT_S, ACK_RANDOM_FACTOR, MAX_RETRANSMIT = 2.0, 1.5, 4
+_CON, _NON, _ACK, _RST = 0, 1, 2, 3
+
+
+class ExchangeFailed(Exception):
+    """The device reset the request, or never acknowledged it; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Exchange:
+    __slots__ = ("future", "data", "pktinfo", "sockaddr", "token", "mid", "timer", "attempts", "interval")
+
+    def __init__(self, future: asyncio.Future, data: bytes, pktinfo: bytes | None, sockaddr: Any,
+                 token: bytes, mid: int, interval: float) -> None:
+        self.future, self.data, self.pktinfo, self.sockaddr = future, data, pktinfo, sockaddr
+        self.token, self.mid, self.interval = token, mid, interval
+        self.timer: asyncio.TimerHandle | None = None
+        self.attempts = 0
+
+
+class FastClient:
+    """Confirmable requests and their answers, on the adapter's UDP socket.
+
+    ``send(data, pktinfo, sockaddr)`` sends one datagram; ``next_mid()`` and
+    ``next_token()`` are aiocoap's allocators; ``decode(data, sockaddr, pktinfo)`` makes
+    the aiocoap :class:`Message` the adapter's callers take (with its remote).
+    """
+
+    def __init__(self, *, send: Callable[[bytes, bytes | None, Any], None], next_mid: Callable[[], int],
+                 next_token: Callable[[], bytes], decode: Callable[[bytes, Any, bytes | None], Message],
+                 rng: random.Random | None = None) -> None:
+        self._send = send
+        self._next_mid = next_mid
+        self._next_token = next_token
+        self._decode = decode
+        self._random = rng or random.Random()
+        self._by_mid: dict[tuple[Any, ...], _Exchange] = {}
+        self._by_token: dict[tuple[Any, ...], _Exchange] = {}
+        self._acknowledged: OrderedDict[tuple[Any, ...], float] = OrderedDict()  # separate responses ACKed
+        self.exchanges = 0
+        """Requests sent on this path."""
+
+    async def exchange(self, message: Message, sockaddr: Any, pktinfo: bytes | None) -> Message:
+        """Send ``message`` (a request) confirmable to ``sockaddr``; its response. The caller
+        bounds the wait; :class:`ExchangeFailed` on a Reset or when retransmissions run out."""
+        loop = asyncio.get_running_loop()
+        message.mid, message.token = self._next_mid(), self._next_token()
+        message.mtype = CON
+        peer = (sockaddr[0], sockaddr[1])
+        exchange = _Exchange(loop.create_future(), message.encode(), pktinfo, sockaddr, message.token,
+                             message.mid, ACK_TIMEOUT_S * self._random.uniform(1.0, ACK_RANDOM_FACTOR))
+        self._by_mid[(peer, exchange.mid)] = exchange
+        self._by_token[(peer, exchange.token)] = exchange
+        self.exchanges += 1
+        try:
+            self._transmit(exchange, loop)
+            return await exchange.future
+        finally:
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+            self._by_mid.pop((peer, exchange.mid), None)
+            self._by_token.pop((peer, exchange.token), None)
+
+    def _transmit(self, exchange: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        if exchange.future.done():
+            return
+        if exchange.attempts > MAX_RETRANSMIT:
+            exchange.future.set_exception(ExchangeFailed(f"no acknowledgement after {MAX_RETRANSMIT} retransmissions"))
+            return
+        self._send(exchange.data, exchange.pktinfo, exchange.sockaddr)
+        exchange.timer = loop.call_later(exchange.interval, self._transmit, exchange, loop)
+        exchange.attempts += 1
+        exchange.interval *= 2
+
+    def take(self, data: bytes, pktinfo: bytes | None, address: Any) -> bool:
+        """Handle ``data`` if it answers an exchange of ours; False leaves it to aiocoap."""
+        if len(data) < 4 or data[0] >> 6 != 1:
+            return False
+        kind, token_length, code = (data[0] >> 4) & 3, data[0] & 0x0F, data[1]
+        peer, mid = (address[0], address[1]), int.from_bytes(data[2:4], "big")
+        if kind == _ACK or kind == _RST:
+            exchange = self._by_mid.get((peer, mid))
+            if exchange is None:
+                return False
+            if kind == _RST:
+                self._fail(exchange, "the device reset the request")
+            elif code == 0:  # an empty ACK: the response comes separately, stop retransmitting
+                self._acknowledged_by_device(exchange, peer)
+            elif data[4:4 + token_length] == exchange.token:
+                self._resolve(exchange, data, address, pktinfo)
+            else:
+                return False
+            return True
+        if code < 64:  # a request (or an empty CON/NON ping): not an answer
+            return False
+        exchange = self._by_token.get((peer, bytes(data[4:4 + token_length])))
+        if exchange is None:
+            if kind == _CON and (peer, mid) in self._acknowledged:  # our ACK was lost: the device repeats
+                self._send(bytes((0x60, 0)) + data[2:4], pktinfo, address)
+                return True
+            return False
+        if kind == _CON:
+            self._send(bytes((0x60, 0)) + data[2:4], pktinfo, address)
+            self._remember_acknowledged((peer, mid))
+        self._resolve(exchange, data, address, pktinfo)
+        return True
+
+    def _acknowledged_by_device(self, exchange: _Exchange, peer: tuple[Any, ...]) -> None:
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+            exchange.timer = None
+        self._by_mid.pop((peer, exchange.mid), None)
+
+    def _resolve(self, exchange: _Exchange, data: bytes, address: Any, pktinfo: bytes | None) -> None:
+        if exchange.future.done():
+            return
+        try:
+            response = self._decode(data, address, pktinfo)
+        except Exception:  # noqa: BLE001 - an unparsable answer is dropped, as aiocoap drops it
+            return
+        exchange.future.set_result(response)
+
+    def _fail(self, exchange: _Exchange, reason: str) -> None:
+        if not exchange.future.done():
+            exchange.future.set_exception(ExchangeFailed(reason))
+
+    def _remember_acknowledged(self, key: tuple[Any, ...]) -> None:
+        now = asyncio.get_running_loop().time()
+        acknowledged = self._acknowledged
+        acknowledged[key] = now + EXCHANGE_LIFETIME_S
+        while acknowledged:
+            oldest, expires = next(iter(acknowledged.items()))
+            if expires > now and len(acknowledged) <= 100_000:
+                break
+            del acknowledged[oldest]

@@ -1,0 +1,213 @@
+"""The plain-UDP fast paths (transport/fast_requests.py, fast_client.py): bytes built by
+hand from RFC 7252 §3, and the exchanges against raw sockets, so nothing here leans
+on aiocoap's encoder or on our own.
+
+- a Register is parsed from its bytes; what the path leaves to aiocoap (NON, Block1,
+  an unknown option, a truncated option, a payload marker with nothing after it,
+  another path) is None;
+- the answer is a piggybacked ACK with exact bytes; a retransmission gets the same
+  bytes and the handler runs once; a duplicate while the answer is being made is
+  not answered twice;
+- requests to a device: piggybacked answer; empty ACK then a confirmable separate
+  response, which is acknowledged (again when the device repeats it); a Reset; a
+  read answered with Block2 is still returned whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from dataclasses import dataclass
+
+import pytest
+
+from lwm2m_server.transport.coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from lwm2m_server.transport.fast_requests import Exchanges, FastRequest, encode_response, parse_request
+
+# POST /rd?ep=dev1&lt=60, CON, MID 0x1234, token 0xABCD, Content-Format 40, payload </3/0>
+REGISTER = bytes.fromhex("42021234abcd") + bytes.fromhex("b2 7264 11 28 37 65703d64657631 05 6c743d3630".replace(" ", "")) \
+    + b"\xff</3/0>"
+
+
+def test_a_register_is_parsed_from_its_bytes():
+    request = parse_request(REGISTER)
+    assert request == FastRequest(0x1234, b"\xab\xcd", "POST", ("rd",), ("ep=dev1", "lt=60"), 40, b"</3/0>")
+
+
+@pytest.mark.parametrize("data, why", [
+    (bytes((0x52,)) + REGISTER[1:], "NON"),
+    (REGISTER[:6] + bytes.fromhex("b2 7264 d1 03 06".replace(" ", "")) + b"\xffx", "Block1 (option 27)"),
+    (REGISTER[:6] + bytes.fromhex("b2 7264 c1 06".replace(" ", "")), "Block2 (option 23)"),
+    (REGISTER[:6] + bytes.fromhex("b2 7264 d0".replace(" ", "")), "an option header cut short"),
+    (REGISTER[:6] + bytes.fromhex("b2 7264 ff".replace(" ", "")), "a payload marker with no payload"),
+    (REGISTER[:6] + bytes.fromhex("b2 7878".replace(" ", "")), "a path other than rd or dp"),
+    (REGISTER[:6] + bytes.fromhex("b2 ff72".replace(" ", "")), "a Uri-Path that is not UTF-8"),
+    (bytes((0x49,)) + REGISTER[1:], "a token longer than 8 bytes"),
+    (bytes((0x42, 0x01)) + REGISTER[2:], "a GET"),
+    (REGISTER[:6] + bytes.fromhex("b2 7264 f0".replace(" ", "")), "option delta 15"),
+])
+def test_what_the_path_leaves_to_aiocoap(data, why):
+    assert parse_request(data) is None, why
+
+
+def test_the_answer_is_a_piggybacked_ack_with_exact_bytes():
+    request = parse_request(REGISTER)
+    assert encode_response(request, "2.01", location_path=("rd", "abc")) == bytes.fromhex(
+        "6241" "1234" "abcd" "82" "7264" "03" "616263")
+    # Content-Format 0 is an empty uint; Max-Age follows with delta 2; a payload after 0xFF
+    assert encode_response(request, "4.29", b"slow", content_format=0, max_age=300) == bytes.fromhex(
+        "629d" "1234" "abcd" "c0" "22" "012c" "ff") + b"slow"
+
+
+def test_exchanges_forget_after_their_lifetime_and_beyond_their_limit():
+    exchanges = Exchanges(limit=2, lifetime=10)
+    exchanges.start(("a", 1, 7), now=0)
+    assert exchanges.seen(("a", 1, 7), now=1) == b""  # being answered
+    exchanges.finish(("a", 1, 7), b"answer")
+    assert exchanges.seen(("a", 1, 7), now=9) == b"answer"
+    assert exchanges.seen(("a", 1, 7), now=10) is None
+    for mid in (1, 2, 3):
+        exchanges.start(("a", 1, mid), now=20)
+    assert exchanges.seen(("a", 1, 1), now=20) is None and len(exchanges) == 2
+
+
+@dataclass
+class Answering:
+    delay: float = 0.0
+    calls: int = 0
+
+    async def __call__(self, request: IncomingRequest) -> OutgoingResponse:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        return OutgoingResponse("2.01", location_path=("rd", "abc"))
+
+
+async def _raw_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+async def _receive(sock: socket.socket, timeout: float = 2.0) -> bytes:
+    return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 2048), timeout)
+
+
+async def test_a_retransmitted_register_gets_the_same_bytes_and_is_handled_once():
+    handler = Answering()
+    adapter = CoapAdapter(handler, host="127.0.0.1", port=0)
+    await adapter.start()
+    sock = await _raw_socket()
+    try:
+        sock.sendto(REGISTER, ("127.0.0.1", adapter.port))
+        first = await _receive(sock)
+        assert first == bytes.fromhex("62411234abcd827264") + b"\x03abc"
+        sock.sendto(REGISTER, ("127.0.0.1", adapter.port))
+        assert await _receive(sock) == first and handler.calls == 1
+    finally:
+        sock.close()
+        await adapter.stop()
+
+
+async def test_a_duplicate_while_the_answer_is_made_is_not_answered_twice():
+    handler = Answering(delay=0.3)
+    adapter = CoapAdapter(handler, host="127.0.0.1", port=0)
+    await adapter.start()
+    sock = await _raw_socket()
+    try:
+        sock.sendto(REGISTER, ("127.0.0.1", adapter.port))
+        await asyncio.sleep(0.05)
+        sock.sendto(REGISTER, ("127.0.0.1", adapter.port))
+        assert (await _receive(sock))[:4] == bytes.fromhex("62411234")
+        with pytest.raises(TimeoutError):
+            await _receive(sock, timeout=0.5)
+        assert handler.calls == 1
+    finally:
+        sock.close()
+        await adapter.stop()
+
+
+@dataclass(frozen=True)
+class Read:
+    method: str = "GET"
+    uri_path: tuple[str, ...] = ("3", "0", "0")
+    query: tuple[str, ...] = ()
+    content_format: int | None = None
+    accept: int | None = None
+    payload: bytes = b""
+    observe: int | None = None
+
+
+def _header(data: bytes) -> tuple[int, int, int, bytes]:
+    """(type, code, message id, token) of a datagram."""
+    return (data[0] >> 4) & 3, data[1], struct.unpack("!H", data[2:4])[0], data[4:4 + (data[0] & 0x0F)]
+
+
+def _answer(kind: int, code: int, mid: int, token: bytes, options: bytes = b"", payload: bytes = b"") -> bytes:
+    return bytes((0x40 | kind << 4 | len(token), code)) + struct.pack("!H", mid) + token + options \
+        + (b"\xff" + payload if payload else b"")
+
+
+@pytest.fixture
+async def registered():
+    """An adapter and a raw-socket device it has heard from (so requests take the fast path)."""
+    adapter = CoapAdapter(Answering(), host="127.0.0.1", port=0)
+    await adapter.start()
+    sock = await _raw_socket()
+    sock.sendto(REGISTER, ("127.0.0.1", adapter.port))
+    await _receive(sock)
+    yield adapter, sock, f"127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    await adapter.stop()
+
+
+async def test_a_read_answered_piggybacked(registered):
+    adapter, sock, address = registered
+    asked = asyncio.ensure_future(adapter.request(address, Read(), timeout=5))
+    kind, code, mid, token = _header(await _receive(sock))
+    assert (kind, code) == (0, 1)  # CON GET
+    sock.sendto(_answer(2, 0x45, mid, token, b"\xc0", b"Acme"), ("127.0.0.1", adapter.port))
+    response = await asked
+    assert (response.code, response.content_format, response.payload) == ("2.05", 0, b"Acme")
+
+
+async def test_a_separate_response_is_acknowledged_also_when_the_device_repeats_it(registered):
+    adapter, sock, address = registered
+    asked = asyncio.ensure_future(adapter.request(address, Read(), timeout=5))
+    _, _, mid, token = _header(await _receive(sock))
+    sock.sendto(_answer(2, 0, mid, b""), ("127.0.0.1", adapter.port))  # empty ACK
+    separate = _answer(0, 0x45, 0x7777, token, b"", b"late")
+    sock.sendto(separate, ("127.0.0.1", adapter.port))
+    assert await _receive(sock) == bytes.fromhex("60007777")  # its empty ACK
+    assert (await asked).payload == b"late"
+    sock.sendto(separate, ("127.0.0.1", adapter.port))  # our ACK was lost: acknowledged again
+    assert await _receive(sock) == bytes.fromhex("60007777")
+
+
+async def test_a_reset_makes_the_device_unreachable(registered):
+    adapter, sock, address = registered
+    asked = asyncio.ensure_future(adapter.request(address, Read(), timeout=5))
+    _, _, mid, _ = _header(await _receive(sock))
+    sock.sendto(_answer(3, 0, mid, b""), ("127.0.0.1", adapter.port))
+    with pytest.raises(DeviceUnreachable, match="reset"):
+        await asked
+
+
+async def test_a_read_answered_block_by_block_comes_back_whole(registered):
+    adapter, sock, address = registered
+    body = bytes(range(256)) * 5  # 1280 bytes: two 1024-byte blocks
+    asked = asyncio.ensure_future(adapter.request(address, Read(), timeout=5))
+    while not asked.done():
+        try:
+            data = await _receive(sock, timeout=1)
+        except TimeoutError:
+            continue
+        kind, code, mid, token = _header(data)
+        number = 1 if data.endswith(b"\xc1\x16") else 0  # Block2 option (23, after Uri-Path) asking block 1
+        block = body[number * 1024:(number + 1) * 1024]
+        more = number == 0
+        block2 = bytes(((number << 4) | (more << 3) | 6,))
+        sock.sendto(_answer(2, 0x45, mid, token, b"\xc1" + b"\x2a" + bytes((0xb1,)) + block2, block),
+                    ("127.0.0.1", adapter.port))
+    assert (await asked).payload == body
