@@ -15,6 +15,13 @@ the interpreter's invoke (microseconds on the simulating host, not scaled to the
 device's clock). The result (:func:`format_result`) is the first output tensor,
 dequantized, flattened, as compact JSON of at most 1024 bytes (the longest
 prefix of the values that fits).
+
+A model whose outputs this host cannot compute — an Ethos-U module's NPU part
+(:mod:`simulators.runtime_ethosu`) — gets no result, no latency and no count:
+Run Inference runs what can run for real (the CPU part) and answers 5.01 with
+a diagnostic. The compiler's estimate from the signed manifest is shown
+instead, marked as one: Estimated Inference Cycles (25), Estimated Inference
+Latency (26, µs) and Inference Estimate Source (27).
 """
 
 from __future__ import annotations
@@ -152,6 +159,23 @@ class InferenceService:
         for rid, value in zip((10, 11, 12, 13), values):
             if self.objects.get(base.child(rid)) != value:
                 self.objects.set(base.child(rid), value)
+        self._show_estimate(module)
+
+    def _show_estimate(self, module: InstalledModule | None) -> None:
+        """26241/25–27 from the active module's manifest: the compiler's estimate, absent without one."""
+        base = LwM2MPath.of(TML, 0)
+        meta = module.metadata if module is not None else None
+        latency = meta.estimated_latency_s if meta is not None else None
+        estimate = {} if meta is None or (meta.estimated_cycles is None and latency is None) else {
+            25: meta.estimated_cycles, 26: None if latency is None else round(latency * 1e6, 3),
+            27: meta.estimate_source}
+        for rid in (25, 26, 27):
+            value = estimate.get(rid)
+            if value is None:
+                if self.objects.get(base.child(rid)) is not None:
+                    self.objects.remove(base.child(rid))
+            elif self.objects.get(base.child(rid)) != value:
+                self.objects.set(base.child(rid), value)
 
     def activated(self, module: InstalledModule, now: float) -> None:
         """A new model is active: show it, reset the statistics, run it once."""
@@ -162,11 +186,14 @@ class InferenceService:
             self.run(now)
         except ModelLoadError as error:
             log.warning("inference_failed", ep=self.objects.endpoint, reason=error.reason)
+        except ExecuteRefused as refused:  # no output on this host (an NPU module): nothing to show
+            log.info("inference_without_output", ep=self.objects.endpoint, reason=refused.reason)
 
     # -- running -------------------------------------------------------------------------------
 
     def run(self, now: float) -> InferenceOutcome:
-        """Run the active model once and update 14–17; ExecuteRefused 4.05 without one,
+        """Run the active model once and update 14–17; ExecuteRefused 4.05 without one and
+        5.01 when the first output cannot be computed here (nothing is updated then),
         :class:`ModelLoadError` if the interpreter fails."""
         module = self.runtime.active
         if module is None:
@@ -176,6 +203,9 @@ class InferenceService:
         count = int(self.objects.get(f"/{TML}/0/16") or 0)
         arrays = synthetic_inputs(loaded.inputs, self.objects.sensor_features(), self.seed, count)
         outputs, latency = loaded.invoke(arrays)
+        if outputs[0] is None:  # computed by hardware this host lacks: no result is invented
+            explain = getattr(loaded, "no_output_reason", None)
+            raise ExecuteRefused("5.01", explain(latency) if explain else "the model gave no output on this device")
         result = format_result(dequantize(outputs[0], loaded.outputs[0]))
         base = LwM2MPath.of(TML, 0)
         self.objects.set(base.child(14), result)

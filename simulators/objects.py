@@ -34,7 +34,8 @@ from .management import (
     as_path, supported_formats,
 )
 from .profiles import DELIVERY_METHODS, POWER_SOURCES, SENSORS, DeviceProfile, builtin_profiles
-from .runtime import ModelRuntime
+from .runtime import ACCELERATED, ModelRuntime
+from .runtime_ethosu import EthosUModel
 from .updates import DeviceTrust, UpdateManager, load_anchors
 
 __all__ = ["DeviceObjects", "ExecuteHook", "ExecuteRefused", "MISSING", "Response", "WriteHook",
@@ -43,6 +44,7 @@ __all__ = ["DeviceObjects", "ExecuteHook", "ExecuteRefused", "MISSING", "Respons
 log = structlog.get_logger(__name__)
 
 TML = TINYML_OBJECT_ID
+ACCELERATED.setdefault("ethos-u", EthosUModel)  # modules Vela compiled for an Ethos-U NPU
 _DEFAULTS: dict[ResourceType, Value] = {
     ResourceType.STRING: "", ResourceType.CORELNK: "", ResourceType.INTEGER: 0,
     ResourceType.UNSIGNED_INTEGER: 0, ResourceType.FLOAT: 0.0, ResourceType.BOOLEAN: False,
@@ -103,7 +105,8 @@ class DeviceObjects(DeviceManagement):
         self._clock_offset = 0.0
         self._build(server_uri)
         tinyml = self.profile.tinyml
-        self.runtime = ModelRuntime(tinyml.runtime, tinyml.arena_budget, fail_activation=tinyml.fail_activation)
+        self.runtime = ModelRuntime(tinyml.runtime, tinyml.arena_budget, fail_activation=tinyml.fail_activation,
+                                    accelerators=tinyml.accelerators)
         """The ML runtime: active and previous model, interpreters."""
         self.inference = InferenceService(self, self.runtime, seed=self.seed, now=self.now)
         """Run Inference, Inference Period, Reset Statistics and the results (26241/10–20)."""
@@ -168,6 +171,10 @@ class DeviceObjects(DeviceManagement):
             8: dict(enumerate(t.accelerators)), 9: dict(enumerate(t.model_formats)),
             10: "", 11: "", 12: b"", 13: 0, 14: "", 15: 0.0, 16: 0, 18: None, 19: t.inference_period, 20: None,
         }}
+        for rid, setting in ((22, t.accelerator_system_config), (23, t.accelerator_memory_mode),
+                             (24, t.accelerator_sram)):
+            if setting not in (None, ""):  # the NPU configuration (26241/22-24), where the profile has one
+                self._tree[TML][0][rid] = setting
         for name in p.sensors:
             object_id = SENSORS[name]
             instances = self._tree.setdefault(object_id, {})

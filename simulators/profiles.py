@@ -19,8 +19,10 @@ Profile keys for deployments: ``trust_anchors`` (PEM files of signers),
 ``vendor_domain`` (SUIT vendor id), ``download_block_size`` (Block2 size of pull
 downloads), ``delivery`` (``pull``, ``push`` or ``both``: /5/0/9, which the server
 also follows for software) and, under ``tinyml``, ``fail_activation`` (fault injection: every
-activation fails and rolls back). Relative file names are relative to the
-config file.
+activation fails and rolls back). A device with an Ethos-U NPU (``accelerators:
+[ethos-u55-128]``) may give its configuration under ``tinyml`` too:
+``accelerator_system_config``, ``accelerator_memory_mode`` and ``accelerator_sram``
+(26241/22–24). Relative file names are relative to the config file.
 
 Every problem is a :class:`ConfigError` whose message names the key path,
 e.g. ``fleet[1].count: must be > 0, got 0``.
@@ -99,6 +101,12 @@ class TinyMLProfile:
     """Inference Period (19), seconds; 0 runs only on Execute (18)."""
     fail_activation: bool = False
     """Fault injection: every model activation fails and rolls back (not a resource)."""
+    accelerator_system_config: str = ""
+    """Accelerator System Config (22), e.g. ``Ethos_U55_High_End_Embedded``; "" leaves it out."""
+    accelerator_memory_mode: str = ""
+    """Accelerator Memory Mode (23), e.g. ``Shared_Sram``; "" leaves it out."""
+    accelerator_sram: int | None = None
+    """Accelerator SRAM Size (24), bytes; None leaves it out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +381,9 @@ def parse_profile(name: str, data: object, path: str, base_dir: Path | None = No
         model_formats=tinyml_section.strings("model_formats", ("tflite",), non_empty=True),
         inference_period=tinyml_section.integer("inference_period", 0),
         fail_activation=tinyml_section.flag("fail_activation", False),
+        accelerator_system_config=tinyml_section.text("accelerator_system_config", ""),
+        accelerator_memory_mode=tinyml_section.text("accelerator_memory_mode", ""),
+        accelerator_sram=tinyml_section.integer("accelerator_sram", None, minimum=1),
     )
     tinyml_section.done()
     sources = section.raw("power_sources", [{"type": "usb", "voltage_mv": 5000, "current_ma": 50}])

@@ -28,12 +28,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import structlog
 
 from lwm2m_server.suit import ModelMetadata, Quantization, TensorSpec
+
+from .runtime_base import LoadedModel, ModelLoadError
+from .runtime_emlearn import EmlearnModel, is_c_source
+from .runtime_onnx import OnnxRuntimeModel, is_ort_format
 
 log = structlog.get_logger(__name__)
 
@@ -41,14 +45,6 @@ MIN_TFLM_ARENA = 1024
 """Smaller arenas are refused before TFLM sees them: its Python wrapper crashes the
 process (not an exception) on arenas too small for its own bookkeeping."""
 _ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
-
-
-class ModelLoadError(Exception):
-    """A model cannot be loaded or run by the device's runtime; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,22 +90,6 @@ def captured_stderr() -> Iterator[list[str]]:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("INFO:")]
     return "; ".join(lines[-3:])
-
-
-class LoadedModel:
-    """A model in an interpreter, ready to run."""
-
-    inputs: tuple[TensorSpec, ...]
-    """Input tensors in model order."""
-    outputs: tuple[TensorSpec, ...]
-    """Output tensors in model order."""
-    arena_used: int
-    """Bytes of tensor arena the model took."""
-
-    def invoke(self, arrays: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        """Run once: set every input, invoke, read every output. Returns the outputs and
-        the invoke time in microseconds. Raises :class:`ModelLoadError` on failure."""
-        raise NotImplementedError
 
 
 def _tflm_tensor(details: dict[str, Any], name: str) -> TensorSpec:
@@ -252,14 +232,49 @@ RUNTIMES: dict[str, type[LoadedModel]] = {
 """ML Runtime Name (26241/0) → interpreter class."""
 
 
+RUNTIMES["emlearn"] = EmlearnModel  # C from the emlearn plugin, built with cc (simulators.runtime_emlearn)
+
+
+RUNTIMES["onnxruntime"] = OnnxRuntimeModel  # ORT format models in ONNX Runtime (simulators.runtime_onnx)
+
+
+PAYLOAD_FORMATS: dict[str, Callable[[bytes], bool]] = {
+    "tflite": lambda payload: payload[4:8] == b"TFL3",
+    "c-source": is_c_source,
+    "ort": is_ort_format,
+}
+"""Model format (26241/9) → whether payload bytes are of that format (a device installs no others)."""
+
+
+def installable(payload: bytes, formats: Iterable[str]) -> bool:
+    """True when ``payload`` is of one of the model ``formats`` the device lists (26241/9)."""
+    return any(PAYLOAD_FORMATS.get(name, lambda _: False)(payload) for name in formats)
+
+
+ACCELERATED: dict[str, Any] = {}
+"""Accelerator family (how the manifest's accelerator name starts, e.g. ``ethos-u``) → model
+class for modules compiled for it. :mod:`simulators.objects` fills it (``ethos-u`` →
+:class:`simulators.runtime_ethosu.EthosUModel`): those classes subclass :class:`LoadedModel`,
+so this module cannot import them."""
+
+
 def load_model(runtime: str, payload: bytes, *, arena_size: int,
-               metadata: ModelMetadata | None = None) -> LoadedModel:
+               metadata: ModelMetadata | None = None, accelerators: Sequence[str] = ()) -> LoadedModel:
     """Load ``payload`` into the interpreter of ``runtime``; :class:`ModelLoadError` if it
-    does not load (malformed, unsupported operator, arena too small, …)."""
+    does not load (malformed, unsupported operator, arena too small, …). A module whose
+    manifest names an accelerator goes to that accelerator's model class, which checks it
+    against the device's ``accelerators`` (26241/8)."""
     kind = RUNTIMES.get(runtime.strip().lower())
     if kind is None:
         raise ModelLoadError(f"the simulator has no interpreter for runtime {runtime!r}")
     counts = (len(metadata.inputs), len(metadata.outputs)) if metadata is not None else None
+    if metadata is not None and metadata.accelerator:
+        family = next((f for f in ACCELERATED if metadata.accelerator.lower().startswith(f)), None)
+        if family is None:
+            raise ModelLoadError(f"the module needs accelerator {metadata.accelerator!r}, which the "
+                                 "simulator does not implement")
+        return ACCELERATED[family](payload, arena_size=arena_size, counts=counts, metadata=metadata,
+                                   accelerators=accelerators)
     return kind(payload, arena_size=arena_size, counts=counts)
 
 
@@ -277,11 +292,14 @@ def zeros_for(tensors: Sequence[TensorSpec]) -> list[np.ndarray]:
 class ModelRuntime:
     """The device's runtime: modules in flash, interpreters in RAM, active/previous slots."""
 
-    def __init__(self, name: str, arena_budget: int, *, fail_activation: bool = False) -> None:
+    def __init__(self, name: str, arena_budget: int, *, fail_activation: bool = False,
+                 accelerators: Sequence[str] = ()) -> None:
         self.name = name
         """ML Runtime Name (26241/0)."""
         self.arena_budget = arena_budget
         """Tensor arena given to TFLM (26241/5)."""
+        self.accelerators = tuple(accelerators)
+        """Accelerators (26241/8): a module compiled for one is checked against them."""
         self.fail_activation = fail_activation
         """Fault injection: every activation fails (the profile's ``tinyml.fail_activation``)."""
         self.active: InstalledModule | None = None
@@ -294,7 +312,8 @@ class ModelRuntime:
         """The interpreter of ``module`` (loaded now if not in RAM); :class:`ModelLoadError`."""
         loaded = self._loaded.get(module.digest)
         if loaded is None:
-            loaded = load_model(self.name, module.payload, arena_size=self.arena_budget, metadata=module.metadata)
+            loaded = load_model(self.name, module.payload, arena_size=self.arena_budget, metadata=module.metadata,
+                                accelerators=self.accelerators)
             self._loaded[module.digest] = loaded
         return loaded
 

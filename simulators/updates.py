@@ -72,7 +72,7 @@ from uuid import UUID
 import structlog
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath
-from lwm2m_server.suit.device_class import device_class_name
+from lwm2m_server.suit.device_class import accelerator_settings, device_class_name
 from lwm2m_server.suit import (
     INVOCATION, UPDATE, VENDOR_ID, DeviceFacts, PublicKey, SuitError, VerifiedModule,
     load_public_key, make_class_id, verify_envelope,
@@ -82,7 +82,7 @@ from lwm2m_server.suit.commands import ComponentId
 from .download import BlockDownload, DownloadError, check_uri
 from .management import DeviceAccess, ExecuteRefused
 from .package_checks import Held, Refused, check_identity, check_newer, classify, installed_image, run
-from .runtime import InstalledModule, ModelLoadError, ModelRuntime
+from .runtime import InstalledModule, ModelLoadError, ModelRuntime, installable
 
 if TYPE_CHECKING:
     from .inference import InferenceService
@@ -137,9 +137,12 @@ def device_class(resources: Mapping[int, Any]) -> str:
             return [value]
         return [str(v) for v in value]
 
+    sram = resources.get(24)
     return device_class_name(
         str(resources.get(0, "")), str(resources.get(1, "")), str(resources.get(6, "")),
         many(8), many(9) or ["tflite"], many(2),
+        accelerator_settings(str(resources.get(22) or ""), str(resources.get(23) or ""),
+                             sram if isinstance(sram, int) and not isinstance(sram, bool) else None),
     )
 
 
@@ -227,7 +230,7 @@ class UpdateManager:
 
     def class_id(self) -> UUID:
         """The SUIT class id this device accepts."""
-        resources = {rid: self.objects.get(LwM2MPath.of(TML, 0, rid)) for rid in (0, 1, 2, 6, 8, 9)}
+        resources = {rid: self.objects.get(LwM2MPath.of(TML, 0, rid)) for rid in (0, 1, 2, 6, 8, 9, 22, 23, 24)}
         return make_class_id(self.trust.vendor_id, device_class(resources))
 
     def _verify(self, data: bytes, target: str) -> VerifiedModule:
@@ -276,7 +279,7 @@ class UpdateManager:
                                          f"this device runs {runtime!r}")
         formats = {str(v).lower() for v in (self.objects.get(f"/{TML}/0/9") or {}).values()}
         payload = module.payload or b""
-        if "tflite" not in formats or payload[4:8] != b"TFL3":
+        if not installable(payload, formats):
             raise Refused("unsupported", f"the payload is not a model format this device installs "
                                          f"({', '.join(sorted(formats)) or 'none'})")
         return module

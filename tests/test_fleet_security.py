@@ -249,8 +249,8 @@ def test_sim_credentials_never_overwrite_a_key_file(tmp_path: Path, capsys):
 def test_sim_credentials_to_stdout_default_to_bootstrap_and_the_whole_fleet(capsys):
     assert sim("credentials", "--config", str(FLEET_YAML)) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert len(rows) == load_config(FLEET_YAML).total() == 42
-    assert rows[-1]["endpoint"] == "gw-0002" and rows[-1]["identity"] == "gw-0002-bs"
+    assert len(rows) == load_config(FLEET_YAML).total() == 50
+    assert rows[-1]["endpoint"] == "eml-0002" and rows[-1]["identity"] == "eml-0002-bs"
 
 
 def test_sim_credentials_refuse_an_identity_tinydtls_cannot_take(tmp_path: Path, capsys):

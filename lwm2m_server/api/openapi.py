@@ -64,7 +64,11 @@ DEVICE_STATUSES = ["pending", "in_flight", "retry_wait", "done", "failed", "inco
 ROLLOUT_STATES = ["running", "paused", "cancelled", "complete"]
 QUEUE_STATES = ["pending", "delivered", "expired", "failed", "cancelled"]
 SCOPES = ["server", "bootstrap"]
-MODEL_FORMATS = ["tflite", "firmware"]
+MODEL_FORMAT = {"type": "string", "examples": ["tflite", "onnx", "emlearn-json", "firmware"],
+                "description": "a model format one of the daemon's installed compiler plugins accepts "
+                               "(`tinymlaas plugins` in the daemon's environment lists them), or `firmware`; "
+                               "another format is refused (400) with the list of those accepted"}
+"""Not a fixed enum: the allowed values are the installed plugins' formats plus ``firmware``."""
 EVENT_KINDS = ["registered", "updated", "deregistered", "expired", "registration_ended", "send", "notification",
                "queue", "profile", "discovery_incomplete", "rollout", "bootstrap"]
 
@@ -143,7 +147,7 @@ SCHEMAS: dict[str, Any] = {
         "result": _nullable({"type": "object", "description": "the device's answer once delivered"}),
     }, ("id", "endpoint", "state", "created_at", "expires_at", "operation", "result")),
     "Model": _obj({
-        "name": STRING, "version": STRING, "format": {"type": "string", "enum": MODEL_FORMATS},
+        "name": STRING, "version": STRING, "format": MODEL_FORMAT,
         "digest": {"type": "string", "description": "SHA-256 hex of the file"},
         "size": {"type": "integer", "description": "bytes"}, "file": STRING, "added_at": TIME,
     }, ("name", "version", "format", "digest", "size", "file", "added_at")),
@@ -403,7 +407,8 @@ PATHS: dict[str, Any] = {
                 "responses": {"200": _json({"type": "array", "items": _ref("Model")}, "models"),
                               "401": UNAUTHORIZED, "503": NO_DEPLOYMENT}},
         "post": {"operationId": "add_model", "tags": ["models"],
-                 "summary": "Register a model (`.tflite`) or a firmware image; the body is the file. The "
+                 "summary": "Register a model (validated by each installed compiler plugin that accepts its "
+                            "format) or a firmware image; the body is the file. The "
                             "same bytes again answer the existing record; other bytes under a used "
                             "name@version are refused.",
                  "parameters": [
@@ -412,7 +417,8 @@ PATHS: dict[str, Any] = {
                      {"name": "version", "in": "query", "required": True,
                       "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}},
                      {"name": "format", "in": "query", "required": False,
-                      "schema": {"type": "string", "enum": MODEL_FORMATS, "default": "tflite"}}],
+                      "description": MODEL_FORMAT["description"],
+                      "schema": {**MODEL_FORMAT, "default": "tflite"}}],
                  "requestBody": {"required": True, "content": {"application/octet-stream": {
                      "schema": {"type": "string", "format": "binary", "contentMediaType":
                                 "application/octet-stream"}}}},

@@ -20,6 +20,7 @@ from . import progress
 from .common import DEFAULT_CONFIG, CliError, Parser
 from .credentials import add_credentials_commands
 from .local import cmd_config_show, cmd_keys, cmd_objects, cmd_serve
+from .plugins import add_plugins_commands
 from ..api.display import format_bytes
 from ..core.responses import REASONS
 
@@ -302,6 +303,24 @@ def cmd_queue(args):
     return 0
 
 
+FORMAT_BY_EXTENSION = {".tflite": "tflite", ".onnx": "onnx", ".json": "emlearn-json"}
+"""Model format ``models add`` assumes for a file extension when ``--format`` is not given."""
+_FORMATS_HELP = ("the formats the daemon's installed compiler plugins accept (`tinymlaas plugins` in its "
+                 "environment lists them: tflite, onnx, emlearn-json, ...), or firmware")
+
+
+def model_format(file: str, given: str | None) -> str:
+    """``--format`` when given, else the format of ``file``'s extension (:data:`FORMAT_BY_EXTENSION`)."""
+    if given:
+        return given.strip().lower()
+    fmt = FORMAT_BY_EXTENSION.get(Path(file).suffix.lower())
+    if fmt is None:
+        known = ", ".join(f"{ext} → {name}" for ext, name in FORMAT_BY_EXTENSION.items())
+        raise CliError(f"cannot tell the format of {file} from its extension ({known}): give --format, "
+                       f"one of {_FORMATS_HELP}")
+    return fmt
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.models_command == "add":
@@ -309,7 +328,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             data = Path(args.file).read_bytes()
         except OSError as error:
             raise CliError(f"cannot read {args.file}: {error.strerror}") from None
-        query = urllib.parse.urlencode({"name": args.name, "version": args.model_version, "format": args.format})
+        fmt = model_format(args.file, args.format)
+        query = urllib.parse.urlencode({"name": args.name, "version": args.model_version, "format": fmt})
         _, model = client.call("POST", f"/models?{query}", data)
         print(f"added {model['name']}@{model['version']} ({format_bytes(model['size'])}, sha256 {model['digest'][:16]}…)")
         return 0
@@ -318,7 +338,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(models, indent=2))
         return 0
     for model in models:
-        print(f"{model['name']}@{model['version']:<12} {model['format']:<7} {format_bytes(model['size']):>24}  "
+        print(f"{model['name']}@{model['version']:<12} {model['format']:<12} {format_bytes(model['size']):>24}  "
               f"{model['digest'][:16]}")
     print(f"{len(models)} model(s)")
     return 0
@@ -452,14 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="register and list TinyML models",
                                  description="register and list TinyML models and firmware images")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
-    add = models_commands.add_parser("add", parents=[common], help="register a model (.tflite) or firmware image",
-                                     description="register a model (.tflite, validated) or a firmware image")
-    add.add_argument("file", help="the .tflite model or the firmware image")
+    add = models_commands.add_parser("add", parents=[common], help="register a model or a firmware image",
+                                     description="register a model (validated by the compiler plugins that "
+                                                 "accept its format) or a firmware image")
+    add.add_argument("file", help="the model file (.tflite, .onnx, .json, ...) or the firmware image")
     add.add_argument("--name", required=True, help="model name, as in NAME@VERSION (required)")
     add.add_argument("--version", dest="model_version", required=True, metavar="VERSION",
                      help="model version, as in NAME@VERSION (required)")
-    add.add_argument("--format", choices=["tflite", "firmware"], default="tflite",
-                     help="a TFLite model (installed through /9) or a firmware image (through /5)")
+    add.add_argument("--format", metavar="FORMAT",
+                     help="the file's format, checked by the daemon: " + _FORMATS_HELP + "; a model is "
+                          "installed through /9, firmware through /5 (default: from the extension, "
+                          + ", ".join(f"{ext} → {name}" for ext, name in FORMAT_BY_EXTENSION.items())
+                          + "; others need --format)")
     listing = models_commands.add_parser("list", parents=[common], help="list registered models")
     listing.add_argument("--json", action="store_true", help="print JSON")
     for sub in (add, listing):
@@ -517,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--path", help="private key file (default: deployment.signing_key of the configuration)")
         sub.set_defaults(handler=cmd_keys)
     add_credentials_commands(commands, configured)
+    add_plugins_commands(commands)
     return parser
 
 

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 import structlog
 
-from ..suit.device_class import device_class_name
+from ..suit.device_class import accelerator_settings, device_class_name
 from ..suit.model_info import TensorSpec
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,15 @@ class TargetSpec:
     """CPU Clock (26241/7), or None when the device does not say."""
     architecture: str = ""
     """Instruction set; derived from ``cpu_core`` when left empty (``armv6-m`` for an M0+)."""
+    accelerator_system_config: str = ""
+    """Accelerator System Config (26241/22), e.g. ``Ethos_U55_High_End_Embedded`` (Vela's
+    ``--system-config``); "" when the device does not say. Part of the device class when set."""
+    accelerator_memory_mode: str = ""
+    """Accelerator Memory Mode (26241/23), e.g. ``Shared_Sram`` (Vela's ``--memory-mode``); ""
+    when the device does not say. Part of the device class when set."""
+    accelerator_sram_bytes: int | None = None
+    """Accelerator SRAM Size (26241/24): SRAM the NPU may use for its arena or cache, bytes; None
+    when the device does not say. Part of the device class when set (it shapes the NPU schedule)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -127,6 +136,8 @@ class TargetSpec:
         set_(self, "ops", _names(self.ops, lower=False))
         set_(self, "accelerators", _names(self.accelerators, lower=True))
         set_(self, "formats", _names(self.formats, lower=True))
+        set_(self, "accelerator_system_config", self.accelerator_system_config.strip())
+        set_(self, "accelerator_memory_mode", self.accelerator_memory_mode.strip())
         if not self.architecture:
             set_(self, "architecture", _ARCHITECTURES.get(self.cpu_core, self.cpu_core))
         if not self.runtime:
@@ -135,13 +146,18 @@ class TargetSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidTarget(f"{name}: must be an integer >= 0, got {value!r}")
+        sram = self.accelerator_sram_bytes
+        if sram is not None and (isinstance(sram, bool) or not isinstance(sram, int) or sram < 0):
+            raise InvalidTarget(f"accelerator_sram_bytes: must be an integer >= 0 or None, got {sram!r}")
 
     @property
     def device_class(self) -> str:
         """Stable class id: devices with the same id get the same compiled module
         (see :func:`~lwm2m_server.suit.device_class.device_class_name`)."""
         return device_class_name(self.runtime, self.runtime_version, self.cpu_core,
-                                 self.accelerators, self.formats, self.ops)
+                                 self.accelerators, self.formats, self.ops,
+                                 accelerator_settings(self.accelerator_system_config,
+                                                      self.accelerator_memory_mode, self.accelerator_sram_bytes))
 
     @classmethod
     def from_resources(cls, resources: Mapping[int, Any], *,
@@ -180,6 +196,9 @@ class TargetSpec:
         if resources.get(2) is None:
             raise InvalidTarget("/26241/0/2 (Supported Operators) is missing")
         clock = resources.get(7)
+        sram = resources.get(24)
+        if sram is not None and (isinstance(sram, bool) or not isinstance(sram, int)):
+            raise InvalidTarget(f"/26241/0/24 (Accelerator SRAM Size) must be an integer, got {sram!r}")
         return cls(
             runtime=str(need(0, "ML Runtime Name")),
             runtime_version=str(need(1, "ML Runtime Version")),
@@ -191,6 +210,9 @@ class TargetSpec:
             accelerators=frozenset(many(8)),
             formats=frozenset(many(9)) or frozenset({"tflite"}),
             cpu_clock_hz=int(clock) if isinstance(clock, int) and not isinstance(clock, bool) else None,
+            accelerator_system_config=str(resources.get(22) or ""),
+            accelerator_memory_mode=str(resources.get(23) or ""),
+            accelerator_sram_bytes=sram,
         )
 
 

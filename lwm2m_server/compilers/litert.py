@@ -21,7 +21,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Mapping
 
-from .base import CompiledModule, CompilerPlugin, Incompatible, ModelInput, TargetSpec
+from .base import CompiledModule, CompilerPlugin, ConformanceSample, Incompatible, ModelInput, TargetSpec
+from .samples import sample_model
 from .tflite_model import ModelInfo, parse_model
 
 PLUGIN_VERSION = "1.0.0"
@@ -122,6 +123,13 @@ class LiteRtPlugin(CompilerPlugin):
 
     def validate(self, model: ModelInput) -> None:
         parse_model(model.data)
+
+    def conformance_samples(self) -> list[ConformanceSample]:
+        """The shipped int8 MLP on an aarch64 gateway running LiteRT 2.3."""
+        target = TargetSpec("litert", "2.3.0", "aarch64", ram_bytes=64 * 1024 * 1024,
+                            flash_bytes=256 * 1024 * 1024, arena_budget_bytes=16 * 1024 * 1024,
+                            ops=frozenset({"FULLY_CONNECTED", "SOFTMAX"}), cpu_clock_hz=1_500_000_000)
+        return [ConformanceSample(sample_model("dense_int8.tflite"), target)]
 
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target)[0]

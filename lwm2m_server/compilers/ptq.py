@@ -38,10 +38,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
-from .base import (CompiledModule, CompileFailed, CompilerError, CompilerPlugin, Incompatible,
-                   ModelInput, TargetSpec, options_digest)
+from .base import (CompiledModule, CompileFailed, CompilerError, CompilerPlugin, ConformanceSample,
+                   Incompatible, ModelInput, TargetSpec, options_digest)
 from .litert import LiteRtPlugin, litert_interpreter
 from .tflite_model import ModelInfo, builtin_code, model_object, parse_model, schema, serialize
+from .samples import sample_model
 from .tflm import TflmPlugin
 
 PLUGIN_VERSION = "1.0.0"
@@ -422,6 +423,16 @@ class Int8QuantizePlugin(CompilerPlugin):
 
     def validate(self, model: ModelInput) -> None:
         parse_model(model.data)
+
+    def conformance_samples(self) -> list[ConformanceSample]:
+        """The shipped float MLP, quantized for a Cortex-M0+ (TFLM) and for an aarch64 gateway (LiteRT)."""
+        model, ops = sample_model("dense_float.tflite"), frozenset({"FULLY_CONNECTED", "SOFTMAX", "QUANTIZE",
+                                                                     "DEQUANTIZE"})
+        mcu = TargetSpec("tflite-micro", "2025-01-15", "cortex-m0plus", ram_bytes=8192, flash_bytes=131072,
+                         arena_budget_bytes=16384, ops=ops, cpu_clock_hz=48_000_000)
+        gateway = TargetSpec("litert", "2.3.0", "aarch64", ram_bytes=64 * 1024 * 1024,
+                             flash_bytes=256 * 1024 * 1024, arena_budget_bytes=16 * 1024 * 1024, ops=ops)
+        return [ConformanceSample(model, mcu), ConformanceSample(model, gateway)]
 
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target, None)[0]

@@ -34,7 +34,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import IO, Any, Mapping
 
-from .base import CompiledModule, CompileFailed, CompilerPlugin, Incompatible, ModelInput, TargetSpec
+from .base import (CompiledModule, CompileFailed, CompilerPlugin, ConformanceSample, Incompatible, ModelInput,
+                   TargetSpec)
+from .samples import sample_model
 from .tflite_model import ModelInfo, model_object, parse_model, serialize
 
 PLUGIN_VERSION = "1.0.0"
@@ -284,6 +286,13 @@ class TflmPlugin(CompilerPlugin):
 
     def validate(self, model: ModelInput) -> None:
         parse_model(model.data)
+
+    def conformance_samples(self) -> list[ConformanceSample]:
+        """The shipped int8 MLP on a Cortex-M4F whose TFLM build registers its two operators."""
+        target = TargetSpec("tflite-micro", "2025-01-15", "cortex-m4f", ram_bytes=32768, flash_bytes=262144,
+                            arena_budget_bytes=65536, ops=frozenset({"FULLY_CONNECTED", "SOFTMAX"}),
+                            cpu_clock_hz=168_000_000)
+        return [ConformanceSample(sample_model("dense_int8.tflite"), target)]
 
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
         return self._verdict(model, target)[0]

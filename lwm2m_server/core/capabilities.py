@@ -12,9 +12,9 @@ and hardware version (:attr:`DeviceProfile.device_class`).
 
 from __future__ import annotations
 
-import json
+import functools
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ipso_objects import TINYML_OBJECT_ID, LwM2MPath, Value
@@ -72,6 +72,12 @@ class TinyMLCapability:
     """Installed model version."""
     active_model_digest: bytes = b""
     """SHA-256 of the installed module payload."""
+    accelerator_system_config: str = ""
+    """Accelerator System Config (26241/22), e.g. ``Ethos_U55_High_End_Embedded``; "" when absent."""
+    accelerator_memory_mode: str = ""
+    """Accelerator Memory Mode (26241/23), e.g. ``Shared_Sram``; "" when absent."""
+    accelerator_sram_bytes: int | None = None
+    """Accelerator SRAM Size (26241/24), bytes; None when absent."""
 
     def target_spec(self, memory_free_kb: int | None = None) -> TargetSpec:
         """The compiler plugins' view of this device (raises InvalidTarget when incoherent)."""
@@ -83,6 +89,9 @@ class TinyMLCapability:
             ram_bytes=self.ram_bytes, flash_bytes=storage, arena_budget_bytes=self.arena_budget_bytes,
             ops=frozenset(self.operators), accelerators=frozenset(self.accelerators),
             formats=frozenset(self.model_formats), cpu_clock_hz=self.cpu_clock_hz,
+            accelerator_system_config=self.accelerator_system_config,
+            accelerator_memory_mode=self.accelerator_memory_mode,
+            accelerator_sram_bytes=self.accelerator_sram_bytes,
         )
 
 
@@ -161,10 +170,7 @@ class DeviceProfile:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (lists for tuples, hex for the digest)."""
-        data = asdict(self)
-        if self.tinyml is not None:
-            data["tinyml"]["active_model_digest"] = self.tinyml.active_model_digest.hex()
-        return json.loads(json.dumps(data))
+        return _json_safe(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeviceProfile:
@@ -180,6 +186,23 @@ class DeviceProfile:
             tinyml["active_model_digest"] = bytes.fromhex(tinyml.get("active_model_digest", ""))
             values["tinyml"] = TinyMLCapability(**tinyml)
         return cls(**values)
+
+
+@functools.cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
+
+
+def _json_safe(value: Any) -> Any:
+    """Dataclasses as dicts, tuples as lists, bytes as hex (what ``asdict`` and a JSON round
+    trip gave, at a fraction of the cost: a profile is stored at every discovery)."""
+    if isinstance(value, tuple):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: _json_safe(getattr(value, name)) for name in _field_names(type(value))}
+    return value
 
 
 def _slug(text: str) -> str:
@@ -269,6 +292,9 @@ def build_profile(
             active_model_id=get(t, 0, 10, default=""),
             active_model_version=get(t, 0, 11, default=""),
             active_model_digest=get(t, 0, 12, default=b""),
+            accelerator_system_config=get(t, 0, 22, default=""),
+            accelerator_memory_mode=get(t, 0, 23, default=""),
+            accelerator_sram_bytes=get(t, 0, 24),
         )
     return DeviceProfile(
         endpoint=endpoint,

@@ -261,6 +261,8 @@ class Deployment:
             inputs=module.inputs, outputs=module.outputs,
             runtime_name=target.runtime, runtime_version=target.runtime_version,
             compiler_name=module.compiler, compiler_version=module.compiler_version,
+            accelerator=module.accelerator, estimated_cycles=module.estimated_cycles,
+            estimated_latency_s=module.estimated_latency_s, estimate_source=module.estimate_source,
         )
         envelope = build_envelope(
             module.payload, sequence_number=sequence, vendor_id=self.vendor_id,

@@ -16,6 +16,13 @@ key of the SUIT Manifest Elements, whose value is a bstr-wrapped CBOR map::
         7 => tstr,              ; runtime version (/26241/0/1)
         8 => tstr,              ; compiler (plugin) name
         9 => tstr,              ; compiler version
+        ? 10 => Estimate,       ; the compiler's performance estimate
+        ? 11 => tstr,           ; accelerator the payload needs (as /26241/0/8, e.g. "ethos-u55-128")
+    }
+    Estimate = {                ; an estimate, never a measurement; 1 or 2 or both
+        ? 1 => uint,            ; cycles per inference
+        ? 2 => float,           ; seconds per inference
+        3 => tstr,              ; what made it, e.g. "vela 5.2.0 performance estimate (...)"
     }
     Tensor_Spec = {
         1 => tstr,              ; name
@@ -49,6 +56,11 @@ Why there, by the text of draft-ietf-suit-manifest (the version whose CDDL is in
   The value is bstr-wrapped like ``suit-common``: "structured types ... are also
   wrapped in a bstr ... so that parser extents can be set". The label mirrors the
   TinyML Capability LwM2M object (26241) the same fields are reported in.
+
+Keys 10 and 11 are optional and written only when a compiler gives them, so a
+module without an accelerator or estimate encodes as before. The estimate
+travels signed with the module so that a device can show it (26241/25–27) as
+what it is: the compiler's estimate, not a measurement.
 """
 
 from __future__ import annotations
@@ -81,6 +93,8 @@ INT32 = range(-(2**31), 2**31)
 
 _NAME, _VERSION, _ARENA, _INPUTS, _OUTPUTS = 1, 2, 3, 4, 5
 _RUNTIME_NAME, _RUNTIME_VERSION, _COMPILER_NAME, _COMPILER_VERSION = 6, 7, 8, 9
+_ESTIMATE, _ACCELERATOR = 10, 11
+_E_CYCLES, _E_LATENCY, _E_SOURCE = 1, 2, 3
 _T_NAME, _T_DTYPE, _T_SHAPE, _T_SCALE, _T_ZERO = 1, 2, 3, 4, 5
 
 
@@ -174,6 +188,14 @@ class ModelMetadata:
     """Compiler plugin that produced the module."""
     compiler_version: str
     """Version of that compiler plugin."""
+    accelerator: str = ""
+    """Accelerator the payload needs (26241/8 name, e.g. ``ethos-u55-128``); "" for none."""
+    estimated_cycles: int | None = None
+    """The compiler's estimate of cycles per inference; None when it gives none. Never a measurement."""
+    estimated_latency_s: float | None = None
+    """The compiler's estimate of seconds per inference; None when it gives none."""
+    estimate_source: str = ""
+    """What made the estimate, e.g. ``vela 5.2.0 performance estimate (...)``; "" without one."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -189,6 +211,10 @@ class ModelMetadata:
             "outputs": [t.as_dict() for t in self.outputs],
             "runtime": {"name": self.runtime_name, "version": self.runtime_version},
             "compiler": {"name": self.compiler_name, "version": self.compiler_version},
+            "accelerator": self.accelerator,
+            "estimate": None if self.estimated_cycles is None and self.estimated_latency_s is None else {
+                "cycles": self.estimated_cycles, "latency_s": self.estimated_latency_s,
+                "source": self.estimate_source},
         }
 
 
@@ -250,6 +276,22 @@ def encode_model_info(meta: ModelMetadata) -> bytes:
         _COMPILER_NAME: _text(meta.compiler_name, "metadata.compiler_name"),
         _COMPILER_VERSION: _text(meta.compiler_version, "metadata.compiler_version"),
     }
+    if meta.accelerator:
+        encoded[_ACCELERATOR] = _text(meta.accelerator, "metadata.accelerator")
+    estimate: dict[int, Any] = {}
+    if meta.estimated_cycles is not None:
+        if not is_int(meta.estimated_cycles) or meta.estimated_cycles < 0:
+            raise BuildError(f"metadata.estimated_cycles: must be an integer >= 0, got {meta.estimated_cycles!r}")
+        estimate[_E_CYCLES] = meta.estimated_cycles
+    if meta.estimated_latency_s is not None:
+        latency = meta.estimated_latency_s
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)) or not (
+                math.isfinite(latency) and latency >= 0):
+            raise BuildError(f"metadata.estimated_latency_s: must be a finite number >= 0, got {latency!r}")
+        estimate[_E_LATENCY] = float(latency)
+    if estimate:
+        estimate[_E_SOURCE] = _text(meta.estimate_source, "metadata.estimate_source (an estimate names its source)")
+        encoded[_ESTIMATE] = estimate
     return cbor2.dumps(encoded, canonical=True)
 
 
@@ -304,10 +346,11 @@ def _read_tensors(value: Any, what: str) -> tuple[TensorSpec, ...]:
 def decode_model_info(data: bytes) -> ModelMetadata:
     """Parse the bstr content of manifest member :data:`MODEL_INFO_KEY`; FormatError if malformed."""
     what = "model metadata"
-    fields = _map(loads(data, what), set(range(1, 10)), set(), what)
+    fields = _map(loads(data, what), set(range(1, 10)), {_ESTIMATE, _ACCELERATOR}, what)
     arena = fields[_ARENA]
     if not is_uint(arena) or arena > MAX_ARENA:
         raise FormatError(f"{what}: arena bytes must be an unsigned integer up to {MAX_ARENA}")
+    cycles, latency, source = _read_estimate(fields.get(_ESTIMATE), f"{what} estimate")
     return ModelMetadata(
         name=_read_text(fields[_NAME], f"{what} name"),
         version=_read_text(fields[_VERSION], f"{what} version"),
@@ -318,4 +361,23 @@ def decode_model_info(data: bytes) -> ModelMetadata:
         runtime_version=_read_text(fields[_RUNTIME_VERSION], f"{what} runtime version"),
         compiler_name=_read_text(fields[_COMPILER_NAME], f"{what} compiler name"),
         compiler_version=_read_text(fields[_COMPILER_VERSION], f"{what} compiler version"),
+        accelerator=_read_text(fields[_ACCELERATOR], f"{what} accelerator") if _ACCELERATOR in fields else "",
+        estimated_cycles=cycles,
+        estimated_latency_s=latency,
+        estimate_source=source,
     )
+
+
+def _read_estimate(value: Any, what: str) -> tuple[int | None, float | None, str]:
+    """(cycles, seconds, source) of an Estimate map; (None, None, "") when there is none."""
+    if value is None:
+        return None, None, ""
+    fields = _map(value, {_E_SOURCE}, {_E_CYCLES, _E_LATENCY}, what)
+    cycles, latency = fields.get(_E_CYCLES), fields.get(_E_LATENCY)
+    if cycles is None and latency is None:
+        raise FormatError(f"{what}: gives neither cycles nor seconds")
+    if cycles is not None and not is_uint(cycles):
+        raise FormatError(f"{what}: cycles must be an unsigned integer")
+    if latency is not None and not (isinstance(latency, float) and math.isfinite(latency) and latency >= 0):
+        raise FormatError(f"{what}: seconds must be a finite float >= 0")
+    return cycles, latency, _read_text(fields[_E_SOURCE], f"{what} source")
