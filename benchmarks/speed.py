@@ -186,6 +186,7 @@ class Device(asyncio.DatagramProtocol):
         self.token = b""
         self.waiting: asyncio.Future | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.location: list[bytes] = []  # Location-Path of the last 2.01 (the registration)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -223,6 +224,8 @@ class Device(asyncio.DatagramProtocol):
             self.transport.sendto(message(ACK, 0, struct.unpack_from("!H", data, 2)[0], b""))
         waiting = self.waiting
         if token == self.token and waiting is not None and not waiting.done():
+            if code == CREATED:
+                self.location = [value for number, value in parse_options(data, 4 + tkl)[0] if number == LOCATION_PATH]
             waiting.set_result(code)
 
     def _retransmit(self, datagram: bytes, left: int, timeout: float, waiting: asyncio.Future) -> None:
@@ -336,6 +339,41 @@ class Fleet:
             lanes.append([mine[i % len(mine)] for i in range(share)])
         return await self.run(lanes, lambda device: device.request(POST, SEND_OPTIONS, payload))
 
+    async def soak(self, seconds: float, interval: float, concurrency: int) -> dict:
+        """Every device sends an Update (POST /rd/<id>, nothing else) every ``interval`` s,
+        spread evenly, for ``seconds``; at most ``concurrency`` in flight."""
+        loop, gate = asyncio.get_running_loop(), asyncio.Semaphore(concurrency)
+        codes: dict[str, int] = {}
+        pending: set[asyncio.Task] = set()
+
+        async def update(device: Device) -> None:
+            async with gate:
+                try:
+                    code = await device.request(POST, encode_options([(URI_PATH, part) for part in device.location]),
+                                                b"")
+                    name = f"{code >> 5}.{code & 31:02d}"
+                except TimeoutError:
+                    name = "timeout"
+                codes[name] = codes.get(name, 0) + 1
+
+        start, sent, skipped, devices = loop.time(), 0, 0, self.devices
+        while (elapsed := loop.time() - start) < seconds:
+            due = int(elapsed / interval * len(devices))
+            for index in range(sent, due):
+                device = devices[index % len(devices)]
+                if device.waiting is None and device.location:  # one request of its own at a time
+                    task = loop.create_task(update(device))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                else:
+                    skipped += 1
+            sent = max(sent, due)
+            await asyncio.sleep(0.05)
+        if pending:
+            await asyncio.wait(pending)
+        return {"seconds": loop.time() - start, "codes": codes, "skipped": skipped,
+                "retransmissions": self.retransmissions}
+
     def close(self) -> None:
         for device in self.devices:
             device.transport.close()
@@ -343,7 +381,7 @@ class Fleet:
 
 async def client_main(port: int, mode: str) -> None:
     """Commands on stdin, one JSON answer a line on stdout:
-    ``open N``, ``register C``, ``send OPS C``, ``stop``."""
+    ``open N``, ``register C``, ``send OPS C``, ``soak SECONDS INTERVAL C``, ``stop``."""
     fleet = Fleet(port, mode)
     reply(ready=True, pid=os.getpid())
     async for command in commands():
@@ -354,6 +392,8 @@ async def client_main(port: int, mode: str) -> None:
             reply(**await fleet.register(int(command[1])), answered=fleet.answered)
         elif command[0] == "send":
             reply(**await fleet.send(int(command[1]), int(command[2])))
+        elif command[0] == "soak":
+            reply(**await fleet.soak(float(command[1]), float(command[2]), int(command[3])))
         elif command[0] == "stop":
             break
     fleet.close()
