@@ -211,3 +211,27 @@ async def test_a_read_answered_block_by_block_comes_back_whole(registered):
         sock.sendto(_answer(2, 0x45, mid, token, b"\xc1" + b"\x2a" + bytes((0xb1,)) + block2, block),
                     ("127.0.0.1", adapter.port))
     assert (await asked).payload == body
+
+
+async def test_a_fetch_answered_block_by_block_repeats_its_body_and_refuses_a_changed_etag(registered):
+    adapter, sock, address = registered
+    body = b"\x81\xa1\x00d/3/0"  # SenML CBOR path list of a Read-Composite
+    fetch = Read(method="FETCH", uri_path=(), content_format=112, accept=112, payload=body)
+    asked = asyncio.ensure_future(adapter.request(address, fetch, timeout=5))
+    requests = []
+    while not asked.done():
+        try:
+            data = await _receive(sock, timeout=1)
+        except TimeoutError:
+            continue
+        kind, code, mid, token = _header(data)
+        requests.append(data)
+        number = len(requests) - 1
+        etag = bytes((number,))  # another ETag for the second block: the resource changed
+        block2 = bytes(((number << 4) | (8 if number == 0 else 0) | 6,))
+        options = b"\x41" + etag + b"\x81\x70" + b"\xb1" + block2  # ETag (4), Content-Format 112, Block2 (23)
+        sock.sendto(_answer(2, 0x45, mid, token, options, b"x" * (1024 if number == 0 else 10)),
+                    ("127.0.0.1", adapter.port))
+    with pytest.raises(DeviceUnreachable, match="ETag"):
+        await asked
+    assert len(requests) == 2 and all(request.endswith(b"\xff" + body) for request in requests)

@@ -1,5 +1,6 @@
 """Block-wise transfers the adapter runs itself (RFC 7959): module downloads served one
-Block2 block at a time from disk, and request bodies sent one Block1 block at a time.
+Block2 block at a time from disk, request bodies sent one Block1 block at a time, and
+answers fetched block by block on the fast path.
 
 aiocoap's own Block1 sending copies the whole request for every block (a quarter of a
 push's CPU) and has no bound on a block the device acknowledged and never answered;
@@ -15,6 +16,9 @@ from aiocoap import Code, Message, optiontypes
 
 from .messages import Download
 
+Exchange = Callable[[Message], Awaitable[Message]]
+"""Send one request, await its response (one block of it)."""
+
 SendBlock = Callable[[int, bool, int, bytes, object], Awaitable[Message]]
 """``(number, more, size exponent, payload, remote or None) → the device's response``:
 send one block (from ``remote``'s source address, once known) and await its answer."""
@@ -22,6 +26,10 @@ send one block (from ``remote``'s source address, once known) and await its answ
 
 class UnexpectedBlock1(Exception):
     """The device's Block1 answers do not fit the transfer."""
+
+
+class UnexpectedBlock2(Exception):
+    """The device's Block2 answers do not fit the transfer."""
 
 
 def serve_block(request: Message, download: Download, block_exp: int) -> Message:
@@ -73,3 +81,34 @@ async def send_in_blocks(send: SendBlock, payload: bytes, exp: int) -> tuple[Mes
             return response, blocks, len(payload)
         offset += size
         exp = min(exp, block1.size_exponent)
+
+
+async def receive_in_blocks(exchange: Exchange, request: Message, first: Message,
+                            limit: int = 16 * 1024 * 1024) -> Message:
+    """``first`` (the answer to ``request``) with the rest of its Block2 blocks fetched
+    (RFC 7959 §2.4: the same request, a FETCH with its body too, asking block n+1 at the
+    size the device chose) and joined into its payload. A device that answers a block out
+    of turn, changes its ETag in between or goes past ``limit`` bytes fails the transfer."""
+    parts, block, etag = [first.payload], first.opt.block2, first.opt.etag
+    received = len(first.payload)
+    while block is not None and block.more:
+        follow = request.copy(mid=None, token=b"")
+        follow.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(block.block_number + 1, False,
+                                                                  block.size_exponent)
+        follow.remote = first.remote
+        answer = await exchange(follow)
+        if not answer.code.is_successful():
+            return answer
+        following = answer.opt.block2
+        if following is None or following.block_number != block.block_number + 1:
+            raise UnexpectedBlock2(f"answered {following} for block {block.block_number + 1}")
+        if answer.opt.etag != etag:
+            raise UnexpectedBlock2("the resource changed during the transfer (another ETag)")
+        received += len(answer.payload)
+        if received > limit:
+            raise UnexpectedBlock2(f"the answer is larger than {limit} bytes")
+        parts.append(answer.payload)
+        block = following
+    first.payload = b"".join(parts)
+    first.opt.block2 = None
+    return first

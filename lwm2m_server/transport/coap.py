@@ -50,7 +50,7 @@ from .sockets import naming_port, resend_after_stale_errors
 from .fast_client import ExchangeFailed, FastClient
 from .fast_requests import FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
-from .blockwise import UnexpectedBlock1, send_in_blocks, serve_block
+from .blockwise import UnexpectedBlock1, UnexpectedBlock2, receive_in_blocks, send_in_blocks, serve_block
 from .ratelimit import RateLimiter
 
 _METHODS = {
@@ -586,9 +586,13 @@ class CoapAdapter:
         if self._fast_client is not None and type(message.remote) is UDP6EndpointAddress \
                 and message.opt.observe is None and (not whole or message.code in (Code.GET, Code.FETCH)):
             raw = await self._fast_exchange(address, message, timeout)
-            if not whole or raw.opt.block2 is None:
-                return None, raw
-            message.mid = None  # a Block2 answer to a read wanted whole: aiocoap asks again and reassembles
+            if whole and raw.opt.block2 is not None:
+                try:
+                    raw = await receive_in_blocks(lambda follow: self._fast_exchange(address, follow, timeout),
+                                                  message, raw)
+                except UnexpectedBlock2 as error:
+                    raise DeviceUnreachable(address, str(error)) from None
+            return None, raw
         pending = self._context.request(message, handle_blockwise=whole)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation

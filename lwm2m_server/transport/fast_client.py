@@ -9,8 +9,8 @@ empty ACK, a Reset) or by token (a separate response, acknowledged when confirma
 
 Message IDs and tokens come from aiocoap's own allocators, so an exchange here never
 shares one with an exchange of aiocoap's. A datagram that matches nothing here goes on
-to aiocoap. The adapter sends only what fits: plain UDP, no Observe; a response it
-cannot use (a Block2 response to a request it wants whole) it sends again through aiocoap.
+to aiocoap. The adapter sends only what fits: plain UDP, no Observe, and it fetches the
+rest of a Block2 answer here too (:func:`.blockwise.receive_in_blocks`).
 """
 
 from __future__ import annotations
