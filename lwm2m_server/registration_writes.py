@@ -10,6 +10,11 @@ failed transaction changes nothing, so until the flush the store holds the
 registration as it was last written (a restart in between brings back that
 version, with its older lifetime).
 
+An Update or a De-register is not written while its answer waits: it joins the changes
+written together :data:`FLUSH_DELAY_S` later, in one transaction (the newest change of a
+registration only). A fleet's Updates would otherwise each cost a transaction and a
+hop to the store's thread; a crash in between costs what a full disk costs (above).
+
 A Register is not deferred: :meth:`RegistrationWrites.save_now` raises, and the
 server answers 5.03 (Service Unavailable), so the device retries later. A new
 registration's id, endpoint and identity are what every later message of the
@@ -31,12 +36,19 @@ from .core.registration import Registration
 from .store.base import Store, StoreError
 
 
+FLUSH_DELAY_S = 0.05
+"""How long an Update's or De-register's write waits for others to share its transaction."""
+
+
 class RegistrationWrites:
     """The store's registration rows, written now or as soon as the store takes them."""
 
-    def __init__(self, store: Store, log: Any) -> None:
+    def __init__(self, store: Store, log: Any, flush_delay: float = FLUSH_DELAY_S) -> None:
         self._store = store
         self._log = log
+        self._flush_delay = flush_delay
+        self._scheduled: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task] = set()
         self._pending: dict[str, tuple[str, Registration | None]] = {}
         """Registration id -> (endpoint, the registration to save, or None: delete it), oldest first."""
         self._lock = asyncio.Lock()  # one writer at a time: a flush must not overtake a newer write
@@ -47,13 +59,13 @@ class RegistrationWrites:
         """Changes waiting for the store."""
         return len(self._pending)
 
-    async def save(self, registration: Registration) -> bool:
-        """Save an updated registration; True when it is stored, False when it waits."""
-        return await self._defer(registration.id, registration.endpoint, registration)
+    def save(self, registration: Registration) -> None:
+        """Save an updated registration, with the others of the next flush."""
+        self._defer(registration.id, registration.endpoint, registration)
 
-    async def delete(self, registration: Registration) -> bool:
-        """Delete a registration's row (and its observations); True when done, False when it waits."""
-        return await self._defer(registration.id, registration.endpoint, None)
+    def delete(self, registration: Registration) -> None:
+        """Delete a registration's row (and its observations), with the others of the next flush."""
+        self._defer(registration.id, registration.endpoint, None)
 
     async def save_now(self, registration: Registration) -> None:
         """Save a new registration or raise StoreError. On success, waiting saves of
@@ -72,12 +84,23 @@ class RegistrationWrites:
             await self._flush()
             return len(self._pending)
 
-    async def _defer(self, registration_id: str, endpoint: str, registration: Registration | None) -> bool:
-        async with self._lock:
-            self._pending.pop(registration_id, None)  # the newest change of a registration goes last
-            self._pending[registration_id] = (endpoint, registration)
-            await self._flush()
-            return registration_id not in self._pending
+    def close(self) -> None:
+        """No flush after this one (the server stops: it flushed last)."""
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+
+    def _defer(self, registration_id: str, endpoint: str, registration: Registration | None) -> None:
+        self._pending.pop(registration_id, None)  # the newest change of a registration goes last
+        self._pending[registration_id] = (endpoint, registration)
+        if self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_later(self._flush_delay, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._scheduled = None
+        task = asyncio.get_running_loop().create_task(self.flush(), name="registration-writes")
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
 
     async def _flush(self) -> None:
         written = 0

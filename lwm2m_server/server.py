@@ -175,6 +175,7 @@ class LwM2MServer:
             self._expiry_task.cancel()
         if await self._writes.flush():  # still no space: the store keeps the versions last written
             self._log.error("registration_writes_unsaved", waiting=self._writes.pending)
+        self._writes.close()
         self._observations.close()  # they stay stored, and on the devices, for the next start
         await self._cancel_tasks()
         await self._bootstrap.close()
@@ -336,7 +337,7 @@ class LwM2MServer:
         if previous is not None:
             await self._check_peer(previous, request)
         registration = self._book.update(registration_id, params, request.address, now)
-        await self._writes.save(registration)  # on a full disk: written once space returns
+        self._writes.save(registration)  # written shortly, with others; on a full disk once space returns
         self._device(registration.endpoint).last_seen = now
         if previous is not None and previous.address != registration.address:
             self._adapter.forget(previous.address)
@@ -385,7 +386,7 @@ class LwM2MServer:
 
     async def _forget_registration(self, registration: Registration) -> None:
         """After the book dropped it: its row (and observations) and its peer state."""
-        await self._writes.delete(registration)  # on a full disk: deleted once space returns
+        self._writes.delete(registration)  # deleted shortly, with others; on a full disk once space returns
         self._drop_observations(registration.endpoint)
         self._adapter.forget(registration.address)
 

@@ -17,6 +17,7 @@ The JSON helpers at the bottom are shared by backends that store documents.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -287,6 +288,7 @@ def document_to_json(kind: str, key: str, data: dict[str, Any]) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)  # an object list is shared by a class of devices and written at every Update
 def object_list_to_json(object_list: ObjectList) -> str:
     return json.dumps(
         {
