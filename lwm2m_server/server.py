@@ -379,6 +379,7 @@ class LwM2MServer:
             return
         self._book.deregister(registration.id)
         await self._forget_registration(registration)
+        await self._writes.flush()  # ended for a security reason: gone from the store before it is said
         self._log.warning("registration_ended", ep=registration.endpoint, id=registration.id,
                           address=registration.address, reason=reason)
         self.events.publish("registration_ended", endpoint=registration.endpoint, registration=registration,
