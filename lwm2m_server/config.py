@@ -612,7 +612,7 @@ def _declared_rollout(s: Section, key: str, item: Any) -> DeclaredRollout:
         Strategy(**strategy)
     except TypeError as error:
         s.fail(f"{key}.strategy", f"valid keys are max_in_flight, canary_fraction, failure_threshold, "
-                                  f"max_attempts, retry_backoff_s, mode, version_check, follow ({error})")
+                                  f"max_attempts, retry_backoff_s, mode, version_check, follow, plugin ({error})")
     except RolloutError as error:
         s.fail(f"{key}.strategy", str(error))
     return DeclaredRollout(rollout_id, Path(model["file"]), model["name"], model["version"],

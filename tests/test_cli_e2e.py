@@ -152,7 +152,7 @@ def _parsers(parser: argparse.ArgumentParser, name: str = "tinymlaas"):
 FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._CountAction, argparse._HelpAction,
          argparse._VersionAction, argparse._SubParsersAction)
 API_COMMANDS = {"devices", "device", "read", "write", "exec", "create", "delete", "discover", "attributes",
-                "observe", "queue", "models add", "models list", "deploy", "rollouts"}
+                "observe", "queue", "models add", "models list", "models show", "compile", "deploy", "rollouts"}
 
 
 def test_every_option_has_help_with_its_default_and_api_options_only_where_used():

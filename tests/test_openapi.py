@@ -99,8 +99,11 @@ def test_the_document_is_openapi_3_1_and_every_reference_resolves():
                     schema = response["content"]["application/json"]["schema"]
                     assert schema["$ref" if "$ref" in schema else "anyOf"] in (
                         "#/components/schemas/Error", "#/components/schemas/DeviceFailure",
+                        "#/components/schemas/CompileRefused",  # an Error with every plugin's verdict
                         [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/DeviceFailure"}],
                     ), (method, path, status)
+    refused = document["components"]["schemas"]["CompileRefused"]
+    assert "error" in refused["required"] and refused["properties"]["error"]["type"] == "string"
 
 
 def test_bodies_refuse_unknown_fields():

@@ -35,6 +35,7 @@ from ipso_objects.values import from_text
 from . import bodies, display, openapi
 from .credentials import CredentialRoutes
 from .dashboard import Dashboard
+from .models import ModelRoutes
 from .errors import ApiError, device_error_status
 from .. import metrics as prometheus
 from ..core import operations
@@ -232,6 +233,7 @@ class ManagementApi:
         r.add_get(f"{API}/queue/{{id}}", self.queue_entry)
         r.add_get(f"{API}/models", self.list_models)
         r.add_post(f"{API}/models", self.add_model)
+        ModelRoutes(server, deployment).register(r, API)  # GET /models/{key}, POST /compile
         r.add_get(f"{API}/rollouts", self.list_rollouts)
         r.add_post(f"{API}/rollouts", self.create_rollout)
         r.add_get(f"{API}/rollouts/{{id}}", self.get_rollout)

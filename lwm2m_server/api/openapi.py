@@ -19,35 +19,12 @@ from typing import Any
 
 from ..core.responses import REASONS
 from .errors import DEVICE_CODE_STATUS
+from . import openapi_models
+from .openapi_base import BAD_REQUEST, BOOLEAN, INTEGER, NO_DEPLOYMENT, STRING, TIME, UNAUTHORIZED
+from .openapi_base import error_answer as _error, json_answer as _json, nullable as _nullable, obj as _obj, ref as _ref
 
 VERSION = "1.0.0"
 
-# -- schema helpers -------------------------------------------------------------------
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` or ``null`` (JSON Schema 2020-12, as OpenAPI 3.1 uses it)."""
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _obj(properties: dict[str, Any], required: tuple[str, ...] = (), *, closed: bool = True,
-         description: str | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    if closed:
-        schema["additionalProperties"] = False
-    if description:
-        schema["description"] = description
-    return schema
-
-
-STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
-TIME = {"type": "number", "description": "Unix time in seconds"}
 LWM2M_PATH = {
     "type": "string", "pattern": r"^/(((0|[1-9][0-9]{0,4})/){0,3}(0|[1-9][0-9]{0,4})/?)?$",
     "description": "LwM2M path: `/`, `/3`, `/3/0`, `/3/0/1` or `/3/0/1/2`", "examples": ["/3/0"],
@@ -87,6 +64,9 @@ _STRATEGY_PROPERTIES = {
                       "description": "firmware: how a device proves it runs the new image"},
     "follow": {"type": "boolean", "default": False,
                "description": "keep running once every matched device is final, to enrol later matches"},
+    "plugin": {"type": "string", "default": "",
+               "description": "compiler plugin pinned for every device (`\"\"`: the ranking chooses); a device "
+                              "it does not fit is `incompatible` with its reasons; an unknown plugin is a 400"},
 }
 _SELECTOR_PROPERTIES = {
     "device_classes": {"type": "array", "items": STRING, "description": "device class patterns"},
@@ -195,6 +175,7 @@ SCHEMAS: dict[str, Any] = {
             "id": INTEGER, "name": STRING, "operations": STRING, "type": STRING, "units": _nullable(STRING),
             "multiple": BOOLEAN}, closed=False)},
     }, ("id", "name", "resources"), closed=False),
+    **openapi_models.SCHEMAS,
     # request bodies
     "RolloutRequest": _obj({
         "model": {"type": "string", "minLength": 1, "description": "`name@version` of a registered model"},
@@ -224,18 +205,7 @@ SCHEMAS: dict[str, Any] = {
 # -- responses and parameters --------------------------------------------------------------
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
-
-
-UNAUTHORIZED = _error("missing or wrong bearer token")
 UNKNOWN_ENDPOINT = _error("no such registered endpoint")
-BAD_REQUEST = _error("the request cannot be built: the message names the field and the problem")
-NO_DEPLOYMENT = _error("model deployment is not running in this server, or its storage is unavailable")
 NO_STORE = _error("the security store is not running or its storage is unavailable")
 EP = {"name": "ep", "in": "path", "required": True, "schema": {"type": "string", "examples": ["sensor-1"]},
       "description": "the device's endpoint client name"}
@@ -424,6 +394,7 @@ PATHS: dict[str, Any] = {
                                 "application/octet-stream"}}}},
                  "responses": {"201": _json(_ref("Model"), "registered (or already registered with these bytes)"),
                                "400": BAD_REQUEST, "401": UNAUTHORIZED, "503": NO_DEPLOYMENT}}},
+    **openapi_models.PATHS,
     "/api/v1/rollouts": {
         "get": {"operationId": "list_rollouts", "tags": ["rollouts"], "summary": "Every rollout, with counts.",
                 "responses": {"200": _json({"type": "array", "items": _ref("Rollout")}, "rollouts"),

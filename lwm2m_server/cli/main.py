@@ -12,98 +12,19 @@ import urllib.parse
 import urllib.request
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ipso_objects import IpsoError, ObjectRegistry
 
 from . import progress
+from .client import ApiClient, DeviceFailed, client as _client
 from .common import DEFAULT_CONFIG, CliError, Parser
 from .credentials import add_credentials_commands
 from .local import cmd_config_show, cmd_keys, cmd_objects, cmd_serve
+from .models import add_model_commands
 from .plugins import add_plugins_commands
 from ..api.display import format_bytes
 from ..core.responses import REASONS
-
-class DeviceFailed(CliError):
-    """The device refused, did not answer or answered something undecodable; ``body`` keeps its CoAP ``code``."""
-
-    def __init__(self, message: str, body: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.body = body
-
-
-class ApiClient:
-    """A small blocking client for the management API (stdlib only)."""
-
-    def __init__(self, base_url: str, token: str, timeout: float = 120.0) -> None:
-        self.base_url = base_url.rstrip("/") + "/api/v1"
-        self._token = token
-        self._timeout = timeout
-
-    def _open(self, method: str, path: str, body: Any = None, timeout: float | None = None):
-        raw = isinstance(body, bytes)
-        data = body if raw else (json.dumps(body).encode() if body is not None else None)
-        request = urllib.request.Request(self.base_url + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self._token}")
-        if data is not None:
-            request.add_header("Content-Type", "application/octet-stream" if raw else "application/json")
-        try:
-            return urllib.request.urlopen(request, timeout=timeout or self._timeout)
-        except urllib.error.HTTPError as error:
-            try:
-                body = json.loads(error.read())
-                message = body.get("error", error.reason)
-            except (ValueError, AttributeError):
-                body, message = None, error.reason
-            if isinstance(body, dict) and body.get("ok") is False and "code" in body:
-                raise DeviceFailed(f"{message} (HTTP {error.code})", body) from None
-            raise CliError(f"{message} (HTTP {error.code})") from None
-        except urllib.error.URLError as error:
-            raise CliError(
-                f"cannot reach the daemon at {self.base_url}: {error.reason} (is `tinymlaas serve` running?)"
-            ) from None
-
-    def call(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
-        with self._open(method, path, body, timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-
-    def stream(self, path: str, timeout: float) -> Iterator[dict[str, Any]]:
-        with self._open("GET", path, timeout=timeout) as response:
-            for line in response:
-                if line.strip():
-                    yield json.loads(line)
-
-
-def _config_values(config_path: str | None) -> tuple[str, str]:
-    """API base URL and token from the daemon's config file (or its defaults)."""
-    from ..config import ConfigError, ServerConfig, load_config
-
-    path = config_path or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
-    try:
-        config = load_config(path) if path else ServerConfig()
-    except ConfigError as error:
-        raise CliError(str(error)) from None
-    host = config.api.host if config.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    token = config.api.token
-    if token is None:
-        try:
-            token = config.api.token_file.read_text().strip()
-        except OSError as error:
-            raise CliError(
-                f"cannot read the API token from {config.api.token_file}: {error.strerror} "
-                "(start the daemon once, or pass --token)"
-            ) from None
-    return f"http://{host}:{config.api.port}", token
-
-
-def _client(args: argparse.Namespace) -> ApiClient:
-    url, token = None, args.token or os.environ.get("TINYMLAAS_TOKEN")
-    if args.api is None or token is None:
-        config_url, config_token = _config_values(args.config)
-        url, token = args.api or config_url, token or config_token
-    return ApiClient(url or args.api, token)
-
 
 def _print_result(body: dict[str, Any], as_json: bool) -> int:
     if as_json:
@@ -362,7 +283,7 @@ def _labels(where: list[str]) -> dict[str, str]:
 def cmd_deploy(args: argparse.Namespace) -> int:
     strategy = {"max_in_flight": args.max_in_flight, "canary_fraction": args.canary,
                 "failure_threshold": args.failure_threshold, "mode": args.mode, "version_check": args.version_check,
-                "follow": args.follow}
+                "follow": args.follow, "plugin": args.plugin or ""}
     selector = {"device_classes": args.device_class, "endpoints": args.endpoint, "labels": _labels(args.where)}
     body = {"model": args.model, "selector": selector, "strategy": strategy}
     if args.id:
@@ -398,6 +319,8 @@ def cmd_rollouts(args: argparse.Namespace) -> int:
     print(progress.progress_line(rollout, progress.terminal_width() if sys.stdout.isatty() else None))
     if rollout.get("paused_reason"):
         print(f"paused: {rollout['paused_reason']}")
+    if rollout["strategy"].get("plugin"):
+        print(f"plugin pinned: {rollout['strategy']['plugin']}")
     for device in rollout["devices"]:
         detail = device["reason"] or (f"{device['mode']} {device['phase']}" if device["phase"] else "")
         flag = " canary" if device["canary"] else ""
@@ -469,8 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("queue", cmd_queue, "show a request queued for a sleeping device",
             (("id",), {"help": "queue entry id, as `queued as ID` printed it"}))
 
-    models = commands.add_parser("models", help="register and list TinyML models",
-                                 description="register and list TinyML models and firmware images")
+    models = commands.add_parser("models", help="register, list and show TinyML models",
+                                 description="register, list and show TinyML models and firmware images")
     models_commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
     add = models_commands.add_parser("add", parents=[common], help="register a model or a firmware image",
                                      description="register a model (validated by the compiler plugins that "
@@ -488,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="print JSON")
     for sub in (add, listing):
         sub.set_defaults(handler=cmd_models)
+    add_model_commands(commands, models_commands, common)  # models show, compile
     command("deploy", cmd_deploy, "roll a model out to the devices a selector picks",
                      (("model",), {"metavar": "NAME@VERSION", "help": "a registered model"}),
                      (("--class",), {"dest": "device_class", "action": "append", "default": [],
@@ -514,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "help": "push: the server writes the package to the device (Block1); pull: "
                                             "the device downloads it from a URI; auto: as the device's /5/0/9 "
                                             "prefers"}),
+                     (("--plugin",), {"metavar": "NAME",
+                                      "help": "compile with this compiler plugin for every device; a device it "
+                                              "does not fit is incompatible with its reasons (default: the "
+                                              "plugin ranked first per device, as `models show` lists them)"}),
                      (("--id",), {"help": "rollout id (default: generated)"}),
                      (("--follow",), {"action": "store_true",
                                       "help": "keep running once every matched device is done, to enrol "

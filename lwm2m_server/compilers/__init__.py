@@ -1,20 +1,23 @@
 """Compiler plugins: turn an uploaded model into a module a device class can run.
 
-The standard interface is in :mod:`.base`; the shipped plugins are
+The standard interface is in :mod:`.base` (docs/compiler-plugins.md); the shipped plugins are
 
 * ``tflm`` (:mod:`.tflm`) — TFLite flatbuffers for TensorFlow Lite Micro MCUs,
   operators checked and tensor arena measured with the real TFLM interpreter;
 * ``litert`` (:mod:`.litert`) — TFLite flatbuffers for Linux-class devices
   running LiteRT, loaded and run in the real LiteRT interpreter;
 * ``ptq-int8`` (:mod:`.ptq`) — int8 post-training quantization of float
-  models, handed on to ``tflm`` or ``litert``; lossy, so chosen only when the
-  float model does not fit.
+  models, handed on to ``tflm`` or ``litert``; lossy, so ranked after a
+  lossless module;
+* ``vela`` (:mod:`.vela`) — int8 TFLite for Arm Ethos-U NPUs with Arm's Vela;
+* ``onnxruntime`` (:mod:`.onnxrt`) — ONNX models as ORT format for ONNX Runtime;
+* ``emlearn`` (:mod:`.emlearn_plugin`) — classic models (``emlearn-json``) as C.
 
 They register under the entry-point group ``tinymlaas.compilers``.
-:func:`select_plugin` picks one per device class, :class:`CompileCache` keeps
-the results. The plugin modules import their backends (numpy, tflite-micro,
-ai-edge-litert) lazily or on import of that module only, so importing this
-package needs none of them.
+:func:`rank_plugins` (:mod:`.selection`) compiles with every plugin that fits
+and ranks the modules; :class:`CompileCache` keeps the results. The plugin
+modules import their backends lazily or on import of that module only, so
+importing this package needs none of them.
 """
 
 from .base import (
@@ -31,15 +34,14 @@ from .base import (
     discover_plugins,
     fit_reasons,
     options_digest,
-    rank_key,
-    select_plugin,
 )
 from ..suit.device_class import version_key
 from .cache import CompileCache, CompileKey
+from .selection import RULE, Candidate, Ranking, rank_key, rank_plugins, select_plugin
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "CompileCache", "CompileFailed", "CompileKey", "CompiledModule",
+    "ENTRY_POINT_GROUP", "RULE", "Candidate", "CompileCache", "CompileFailed", "CompileKey", "CompiledModule",
     "CompilerError", "CompilerPlugin", "Incompatible", "InvalidTarget", "ModelError", "ModelInput",
-    "TargetSpec", "discover_plugins", "fit_reasons", "options_digest", "rank_key",
-    "select_plugin", "version_key",
+    "Ranking", "TargetSpec", "discover_plugins", "fit_reasons", "options_digest", "rank_key",
+    "rank_plugins", "select_plugin", "version_key",
 ]

@@ -11,7 +11,7 @@ why — :meth:`CompilerPlugin.check` returns the reasons, :meth:`compile` raises
 that device instead of pushing anything.
 
 Plugins register under the entry-point group ``tinymlaas.compilers``
-(:func:`discover_plugins`); :func:`select_plugin` picks the best one that fits.
+(:func:`discover_plugins`); :mod:`.selection` ranks the modules of those that fit.
 
 Memory is a filter, not part of the device class: a module compiled once per
 :attr:`TargetSpec.device_class` is sent to each device of that class whose
@@ -70,7 +70,7 @@ class Incompatible(CompilerError):
     def __init__(self, reason: str, reasons_by_plugin: Mapping[str, list[str]] | None = None) -> None:
         super().__init__(reason)
         self.reasons_by_plugin: dict[str, list[str]] = dict(reasons_by_plugin or {})
-        """From :func:`select_plugin`: every plugin's reasons (empty when a plugin fitted)."""
+        """From a ranking (:mod:`.selection`): every asked plugin's reasons (empty when it fitted)."""
 
 
 class CompileFailed(CompilerError):
@@ -391,7 +391,8 @@ class CompilerPlugin(abc.ABC):
     lossy: bool = False
     """True when the output may compute different numbers than the input model (quantization)."""
     priority: int = 0
-    """Tie-breaker in :func:`select_plugin`: higher wins among equally lossless plugins."""
+    """Late tie-breaker in the ranking (:mod:`.selection`): higher wins among modules alike in
+    accelerator, lossiness, latency estimate and storage."""
 
     @abc.abstractmethod
     def check(self, model: ModelInput, target: TargetSpec) -> list[str]:
@@ -468,45 +469,3 @@ def discover_plugins(plugins: Iterable[CompilerPlugin] = (), *,
             continue
         found[plugin.name] = plugin
     return [found[name] for name in sorted(found)]
-
-
-def rank_key(plugin: CompilerPlugin) -> tuple[bool, int, str]:
-    """Sort key of fitting plugins in :func:`select_plugin` (smallest first)."""
-    return (bool(getattr(plugin, "lossy", False)), -int(getattr(plugin, "priority", 0)), plugin.name)
-
-
-def select_plugin(plugins: Iterable[CompilerPlugin], model: ModelInput,
-                  target: TargetSpec) -> tuple[CompilerPlugin, dict[str, list[str]]]:
-    """The best plugin that fits, and every plugin's reasons (empty list = fits).
-
-    Ranking among the plugins whose :meth:`~CompilerPlugin.check` returns no
-    reason: lossless before lossy (a model runs as its author trained it when
-    it can; quantizing is the fallback that makes it fit), then higher
-    ``priority``, then name (deterministic). A plugin that raises anything but
-    :class:`ModelError` in ``check`` counts as not fitting, with the error as
-    its reason. When none fits, raises :class:`Incompatible` whose reason lists
-    each plugin's reasons (``"no compiler plugin fits: tflm: …; litert: …"``)
-    and whose ``reasons_by_plugin`` holds them by plugin name.
-    """
-    plugins = list(plugins)
-    reasons: dict[str, list[str]] = {}
-    fitting = []
-    for plugin in plugins:
-        try:
-            found = list(plugin.check(model, target))
-        except ModelError:
-            raise
-        except CompilerError as exc:
-            found = [exc.reason]
-        except Exception as exc:  # a plugin bug must not hide the other plugins' verdicts
-            log.warning("compiler_plugin_check_crashed", plugin=plugin.name, error=repr(exc))
-            found = [f"check failed: {exc!r}"]
-        reasons[plugin.name] = found
-        if not found:
-            fitting.append(plugin)
-    if not fitting:
-        if not plugins:
-            raise Incompatible("no compiler plugin is installed", reasons)
-        summary = "; ".join(f"{name}: {', '.join(r)}" for name, r in reasons.items())
-        raise Incompatible(f"no compiler plugin fits: {summary}", reasons)
-    return min(fitting, key=rank_key), reasons

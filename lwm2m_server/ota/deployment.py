@@ -1,9 +1,11 @@
 """Models and inference modules: the files a rollout delivers.
 
-A registered model is a file under ``<data_dir>/models``. For a device class the
-best fitting compiler plugin compiles it (cached on disk by model digest,
-plugin, plugin version and class), and the result is signed into a SUIT
-envelope under ``<data_dir>/modules``. The envelope carries the compiled model
+A registered model is a file under ``<data_dir>/models``. For a device, every
+installed compiler plugin that fits compiles it for the device's class (cached
+on disk by model digest, plugin, plugin version and class), the modules are
+ranked (:mod:`lwm2m_server.compilers.selection`; a rollout may pin one plugin
+instead), and the first is signed into a SUIT envelope under
+``<data_dir>/modules``. The envelope carries the compiled model
 integrated, so push (write the envelope) and pull (the device fetches the same
 file over Block2) deliver identical bytes. One envelope serves a whole class.
 """
@@ -24,8 +26,8 @@ import structlog
 
 from ..transport.messages import Download
 from ..compilers import (
-    CompileCache, CompilerError, CompilerPlugin, Incompatible, ModelInput, TargetSpec,
-    discover_plugins, fit_reasons, select_plugin,
+    CompileCache, CompiledModule, CompilerError, CompilerPlugin, Incompatible, ModelInput, Ranking, TargetSpec,
+    discover_plugins, rank_plugins,
 )
 from ..core.capabilities import DeviceProfile
 from ..store.base import Store
@@ -182,28 +184,48 @@ class Deployment:
 
     # -- modules ---------------------------------------------------------------------
 
-    async def artifact_for(self, model: ModelRecord, target: TargetSpec) -> Artifact:
-        """The signed module of ``model`` for ``target``'s class; :class:`Incompatible`
-        (with every plugin's reason) when nothing fits the device."""
+    async def artifact_for(self, model: ModelRecord, target: TargetSpec, plugin: str = "") -> Artifact:
+        """The signed module of ``model`` for ``target``'s class, by the plugin ranked first (or the
+        pinned ``plugin``); :class:`Incompatible` (with every asked plugin's reasons) when nothing fits."""
         if model.format == "firmware":
             return await self._firmware_artifact(model, target.device_class, target.flash_bytes)
-        source = ModelInput(Path(model.file).read_bytes(), model.format, model.name, model.version)
+        return (await self.build(model, target, plugin))[0]
+
+    async def ranking(self, model: ModelRecord, target: TargetSpec, plugin: str = "") -> Ranking:
+        """Every installed plugin's verdict on ``model`` for ``target`` (only ``plugin``'s when given),
+        the fitting modules ranked; modules come from the compile cache, compiled when missing."""
+        source = self._source(model)
         async with self._lock:  # one compile at a time: plugins are CPU-bound
-            plugin, _ = await asyncio.to_thread(select_plugin, self.plugins, source, target)
-            module, hit = await asyncio.to_thread(self.cache.get_or_compile, plugin, source, target)
-            reasons = fit_reasons(module, target)
-            if reasons:
-                raise Incompatible(f"{plugin.name}: " + "; ".join(reasons))
+            return await self._rank(source, target, plugin)
+
+    async def build(self, model: ModelRecord, target: TargetSpec, plugin: str = "") -> tuple[Artifact, Ranking]:
+        """The signed module of a (non-firmware) ``model`` for ``target``, and the ranking that chose it."""
+        source = self._source(model)
+        async with self._lock:
+            ranking = await self._rank(source, target, plugin)
+            chosen = ranking.require()
+            module = chosen.module
+            assert module is not None  # a fitting candidate has its module
             # the envelope names the model (metadata): the same bytes as another version are another module
             key = f"{model.key}:{module.payload_digest}:{target.device_class}"
             stored = await self.store.get_document("module", key)
             if stored is not None and Path(stored["file"]).is_file():
-                return Artifact(**stored)
-            artifact = await self._sign(model, module, target, plugin)
+                return Artifact(**stored), ranking
+            artifact = await self._sign(model, module, target, chosen.plugin)
             await self.store.put_document("module", key, asdict(artifact), self._clock())
-        self._log.info("module_built", model=model.key, device_class=target.device_class, plugin=plugin.name,
-                       cache_hit=hit, arena=module.required_arena_bytes, sequence=artifact.sequence_number)
-        return artifact
+        self._log.info("module_built", model=model.key, device_class=target.device_class, plugin=chosen.plugin,
+                       pinned=bool(plugin), cache_hit=chosen.cache_hit, arena=module.required_arena_bytes,
+                       fitting=[c.plugin for c in ranking.candidates if c.fits], sequence=artifact.sequence_number)
+        return artifact, ranking
+
+    def _source(self, model: ModelRecord) -> ModelInput:
+        if model.format == "firmware":
+            raise DeploymentError(f"{model.key} is a firmware image: it is installed as it is, never compiled")
+        return ModelInput(Path(model.file).read_bytes(), model.format, model.name, model.version)
+
+    async def _rank(self, source: ModelInput, target: TargetSpec, plugin: str) -> Ranking:
+        return await asyncio.to_thread(rank_plugins, self.plugins, source, target,
+                                       compile=self.cache.get_or_compile, pin=plugin)
 
     async def firmware_for(self, model: ModelRecord, profile: DeviceProfile) -> tuple[Artifact, str]:
         """The package of firmware ``model`` for one device, and why it has that form:
@@ -254,7 +276,7 @@ class Deployment:
             await self.store.put_document("module", key, asdict(artifact), self._clock())
         return artifact
 
-    async def _sign(self, model: ModelRecord, module, target: TargetSpec, plugin: CompilerPlugin) -> Artifact:
+    async def _sign(self, model: ModelRecord, module: CompiledModule, target: TargetSpec, plugin: str) -> Artifact:
         sequence = await self._next_sequence()
         metadata = ModelMetadata(
             name=model.name, version=model.version, arena_bytes=module.required_arena_bytes,
@@ -269,7 +291,7 @@ class Deployment:
             class_id=make_class_id(self.vendor_id, target.device_class), metadata=metadata,
             signing_key=self._key,
         )
-        return self._store_envelope(envelope, module.payload_digest, target.device_class, plugin.name,
+        return self._store_envelope(envelope, module.payload_digest, target.device_class, plugin,
                                     module.required_arena_bytes, sequence)
 
     def _store_envelope(self, envelope: bytes, payload_sha256: str, device_class: str, plugin: str,

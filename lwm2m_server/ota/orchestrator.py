@@ -33,8 +33,7 @@ from ..core.operations import DeviceRequest
 from ..core.responses import UNREACHABLE, Result, result_from_dict
 from .rollouts import (
     ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
-    DeviceTable, after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, summarize,
-    superseded,
+    DeviceTable, after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, superseded,
 )
 from ..core.capabilities import DeviceProfile
 from ..core.events import EventHub
@@ -145,8 +144,15 @@ class Orchestrator:
 
     async def create(self, model: str, selector: Selector, strategy: Strategy,
                      rollout_id: str | None = None) -> Rollout:
-        if await self.deployment.model(model) is None:
+        record = await self.deployment.model(model)
+        if record is None:
             raise RolloutError(f"model {model} is not registered (tinymlaas models add)")
+        if strategy.plugin:
+            installed = sorted(p.name for p in self.deployment.plugins)
+            if record.format == "firmware":
+                raise RolloutError(f"{model} is a firmware image: it is not compiled, so no plugin can be pinned")
+            if strategy.plugin not in installed:
+                raise RolloutError(f"plugin {strategy.plugin} is not installed (installed: {', '.join(installed)})")
         rollout_id = rollout_id or f"r-{secrets.token_hex(4)}"
         if rollout_id in self._rollouts:
             raise RolloutError(f"rollout {rollout_id} exists")
@@ -281,7 +287,7 @@ class Orchestrator:
                 continue
             device = DeviceRollout(endpoint, updated_at=self._clock())
             try:
-                device = replace(device, package=await self._package(model, profile))
+                device = replace(device, package=await self._package(model, profile, rollout.strategy.plugin))
             except Incompatible as error:
                 device = replace(device, status=DeviceStatus.INCOMPATIBLE, reason=f"incompatible: {error.reason}")
             except (CompilerError, DeploymentError, OSError) as error:
@@ -295,9 +301,10 @@ class Orchestrator:
                 if device.endpoint in new or device != devices[device.endpoint]:
                     await self._save_device(rollout.id, device)
 
-    async def _package(self, model: ModelRecord | None, profile: DeviceProfile) -> str:
+    async def _package(self, model: ModelRecord | None, profile: DeviceProfile, plugin: str) -> str:
         """Build (or find) what ``profile``'s device gets; say what it is and why.
-        Firmware goes to any device with /5, a model to devices with the TinyML object."""
+        Firmware goes to any device with /5, a model to devices with the TinyML object
+        (compiled by the pinned ``plugin``, or the one ranked first)."""
         if model is None:
             return ""
         if model.format == "firmware":
@@ -305,8 +312,11 @@ class Orchestrator:
         target = profile.target_spec() if profile.tinyml is not None else None
         if target is None:
             raise Incompatible("device has no TinyML Capability object")
-        artifact = await self.deployment.artifact_for(model, target)
-        return f"SUIT envelope: {model.key} compiled by {artifact.plugin} for {artifact.device_class}"
+        artifact, ranking = await self.deployment.build(model, target, plugin)
+        fitting = sum(c.fits for c in ranking.candidates)
+        why = "pinned by the rollout" if ranking.pinned else \
+            f"ranked first of {fitting} that fit: {ranking.require().explanation()}"
+        return f"SUIT envelope: {model.key} compiled by {artifact.plugin} for {artifact.device_class} ({why})"
 
     def _start_task(self, rollout: Rollout, endpoint: str, *, resume: bool) -> None:
         key = (rollout.id, endpoint)
@@ -355,7 +365,7 @@ class Orchestrator:
         if model.format == "firmware":
             artifact, _ = await self.deployment.firmware_for(model, profile)
         else:
-            artifact = await self.deployment.artifact_for(model, profile.target_spec())
+            artifact = await self.deployment.artifact_for(model, profile.target_spec(), rollout.strategy.plugin)
         mode = _mode(rollout.strategy.mode, profile.firmware_delivery)
         uri = self.server.download_uri(endpoint, artifact.token) if mode is Mode.PULL else ""
         config = self.deployment.config

@@ -100,6 +100,9 @@ class Strategy:
     follow: bool = False
     """Keep running once every matched device is final, to enrol devices that match
     later (registered or rediscovered). Without it the rollout ends ``complete``."""
+    plugin: str = ""
+    """Compiler plugin pinned for every device (``tflm``); "" lets the ranking choose. A
+    device the pinned plugin does not fit is ``incompatible`` with its reasons."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -110,6 +113,8 @@ class Strategy:
             (self.retry_backoff_s >= 0, f"retry_backoff_s must be >= 0, got {self.retry_backoff_s}"),
             (self.mode in ("push", "pull", "auto"), f"mode must be push, pull or auto, got {self.mode!r}"),
             (isinstance(self.follow, bool), f"follow must be true or false, got {self.follow!r}"),
+            (isinstance(self.plugin, str) and self.plugin == self.plugin.strip(),
+             f"plugin must be a plugin name (or empty), got {self.plugin!r}"),
             (self.version_check in VERSION_CHECKS,
              f"version_check must be {', '.join(VERSION_CHECKS)}, got {self.version_check!r}"),
         ]
