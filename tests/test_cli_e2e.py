@@ -16,6 +16,7 @@ that change a rollout's state use rollouts of their own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -97,14 +98,15 @@ def fleet_config(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cli-e2e")
-    daemon = Daemon(folder, "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\nqueue: {awake_window_s: 1}\n")
+@contextlib.contextmanager
+def running_stack(folder: Path, daemon_config: str, fleet_yaml: Path, endpoints: set[str]):
+    """A daemon and a ``tinymlaas-sim fleet`` against it, once ``endpoints`` are all
+    registered and discovered; both stopped at the end."""
+    daemon = Daemon(folder, daemon_config)
     daemon.start()
     log = open(folder / "fleet.log", "w")
     fleet = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "fleet", "--config", str(fleet_config(folder)),
+        [sys.executable, "-m", "simulators.cli", "fleet", "--config", str(fleet_yaml),
          "--server", f"coap://127.0.0.1:{daemon.coap_port}",
          "--trust-anchor", str(folder / "data" / "keys" / "signing-es256.pub.pem")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
@@ -112,9 +114,9 @@ def stack(tmp_path_factory):
     try:
         def discovered():
             assert fleet.poll() is None, (folder / "fleet.log").read_text()
-            if {d["endpoint"] for d in stack.api("GET", "/devices")} != ENDPOINTS:
+            if {d["endpoint"] for d in stack.api("GET", "/devices")} != endpoints:
                 return False
-            return all((stack.api("GET", f"/devices/{ep}").get("profile") or {}).get("tinyml") for ep in ENDPOINTS)
+            return all((stack.api("GET", f"/devices/{ep}").get("profile") or {}).get("tinyml") for ep in endpoints)
 
         wait_for(discovered, 30, "the fleet to register and be discovered")
         yield stack
@@ -127,6 +129,14 @@ def stack(tmp_path_factory):
         log.close()
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli-e2e")
+    config = "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\nqueue: {awake_window_s: 1}\n"
+    with running_stack(folder, config, fleet_config(folder), ENDPOINTS) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

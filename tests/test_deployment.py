@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,9 @@ async def test_module_per_class_is_signed_cached_and_downloadable(deployment, tm
     with pytest.raises(Incompatible, match="arena"):
         await deployment.artifact_for(model, M0PLUS)  # 25984-byte arena > 16384 budget
     artifact = await deployment.artifact_for(model, M4F)
-    again = await deployment.artifact_for(model, M4F)
-    assert again == artifact and deployment.cache.hits >= 1
+    again = await deployment.artifact_for(model, M4F)  # the same device figures: the ranking kept
+    sibling = await deployment.artifact_for(model, replace(M4F, ram_bytes=M4F.ram_bytes + 1))  # from the cache
+    assert again == artifact == sibling and deployment.cache.hits >= 1 and deployment.cache.misses == 1
     envelope = Path(artifact.file).read_bytes()
     module = verify_envelope(
         envelope, trust_anchors=[load_public_key(tmp_path / "keys" / "signing.pub.pem")],

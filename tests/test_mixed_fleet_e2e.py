@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_cli_e2e import Stack, wait_for
-from test_daemon import Daemon
+from test_cli_e2e import Stack, running_stack
 
 ROOT = Path(__file__).parent.parent
 MODELS = Path(__file__).parent / "fixtures" / "models"
@@ -56,33 +54,9 @@ def fleet_config(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mixed-fleet")
-    daemon = Daemon(folder, "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\n")
-    daemon.start()
-    log = open(folder / "fleet.log", "w")
-    fleet = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "fleet", "--config", str(fleet_config(folder)),
-         "--server", f"coap://127.0.0.1:{daemon.coap_port}",
-         "--trust-anchor", str(folder / "data" / "keys" / "signing-es256.pub.pem")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    stack = Stack(daemon, fleet)
-    try:
-        def discovered():
-            assert fleet.poll() is None, (folder / "fleet.log").read_text()
-            if {d["endpoint"] for d in stack.api("GET", "/devices")} != set(CLASSES):
-                return False
-            return all((stack.api("GET", f"/devices/{ep}").get("profile") or {}).get("tinyml") for ep in CLASSES)
-
-        wait_for(discovered, 30, "the fleet to register and be discovered")
+    config = "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\n"
+    with running_stack(folder, config, fleet_config(folder), set(CLASSES)) as stack:
         yield stack
-    finally:
-        fleet.send_signal(signal.SIGTERM)
-        try:
-            fleet.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            fleet.kill()
-        log.close()
-        if daemon.process.poll() is None:
-            daemon.kill()
 
 
 @pytest.fixture(scope="module")

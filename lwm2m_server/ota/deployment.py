@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -36,6 +37,8 @@ from ..suit import (
     load_private_key, make_class_id, make_vendor_id,
 )
 
+_RANKINGS_KEPT = 256
+"""Rankings kept in memory (one per model, device figures and pin in use)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -118,6 +121,8 @@ class Deployment:
         self._key = None
         self._lock = asyncio.Lock()
         self._artifacts: dict[str, Artifact] = {}
+        self._rankings: OrderedDict[tuple, Ranking] = OrderedDict()  # by model, target and pin (see build)
+        self._modules: dict[str, Artifact] = {}  # signed modules by model, payload and class
         self._downloads: dict[str, Download] = {}
         self._envelopes: dict[str, bytes] = {}
         self._log = structlog.get_logger("lwm2m_server.deployment")
@@ -199,24 +204,44 @@ class Deployment:
             return await self._rank(source, target, plugin)
 
     async def build(self, model: ModelRecord, target: TargetSpec, plugin: str = "") -> tuple[Artifact, Ranking]:
-        """The signed module of a (non-firmware) ``model`` for ``target``, and the ranking that chose it."""
-        source = self._source(model)
+        """The signed module of a (non-firmware) ``model`` for ``target``, and the ranking that chose it.
+
+        A rollout asks once per device, and the devices of a class mostly report the same
+        figures: the ranking is kept per (model, target, pin), the signed module per key,
+        so those devices cost a lookup, not every plugin's check and cached module again."""
         async with self._lock:
-            ranking = await self._rank(source, target, plugin)
+            ranking = await self._ranking_of(model, target, plugin)
             chosen = ranking.require()
             module = chosen.module
             assert module is not None  # a fitting candidate has its module
             # the envelope names the model (metadata): the same bytes as another version are another module
             key = f"{model.key}:{module.payload_digest}:{target.device_class}"
+            known = self._modules.get(key)
+            if known is not None and Path(known.file).is_file():
+                return known, ranking
             stored = await self.store.get_document("module", key)
             if stored is not None and Path(stored["file"]).is_file():
-                return Artifact(**stored), ranking
+                self._modules[key] = Artifact(**stored)
+                return self._modules[key], ranking
             artifact = await self._sign(model, module, target, chosen.plugin)
             await self.store.put_document("module", key, asdict(artifact), self._clock())
+            self._modules[key] = artifact
         self._log.info("module_built", model=model.key, device_class=target.device_class, plugin=chosen.plugin,
                        pinned=bool(plugin), cache_hit=chosen.cache_hit, arena=module.required_arena_bytes,
                        fitting=[c.plugin for c in ranking.candidates if c.fits], sequence=artifact.sequence_number)
         return artifact, ranking
+
+    async def _ranking_of(self, model: ModelRecord, target: TargetSpec, plugin: str) -> Ranking:
+        memo = (model.key, model.digest, target, plugin)
+        ranking = self._rankings.get(memo)
+        if ranking is None:
+            ranking = await self._rank(self._source(model), target, plugin)
+            self._rankings[memo] = ranking
+            while len(self._rankings) > _RANKINGS_KEPT:
+                self._rankings.popitem(last=False)
+        else:
+            self._rankings.move_to_end(memo)
+        return ranking
 
     def _source(self, model: ModelRecord) -> ModelInput:
         if model.format == "firmware":
