@@ -44,7 +44,8 @@ def test_a_register_is_parsed_from_its_bytes():
     (REGISTER[:6] + bytes.fromhex("b2 7878".replace(" ", "")), "a path other than rd or dp"),
     (REGISTER[:6] + bytes.fromhex("b2 ff72".replace(" ", "")), "a Uri-Path that is not UTF-8"),
     (bytes((0x49,)) + REGISTER[1:], "a token longer than 8 bytes"),
-    (bytes((0x42, 0x01)) + REGISTER[2:], "a GET"),
+    (bytes((0x42, 0x03)) + REGISTER[2:], "a PUT"),
+    (bytes((0x42, 0x01)) + REGISTER[2:6] + bytes.fromhex("b2 7264 c1 07".replace(" ", "")), "Block2 with SZX 7"),
     (REGISTER[:6] + bytes.fromhex("b2 7264 f0".replace(" ", "")), "option delta 15"),
 ])
 def test_what_the_path_leaves_to_aiocoap(data, why):
@@ -235,3 +236,26 @@ async def test_a_fetch_answered_block_by_block_repeats_its_body_and_refuses_a_ch
     with pytest.raises(DeviceUnreachable, match="ETag"):
         await asked
     assert len(requests) == 2 and all(request.endswith(b"\xff" + body) for request in requests)
+
+
+async def test_a_download_block_is_served_from_its_bytes(tmp_path):
+    """GET /fw/m1 asking block 2 of 64 bytes (Block2 0x22) and Size2: the block, its ETag,
+    Content-Format, Block2 with more set and Size2, in one piggybacked ACK."""
+    from lwm2m_server.transport.messages import Download
+
+    image = bytes(range(200))
+    (tmp_path / "m1").write_bytes(image)
+    download = Download(tmp_path / "m1", len(image), b"\x01\x02")
+    adapter = CoapAdapter(Answering(), host="127.0.0.1", port=0,
+                          downloads=lambda request: download if request.uri_path == ("fw", "m1") else None)
+    await adapter.start()
+    sock = await _raw_socket()
+    try:
+        get = bytes.fromhex("4101" "0042" "07" "b2" "6677" "02" "6d31" "c1" "22" "50")  # Block2 (23), Size2 (28)
+        sock.sendto(get, ("127.0.0.1", adapter.port))
+        assert await _receive(sock) == bytes.fromhex("6145" "0042" "07" "42" "0102" "81" "2a" "b1" "2a" "51" "c8") \
+            + b"\xff" + image[128:192]
+        assert adapter.stats.blocks_served == 1
+    finally:
+        sock.close()
+        await adapter.stop()

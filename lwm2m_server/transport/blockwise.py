@@ -10,6 +10,7 @@ here each block is one exchange with its own timeout, built by the caller.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiocoap import Code, Message, optiontypes
@@ -32,30 +33,58 @@ class UnexpectedBlock2(Exception):
     """The device's Block2 answers do not fit the transfer."""
 
 
-def serve_block(request: Message, download: Download, block_exp: int) -> Message:
-    """One Block2 block of ``download`` (RFC 7959 §2.4), any block number, so a
-    device resumes where it stopped; blocks of at most ``2**(block_exp+4)`` bytes."""
-    wanted = request.opt.block2
-    exp = min(wanted.size_exponent, block_exp) if wanted is not None else block_exp
+@dataclass(frozen=True, slots=True)
+class BlockAnswer:
+    """One block of a download, as either path encodes it."""
+
+    code: str
+    """``2.05``, or ``4.02`` for a block past the end, ``5.00`` when the file cannot be read."""
+    payload: bytes
+    """The block, or the reason."""
+    block2: tuple[int, bool, int] | None = None
+    """(number, more, size exponent) of the Block2 option; None without one."""
+    size2: int | None = None
+    """Size2: the file's size, in the first block or when asked."""
+    etag: bytes = b""
+    content_format: int | None = None
+
+
+def block_of(download: Download, wanted: tuple[int, int] | None, size2_asked: bool, block_exp: int) -> BlockAnswer:
+    """Block ``wanted`` = (number, size exponent) of ``download`` (RFC 7959 §2.4), any block
+    number, so a device resumes where it stopped; blocks of at most ``2**(block_exp+4)``
+    bytes (a smaller exponent asked for is honoured, a larger one renumbered)."""
+    exp = min(wanted[1], block_exp) if wanted is not None else block_exp
     size = 1 << (exp + 4)
-    number = wanted.block_number if wanted is not None else 0
-    if wanted is not None and wanted.size_exponent > exp:  # renumber for our smaller blocks
-        number = wanted.block_number << (wanted.size_exponent - exp)
+    number = wanted[0] if wanted is not None else 0
+    if wanted is not None and wanted[1] > exp:  # renumber for our smaller blocks
+        number = wanted[0] << (wanted[1] - exp)
     offset = number * size
     if offset >= download.size and not (offset == 0 and download.size == 0):
-        return Message(code=Code.BAD_OPTION, payload=b"block beyond the end of the file")
+        return BlockAnswer("4.02", b"block beyond the end of the file")
     try:
         with open(download.path, "rb") as file:
             chunk = os.pread(file.fileno(), size, offset)
     except OSError as error:
-        return Message(code=Code.INTERNAL_SERVER_ERROR, payload=f"cannot read: {error.strerror}".encode())
+        return BlockAnswer("5.00", f"cannot read: {error.strerror}".encode())
     more = offset + len(chunk) < download.size
-    reply = Message(code=Code.CONTENT, payload=chunk, content_format=download.content_format)
-    reply.opt.etag = download.etag
-    if more or wanted is not None:
-        reply.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(number, more, exp)
-    if number == 0 or request.opt.size2 is not None:
-        reply.opt.size2 = download.size
+    return BlockAnswer("2.05", chunk, (number, more, exp) if more or wanted is not None else None,
+                       download.size if number == 0 or size2_asked else None, download.etag, download.content_format)
+
+
+def serve_block(request: Message, download: Download, block_exp: int) -> Message:
+    """:func:`block_of` as aiocoap's answer to ``request``."""
+    wanted = request.opt.block2
+    answer = block_of(download, (wanted.block_number, wanted.size_exponent) if wanted is not None else None,
+                      request.opt.size2 is not None, block_exp)
+    if answer.code != "2.05":
+        return Message(code=Code.BAD_OPTION if answer.code == "4.02" else Code.INTERNAL_SERVER_ERROR,
+                       payload=answer.payload)
+    reply = Message(code=Code.CONTENT, payload=answer.payload, content_format=answer.content_format)
+    reply.opt.etag = answer.etag
+    if answer.block2 is not None:
+        reply.opt.block2 = optiontypes.BlockOption.BlockwiseTuple(*answer.block2)
+    if answer.size2 is not None:
+        reply.opt.size2 = answer.size2
     return reply
 
 

@@ -48,9 +48,11 @@ from .oscore import (
 )
 from .sockets import naming_port, resend_after_stale_errors
 from .fast_client import ExchangeFailed, FastClient
-from .fast_requests import FastRequests, Refusal
+from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
-from .blockwise import UnexpectedBlock1, UnexpectedBlock2, receive_in_blocks, send_in_blocks, serve_block
+from .blockwise import (
+    BlockAnswer, UnexpectedBlock1, UnexpectedBlock2, block_of, receive_in_blocks, send_in_blocks, serve_block,
+)
 from .ratelimit import RateLimiter
 
 _METHODS = {
@@ -197,7 +199,8 @@ class CoapAdapter:
 
             self._fast = FastRequests(
                 self._handler, peer=lambda address, pktinfo: self._remembered_peer(interface, address, pktinfo),
-                refusal=self._fast_refusal, send=send, clock=time.monotonic, log=self._logger())
+                refusal=self._fast_refusal, download=self._fast_download, send=send, clock=time.monotonic,
+                log=self._logger())
             self._fast_client = FastClient(
                 send=send, next_mid=self._udp.token_interface._next_message_id, next_token=self._udp.next_token,
                 decode=lambda data, address, pktinfo: Message.decode(
@@ -369,6 +372,20 @@ class CoapAdapter:
         if not self._plain_allowed:
             return Refusal("4.03", _PLAIN_REFUSED)
         return self._rate_refusal(address) if self._rate_limiter is not None else None
+
+    def _fast_download(self, address: str, request: FastRequest) -> BlockAnswer | OutgoingResponse | None:
+        """A block GET on the fast path: as :meth:`_download_for` and :meth:`_serve_block`
+        (never rate-limited: a pull is paced by the device's own requests)."""
+        if not self._plain_allowed:
+            return OutgoingResponse("4.03", _PLAIN_REFUSED)
+        found = self._downloads(IncomingRequest("GET", request.uri_path, request.query, None, b"", address, None))
+        if not isinstance(found, Download):
+            return found
+        answer = block_of(found, request.block2, request.size2, self._block_exp)
+        if answer.code == "2.05":
+            self._moved[0] += 1
+            self._moved[1] += len(answer.payload)
+        return answer
 
     def _remembered_peer(self, interface, address, pktinfo: bytes | None) -> str:
         remote = UDP6EndpointAddress(address, interface, pktinfo=pktinfo)

@@ -8,9 +8,13 @@ its bytes, handed to the same handler, and always answered piggybacked (RFC 7252
 §5.2.1); a duplicate (same peer and Message ID, §4.5) is answered with the same bytes,
 or ignored while its answer is still being made (the device retransmits until it comes).
 
-Only a datagram that is a confirmable POST or DELETE to ``rd`` or ``dp``, with no option
-but Uri-Host, Uri-Port, Uri-Path, Content-Format, Uri-Query, Accept and Size1, takes this
-path; anything else (Block1/Block2, Observe, OSCORE, No-Response, Echo, a NON or a
+A pull's block GETs of a module download take it too: the block is read from the file
+and sent, nothing kept (a block GET is idempotent: a repeat is served again).
+
+Only a datagram that is a confirmable POST or DELETE to ``rd`` or ``dp``, or a GET the
+adapter says is a download, with no option but Uri-Host, Uri-Port, Uri-Path,
+Content-Format, Uri-Query, Accept, Size1 (and for a GET Block2 and Size2), takes this
+path; anything else (Block1, Observe, OSCORE, No-Response, Echo, ETag, a NON or a
 malformed message) goes to aiocoap exactly as before.
 
 :func:`parse_request`, :func:`encode_response` and :class:`Exchanges` are sans-I/O;
@@ -26,17 +30,20 @@ from typing import Any, Awaitable, Callable
 
 import structlog
 
+from .blockwise import BlockAnswer
 from .messages import IncomingRequest, OutgoingResponse
 
 EXCHANGE_LIFETIME_S = 247.0
 """RFC 7252 §4.8.2: how long a Message ID is remembered for duplicate detection."""
 
 _CON, _ACK = 0, 2
-_METHODS = {2: "POST", 4: "DELETE"}
+_METHODS = {1: "GET", 2: "POST", 4: "DELETE"}
 _TAKEN_PATHS = frozenset({"rd", "dp"})
 _URI_HOST, _URI_PORT, _URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT, _SIZE1 = 3, 7, 11, 12, 15, 17, 60
+_BLOCK2, _SIZE2 = 23, 28
 _ALLOWED_OPTIONS = frozenset({_URI_HOST, _URI_PORT, _URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT, _SIZE1})
-_LOCATION_PATH, _RESPONSE_CONTENT_FORMAT, _MAX_AGE = 8, 12, 14
+_ALLOWED_IN_GET = _ALLOWED_OPTIONS | {_BLOCK2, _SIZE2}
+_ETAG, _LOCATION_PATH, _RESPONSE_CONTENT_FORMAT, _MAX_AGE = 4, 8, 12, 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +64,10 @@ class FastRequest:
     """Content-Format, None when absent."""
     payload: bytes
     """The payload after the marker."""
+    block2: tuple[int, int] | None = None
+    """A GET's Block2 option: (block number, size exponent); None without one."""
+    size2: bool = False
+    """A GET asked for Size2."""
 
 
 def _uint(value: bytes) -> int:
@@ -79,10 +90,12 @@ def _parse_request(data: bytes) -> FastRequest | None:
     token_length = data[0] & 0x0F
     if method is None or token_length > 8 or len(data) < 4 + token_length:
         return None
+    allowed = _ALLOWED_IN_GET if method == "GET" else _ALLOWED_OPTIONS
     position, option, end = 4 + token_length, 0, len(data)
     path: list[str] = []
     query: list[str] = []
-    content_format = None
+    content_format = block2 = None
+    size2 = False
     while position < end:
         head = data[position]
         if head == 0xFF:
@@ -106,7 +119,7 @@ def _parse_request(data: bytes) -> FastRequest | None:
         option += delta
         value = data[position:position + length]
         position += length
-        if position > end or option not in _ALLOWED_OPTIONS:
+        if position > end or option not in allowed:
             return None
         if option == _URI_PATH or option == _URI_QUERY:
             try:
@@ -118,10 +131,17 @@ def _parse_request(data: bytes) -> FastRequest | None:
             if length > 2:
                 return None
             content_format = _uint(value)
-    if not path or path[0] not in _TAKEN_PATHS:
+        elif option == _BLOCK2:
+            if length > 3 or block2 is not None or value[-1:] and value[-1] & 0x07 == 7:  # SZX 7 is reserved
+                return None
+            number = _uint(value)
+            block2 = (number >> 4, number & 0x07)
+        elif option == _SIZE2:
+            size2 = True
+    if not path or (method != "GET" and path[0] not in _TAKEN_PATHS):
         return None
     return FastRequest(_uint(data[2:4]), bytes(data[4:4 + token_length]), method, tuple(path), tuple(query),
-                       content_format, bytes(data[position + 1:]) if position < end else b"")
+                       content_format, bytes(data[position + 1:]) if position < end else b"", block2, size2)
 
 
 def _option(number: int, previous: int, value: bytes) -> bytes:
@@ -142,12 +162,17 @@ def _uint_bytes(value: int) -> bytes:
 
 
 def encode_response(request: FastRequest, code: str, payload: bytes = b"", *, location_path: tuple[str, ...] = (),
-                    content_format: int | None = None, max_age: int | None = None) -> bytes:
-    """The piggybacked ACK answering ``request`` with dotted ``code`` (e.g. ``"2.01"``)."""
+                    content_format: int | None = None, max_age: int | None = None, etag: bytes = b"",
+                    block2: tuple[int, bool, int] | None = None, size2: int | None = None) -> bytes:
+    """The piggybacked ACK answering ``request`` with dotted ``code`` (e.g. ``"2.01"``);
+    ``block2`` is (number, more, size exponent)."""
     major, minor = code.split(".")
     out = bytearray((0x40 | (_ACK << 4) | len(request.token), (int(major) << 5) | int(minor)))
     out += request.message_id.to_bytes(2, "big") + request.token
     previous = 0
+    if etag:
+        out += _option(_ETAG, previous, etag)
+        previous = _ETAG
     for segment in location_path:
         out += _option(_LOCATION_PATH, previous, segment.encode())
         previous = _LOCATION_PATH
@@ -156,6 +181,13 @@ def encode_response(request: FastRequest, code: str, payload: bytes = b"", *, lo
         previous = _RESPONSE_CONTENT_FORMAT
     if max_age is not None:
         out += _option(_MAX_AGE, previous, _uint_bytes(max_age))
+        previous = _MAX_AGE
+    if block2 is not None:
+        number, more, exponent = block2
+        out += _option(_BLOCK2, previous, _uint_bytes(number << 4 | more << 3 | exponent))
+        previous = _BLOCK2
+    if size2 is not None:
+        out += _option(_SIZE2, previous, _uint_bytes(size2))
     if payload:
         out += b"\xff" + payload
     return bytes(out)
@@ -220,13 +252,17 @@ class FastRequests:
 
     ``peer(address, pktinfo)`` gives the registration address (``host:port``) of a
     sender; ``refusal(address)`` a :class:`Refusal` or None (checked once per exchange,
-    never for a duplicate); ``send(data, pktinfo, address)`` sends one datagram.
+    never for a duplicate); ``download(address, request)`` the block a GET fetches (a
+    :class:`~.blockwise.BlockAnswer`, or the resolver's refusal), None for a GET that
+    is no download; ``send(data, pktinfo, address)`` sends one datagram.
     """
 
     def __init__(self, handler: Callable[[IncomingRequest], Awaitable[OutgoingResponse]], *,
                  peer: Callable[[Any, bytes | None], str], refusal: Callable[[str], Refusal | None],
+                 download: Callable[[str, FastRequest], BlockAnswer | OutgoingResponse | None],
                  send: Callable[[bytes, bytes | None, Any], None], clock: Callable[[], float], log=None) -> None:
         self._handler = handler
+        self._download = download
         self._peer = peer
         self._refusal = refusal
         self._send = send
@@ -245,6 +281,8 @@ class FastRequests:
         request = parse_request(data)
         if request is None:
             return False
+        if request.method == "GET":
+            return self._serve(request, pktinfo, address)
         key = (address[0], address[1], request.message_id)
         now = self._clock()
         answer = self.exchanges.seen(key, now)
@@ -264,6 +302,18 @@ class FastRequests:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self.taken += 1
+        return True
+
+    def _serve(self, request: FastRequest, pktinfo: bytes | None, address: Any) -> bool:
+        answer = self._download(self._peer(address, pktinfo), request)
+        if answer is None:
+            return False
+        if isinstance(answer, OutgoingResponse):
+            data = encode_response(request, answer.code, answer.payload)
+        else:
+            data = encode_response(request, answer.code, answer.payload, content_format=answer.content_format,
+                                   etag=answer.etag, block2=answer.block2, size2=answer.size2)
+        self._send(data, pktinfo, address)
         return True
 
     async def _answer(self, key: tuple[Any, ...], request: FastRequest, peer: str, pktinfo: bytes | None,
