@@ -78,7 +78,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"bare aiocoap: {args.devices} Registers in {bare['register_s']:.1f} s", flush=True)
     ours = await register("lwm2m", args)
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-    print(f"\n  figure                      server           baseline                 ratio   target")
+    print("\n  figure                      server           baseline                 ratio   target")
     print(f"  {args.devices} Registers answered    {ours['register_s']:.1f} s"
           f"{'':10}{bare['register_s']:.1f} s bare aiocoap{'':7}x{ours['register_s'] / bare['register_s']:.2f}"
           f"   <= 20 s")
