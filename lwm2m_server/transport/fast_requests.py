@@ -74,6 +74,18 @@ def _uint(value: bytes) -> int:
     return int.from_bytes(value, "big")
 
 
+def _extended(nibble: int, data: bytes, position: int) -> tuple[int | None, int]:
+    """An option delta or length nibble with its extended bytes (RFC 7252 §3.1); None for
+    the reserved 15."""
+    if nibble < 13:
+        return nibble, position
+    if nibble == 13:
+        return data[position] + 13, position + 1
+    if nibble == 14:
+        return _uint(data[position:position + 2]) + 269, position + 2
+    return None, position
+
+
 def parse_request(data: bytes) -> FastRequest | None:
     """The request in ``data`` when this path takes it, else None (aiocoap will, and answers
     a malformed one as it does)."""
@@ -102,19 +114,9 @@ def _parse_request(data: bytes) -> FastRequest | None:
             if position + 1 == end:
                 return None  # a payload marker with no payload is a format error (§3)
             break
-        position += 1
-        delta, length = head >> 4, head & 0x0F
-        if delta == 13:
-            delta, position = data[position] + 13, position + 1
-        elif delta == 14:
-            delta, position = _uint(data[position:position + 2]) + 269, position + 2
-        elif delta == 15:
-            return None
-        if length == 13:
-            length, position = data[position] + 13, position + 1
-        elif length == 14:
-            length, position = _uint(data[position:position + 2]) + 269, position + 2
-        elif length == 15:
+        delta, position = _extended(head >> 4, data, position + 1)
+        length, position = _extended(head & 0x0F, data, position)
+        if delta is None or length is None:
             return None
         option += delta
         value = data[position:position + length]
