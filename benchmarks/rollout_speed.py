@@ -173,41 +173,56 @@ async def prepare(server, deployment, model_file: str, version: str) -> dict:
 
 async def rollout(server, orchestrator, model: str, mode: str, max_in_flight: int, expected: int,
                   timeout: float, profile_stem: str | None) -> dict:
-    """A rollout of ``model`` to every device; until every device is final (or paused, or timeout)."""
-    from lwm2m_server.ota.rollouts import RolloutState, Selector, Strategy
+    """A rollout of ``model`` to every device; until every device is final (or paused, or timeout).
 
+    When each device became final comes from the server's ``rollout`` events (published
+    on a status change), so watching costs the server O(1) per change; the whole table is
+    read once a second (and every 10 s for the progress line), not every few ms: a poll
+    that scans every device would itself grow with the fleet and count as server CPU."""
+    from lwm2m_server.ota.rollouts import FINAL, RolloutState, Selector, Strategy
+
+    final_statuses = {status.value for status in FINAL}
     profiler = ThreadProfile(server.store) if profile_stem else None
     gc.collect()
     if profiler is not None:
         profiler.enable()
-    began = time.perf_counter()
-    created = await orchestrator.create(model, Selector(),
-                                        Strategy(canary_fraction=0, mode=mode, max_in_flight=max_in_flight))
     first_done = None
     finished: dict[str, float] = {}  # endpoint -> seconds until it was final
-    reported = began
-    deadline = time.monotonic() + timeout
-    while True:
-        current, devices = orchestrator.rollout(created.id)
-        if first_done is None and any(d.status.value == "done" for d in devices):
-            first_done = time.perf_counter() - began
-        final = 0
-        for device in devices:
-            if device.final:
-                final += 1
-                if device.endpoint not in finished:
-                    finished[device.endpoint] = time.perf_counter() - began
-        if (len(devices) >= expected and final == len(devices)) or current.state is RolloutState.PAUSED \
-                or current.state is RolloutState.COMPLETE or time.monotonic() > deadline:
-            break
-        if time.perf_counter() - reported > 10:  # progress on stderr, for long runs
-            reported = time.perf_counter()
-            statuses: dict[str, int] = {}
-            for device in devices:
-                key = device.status.value + (f"/{device.job.get('phase')}" if device.job and not device.final else "")
-                statuses[key] = statuses.get(key, 0) + 1
-            print(f"  ... {reported - began:.0f} s: {dict(sorted(statuses.items()))}", file=sys.stderr, flush=True)
-        await asyncio.sleep(0.05)
+    with server.events.subscribe(kinds=("rollout",)) as events:
+        began = time.perf_counter()
+        created = await orchestrator.create(model, Selector(),
+                                            Strategy(canary_fraction=0, mode=mode, max_in_flight=max_in_flight))
+        reported = checked = began
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = await asyncio.wait_for(events.get(), 0.2)
+            except TimeoutError:
+                event = None
+            now = time.perf_counter()
+            if event is not None and event.data.get("rollout") == created.id:
+                status = event.data.get("status")
+                if status == "done" and first_done is None:
+                    first_done = now - began
+                if status in final_statuses:
+                    finished.setdefault(event.endpoint, now - began)
+                else:
+                    finished.pop(event.endpoint, None)  # retried: not final after all
+            if now - checked < 1 and len(finished) < expected:
+                continue
+            checked = now
+            current, devices = orchestrator.rollout(created.id)
+            final = sum(1 for device in devices if device.final)
+            if (len(devices) >= expected and final == len(devices)) or current.state is RolloutState.PAUSED \
+                    or current.state is RolloutState.COMPLETE or time.monotonic() > deadline:
+                break
+            if now - reported > 10:  # progress on stderr, for long runs
+                reported = now
+                statuses: dict[str, int] = {}
+                for device in devices:
+                    key = device.status.value + (f"/{device.job.get('phase')}" if device.job and not device.final else "")
+                    statuses[key] = statuses.get(key, 0) + 1
+                print(f"  ... {reported - began:.0f} s: {dict(sorted(statuses.items()))}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - began
     if profiler is not None:
         profiler.disable(Path(profile_stem))
