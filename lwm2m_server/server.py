@@ -359,7 +359,7 @@ class LwM2MServer:
         if current is not None:
             await self._check_peer(current, request)
         registration = self._book.deregister(registration_id)
-        await self._forget_registration(registration)
+        self._forget_registration(registration)
         self._log.info("deregistered", ep=registration.endpoint)
         self.events.publish("deregistered", endpoint=registration.endpoint, registration=registration)
         return OutgoingResponse("2.02")
@@ -378,14 +378,14 @@ class LwM2MServer:
         if self._book.get(registration.id) is None:
             return
         self._book.deregister(registration.id)
-        await self._forget_registration(registration)
+        self._forget_registration(registration)
         await self._writes.flush()  # ended for a security reason: gone from the store before it is said
         self._log.warning("registration_ended", ep=registration.endpoint, id=registration.id,
                           address=registration.address, reason=reason)
         self.events.publish("registration_ended", endpoint=registration.endpoint, registration=registration,
                             reason=reason)
 
-    async def _forget_registration(self, registration: Registration) -> None:
+    def _forget_registration(self, registration: Registration) -> None:
         """After the book dropped it: its row (and observations) and its peer state."""
         self._writes.delete(registration)  # deleted shortly, with others; on a full disk once space returns
         self._drop_observations(registration.endpoint)
@@ -510,7 +510,7 @@ class LwM2MServer:
         now = self._clock()
         expired = self._book.expire(now - self.config.registration.grace_s)
         for registration in expired:
-            await self._forget_registration(registration)
+            self._forget_registration(registration)
             self._log.info("registration_expired", ep=registration.endpoint)
             self.events.publish("expired", endpoint=registration.endpoint, registration=registration)
         for entry in await self.store.expire_entries(now):

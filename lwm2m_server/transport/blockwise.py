@@ -71,11 +71,8 @@ def block_of(download: Download, wanted: tuple[int, int] | None, size2_asked: bo
                        download.size if number == 0 or size2_asked else None, download.etag, download.content_format)
 
 
-def serve_block(request: Message, download: Download, block_exp: int) -> Message:
-    """:func:`block_of` as aiocoap's answer to ``request``."""
-    wanted = request.opt.block2
-    answer = block_of(download, (wanted.block_number, wanted.size_exponent) if wanted is not None else None,
-                      request.opt.size2 is not None, block_exp)
+def block_message(answer: BlockAnswer) -> Message:
+    """:func:`block_of`'s answer as an aiocoap message."""
     if answer.code != "2.05":
         return Message(code=Code.BAD_OPTION if answer.code == "4.02" else Code.INTERNAL_SERVER_ERROR,
                        payload=answer.payload)

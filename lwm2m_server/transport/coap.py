@@ -51,7 +51,7 @@ from .fast_client import ExchangeFailed, FastClient
 from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import (
-    BlockAnswer, UnexpectedBlock1, UnexpectedBlock2, block_of, receive_in_blocks, send_in_blocks, serve_block,
+    BlockAnswer, UnexpectedBlock1, UnexpectedBlock2, block_message, block_of, receive_in_blocks, send_in_blocks,
 )
 from .ratelimit import RateLimiter
 
@@ -374,18 +374,14 @@ class CoapAdapter:
         return self._rate_refusal(address) if self._rate_limiter is not None else None
 
     def _fast_download(self, address: str, request: FastRequest) -> BlockAnswer | OutgoingResponse | None:
-        """A block GET on the fast path: as :meth:`_download_for` and :meth:`_serve_block`
+        """A block GET on the fast path: as :meth:`_download_for` and :meth:`_block`
         (never rate-limited: a pull is paced by the device's own requests)."""
         if not self._plain_allowed:
             return OutgoingResponse("4.03", _PLAIN_REFUSED)
         found = self._downloads(IncomingRequest("GET", request.uri_path, request.query, None, b"", address, None))
         if not isinstance(found, Download):
             return found
-        answer = block_of(found, request.block2, request.size2, self._block_exp)
-        if answer.code == "2.05":
-            self._moved[0] += 1
-            self._moved[1] += len(answer.payload)
-        return answer
+        return self._block(found, request.block2, request.size2)
 
     def _remembered_peer(self, interface, address, pktinfo: bytes | None) -> str:
         remote = UDP6EndpointAddress(address, interface, pktinfo=pktinfo)
@@ -458,11 +454,18 @@ class CoapAdapter:
         return found
 
     def _serve_block(self, request: Message, download: Download) -> Message:
-        reply = serve_block(request, download, self._block_exp)
-        if reply.code == Code.CONTENT:
+        wanted = request.opt.block2
+        return block_message(self._block(download, None if wanted is None else (wanted.block_number,
+                                                                                wanted.size_exponent),
+                                         request.opt.size2 is not None))
+
+    def _block(self, download: Download, wanted: tuple[int, int] | None, size2_asked: bool) -> BlockAnswer:
+        """One block of ``download`` (either path), counted when served."""
+        answer = block_of(download, wanted, size2_asked, self._block_exp)
+        if answer.code == "2.05":
             self._moved[0] += 1
-            self._moved[1] += len(reply.payload)
-        return reply
+            self._moved[1] += len(answer.payload)
+        return answer
 
     async def _message(self, address: str, request: CoapRequest, identity: str | None = None) -> Message:
         message = Message(code=_METHODS[request.method], payload=request.payload)

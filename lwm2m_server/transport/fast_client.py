@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import OrderedDict
 from typing import Any, Callable
 
 from aiocoap import CON, Message
 
-from .fast_requests import EXCHANGE_LIFETIME_S
+from .fast_requests import Exchanges
 
 ACK_TIMEOUT_S, ACK_RANDOM_FACTOR, MAX_RETRANSMIT = 2.0, 1.5, 4
 _CON, _NON, _ACK, _RST = 0, 1, 2, 3
@@ -65,7 +64,7 @@ class FastClient:
         self._random = rng or random.Random()
         self._by_mid: dict[tuple[Any, ...], _Exchange] = {}
         self._by_token: dict[tuple[Any, ...], _Exchange] = {}
-        self._acknowledged: OrderedDict[tuple[Any, ...], float] = OrderedDict()  # separate responses ACKed
+        self._acknowledged = Exchanges(limit=100_000)  # separate responses ACKed, for their repeats
         self.exchanges = 0
         """Requests sent on this path."""
 
@@ -124,13 +123,14 @@ class FastClient:
             return False
         exchange = self._by_token.get((peer, bytes(data[4:4 + token_length])))
         if exchange is None:
-            if kind == _CON and (peer, mid) in self._acknowledged:  # our ACK was lost: the device repeats
-                self._send(bytes((0x60, 0)) + data[2:4], pktinfo, address)
-                return True
-            return False
+            now = asyncio.get_running_loop().time()
+            if kind != _CON or self._acknowledged.seen((peer, mid), now) is None:
+                return False
+            self._send(bytes((0x60, 0)) + data[2:4], pktinfo, address)  # our ACK was lost: the device repeats
+            return True
         if kind == _CON:
             self._send(bytes((0x60, 0)) + data[2:4], pktinfo, address)
-            self._remember_acknowledged((peer, mid))
+            self._acknowledged.start((peer, mid), asyncio.get_running_loop().time())
         self._resolve(exchange, data, address, pktinfo)
         return True
 
@@ -152,13 +152,3 @@ class FastClient:
     def _fail(self, exchange: _Exchange, reason: str) -> None:
         if not exchange.future.done():
             exchange.future.set_exception(ExchangeFailed(reason))
-
-    def _remember_acknowledged(self, key: tuple[Any, ...]) -> None:
-        now = asyncio.get_running_loop().time()
-        acknowledged = self._acknowledged
-        acknowledged[key] = now + EXCHANGE_LIFETIME_S
-        while acknowledged:
-            oldest, expires = next(iter(acknowledged.items()))
-            if expires > now and len(acknowledged) <= 100_000:
-                break
-            del acknowledged[oldest]
