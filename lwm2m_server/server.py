@@ -431,7 +431,7 @@ class LwM2MServer:
         profile = build_profile(registration.endpoint, reads, self._clock())
         if self._book.by_endpoint(registration.endpoint) is None:
             return profile  # de-registered meanwhile
-        if any(str(outcome).startswith(UNREACHABLE) for outcome in reads.values()):
+        if any(isinstance(outcome, str) and outcome.startswith(UNREACHABLE) for outcome in reads.values()):
             # a sleeping or lossy device: keep what was known and read again at its next Update
             self._log.info("discovery_incomplete", ep=registration.endpoint, problems=list(profile.problems))
             self.events.publish("discovery_incomplete", endpoint=registration.endpoint, profile=profile)

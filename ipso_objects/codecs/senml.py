@@ -58,6 +58,7 @@ SENML_VERSION = 10
 
 VALUE_LABELS = ("v", "vs", "vb", "vd", "vlo")
 """The fields that carry a record's value; exactly one may appear."""
+_VALUE_LABEL_SET = frozenset(VALUE_LABELS)
 
 _TEXT_LABELS = frozenset({"bn", "n", "bu", "u", "vs", "vlo"})
 _NUMBER_LABELS = frozenset({"bt", "t", "bv", "v", "bs", "s", "ut"})
@@ -107,43 +108,54 @@ def resolve(pack: Sequence[Mapping[str, object]]) -> list[ResolvedRecord]:
     base_value: Number | None = None
     resolved = []
     for index, record in enumerate(pack):
-        where = f"record #{index}"
-        _check_fields(record, where)
+        label = _check_fields(record, index)
         base_name = record.get("bn", base_name)  # type: ignore[assignment]
         base_time = record.get("bt", base_time)  # type: ignore[assignment]
         base_unit = record.get("bu", base_unit)  # type: ignore[assignment]
         base_value = record.get("bv", base_value)  # type: ignore[assignment]
-        time = _time_of(base_time, record.get("t"), where)  # type: ignore[arg-type]
-        label = next((label for label in VALUE_LABELS if label in record), None)
-        value = record.get(label) if label else None
+        time = record.get("t")
+        if base_time is not None or time is not None:
+            time = _time_of(base_time, time, f"record #{index}")  # type: ignore[arg-type]
+        value = record[label] if label else None
         if base_value is not None and label in ("v", None):
             # A missing value counts as zero when a base value is set (§4.5.4).
-            label, value = "v", _add(base_value, value or 0, where)  # type: ignore[arg-type]
+            label, value = "v", _add(base_value, value or 0, f"record #{index}")  # type: ignore[arg-type]
         name = base_name + record.get("n", "")  # type: ignore[operator]
         unit = record.get("u", base_unit)
         resolved.append(ResolvedRecord(name, time, unit, label, value))  # type: ignore[arg-type]
     return resolved
 
 
-def _check_fields(record: Mapping[str, object], where: str) -> None:
+def _check_fields(record: Mapping[str, object], index: int) -> str | None:
+    """Raise DecodeError for a malformed field; the label of the value field, if any.
+    (A discovery answer is dozens of records, so each field is looked at once.)"""
+    value_label = None
     for label, value in record.items():
-        if not isinstance(label, str):
-            raise DecodeError(f"{where}: label {label!r} is not text")
-        if label.endswith("_"):
-            raise DecodeError(f"{where}: must-understand field {label!r} is not supported")
-        if label in _TEXT_LABELS and not isinstance(value, str):
-            raise DecodeError(f"{where}: {label!r} must be text, got {_kind(value)}")
-        if label in _NUMBER_LABELS and not _is_number(value):
-            raise DecodeError(f"{where}: {label!r} must be a number, got {_kind(value)}")
-        if label == "vb" and not isinstance(value, bool):
-            raise DecodeError(f"{where}: 'vb' must be a boolean, got {_kind(value)}")
-        if label == "vd" and not isinstance(value, bytes):
-            raise DecodeError(f"{where}: 'vd' must be binary data, got {_kind(value)}")
-        if label == "bver" and (type(value) is not int or not 0 <= value <= SENML_VERSION):
-            raise DecodeError(f"{where}: SenML version {value!r} is not supported")
-    values = [label for label in VALUE_LABELS if label in record]
-    if len(values) > 1:
-        raise DecodeError(f"{where}: more than one value field ({', '.join(values)})")
+        if label in _TEXT_LABELS:
+            if not isinstance(value, str):
+                raise DecodeError(f"record #{index}: {label!r} must be text, got {_kind(value)}")
+        elif label in _NUMBER_LABELS:
+            if not _is_number(value):
+                raise DecodeError(f"record #{index}: {label!r} must be a number, got {_kind(value)}")
+        elif label == "vb":
+            if not isinstance(value, bool):
+                raise DecodeError(f"record #{index}: 'vb' must be a boolean, got {_kind(value)}")
+        elif label == "vd":
+            if not isinstance(value, bytes):
+                raise DecodeError(f"record #{index}: 'vd' must be binary data, got {_kind(value)}")
+        elif label == "bver":
+            if type(value) is not int or not 0 <= value <= SENML_VERSION:
+                raise DecodeError(f"record #{index}: SenML version {value!r} is not supported")
+        elif not isinstance(label, str):
+            raise DecodeError(f"record #{index}: label {label!r} is not text")
+        elif label.endswith("_"):
+            raise DecodeError(f"record #{index}: must-understand field {label!r} is not supported")
+        if label in _VALUE_LABEL_SET:
+            if value_label is not None:
+                values = [known for known in VALUE_LABELS if known in record]
+                raise DecodeError(f"record #{index}: more than one value field ({', '.join(values)})")
+            value_label = label
+    return value_label
 
 
 def _is_number(value: object) -> bool:
@@ -287,7 +299,7 @@ def paths_from_pack(pack: Sequence[Record]) -> list[LwM2MPath]:
             raise DecodeError(f"{where}: a path list carries no {refused[0]!r}")
         if "n" not in record and "bn" not in record:
             raise DecodeError(f"{where}: names no path")
-        paths.append(_parse_name(resolved.name, where))
+        paths.append(_parse_name(resolved.name, index))
     return paths
 
 
@@ -309,32 +321,34 @@ def _entry_time(entry: TimestampedValues) -> Number | None:
     return time or None
 
 
-def _parse_name(name: str, where: str) -> LwM2MPath:
+def _parse_name(name: str, index: int) -> LwM2MPath:
     try:
         return LwM2MPath.parse(name)
     except PathError as error:
-        raise DecodeError(f"{where}: name {name!r} is not an LwM2M path ({error.reason})") from None
+        raise DecodeError(f"record #{index}: name {name!r} is not an LwM2M path ({error.reason})") from None
 
 
-def _check_leaf(path: LwM2MPath, registry: ObjectRegistry) -> None:
-    """Raise :class:`ModelError` unless ``path`` can hold a value by the object model."""
+def _leaf_type(path: LwM2MPath, registry: ObjectRegistry) -> ResourceType | None:
+    """The model's type for a value at ``path`` (None when the model does not know the
+    resource); ModelError unless ``path`` can hold a value."""
     if len(path) < 3:
         raise ModelError(f"{path} is not a resource or resource instance path")
     definition = registry.resource_def(path)
     if definition is None:
-        return
+        return None
     if definition.type is ResourceType.NONE:
         raise ModelError(f"{path} is executable and holds no value")
     if definition.multiple and len(path) == 3:
         raise ModelError(f"{path} is a multiple resource: its values belong to instances")
     if not definition.multiple and len(path) == 4:
         raise ModelError(f"{path.parent} is a single resource: it has no instances")
+    return definition.type
 
 
 def _value_fields(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> Record:
-    _check_leaf(path, registry)
+    rtype = _leaf_type(path, registry)
     try:
-        rtype = registry.value_type(path) or infer_type(value)
+        rtype = rtype or infer_type(value)
         value = coerce(value, rtype)
     except ModelError as error:
         raise EncodeError(f"{path}: {error.reason}") from None
@@ -353,26 +367,24 @@ def _typed_leaves(
     With ``instances``, a record without a value naming an object instance adds its id there."""
     leaves = []
     for index, record in enumerate(resolve(pack)):
-        where = f"record #{index}"
-        path = _parse_name(record.name, where)
-        if not path.startswith(under):
-            raise DecodeError(f"{where}: {path} is outside the requested {under}")
+        path = _parse_name(record.name, index)
+        if under.ids and not path.startswith(under):
+            raise DecodeError(f"record #{index}: {path} is outside the requested {under}")
         if instances is not None and len(path) == 2 and record.label is None:
             instances.add(path.ids[1])
             continue
         try:
-            _check_leaf(path, registry)
+            rtype = _leaf_type(path, registry)
         except ModelError as error:
-            raise DecodeError(f"{where}: {error.reason}") from None
-        leaves.append((path, record.time, _typed_value(record, path, registry)))
+            raise DecodeError(f"record #{index}: {error.reason}") from None
+        leaves.append((path, record.time, _typed_value(record, path, rtype)))
     return leaves
 
 
-def _typed_value(record: ResolvedRecord, path: LwM2MPath, registry: ObjectRegistry) -> Value:
+def _typed_value(record: ResolvedRecord, path: LwM2MPath, rtype: ResourceType | None) -> Value:
     label, raw = record.label, record.value
     if label is None:
         raise DecodeError(f"{path}: the record has no value")
-    rtype = registry.value_type(path)
     if rtype is None:
         return _natural_value(label, raw, path)
     if label != _LABEL_OF_TYPE[rtype]:
@@ -425,6 +437,10 @@ def _age(time: Number | None) -> tuple[int, Number]:
 
 
 def _newest(leaves: list[tuple[LwM2MPath, Number | None, Value]]) -> dict[LwM2MPath, Value]:
+    if all(time is None for _, time, _ in leaves):  # the usual answer: one value per path, no times
+        values = {path: value for path, _, value in leaves}
+        if len(values) == len(leaves):
+            return values
     chosen: dict[LwM2MPath, tuple[tuple[int, Number], Value]] = {}
     for path, time, value in leaves:
         age = _age(time)
