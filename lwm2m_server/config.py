@@ -43,7 +43,8 @@ MAX_LIFETIME = 2**32 - 1
 """Seconds; the largest ``lt`` an LwM2M client may send (an unsigned 32-bit value)."""
 BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 """CoAP block sizes (RFC 7959 SZX 0..6)."""
-STORE_KINDS = ("sqlite",)
+STORE_KINDS = ("sqlite", "postgresql")
+"""Store plugins the configuration knows; the daemon finds each as an entry point at start."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
 METRICS_ACCESS = ("token", "loopback", "open")
@@ -134,9 +135,17 @@ class StoreConfig:
     """``store``: where registrations, devices and rollouts are kept."""
 
     kind: str = "sqlite"
-    """Store plugin; only ``sqlite`` so far."""
+    """Store plugin: ``sqlite`` (a file, one daemon) or ``postgresql`` (a server, shareable)."""
     path: Path = Path("data/tinymlaas.sqlite3")
-    """Database file, relative to the daemon's working directory."""
+    """``sqlite``: database file, relative to the daemon's working directory."""
+    url: str | None = None
+    """``postgresql``: ``postgresql://user[:password]@host[:port]/dbname[?param=value]``
+    (libpq URI; the password may come from ``PGPASSWORD`` or ``~/.pgpass`` instead)."""
+
+    @property
+    def target(self) -> Path | str:
+        """What the store plugin opens: the file for sqlite, the URL for postgresql."""
+        return self.url if self.kind == "postgresql" and self.url is not None else self.path
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +389,8 @@ def config_to_dict(config: ServerConfig) -> dict[str, Any]:
     result.pop("source", None)
     if result["api"]["token"] is not None:
         result["api"]["token"] = REDACTED
+    if result["store"]["url"] is not None:
+        result["store"]["url"] = redacted_url(result["store"]["url"])
     return result
 
 
@@ -511,7 +522,28 @@ def _queue(s: Section) -> QueueConfig:
 def _store(s: Section) -> StoreConfig:
     s.choice("kind", STORE_KINDS)
     s.path("path")
-    return s.build()
+    url = s.raw.get("url")  # null: the default, no URL
+    if url is not None:
+        example = "postgresql://user@host:5432/dbname"
+        if not isinstance(url, str):
+            s.fail("url", f"must be a postgresql:// URL ({example}), got {describe(url)}")
+        if not re.match(r"postgres(ql)?://", url):
+            s.fail("url", f"must be a postgresql:// URL ({example}), got {describe(redacted_url(url))}")
+        if "\0" in url:
+            s.fail("url", "must not contain a NUL character")
+        s.values["url"] = url
+    config = s.build()
+    if config.kind == "postgresql" and config.url is None:
+        s.fail("url", "must be set when store.kind is postgresql (postgresql://user@host:5432/dbname)")
+    if config.kind != "postgresql" and config.url is not None:
+        s.fail("url", f"is for store.kind postgresql; kind {config.kind} keeps its data in store.path")
+    return config
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with the password (``user:password@`` or ``password=``) shown as ***."""
+    url = re.sub(r"^([a-z]+://[^:@/]*:)[^@/]*@", rf"\g<1>{REDACTED}@", url)
+    return re.sub(r"([?&]password=)[^&]*", rf"\g<1>{REDACTED}", url)
 
 
 def _objects(s: Section) -> ObjectsConfig:

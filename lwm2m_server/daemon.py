@@ -38,7 +38,14 @@ async def open_store(config: ServerConfig) -> Store:
             f"store.kind {config.store.kind!r} has no installed plugin "
             f"(installed: {', '.join(sorted(plugins)) or 'none'})"
         )
-    return await plugin.load().open(config.store.path)
+    try:
+        store_class = plugin.load()
+    except ImportError as error:  # e.g. postgresql without its extra: psycopg missing
+        raise StoreError(
+            f"store.kind {config.store.kind!r}: its plugin cannot be imported ({error}); "
+            f"install it, e.g. pip install 'tinymlaas[{config.store.kind}]'"
+        ) from error
+    return await store_class.open(config.store.target)  # the file (sqlite) or the URL (postgresql)
 
 
 def with_dtls_session_file(config: ServerConfig) -> ServerConfig:

@@ -141,7 +141,7 @@ def test_config_is_immutable() -> None:
          "'0.0.0.0' = all IPv4, '127.0.0.1' = this machine only) or a host name, got a list"),
         ("coap: {block_size: 1000}",
          "coap.block_size: must be one of 16, 32, 64, 128, 256, 512 or 1024, got 1000"),
-        ("store: {kind: redis}", "store.kind: must be 'sqlite', got 'redis'"),
+        ("store: {kind: redis}", "store.kind: must be one of 'sqlite' or 'postgresql', got 'redis'"),
         ("logging: {level: verbose}",
          "logging.level: must be one of 'debug', 'info', 'warning' or 'error', got 'verbose'"),
         ("logging: {format: xml}",
