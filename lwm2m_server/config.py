@@ -94,6 +94,9 @@ class CoapConfig:
     """Bytes all bodies in assembly may hold together; more: 5.03 with Max-Age."""
     block1_idle_timeout_s: float = IDLE_TIMEOUT_S
     """A body in assembly no block arrived for in this many seconds is dropped (its next block: 4.08)."""
+    workers: int = 1
+    """Processes serving devices on the CoAP ports (SO_REUSEPORT: the kernel keeps each
+    device on one). More than 1 needs ``cluster.bus``; the first also runs the API."""
     secure_port: int | None = 5684
     """UDP port of CoAPS (DTLS 1.2 PSK), on ``host``; None = no CoAPS; 0 = any free port."""
 
@@ -194,6 +197,16 @@ class SecurityConfig:
     dtls_session_file: Path | None = None
     """Where the daemon keeps DTLS sessions over a graceful restart (mode 0600; read and
     deleted at start). None: ``dtls-sessions.json`` beside ``credentials_path``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """``cluster``: the message bus joining workers (and, later, nodes)."""
+
+    bus: str | None = None
+    """NATS server URL (``nats://127.0.0.1:4222``); needed when ``coap.workers`` > 1."""
+    name: str = "tinymlaas"
+    """Subject prefix on the bus: servers with the same name form one cluster."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +312,8 @@ class ServerConfig:
     """CoAPS and device credentials."""
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     """Bootstrap-Server."""
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Workers and the bus between them."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Log output."""
     deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
@@ -355,7 +370,7 @@ def parse_config(mapping: Any, source: str = "<config>") -> ServerConfig:
     parsers: dict[str, Callable[[Section], Any]] = {
         "coap": _coap, "registration": _registration, "queue": _queue, "store": _store,
         "objects": _objects, "api": _api, "logging": _logging, "deployment": _deployment,
-        "security": _security, "bootstrap": _bootstrap,
+        "security": _security, "bootstrap": _bootstrap, "cluster": _cluster,
     }
     sections = {
         name: parsers[name](Section(source, name, mapping[name], cls))
@@ -366,6 +381,9 @@ def parse_config(mapping: Any, source: str = "<config>") -> ServerConfig:
     if config.security.mode == "secure-only" and config.coap.secure_port is None:
         raise ConfigError(source, "security.mode", "secure-only needs CoAPS: set coap.secure_port")
     _check_bootstrap_ports(config)
+    if config.coap.workers > 1 and not config.cluster.bus:
+        raise ConfigError(source, "cluster.bus", f"coap.workers: {config.coap.workers} needs a bus to join them: "
+                          "set cluster.bus (e.g. nats://127.0.0.1:4222)")
     return config
 
 
@@ -467,6 +485,7 @@ def _coap(s: Section) -> CoapConfig:
     s.integer("max_block1_bodies", 1)
     s.integer("max_block1_bytes", 1024)
     s.number("block1_idle_timeout_s", positive=True)
+    s.integer("workers", 1, 64)
     present, value = s._get("secure_port", nullable=True)
     if present and value is not None:
         s.integer("secure_port", 0, 65535)
@@ -516,6 +535,20 @@ def _queue(s: Section) -> QueueConfig:
     s.integer("max_pending_per_device", 1)
     s.number("default_expiry_s", positive=True)
     s.number("awake_window_s", positive=True)
+    return s.build()
+
+
+def _cluster(s: Section) -> ClusterConfig:
+    bus = s.raw.get("bus")
+    if bus is not None:
+        if not isinstance(bus, str) or not re.match(r"(nats|tls)://[^\s/]+(:\d+)?/?$", bus):
+            s.fail("bus", f"must be a NATS URL such as nats://127.0.0.1:4222, got {describe(bus)}")
+        s.values["bus"] = bus
+    name = s.raw.get("name")
+    if name is not None:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            s.fail("name", f"must be 1 to 64 letters, digits, '_' or '-' (a NATS subject token), got {describe(name)}")
+        s.values["name"] = name
     return s.build()
 
 

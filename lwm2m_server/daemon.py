@@ -7,7 +7,6 @@ import signal
 import sys
 import time
 from dataclasses import replace
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import structlog
@@ -15,6 +14,10 @@ import structlog
 from ipso_objects import DdfError, ObjectRegistry
 
 from .api.http import ManagementApi
+from .cluster.bus import BusError, NatsBus
+from .cluster.gateway import ClusterGateway
+from .cluster.pool import WorkerPool, WorkerStartFailed
+from .cluster.worker import WorkerLink
 from .transport.sockets import PortUnavailable, naming_port
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
 from .security.credentials import CredentialError, CredentialStore
@@ -25,28 +28,7 @@ from .ota.orchestrator import Orchestrator
 from .ota.rollouts import RolloutError, Selector, Strategy
 from .server import LwM2MServer
 from .store.base import Store, StoreError
-
-STORE_PLUGINS = "tinymlaas.stores"
-
-
-async def open_store(config: ServerConfig) -> Store:
-    """The store plugin named by ``store.kind`` (entry point group ``tinymlaas.stores``)."""
-    plugins = {ep.name: ep for ep in entry_points(group=STORE_PLUGINS)}
-    plugin = plugins.get(config.store.kind)
-    if plugin is None:
-        raise StoreError(
-            f"store.kind {config.store.kind!r} has no installed plugin "
-            f"(installed: {', '.join(sorted(plugins)) or 'none'})"
-        )
-    try:
-        store_class = plugin.load()
-    except ImportError as error:  # e.g. postgresql without its extra: psycopg missing
-        raise StoreError(
-            f"store.kind {config.store.kind!r}: its plugin cannot be imported ({error}); "
-            f"install it, e.g. pip install 'tinymlaas[{config.store.kind}]'"
-        ) from error
-    return await store_class.open(config.store.target)  # the file (sqlite) or the URL (postgresql)
-
+from .store_plugins import open_store
 
 def with_dtls_session_file(config: ServerConfig) -> ServerConfig:
     """``config`` naming where DTLS sessions wait out a graceful restart: by default beside
@@ -69,6 +51,11 @@ class Daemon:
         self.credentials: CredentialStore | None = None
         """The security store (PSK credentials), open while the daemon runs."""
         self._store: Store | None = None
+        self.bus: NatsBus | None = None
+        """The cluster bus (``coap.workers`` > 1)."""
+        self.workers: WorkerPool | None = None
+        """Worker processes 1.. (``coap.workers`` > 1)."""
+        self._link: WorkerLink | None = None
         store_file = Path(config.store.path) if config.store.kind == "sqlite" and str(config.store.path) != ":memory:" \
             else None
         self._lock = FolderLock(config.deployment.data_dir, *([store_file.parent] if store_file else []))
@@ -86,11 +73,12 @@ class Daemon:
             self.server = LwM2MServer(config, registry, self._store, downloads=deployment.download,
                                       credentials=self.credentials)
             await self.server.start()
-            self.orchestrator = Orchestrator(self.server, deployment, clock=time.time)
+            gateway = await self._join_workers(config, deployment) if config.coap.workers > 1 else self.server
+            self.orchestrator = Orchestrator(gateway, deployment, clock=time.time)
             await self.orchestrator.start()
             for declared in config.deployment.rollouts:
                 await _declare(self.orchestrator, deployment, declared)
-            self.api = ManagementApi(self.server, token, host=config.api.host, port=config.api.port,
+            self.api = ManagementApi(gateway, token, host=config.api.host, port=config.api.port,
                                      deployment=deployment, orchestrator=self.orchestrator,
                                      credentials=self.credentials, metrics_access=config.api.metrics)
             with naming_port("TCP", config.api.host, config.api.port):
@@ -105,13 +93,30 @@ class Daemon:
             objects=len(registry), store=str(config.store.path),
         )
 
+    async def _join_workers(self, config: ServerConfig, deployment: Deployment) -> ClusterGateway:
+        """Workers 1.. on the ports this process bound, and the view of all their devices."""
+        self.bus = await NatsBus.connect(config.cluster.bus, name=f"{config.cluster.name}-worker-0")
+        self._link = WorkerLink(self.server, self.bus, prefix=config.cluster.name, worker=0, deployment=deployment)
+        await self._link.start()
+        gateway = ClusterGateway(self.server, self.bus, prefix=config.cluster.name, deployment=deployment)
+        await gateway.start()
+        self.workers = WorkerPool(config, gateway, port=self.server.port, secure_port=self.server.secure_port)
+        await self.workers.start()
+        return gateway
+
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
         if self.orchestrator is not None:
             await self.orchestrator.stop()
+        if self.workers is not None:
+            await self.workers.stop()
+        if self._link is not None:
+            await self._link.stop()
         if self.server is not None:
             await self.server.stop()
+        if self.bus is not None:
+            await self.bus.close()
         if self._store is not None:
             await self._store.close()
         if self.credentials is not None:
@@ -179,7 +184,7 @@ def serve(config_path: str) -> int:
     except FolderInUse as error:
         print(f"tinymlaas: {error}", file=sys.stderr)
         return 2
-    except StoreError as error:
+    except (StoreError, BusError, WorkerStartFailed) as error:
         print(f"tinymlaas: {error}", file=sys.stderr)
         return 1
     except CredentialError as error:

@@ -74,9 +74,14 @@ class RegistrationWrites:
         async with self._lock:
             await self._flush()
             await self._store.save_registration(registration)
-            for registration_id, (endpoint, waiting) in list(self._pending.items()):
-                if endpoint == registration.endpoint and waiting is not None:
-                    del self._pending[registration_id]
+            self.forget(registration.endpoint)
+
+    def forget(self, endpoint: str) -> None:
+        """Drop waiting saves of ``endpoint``: another process stored a newer registration
+        of it, which a late save of an older one would replace."""
+        for registration_id, (waiting_endpoint, waiting) in list(self._pending.items()):
+            if waiting_endpoint == endpoint and waiting is not None:
+                del self._pending[registration_id]
 
     async def flush(self) -> int:
         """Write what waits; returns how many changes still wait."""

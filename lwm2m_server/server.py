@@ -80,8 +80,12 @@ class LwM2MServer:
         downloads: Callable[[tuple[str, ...]], Download | None] = lambda path: None,
         credentials: CredentialLookup | None = None,
         trust_anchors: Sequence[bytes] | None = None,
+        restore: bool = True,
     ) -> None:
         self.config = config
+        self._restore = restore
+        """Load stored registrations, profiles and observations at start: not in a cluster
+        worker other than the leader, which would hold devices the kernel sends elsewhere."""
         self.credentials = credentials
         """The security store; without it there is no CoAPS or OSCORE and every device is NoSec."""
         self._oscore = OscoreContexts(credentials) if isinstance(credentials, CredentialStore) else None
@@ -118,6 +122,7 @@ class LwM2MServer:
             block1_limits=config.coap.block1_limits(),
             oscore=self._oscore,
             dtls_session_file=config.security.dtls_session_file,
+            reuse_port=config.coap.workers > 1,
         )
         self._bootstrap = BootstrapService(  # POST /bs; trust anchors: the signing key's, read at start
             config.bootstrap, config.coap, self._adapter.request,
@@ -142,14 +147,14 @@ class LwM2MServer:
 
     async def start(self) -> None:
         now = self._clock()
-        for registration in await self.store.load_registrations():
+        for registration in await self.store.load_registrations() if self._restore else ():
             self._book.restore(registration)
             self._device(registration.endpoint).last_seen = registration.updated_at
-        for endpoint, data in (await self.store.list_documents("profile")).items():
+        for endpoint, data in (await self.store.list_documents("profile")).items() if self._restore else ():
             self._profiles[endpoint] = DeviceProfile.from_dict(data)
         if not self._bootstrap_anchors_given:
             self._bootstrap.trust_anchors = tuple(signing_key_anchors(self.config.deployment.signing_key))
-        restored = await self.store.load_observations()
+        restored = await self.store.load_observations() if self._restore else []
         # adopted before the first datagram is read: their notifications must not be reset
         to_observe_anew = self._observations.adopt(restored, self._book.by_endpoint)
         await self.downloads.load()  # likewise: a pull that resumes must not meet a 4.04
@@ -251,6 +256,19 @@ class LwM2MServer:
 
     def registration(self, endpoint: str) -> Registration | None:
         return self._book.by_endpoint(endpoint)
+
+    def release(self, endpoint: str) -> bool:
+        """Let go of ``endpoint``'s registration without touching the store: another worker
+        of the cluster holds (and stored) a newer one. False when there was none here."""
+        registration = self._book.by_endpoint(endpoint)
+        if registration is None:
+            return False
+        self._book.deregister(registration.id)
+        self._writes.forget(endpoint)
+        self._drop_observations(endpoint)
+        self._adapter.forget(registration.address)
+        self._profiles.pop(endpoint, None)
+        return True
 
     def _require(self, endpoint: str) -> Registration:
         registration = self._book.by_endpoint(endpoint)
@@ -480,7 +498,10 @@ class LwM2MServer:
         """A URI the device can fetch ``/fw/<token>`` from (pull delivery): ``coaps://``
         for a device registered over CoAPS, so the module comes over its session;
         ``coap://`` for an OSCORE device, which protects its GETs with its context."""
-        registration = self._require(endpoint)
+        return self.download_uri_for(self._require(endpoint), token)
+
+    def download_uri_for(self, registration: Registration, token: str) -> str:
+        """:meth:`download_uri` for a registration held here or by another worker (they share ports)."""
         deployment = self.config.deployment
         host = deployment.public_host
         if not host:

@@ -99,10 +99,10 @@ def fleet_config(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running_stack(folder: Path, daemon_config: str, fleet_yaml: Path, endpoints: set[str]):
+def running_stack(folder: Path, daemon_config: str, fleet_yaml: Path, endpoints: set[str], workers: int = 1):
     """A daemon and a ``tinymlaas-sim fleet`` against it, once ``endpoints`` are all
     registered and discovered; both stopped at the end."""
-    daemon = Daemon(folder, daemon_config)
+    daemon = Daemon(folder, daemon_config, workers=workers)
     daemon.start()
     log = open(folder / "fleet.log", "w")
     fleet = subprocess.Popen(

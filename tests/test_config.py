@@ -200,7 +200,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
         "coap.prot: unknown key (did you mean 'port'?); valid keys: host, port, max_in_flight, "
         "max_in_flight_per_device, receive_buffer_bytes, request_timeout_s, block_size, "
         "rate_limit_per_peer, rate_limit_burst, max_request_body_bytes, max_block1_bodies_per_peer, "
-        "max_block1_bytes_per_peer, max_block1_bodies, max_block1_bytes, block1_idle_timeout_s, secure_port"
+        "max_block1_bytes_per_peer, max_block1_bodies, max_block1_bytes, block1_idle_timeout_s, workers, secure_port"
     )
     assert load_error(tmp_path, "api: {tokn_file: x}").startswith(
         "api.tokn_file: unknown key (did you mean 'token_file'?); valid keys: host, port,"
@@ -210,7 +210,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path: Path) -> None:
 def test_unknown_section_lists_valid_sections(tmp_path: Path) -> None:
     assert load_error(tmp_path, "colap: {}\n") == (
         "colap: unknown section (did you mean 'coap'?); valid sections: "
-        "coap, registration, queue, store, objects, api, security, bootstrap, logging, deployment"
+        "coap, registration, queue, store, objects, api, security, bootstrap, cluster, logging, deployment"
     )
     assert load_error(tmp_path, "zzz: 1").startswith("zzz: unknown section; valid sections:")
 
@@ -262,7 +262,7 @@ def test_wrong_type_names_the_expected_type(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     assert load_error(tmp_path, "- coap\n- api\n") == (
         "top level must be a mapping of sections "
-        "(coap, registration, queue, store, objects, api, security, bootstrap, logging, deployment), got a list"
+        "(coap, registration, queue, store, objects, api, security, bootstrap, cluster, logging, deployment), got a list"
     )
     assert load_error(tmp_path, "just text").endswith("got 'just text'")
 
@@ -490,3 +490,12 @@ def test_bootstrap_ports_of_its_own_and_queue_mode_bindings_load(tmp_path: Path)
     # coap.port 0 picks a free port: it cannot clash with a bootstrap port chosen by the operator
     assert load_config(write(tmp_path, "coap: {port: 0, secure_port: 0}\nbootstrap: {port: 5783}\n")).bootstrap.port \
         == 5783
+
+
+def test_workers_need_a_bus(tmp_path: Path) -> None:
+    assert load_error(tmp_path, "coap: {workers: 2}\n") == (
+        "cluster.bus: coap.workers: 2 needs a bus to join them: set cluster.bus (e.g. nats://127.0.0.1:4222)"
+    )
+    assert "must be a NATS URL" in load_error(tmp_path, "cluster: {bus: 'redis://x'}\n")
+    assert "NATS subject token" in load_error(tmp_path, "cluster: {name: 'a.b'}\n")
+    assert "coap.workers" in load_error(tmp_path, "coap: {workers: 0}\n")

@@ -314,7 +314,7 @@ def test_config_show_hides_the_password_in_the_url():
 
 
 async def test_the_daemons_open_store_opens_postgresql_from_the_url(url, new_schema):
-    from lwm2m_server.daemon import open_store as daemon_open_store
+    from lwm2m_server.store_plugins import open_store as daemon_open_store
     from lwm2m_server.store.postgresql import PostgresqlStore
 
     schema = new_schema()

@@ -138,7 +138,7 @@ class Deployment:
         for data in (await self.store.list_documents("module")).values():
             artifact = Artifact(**data)
             if Path(artifact.file).is_file():
-                self._remember(artifact)
+                self.remember(artifact)
         self._log.info("deployment_ready", key_id=key_id(self._key.public_key()), modules=len(self._downloads),
                        plugins=[p.name for p in self.plugins])
 
@@ -274,7 +274,7 @@ class Deployment:
                             "", "", 0, package="raw")  # the same bytes for every class
         if artifact.token not in self._artifacts:  # kept, so a delivery resumed after a restart finds it
             await self.store.put_document("module", f"{model.key}:{model.digest}:raw", asdict(artifact), self._clock())
-            self._remember(artifact)
+            self.remember(artifact)
         return artifact, "raw image: the device declares no SUIT support"
 
     @staticmethod
@@ -327,10 +327,11 @@ class Deployment:
         _write_atomic(path, envelope)
         artifact = Artifact(str(path), token, len(envelope), sha, payload_sha256, sequence,
                             device_class, plugin, arena_bytes)
-        self._remember(artifact)
+        self.remember(artifact)
         return artifact
 
-    def _remember(self, artifact: Artifact) -> None:
+    def remember(self, artifact: Artifact) -> None:
+        """Serve ``artifact`` (signed here, or by the cluster's leader into the shared folder)."""
         self._artifacts[artifact.token] = artifact
         self._downloads[artifact.token] = _download(artifact)
 

@@ -12,7 +12,7 @@ before the rollouts are loaded again.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -44,6 +44,8 @@ class ModuleDownloads:
         self._monotonic = monotonic
         self._grants = DownloadGrants()
         self._log = log or structlog.get_logger("lwm2m_server.downloads")
+        self.on_grant: list[Callable[[str, frozenset[str]], Awaitable[None]]] = []
+        """Awaited after each change of a grant (the cluster tells the other workers)."""
 
     async def load(self) -> None:
         """The saved grants (of deliveries under way when the server stopped)."""
@@ -67,6 +69,12 @@ class ModuleDownloads:
             await self._store.put_document(GRANTS, endpoint, {"tokens": sorted(tokens)}, now)
         else:
             await self._store.delete_document(GRANTS, endpoint)
+        for listener in self.on_grant:
+            await listener(endpoint, tokens)
+
+    def apply(self, endpoint: str, tokens: Iterable[str]) -> None:
+        """A grant another worker made (and stored): the device may fetch through this one."""
+        self._grants.set(endpoint, frozenset(tokens))
 
     def resolve(self, request: IncomingRequest) -> Download | OutgoingResponse | None:
         """The module a GET of ``/fw/<token>`` fetches, for the device it is delivered to;

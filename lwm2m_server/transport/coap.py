@@ -141,8 +141,11 @@ class CoapAdapter:
         oscore: OscoreContexts | None = None,
         log=None,
         dtls_session_file: Path | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._handler = handler
+        self._reuse_port = reuse_port
+        """Bind with SO_REUSEPORT: the workers of one server share its ports (coap.workers)."""
         self._rate_limiter = rate_limiter
         self._bind = (host, port)
         self._receive_buffer_bytes = receive_buffer_bytes
@@ -171,8 +174,9 @@ class CoapAdapter:
 
     async def start(self) -> None:
         # aiocoap sets SO_REUSEPORT by default: a second daemon on the same port would
-        # then silently share its traffic, and two port-0 binds may get one port.
-        os.environ["AIOCOAP_REUSE_PORT"] = "0"
+        # then silently share its traffic, and two port-0 binds may get one port. Only
+        # the workers of one server share on purpose.
+        os.environ["AIOCOAP_REUSE_PORT"] = "1" if self._reuse_port else "0"
         site = _Root(self, self._block1)
         secure_port, lookup, max_sessions, idle_timeout = self._secure
         if self._bind[1] is None:  # CoAPS only
@@ -216,7 +220,7 @@ class CoapAdapter:
                             mman, host=self._bind[0], port=secure_port, lookup=lookup, max_sessions=max_sessions,
                             receive_buffer_bytes=self._receive_buffer_bytes,
                             idle_timeout=idle_timeout, log=self._logger(), loop=asyncio.get_running_loop(),
-                            session_file=self.dtls_session_file))
+                            session_file=self.dtls_session_file, reuse_port=self._reuse_port))
             except BaseException:
                 await self.stop()
                 raise

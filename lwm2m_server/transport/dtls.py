@@ -589,13 +589,15 @@ class DtlsServerInterface(GenericMessageInterface):
     async def create(cls, mman: interfaces.MessageManager, *, host: str, port: int, lookup: PskLookup,
                      max_sessions: int, idle_timeout: float, log, loop,
                      receive_buffer_bytes: int = 4 * 1024 * 1024,
-                     session_file: Path | None = None) -> DtlsServerInterface:
+                     session_file: Path | None = None, reuse_port: bool = False) -> DtlsServerInterface:
         self = cls(mman, log, loop)
         endpoint = DtlsServerEndpoint(self, lookup, max_sessions=max_sessions, idle_timeout=idle_timeout, log=log,
                                       session_file=session_file)
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            if reuse_port:  # the kernel keeps each peer's 4-tuple, and so its session, on one worker
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             set_receive_buffer(sock, receive_buffer_bytes)
             # "0.0.0.0" means every IPv4 address: ::ffff:0.0.0.0 on a dual-stack socket
             sock.bind((as_v6(host) if host != "::" else "::", port))
