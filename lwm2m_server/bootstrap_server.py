@@ -202,6 +202,10 @@ class BootstrapService:
         self._running: dict[str, asyncio.Task] = {}
         self._sessions: dict[str, BootstrapSession] = {}
         self._log = structlog.get_logger("lwm2m_server.bootstrap")
+        self.assign: Callable[[str], tuple[str, int, int | None] | None] | None = None
+        """The node a device is to register with (host, CoAP port, CoAPS port), when
+        several nodes share the fleet (:mod:`.cluster`); None: this one, at the address
+        the device contacted."""
 
     # -- the request -------------------------------------------------------------------------
 
@@ -259,12 +263,17 @@ class BootstrapService:
         The host is the one the device contacted, the port the LwM2M server's (not the
         Bootstrap-Server's, when it has ports of its own)."""
         plain_port, secure_port = self._bound_ports()
+        assigned = self.assign(endpoint) if self.assign is not None and not self.config.server_uri else None
+        if assigned is not None:
+            host, plain_port, secure_port = assigned
+        else:
+            host = _host(local_base(address))
         uri = self.config.server_uri
         renew = getattr(self.credentials, "renew_oscore", None)
         if identity is not None and renew is not None and not (uri or "").lower().startswith("coaps://"):
             credential = _ask(renew, endpoint, self._clock())
             if credential is not None:
-                uri = uri or f"coap://{_host(local_base(address))}:{plain_port}"
+                uri = uri or f"coap://{host}:{plain_port}"
                 return ServerAccount(uri, self.config.short_server_id, self.config.lifetime_s, self.config.binding,
                                      oscore=device_context(credential))
         if uri:
@@ -274,7 +283,6 @@ class BootstrapService:
                     "4.03", "bootstrap.server_uri is coaps:// and no PSK is handed out over plain CoAP")
         else:
             secure = identity is not None and secure_port is not None
-            host = _host(local_base(address))
             uri = f"coaps://{host}:{secure_port}" if secure else f"coap://{host}:{plain_port}"
         psk = None
         if secure:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import secrets
 import tempfile
 from dataclasses import dataclass, field, fields
@@ -207,6 +208,16 @@ class ClusterConfig:
     """NATS server URL (``nats://127.0.0.1:4222``); needed when ``coap.workers`` > 1."""
     name: str = "tinymlaas"
     """Subject prefix on the bus: servers with the same name form one cluster."""
+    node: str | None = None
+    """This daemon's name in the cluster (unique per node); None: the host name."""
+    advertise: str | None = None
+    """Host (name or address) devices reach this node's CoAP ports at, for the
+    Bootstrap-Server of any node to send them here; None: ``coap.host`` unless it is
+    a wildcard (then this node is given only the devices that bootstrap with it)."""
+
+    @property
+    def node_id(self) -> str:
+        return self.node or _token(socket.gethostname())
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +301,9 @@ class DeploymentConfig:
     signed SUIT envelope although they have no TinyML object; others get the raw image."""
     rollouts: tuple[DeclaredRollout, ...] = ()
     """Rollouts declared here."""
+    leader_lease_s: float = 15.0
+    """Nodes sharing a store run rollouts on one, the holder of a store lease of this
+    length (renewed every third of it); when it dies, another takes over after it expires."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,12 +558,20 @@ def _cluster(s: Section) -> ClusterConfig:
         if not isinstance(bus, str) or not re.match(r"(nats|tls)://[^\s/]+(:\d+)?/?$", bus):
             s.fail("bus", f"must be a NATS URL such as nats://127.0.0.1:4222, got {describe(bus)}")
         s.values["bus"] = bus
-    name = s.raw.get("name")
-    if name is not None:
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-            s.fail("name", f"must be 1 to 64 letters, digits, '_' or '-' (a NATS subject token), got {describe(name)}")
-        s.values["name"] = name
+    if s.raw.get("advertise") is not None:
+        s.host("advertise")
+    for key in ("name", "node"):
+        value = s.raw.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+                s.fail(key, f"must be 1 to 64 letters, digits, '_' or '-' (a NATS subject token), got {describe(value)}")
+            s.values[key] = value
     return s.build()
+
+
+def _token(text: str) -> str:
+    """``text`` as a NATS subject token (a host name may hold dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:64] or "node"
 
 
 def _store(s: Section) -> StoreConfig:
@@ -639,6 +661,7 @@ def _deployment(s: Section) -> DeploymentConfig:
     s.path("signing_key")
     s.number("poll_interval_s", positive=True)
     s.number("phase_timeout_s", positive=True)
+    s.number("leader_lease_s", positive=True)
     s.integer("public_port", 0, 65535)
     s.integer("public_secure_port", 0, 65535)
     s.patterns("suit_device_classes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sys
 import time
@@ -16,14 +17,16 @@ from ipso_objects import DdfError, ObjectRegistry
 from .api.http import ManagementApi
 from .cluster.bus import BusError, NatsBus
 from .cluster.gateway import ClusterGateway
+from .cluster.follower import advertised
 from .cluster.pool import WorkerPool, WorkerStartFailed
-from .cluster.worker import WorkerLink
+from .cluster.worker import WorkerLink, worker_id
 from .transport.sockets import PortUnavailable, naming_port
 from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token, load_config
 from .security.credentials import CredentialError, CredentialStore
 from .ota.deployment import Deployment, DeploymentError
 from .folder_lock import FolderInUse, FolderLock
 from .logging_setup import configure_logging
+from .ota.leadership import RolloutLeadership, remember_modules
 from .ota.orchestrator import Orchestrator
 from .ota.rollouts import RolloutError, Selector, Strategy
 from .server import LwM2MServer
@@ -48,6 +51,8 @@ class Daemon:
         self.server: LwM2MServer | None = None
         self.api: ManagementApi | None = None
         self.orchestrator: Orchestrator | None = None
+        self.leadership: RolloutLeadership | None = None
+        """Runs the orchestrator while this node holds the rollout lease."""
         self.credentials: CredentialStore | None = None
         """The security store (PSK credentials), open while the daemon runs."""
         self._store: Store | None = None
@@ -56,9 +61,13 @@ class Daemon:
         self.workers: WorkerPool | None = None
         """Worker processes 1.. (``coap.workers`` > 1)."""
         self._link: WorkerLink | None = None
+        self.gateway: ClusterGateway | None = None
         store_file = Path(config.store.path) if config.store.kind == "sqlite" and str(config.store.path) != ":memory:" \
             else None
-        self._lock = FolderLock(config.deployment.data_dir, *([store_file.parent] if store_file else []))
+        # nodes of a cluster on a shared database share the data folder (signed modules) on purpose
+        shared = config.cluster.bus is not None and store_file is None and config.store.kind != "sqlite"
+        self._lock = FolderLock(*([] if shared else [config.deployment.data_dir]),
+                                *([store_file.parent] if store_file else []))
 
     async def start(self) -> None:
         config = with_dtls_session_file(self.config)
@@ -70,17 +79,27 @@ class Daemon:
             self.credentials = CredentialStore(config.security.credentials_path)
             deployment = Deployment(config.deployment, self._store, clock=time.time)
             await deployment.start()
+            # in a cluster the store holds every worker's registrations and no record of who holds
+            # which: none is restored; a device's next Update gets 4.04 and it registers again
             self.server = LwM2MServer(config, registry, self._store, downloads=deployment.download,
-                                      credentials=self.credentials)
+                                      credentials=self.credentials, restore=config.cluster.bus is None)
             await self.server.start()
-            gateway = await self._join_workers(config, deployment) if config.coap.workers > 1 else self.server
-            self.orchestrator = Orchestrator(gateway, deployment, clock=time.time)
-            await self.orchestrator.start()
-            for declared in config.deployment.rollouts:
-                await _declare(self.orchestrator, deployment, declared)
+            gateway = await self._join_cluster(config, deployment) if config.cluster.bus else self.server
+            self.orchestrator = orchestrator = Orchestrator(gateway, deployment, clock=time.time)
+
+            async def declare() -> None:  # by the leader, at each takeover too: they are created once
+                for declared in config.deployment.rollouts:
+                    await _declare(orchestrator, deployment, declared)
+
+            # the rollouts run here while this node holds the store lease (a single node: from now on)
+            self.leadership = RolloutLeadership(
+                self._store, orchestrator, holder=config.cluster.node_id, ttl_s=config.deployment.leader_lease_s,
+                clock=time.time, before_start=functools.partial(remember_modules, deployment), after_start=declare)
+            await self.leadership.start()
             self.api = ManagementApi(gateway, token, host=config.api.host, port=config.api.port,
                                      deployment=deployment, orchestrator=self.orchestrator,
-                                     credentials=self.credentials, metrics_access=config.api.metrics)
+                                     credentials=self.credentials, metrics_access=config.api.metrics,
+                                     leadership=self.leadership)
             with naming_port("TCP", config.api.host, config.api.port):
                 await self.api.start()
         except BaseException:
@@ -93,12 +112,18 @@ class Daemon:
             objects=len(registry), store=str(config.store.path),
         )
 
-    async def _join_workers(self, config: ServerConfig, deployment: Deployment) -> ClusterGateway:
-        """Workers 1.. on the ports this process bound, and the view of all their devices."""
-        self.bus = await NatsBus.connect(config.cluster.bus, name=f"{config.cluster.name}-worker-0")
-        self._link = WorkerLink(self.server, self.bus, prefix=config.cluster.name, worker=0, deployment=deployment)
+    async def _join_cluster(self, config: ServerConfig, deployment: Deployment) -> ClusterGateway:
+        """This node's workers 1.. on the ports this process bound, and the view of every
+        worker's devices (of this node and the others on the bus)."""
+        leader = worker_id(config.cluster.node_id, 0)
+        self.bus = await NatsBus.connect(config.cluster.bus, name=f"{config.cluster.name}-{leader}")
+        advertise = advertised(config, self.server.port, self.server.secure_port)
+        self._link = WorkerLink(self.server, self.bus, prefix=config.cluster.name, worker=leader,
+                                node=config.cluster.node_id, deployment=deployment, advertise=advertise)
         await self._link.start()
-        gateway = ClusterGateway(self.server, self.bus, prefix=config.cluster.name, deployment=deployment)
+        self.gateway = gateway = ClusterGateway(self.server, self.bus, prefix=config.cluster.name,
+                                                deployment=deployment, worker=leader, node=config.cluster.node_id,
+                                                advertise=advertise)
         await gateway.start()
         self.workers = WorkerPool(config, gateway, port=self.server.port, secure_port=self.server.secure_port)
         await self.workers.start()
@@ -107,10 +132,14 @@ class Daemon:
     async def stop(self) -> None:
         if self.api is not None:
             await self.api.stop()
-        if self.orchestrator is not None:
+        if self.leadership is not None:
+            await self.leadership.stop()  # the orchestrator stops, the lease goes to another node at once
+        elif self.orchestrator is not None:
             await self.orchestrator.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.gateway is not None:
+            await self.gateway.stop()
         if self._link is not None:
             await self._link.stop()
         if self.server is not None:

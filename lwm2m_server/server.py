@@ -257,6 +257,11 @@ class LwM2MServer:
     def registration(self, endpoint: str) -> Registration | None:
         return self._book.by_endpoint(endpoint)
 
+    def assign_bootstrapped(self, assign) -> None:
+        """Let ``assign(endpoint)`` name the node (host, port, secure port) a bootstrapped
+        device registers with (:class:`.bootstrap_server.BootstrapService.assign`)."""
+        self._bootstrap.assign = assign
+
     def release(self, endpoint: str) -> bool:
         """Let go of ``endpoint``'s registration without touching the store: another worker
         of the cluster holds (and stored) a newer one. False when there was none here."""

@@ -440,6 +440,15 @@ class SimulatedDevice(DeviceServing, DeviceRegistration):
             bootstrap.abort()
         self.objects.take_changed()  # what bootstrap wrote is configuration, not news for a server
 
+    async def rebootstrap(self) -> bool:
+        if self.bootstrap is None:
+            return False
+        self.location = None
+        await self.request_bootstrap()
+        self._use_account()
+        await self.register()
+        return True
+
     def _use_account(self) -> None:
         """Register where bootstrap said, with the credentials it gave."""
         account = self.bootstrap.account() if self.bootstrap is not None else None

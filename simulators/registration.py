@@ -32,6 +32,12 @@ _LIFETIME = LwM2MPath.of(1, 0, 1)
 _BINDING = LwM2MPath.of(1, 0, 7)
 
 
+BOOTSTRAP_AFTER_FAILURES = 2
+"""Failed Updates (or Registers) in a row after which a device with a Bootstrap-Server
+bootstraps again: LwM2M 1.1 Core §6.2.1.1, "Bootstrap on Registration Failure"
+(/1/x/16, true by default) — the server it knew is gone, bootstrap names another."""
+
+
 class RegistrationFailed(Exception):
     """Register, Update or De-register got an error response or no response."""
 
@@ -59,6 +65,11 @@ class DeviceRegistration:
 
     # provided by SimulatedDevice
     async def wake(self) -> None:
+        raise NotImplementedError
+
+    async def rebootstrap(self) -> bool:
+        """Bootstrap again and register where it says; False for a device without a
+        Bootstrap-Server."""
         raise NotImplementedError
 
     # -- registration interface -------------------------------------------------------------
@@ -159,6 +170,7 @@ class DeviceRegistration:
 
     async def _update_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        failures = 0
         while not self._closing:
             lifetime = self._lifetime()
             due = self._last_update_at + max(1.0, lifetime * self.update_fraction)
@@ -167,9 +179,13 @@ class DeviceRegistration:
             try:
                 if self.asleep:
                     await self.wake()
+                elif failures >= BOOTSTRAP_AFTER_FAILURES and await self.rebootstrap():
+                    log.info("rebootstrapped", ep=self.endpoint, server=self.server_uri)
                 else:
                     await self.update()
+                failures = 0
             except RegistrationFailed as error:
+                failures += 1
                 retry = min(30.0, max(1.0, lifetime * 0.1))
                 log.warning("update_failed", ep=self.endpoint, reason=str(error), retry_in=retry)
                 self._last_update_at = loop.time() + retry - max(1.0, lifetime * self.update_fraction)

@@ -67,7 +67,7 @@ class Stack:
     def cli(self, capsys, *args: str) -> tuple[int, str, str]:
         """``tinymlaas ARGS --api URL --token T``: exit status, stdout, stderr."""
         capsys.readouterr()
-        code = cli_main([*args, "--api", self.url, "--token", self.token])
+        code = cli_main([*args, "--api", self.url, f"--token={self.token}"])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -121,14 +121,19 @@ def running_stack(folder: Path, daemon_config: str, fleet_yaml: Path, endpoints:
         wait_for(discovered, 30, "the fleet to register and be discovered")
         yield stack
     finally:
-        fleet.send_signal(signal.SIGTERM)
-        try:
-            fleet.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            fleet.kill()
+        stop_fleet(fleet)
         log.close()
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def stop_fleet(fleet: subprocess.Popen) -> None:
+    """SIGTERM (the devices de-register), SIGKILL if it takes over 10 s."""
+    fleet.send_signal(signal.SIGTERM)
+    try:
+        fleet.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        fleet.kill()
 
 
 @pytest.fixture(scope="module")

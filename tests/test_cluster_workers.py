@@ -17,7 +17,7 @@ import yaml
 
 from lwm2m_server.cluster.bus import NatsBus
 from lwm2m_server.cluster.worker import worker_subject
-from test_cli_e2e import MODEL, ROOT, running_stack, wait_for
+from test_cli_e2e import MODEL, ROOT, running_stack
 
 NATS = ("127.0.0.1", 4222)
 DEVICES = 12
@@ -47,7 +47,7 @@ def fleet_yaml(folder: Path) -> Path:
     return path
 
 
-def directory(cluster: str, worker: int) -> set[str]:
+def directory(cluster: str, worker: str) -> set[str]:
     async def ask() -> set[str]:
         bus = await NatsBus.connect("nats://127.0.0.1:4222")
         try:
@@ -62,7 +62,7 @@ def directory(cluster: str, worker: int) -> set[str]:
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("workers")
     name = f"t{uuid.uuid4().hex[:12]}"  # a cluster of its own on the shared NATS server
-    config = (f"cluster: {{bus: 'nats://127.0.0.1:4222', name: {name}}}\n"
+    config = (f"cluster: {{bus: 'nats://127.0.0.1:4222', name: {name}, node: n1}}\n"
               "deployment: {poll_interval_s: 0.2, phase_timeout_s: 60}\n")
     endpoints = {f"w-{i:04d}" for i in range(1, DEVICES + 1)}
     with running_stack(folder, config, fleet_yaml(folder), endpoints, workers=2) as stack:
@@ -71,7 +71,7 @@ def cluster(tmp_path_factory):
 
 def test_the_devices_are_spread_over_both_workers_and_the_api_sees_all(cluster):
     stack, name, endpoints = cluster
-    on_leader, on_worker = directory(name, 0), directory(name, 1)
+    on_leader, on_worker = directory(name, "n1-0"), directory(name, "n1-1")
     assert on_leader | on_worker == endpoints and not on_leader & on_worker
     assert on_leader and on_worker, "the kernel put every device on one worker"
     assert {d["endpoint"] for d in stack.api("GET", "/devices")} == endpoints

@@ -34,13 +34,13 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 class Daemon:
-    def __init__(self, folder: Path, extra: str = "", workers: int = 1) -> None:
+    def __init__(self, folder: Path, extra: str = "", workers: int = 1, host: str = "127.0.0.1") -> None:
         self.folder = folder
         self.coap_port = free_port(socket.SOCK_DGRAM)
         self.coaps_port = free_port(socket.SOCK_DGRAM)
         self.api_port = free_port(socket.SOCK_STREAM)
         (folder / "server.yaml").write_text(
-            f'coap: {{host: "127.0.0.1", port: {self.coap_port}, secure_port: {self.coaps_port}, workers: {workers}}}\n'
+            f'coap: {{host: "{host}", port: {self.coap_port}, secure_port: {self.coaps_port}, workers: {workers}}}\n'
             f"api: {{port: {self.api_port}}}\nlogging: {{format: json}}\n{extra}"
         )
         self.process: subprocess.Popen | None = None

@@ -33,6 +33,7 @@ from lwm2m_server.store import (
     UnknownEntryError,
     UnknownRegistrationError,
 )
+from lwm2m_server.store.base import Lease
 
 P = LwM2MPath.parse
 POSTGRESQL_URL = os.environ.get("TINYMLAAS_TEST_POSTGRESQL_URL", "postgresql://127.0.0.1:5432/test")
@@ -444,3 +445,92 @@ async def test_close_lets_calls_under_way_finish(backend: Backend):
     await asyncio.gather(*saves)
     async with await backend.open() as again:
         assert len(await again.load_registrations()) == 20
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+async def test_a_lease_has_one_holder_and_a_renewal_keeps_its_epoch(store: Store):
+    assert await store.get_lease("rollouts") is None
+    first = await store.acquire_lease("rollouts", "node-a", 10.0, now=100.0)
+    assert first == Lease("rollouts", "node-a", 110.0, 1)
+    assert await store.get_lease("rollouts") == first
+    assert await store.acquire_lease("rollouts", "node-b", 10.0, now=105.0) is None  # held
+    renewed = await store.acquire_lease("rollouts", "node-a", 10.0, now=106.0)
+    assert renewed == Lease("rollouts", "node-a", 116.0, 1)
+    assert await store.acquire_lease("other", "node-b", 5.0, now=106.0) == Lease("other", "node-b", 111.0, 1)
+    assert (await store.get_lease("rollouts")).holder == "node-a"
+
+
+async def test_an_expired_lease_is_taken_over_and_the_epoch_goes_up(store: Store):
+    await store.acquire_lease("rollouts", "node-a", 10.0, now=100.0)
+    assert await store.acquire_lease("rollouts", "node-b", 10.0, now=109.999) is None
+    taken = await store.acquire_lease("rollouts", "node-b", 10.0, now=110.0)  # expires_at is the first free instant
+    assert taken == Lease("rollouts", "node-b", 120.0, 2)
+    assert await store.acquire_lease("rollouts", "node-a", 10.0, now=111.0) is None  # the old holder cannot renew
+    # the same holder after its own lease expired: a new tenure, a new epoch
+    again = await store.acquire_lease("rollouts", "node-b", 10.0, now=130.0)
+    assert again == Lease("rollouts", "node-b", 140.0, 3)
+
+
+async def test_a_released_lease_is_free_at_once_and_its_epoch_keeps_counting(store: Store):
+    await store.acquire_lease("rollouts", "node-a", 60.0, now=100.0)
+    assert await store.release_lease("rollouts", "node-b") is False  # not node-b's
+    assert await store.release_lease("rollouts", "node-a") is True
+    assert await store.release_lease("rollouts", "node-a") is False
+    assert await store.get_lease("rollouts") is None
+    assert await store.acquire_lease("rollouts", "node-b", 60.0, now=101.0) == Lease("rollouts", "node-b", 161.0, 2)
+    assert await store.release_lease("never-taken", "node-a") is False
+    with pytest.raises(StoreError, match="ttl_s"):
+        await store.acquire_lease("rollouts", "node-a", 0, now=1.0)
+    with pytest.raises(StoreError, match="holder"):
+        await store.acquire_lease("rollouts", "", 10.0, now=1.0)
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["free", "expired"])
+async def test_of_two_stores_racing_for_a_lease_exactly_one_wins(backend: Backend, expired: bool):
+    """Two stores on the same data (two nodes), many holders each, every round at once."""
+    stores = [await backend.open(), await backend.open()]
+    try:
+        for round_ in range(5):
+            name, now = f"race-{round_}", 1000.0
+            if expired:  # someone held it, long ago
+                await stores[0].acquire_lease(name, "gone", 1.0, now=0.0)
+            holders = [(stores[i % 2], f"node-{i}") for i in range(8)]
+            won = await asyncio.gather(*(s.acquire_lease(name, h, 30.0, now) for s, h in holders))
+            winners = [lease for lease in won if lease is not None]
+            assert len(winners) == 1, won
+            assert winners[0].epoch == (2 if expired else 1)
+            for s in stores:
+                assert await s.get_lease(name) == winners[0]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_fenced_writes_land_only_while_the_lease_is_held(store: Store):
+    lease = await store.acquire_lease("rollouts", "node-a", 10.0, now=100.0)
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 1}, 101.0, lease) is True
+    assert await store.get_document("rollout", "r1") == {"v": 1}
+    # the lease must hold past held_until (a margin against clock skew), not only now
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 2}, 101.0, lease, held_until=110.0) is False
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 2}, 110.0, lease) is False  # expired
+    taken = await store.acquire_lease("rollouts", "node-b", 10.0, now=110.0)
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 3}, 111.0, lease) is False  # the old epoch
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 4}, 111.0, taken) is True
+    forged = Lease("rollouts", "node-b", taken.expires_at, taken.epoch + 1)
+    assert await store.put_document_if_lease("rollout", "r1", {"v": 5}, 111.0, forged) is False
+    assert await store.put_document_if_lease("rollout", "r2", {"v": 6}, 111.0, Lease("nope", "node-b", 1e12, 1)) is False
+    assert await store.get_document("rollout", "r1") == {"v": 4}
+    assert await store.get_document("rollout", "r2") is None
+    with pytest.raises(StoreError, match="does not survive JSON"):
+        await store.put_document_if_lease("rollout", "r1", {"t": (1,)}, 111.0, taken)
+
+
+async def test_leases_survive_reopen(backend: Backend):
+    store = await backend.open()
+    lease = await store.acquire_lease("rollouts", "node-a", 3600.0, now=100.0)
+    await store.close()
+    async with await backend.open() as again:
+        assert await again.get_lease("rollouts") == lease
+        assert await again.acquire_lease("rollouts", "node-b", 10.0, now=200.0) is None

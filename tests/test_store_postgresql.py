@@ -19,6 +19,9 @@ from lwm2m_server.config import ConfigError, ServerConfig, StoreConfig, config_t
 from lwm2m_server.store import QueueFullError, StoreError
 from test_store_contract import drop_schema, entry, observation, registration, require_postgresql
 
+ALL_VERSIONS = [(1,), (2,)]
+"""schema_version after migrating: one row per migration (2: leases)."""
+
 
 def with_params(url: str, **params: str) -> str:
     query = "&".join(f"{key}={value}" for key, value in params.items())
@@ -237,18 +240,19 @@ async def test_migration_of_an_empty_schema_and_an_idempotent_reopen(url, new_sc
         await store.save_registration(registration())
     tables = await sql(url, "SELECT table_name FROM information_schema.tables WHERE table_schema = %s "
                             "ORDER BY table_name", (schema,))
-    assert [t for (t,) in tables] == ["documents", "observations", "queue", "registrations", "schema_version"]
+    assert [t for (t,) in tables] == ["documents", "leases", "observations", "queue", "registrations",
+                                      "schema_version"]
     for _ in range(2):
         async with await open_store(url, schema) as again:
             assert await again.load_registrations() == [registration()]
-    assert await sql(url, f"SELECT version FROM {schema}.schema_version") == [(1,)]
+    assert await sql(url, f"SELECT version FROM {schema}.schema_version ORDER BY version") == ALL_VERSIONS
 
 
 async def test_nodes_starting_together_migrate_once(url, new_schema):
     schema = new_schema()
     stores = await asyncio.gather(*(open_store(url, schema) for _ in range(4)))
     try:
-        assert await sql(url, f"SELECT version FROM {schema}.schema_version") == [(1,)]
+        assert await sql(url, f"SELECT version FROM {schema}.schema_version ORDER BY version") == ALL_VERSIONS
     finally:
         for store in stores:
             await store.close()

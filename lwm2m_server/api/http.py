@@ -8,7 +8,9 @@ the body keeps the CoAP ``code``), ``502`` for a 2.xx answer that does not decod
 ``504`` when the device did not answer, ``404`` for an unknown endpoint (no ``code``
 in the body), ``400`` for a request that cannot be built. A body that is not
 a JSON object, or has a wrong-typed or unknown field, is a ``400`` naming the
-field (:mod:`.bodies`); storage that cannot be written (a full disk) is ``503``;
+field (:mod:`.bodies`); storage that cannot be written (a full disk) is ``503``, and so
+is a rollout change on a node that does not lead rollouts (the body's ``leader`` names
+the node to retry at; rollout reads there show the store's state);
 anything else unexpected a ``500`` with ``{"error": "internal server error"}``
 (the traceback goes to the log only). ``GET
 /api/v1/events`` streams newline-delimited JSON events until the client leaves.
@@ -45,7 +47,8 @@ from ..core.operations import OperationError
 from ..core.responses import REASONS, UNREACHABLE, Result
 from ..security.credentials import CredentialStore
 from ..ota.deployment import Deployment, DeploymentError
-from ..ota.orchestrator import Orchestrator
+from ..ota.leadership import RolloutLeadership
+from ..ota.orchestrator import NotLeader, Orchestrator
 from ..core.registration import Registration
 from ..ota.rollouts import RolloutError, RolloutState, summarize
 from ..core.queue_mode import Queued
@@ -209,10 +212,13 @@ class ManagementApi:
 
     def __init__(self, server: LwM2MServer, token: str, *, host: str = "127.0.0.1", port: int = 5780,
                  deployment: Deployment | None = None, orchestrator: Orchestrator | None = None,
-                 credentials: CredentialStore | None = None, metrics_access: str = "loopback") -> None:
+                 credentials: CredentialStore | None = None, metrics_access: str = "loopback",
+                 leadership: RolloutLeadership | None = None) -> None:
         self.server = server
         self.deployment = deployment
         self.orchestrator = orchestrator
+        self.leadership = leadership
+        """Whether this node leads rollouts (nodes sharing a store); None: it always does."""
         self.credentials = credentials
         self._token = token
         self._metrics_access = metrics_access
@@ -274,6 +280,11 @@ class ManagementApi:
             return web.json_response({"error": str(error)}, status=429)
         except (OperationError, IpsoError) as error:
             return web.json_response({"error": error.reason}, status=400)
+        except NotLeader as error:  # rollouts change only at the node that leads them
+            leader = error.leader or (await self.leadership.leader() if self.leadership is not None else None)
+            where = f"node {leader} leads rollouts: retry there" if leader else "no node leads rollouts now: retry soon"
+            return web.json_response({"error": f"{error}; {where}", "leader": leader}, status=503,
+                                     headers={} if leader else {"Retry-After": "5"})
         except (DeploymentError, RolloutError) as error:
             return web.json_response({"error": str(error)}, status=400)
         except StoreError as error:
@@ -313,7 +324,8 @@ class ManagementApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """``GET /metrics``: Prometheus text (who may read it: ``api.metrics``)."""
-        body = await self.server.metrics.render(self.orchestrator)
+        leading = self.leadership is None or self.leadership.is_leader  # rollout gauges from one node only
+        body = await self.server.metrics.render(self.orchestrator if leading else None)
         return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     async def devices(self, request: web.Request) -> web.Response:
@@ -362,17 +374,32 @@ class ManagementApi:
         record = await deployment.add_model(data, name, version, request.query.get("format", "tflite"))
         return web.json_response(asdict(record), status=201)
 
+    async def _leading(self) -> None:
+        """A rollout change here is refused (503, naming the leader) unless this node leads rollouts."""
+        if self.leadership is not None and not self.leadership.is_leader:
+            raise NotLeader(f"this node ({self.leadership.holder}) does not lead rollouts",
+                            await self.leadership.leader())
+
+    async def _fresh_view(self) -> None:
+        """Where another node leads rollouts, show them as the store has them now."""
+        if self.leadership is not None:
+            await self.leadership.refresh_view()
+
     async def list_rollouts(self, request: web.Request) -> web.Response:
         _, orchestrator = self._deploying()
+        await self._fresh_view()
         return web.json_response([self._rollout_json(r.id) for r in orchestrator.rollouts()])
 
     async def create_rollout(self, request: web.Request) -> web.Response:
         _, orchestrator = self._deploying()
         model, selector, strategy, rollout_id = bodies.rollout(await bodies.json_object(request))
+        await self._leading()
         rollout = await orchestrator.create(model, selector, strategy, rollout_id)
         return web.json_response(self._rollout_json(rollout.id), status=201)
 
     async def get_rollout(self, request: web.Request) -> web.Response:
+        self._deploying()
+        await self._fresh_view()
         return web.json_response(self._rollout_json(request.match_info["id"], devices=True))
 
     def _rollout_action(self, action: str):
@@ -381,6 +408,7 @@ class ManagementApi:
         async def handler(request: web.Request) -> web.Response:
             _, orchestrator = self._deploying()
             bodies.check_fields(await bodies.json_object(request, optional=True), ())  # it takes none
+            await self._leading()
             await orchestrator.set_state(request.match_info["id"], states[action])
             return web.json_response(self._rollout_json(request.match_info["id"]))
 

@@ -10,6 +10,7 @@ route by name with wildcards, and a message costs no storage. Messages are CBOR 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -91,6 +92,27 @@ class NatsBus:
         if not isinstance(reply, dict):
             raise BusError(f"NATS {_where(self.url)}: malformed reply on {subject}")
         return reply
+
+    async def gather(self, subject: str, message: dict[str, Any], window: float) -> list[dict[str, Any]]:
+        """Every answer to ``message`` on ``subject`` that arrives within ``window`` seconds
+        (a question to all workers; request() takes the first answer only)."""
+        inbox = self._nc.new_inbox()
+        answers: list[dict[str, Any]] = []
+
+        async def receive(msg) -> None:
+            with contextlib.suppress(Exception):
+                answer = cbor2.loads(msg.data)
+                if isinstance(answer, dict):
+                    answers.append(answer)
+
+        try:
+            subscription = await self._nc.subscribe(inbox, cb=receive)
+            await self._nc.publish(subject, cbor2.dumps(message), reply=inbox)
+            await asyncio.sleep(window)
+            await subscription.unsubscribe()
+        except NatsError as error:
+            raise BusError(f"NATS {_where(self.url)}: gather on {subject}: {error}") from None
+        return answers
 
     async def close(self) -> None:
         try:

@@ -20,12 +20,12 @@ from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store_plugins import open_store
 
 from .bus import NatsBus
-from .worker import WorkerLink
+from .worker import NodeAddress, WorkerLink
 
 PR_SET_PDEATHSIG = 1
 
 
-def run_follower(config: ServerConfig, worker: int) -> None:
+def run_follower(config: ServerConfig, worker: str) -> None:
     """Process entry point (multiprocessing, spawn). ``config`` names the ports the
     leader bound (never 0: the workers must share the leader's)."""
     _die_with_parent()
@@ -45,7 +45,7 @@ def follower_config(config: ServerConfig, port: int | None, secure_port: int | N
     )
 
 
-async def _serve(config: ServerConfig, worker: int) -> None:
+async def _serve(config: ServerConfig, worker: str) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -59,8 +59,9 @@ async def _serve(config: ServerConfig, worker: int) -> None:
         server = LwM2MServer(config, ObjectRegistry.default(config.objects.ddf_folders), store,
                              downloads=deployment.download, credentials=credentials, restore=False)
         await server.start()
-        bus = await NatsBus.connect(config.cluster.bus, name=f"{config.cluster.name}-worker-{worker}")
-        link = WorkerLink(server, bus, prefix=config.cluster.name, worker=worker, deployment=deployment)
+        bus = await NatsBus.connect(config.cluster.bus, name=f"{config.cluster.name}-{worker}")
+        link = WorkerLink(server, bus, prefix=config.cluster.name, worker=worker, node=config.cluster.node_id,
+                          deployment=deployment, advertise=advertised(config, server.port, server.secure_port))
         await link.start()
         structlog.get_logger("tinymlaas").info("worker_ready", worker=worker, coap_port=server.port)
         await stopping.wait()
@@ -73,6 +74,18 @@ async def _serve(config: ServerConfig, worker: int) -> None:
             await bus.close()
         await store.close()
         credentials.close()
+
+
+def advertised(config: ServerConfig, port: int | None, secure_port: int | None) -> NodeAddress | None:
+    """Where devices reach this node's ports: ``cluster.advertise``, else ``coap.host``
+    unless it is a wildcard; None when neither names a host (or there is no plain port)."""
+    host = config.cluster.advertise or (config.coap.host if config.coap.host not in WILDCARDS else None)
+    if host is None or port is None:
+        return None
+    return (f"[{host}]" if ":" in host else host), port, secure_port
+
+
+WILDCARDS = ("::", "0.0.0.0", "")
 
 
 def _die_with_parent() -> None:

@@ -10,6 +10,10 @@ so the event stream and the orchestrator's waits see every device.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,7 +34,10 @@ from .wire import (
     artifact_to_wire, entries_from_wire, entry_from_wire, observed_request, paths_from_wire, profile_from_wire, registration_from_wire,
     request_to_wire, result_from_wire,
 )
-from .worker import events_subject, grants_subject, worker_subject
+from .worker import (
+    PRESENCE_INTERVAL_S, PRESENCE_TIMEOUT_S, NodeAddress, directory_subject, events_subject, grants_subject, presence_subject,
+    worker_subject,
+)
 
 GONE = ("deregistered", "expired", "registration_ended")
 """Events after which a worker no longer holds the device."""
@@ -38,7 +45,7 @@ GONE = ("deregistered", "expired", "registration_ended")
 
 @dataclass(slots=True)
 class RemoteDevice:
-    worker: int
+    worker: str
     registration: Registration
     profile: DeviceProfile | None = None
 
@@ -47,43 +54,113 @@ class ClusterGateway:
     """The leader's server, with every other worker's devices added."""
 
     def __init__(self, server: LwM2MServer, bus: NatsBus, *, prefix: str, deployment: Deployment,
-                 worker: int = 0, rpc_margin_s: float = 5.0) -> None:
+                 worker: str, node: str, advertise: NodeAddress | None = None, rpc_margin_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.server = server
+        self.node = node
+        self._nodes: dict[str, tuple[NodeAddress | None, float]] = {}  # other nodes: address, last heard
+        self._advertise = advertise
         self.bus = bus
         self.prefix = prefix
         self.worker = worker
         self.deployment = deployment
         self._remote: dict[str, RemoteDevice] = {}
+        self._heard_at: dict[str, float] = {}  # worker -> when it last said anything
+        self._lost: dict[str, asyncio.Event] = {}  # worker -> set when it is taken for dead
+        self._clock = clock
+        self._sweeping: asyncio.Task | None = None
         self._rpc_timeout = server.config.coap.request_timeout_s + rpc_margin_s
         self._log = structlog.get_logger("lwm2m_server.cluster")
 
     def __getattr__(self, name: str) -> Any:  # registry, store, events, downloads, metrics, ports, ...
         return getattr(self.server, name)
 
-    async def start(self) -> None:
+    async def start(self, directory_window_s: float = 1.0) -> None:
+        """Follow the other workers (of every node) and learn the devices they hold now."""
         await self.bus.subscribe(events_subject(self.prefix), self._heard)
+        await self.bus.subscribe(presence_subject(self.prefix), self._presence)
         self.server.downloads.on_grant.append(self._tell_grant)
+        self.server.assign_bootstrapped(self.assign)
+        for answer in await self.bus.gather(directory_subject(self.prefix), {"op": "directory"}, directory_window_s):
+            self._learn(answer)
+        self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
 
-    async def add_worker(self, worker: int, timeout: float = 10.0) -> int:
-        """Learn what ``worker`` holds (after it started, or when events may have been lost);
-        returns how many devices it has."""
-        reply = await self.bus.request(worker_subject(self.prefix, worker), {"op": "directory"}, timeout)
-        devices = reply.get("devices", [])
+    async def stop(self) -> None:
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
+
+    async def add_worker(self, worker: str, timeout: float = 10.0) -> int:
+        """Learn what ``worker`` holds (after it started); returns how many devices it has."""
+        return self._learn(await self.bus.request(worker_subject(self.prefix, worker), {"op": "directory"}, timeout))
+
+    def _learn(self, answer: dict[str, Any]) -> int:
+        worker, devices = answer.get("worker"), answer.get("devices", [])
+        if not isinstance(worker, str) or worker == self.worker:
+            return 0
+        self._heard_at[worker] = self._clock()
         for device in devices:
-            registration = registration_from_wire(device["registration"])
-            if self.server.registration(registration.endpoint) is None:
+            try:
+                registration = registration_from_wire(device["registration"])
                 profile = profile_from_wire(device["profile"]) if device.get("profile") else None
+            except (KeyError, ValueError, TypeError) as error:
+                self._log.warning("malformed_directory_entry", worker=worker, error=str(error))
+                continue
+            if self.server.registration(registration.endpoint) is None:
                 self._remote[registration.endpoint] = RemoteDevice(worker, registration, profile)
         return len(devices)
 
-    def forget_worker(self, worker: int) -> int:
+    def forget_worker(self, worker: str) -> int:
         """``worker`` is gone: its devices are unknown until they register again; how many."""
+        self._heard_at.pop(worker, None)
+        if (lost := self._lost.pop(worker, None)) is not None:
+            lost.set()  # its requests in flight are answered "unreachable" now
         gone = [endpoint for endpoint, device in self._remote.items() if device.worker == worker]
         for endpoint in gone:
             del self._remote[endpoint]
+        if gone:
+            self._log.warning("worker_lost", worker=worker, devices=len(gone))
         return len(gone)
 
-    def worker_of(self, endpoint: str) -> int | None:
+    async def _presence(self, message: dict[str, Any]) -> None:
+        worker, node = message.get("worker"), message.get("node")
+        if not isinstance(worker, str) or worker == self.worker:
+            return
+        if message.get("gone"):
+            self.forget_worker(worker)
+            return
+        now = self._heard_at[worker] = self._clock()
+        if isinstance(node, str) and node != self.node:
+            address = message.get("address")
+            valid = isinstance(address, list) and len(address) == 3 and isinstance(address[0], str) \
+                and isinstance(address[1], int) and (address[2] is None or isinstance(address[2], int))
+            self._nodes[node] = (tuple(address) if valid else None, now)  # type: ignore[arg-type]
+
+    def nodes(self) -> dict[str, NodeAddress | None]:
+        """The nodes alive now (this one included) and where devices reach them."""
+        now = self._clock()
+        live = {node: address for node, (address, heard) in self._nodes.items() if now - heard <= PRESENCE_TIMEOUT_S}
+        return {self.node: self._advertise, **live}
+
+    def assign(self, endpoint: str) -> NodeAddress | None:
+        """The node a bootstrapping device is sent to: rendezvous hashing over the live
+        nodes that advertise an address, so a node leaving moves only its own devices."""
+        candidates = {node: address for node, address in self.nodes().items() if address is not None}
+        if not candidates:
+            return None
+        chosen = max(candidates, key=lambda node: hashlib.sha256(f"{node}\0{endpoint}".encode()).digest())
+        return candidates[chosen]
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_INTERVAL_S)
+            now = self._clock()
+            for worker, heard in list(self._heard_at.items()):
+                if now - heard > PRESENCE_TIMEOUT_S:
+                    self.forget_worker(worker)
+
+    def worker_of(self, endpoint: str) -> str | None:
         if self.server.registration(endpoint) is not None:
             return self.worker
         device = self._remote.get(endpoint)
@@ -169,8 +246,21 @@ class ClusterGateway:
     async def _ask(self, device: RemoteDevice, message: dict[str, Any]) -> dict[str, Any] | Result:
         """The worker's reply, or the Result an unreachable device gives."""
         endpoint = message["endpoint"]
+        lost = self._lost.setdefault(device.worker, asyncio.Event())
+        asking = asyncio.ensure_future(
+            self.bus.request(worker_subject(self.prefix, device.worker), message, self._rpc_timeout))
+        waiting = asyncio.ensure_future(lost.wait())
+        try:  # a worker that dies mid-request never answers: stop waiting when it is taken for dead
+            await asyncio.wait((asking, waiting), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            answered = asking.done()
+            if not answered:
+                asking.cancel()
+        if not answered:
+            return Result(ok=False, code=UNREACHABLE, diagnostic=f"worker {device.worker} left the cluster")
         try:
-            reply = await self.bus.request(worker_subject(self.prefix, device.worker), message, self._rpc_timeout)
+            reply = asking.result()
         except BusError as error:
             self._log.warning("worker_unreachable", worker=device.worker, ep=endpoint, error=str(error))
             return Result(ok=False, code=UNREACHABLE, diagnostic=f"worker {device.worker} unreachable: {error}")
@@ -198,8 +288,9 @@ class ClusterGateway:
 
     async def _heard(self, message: dict[str, Any]) -> None:
         worker, kind, endpoint = message.get("worker"), message.get("kind"), str(message.get("endpoint", ""))
-        if worker == self.worker or not isinstance(kind, str) or not isinstance(worker, int):
+        if worker == self.worker or not isinstance(kind, str) or not isinstance(worker, str):
             return
+        self._heard_at[worker] = self._clock()
         try:
             data = self._event_data(message)
         except (KeyError, ValueError, TypeError, OperationError, IpsoError) as error:

@@ -14,6 +14,7 @@ from lwm2m_server.config import ServerConfig
 from .bus import BusError
 from .follower import follower_config, run_follower
 from .gateway import ClusterGateway
+from .worker import worker_id
 
 READY_TIMEOUT_S = 60.0
 WATCH_INTERVAL_S = 1.0
@@ -39,14 +40,15 @@ class WorkerPool:
         """Workers started again after they died."""
 
     async def start(self) -> None:
-        await asyncio.gather(*(self._start(worker) for worker in range(1, self._count)))
+        await asyncio.gather(*(self._start(index) for index in range(1, self._count)))
         self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
 
-    async def _start(self, worker: int) -> None:
+    async def _start(self, index: int) -> None:
+        worker = worker_id(self._config.cluster.node_id, index)
         process = self._context.Process(target=run_follower, args=(self._config, worker),
-                                        name=f"tinymlaas-worker-{worker}", daemon=True)
+                                        name=f"tinymlaas-{worker}", daemon=True)
         process.start()
-        self._processes[worker] = process
+        self._processes[index] = process
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_TIMEOUT_S
         while True:  # ready once it answers on the bus
@@ -65,19 +67,21 @@ class WorkerPool:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            for worker, process in list(self._processes.items()):
+            for index, process in list(self._processes.items()):
                 if process.is_alive():
                     continue
+                worker = worker_id(self._config.cluster.node_id, index)
                 lost = self._gateway.forget_worker(worker)
                 self._log.error("worker_died", worker=worker, status=process.exitcode, devices_lost=lost)
                 self.restarts += 1
                 try:  # its devices come back when they next talk to it (an Update is refused: they register)
-                    await self._start(worker)
+                    await self._start(index)
                 except WorkerStartFailed as error:
                     self._log.error("worker_restart_failed", worker=worker, error=str(error))
 
-    def pids(self) -> dict[int, int | None]:
-        return {worker: process.pid for worker, process in self._processes.items()}
+    def pids(self) -> dict[str, int | None]:
+        return {worker_id(self._config.cluster.node_id, index): process.pid
+                for index, process in self._processes.items()}
 
     async def stop(self) -> None:
         if self._watch is not None:

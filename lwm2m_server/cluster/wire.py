@@ -73,7 +73,7 @@ def result_from_wire(request: DeviceRequest, data: Mapping[str, Any], registry: 
     return result_from_dict(request, data, registry)
 
 
-def event_to_wire(kind: str, endpoint: str, data: Mapping[str, Any], worker: int,
+def event_to_wire(kind: str, endpoint: str, data: Mapping[str, Any], worker: str,
                   registry: ObjectRegistry) -> dict[str, Any]:
     """An event of a worker's hub; only the parts the leader's listeners read."""
     message: dict[str, Any] = {"kind": kind, "endpoint": endpoint, "worker": worker}

@@ -28,14 +28,33 @@ from lwm2m_server.server import DeviceNotRegistered, LwM2MServer
 from lwm2m_server.store.base import QueueFullError, StoreError
 
 from .bus import BusError, NatsBus
+
+NodeAddress = tuple[str, int, int | None]
+"""Host, CoAP port, CoAPS port (None: no CoAPS)."""
+
+PRESENCE_INTERVAL_S = 2.0
+PRESENCE_TIMEOUT_S = 7.0
 from .wire import (
     FORWARDED_EVENTS, artifact_from_wire, event_to_wire, paths_from_wire, profile_to_wire, registration_to_wire,
     request_from_wire, result_to_wire,
 )
 
 
-def worker_subject(prefix: str, worker: int) -> str:
+def worker_subject(prefix: str, worker: str) -> str:
     return f"{prefix}.worker.{worker}"
+
+
+def worker_id(node: str, index: int) -> str:
+    """A worker's name in the cluster: its node's name and its index there (0: the leader)."""
+    return f"{node}-{index}"
+
+
+def directory_subject(prefix: str) -> str:
+    return f"{prefix}.directory"
+
+
+def presence_subject(prefix: str) -> str:
+    return f"{prefix}.presence"
 
 
 def events_subject(prefix: str) -> str:
@@ -49,27 +68,47 @@ def grants_subject(prefix: str) -> str:
 class WorkerLink:
     """Joins one worker's :class:`LwM2MServer` (and the modules it serves) to the bus."""
 
-    def __init__(self, server: LwM2MServer, bus: NatsBus, *, prefix: str, worker: int,
-                 deployment: Deployment | None = None) -> None:
+    def __init__(self, server: LwM2MServer, bus: NatsBus, *, prefix: str, worker: str, node: str,
+                 deployment: Deployment | None = None, advertise: NodeAddress | None = None) -> None:
         self.server = server
+        self.node = node
+        self.advertise = advertise
+        """Where devices reach this node (host, CoAP port, CoAPS port), for bootstrap on any node."""
         self.bus = bus
         self.prefix = prefix
         self.worker = worker
         self.deployment = deployment
         self._forwarding: asyncio.Task | None = None
+        self._presence: asyncio.Task | None = None
         self._log = structlog.get_logger("lwm2m_server.cluster").bind(worker=worker)
 
     async def start(self) -> None:
         await self.bus.serve(worker_subject(self.prefix, self.worker), self._answer)
         await self.bus.subscribe(events_subject(self.prefix), self._heard)
         await self.bus.subscribe(grants_subject(self.prefix), self._granted)
-        self._forwarding = asyncio.get_running_loop().create_task(self._forward())
+        await self.bus.serve(directory_subject(self.prefix), self._answer)
+        loop = asyncio.get_running_loop()
+        self._forwarding = loop.create_task(self._forward())
+        self._presence = loop.create_task(self._announce())
 
     async def stop(self) -> None:
-        if self._forwarding is not None:
-            self._forwarding.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._forwarding
+        for task in (self._forwarding, self._presence):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        with contextlib.suppress(BusError):  # the others forget its devices now, not after the silence
+            await self.bus.publish(presence_subject(self.prefix), {"worker": self.worker, "gone": True})
+
+    async def _announce(self) -> None:
+        """Say every PRESENCE_INTERVAL_S that this worker is alive: one silent for
+        PRESENCE_TIMEOUT_S is taken for dead and its devices for unreachable."""
+        while True:
+            with contextlib.suppress(BusError):
+                await self.bus.publish(presence_subject(self.prefix), {
+                    "worker": self.worker, "node": self.node,
+                    "address": list(self.advertise) if self.advertise is not None else None})
+            await asyncio.sleep(PRESENCE_INTERVAL_S)
 
     async def _forward(self) -> None:
         with self.server.events.subscribe(None, FORWARDED_EVENTS) as queue:
@@ -121,7 +160,7 @@ class WorkerLink:
             if operation == "rediscover":
                 return {"profile": profile_to_wire(await server.rediscover(endpoint))}
             if operation == "directory":
-                return {"devices": [
+                return {"worker": self.worker, "devices": [
                     {"registration": registration_to_wire(registration),
                      "profile": profile_to_wire(profile) if (profile := server.profile(registration.endpoint)) else None}
                     for registration in server.registrations()

@@ -11,6 +11,10 @@ devices. A device that does not answer gives its slot back at once and is
 tried again after a backoff (:func:`.rollouts.after_unreachable`); for a
 sleeping device, a request already waiting in the server's queue is waited
 for, never queued twice.
+
+Nodes sharing a store run it on one (:mod:`.leadership`), which sets :attr:`Orchestrator.lease`:
+rollout and device documents are then written only while it is held (fenced); a refused
+write raises :class:`NotLeader`, ending the delivery before its next device request.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import replace
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import structlog
 
@@ -39,13 +43,22 @@ from ..core.capabilities import DeviceProfile
 from ..core.events import EventHub
 from ..core.queue_mode import Queued
 from ..core.registration import Registration
-from ..store.base import QueueEntry, QueueFullError, Store
+from ..store.base import Lease, QueueEntry, QueueFullError, Store
 
 ROLLOUT, DEVICE = "rollout", "rollout-device"
 _NOT_ACTIVATED = "package installed but not activated"
 _NO_ANSWER = (UNREACHABLE, "timeout")
 """Result codes of a request the device never answered (the server's ``UNREACHABLE``,
 and a queued request that was not delivered in time)."""
+
+
+class NotLeader(Exception):
+    """This node does not lead rollouts (any more): nothing was changed; ``str()`` says why."""
+
+    def __init__(self, reason: str, leader: str | None = None) -> None:
+        super().__init__(reason)
+        self.leader = leader
+        """The node that holds the rollout lease, when known."""
 
 
 class _Unreachable(Exception):
@@ -103,15 +116,27 @@ class Orchestrator:
         self._ticking = asyncio.Lock()  # the loop's tick and create()'s never interleave
         self._loop: asyncio.Task | None = None
         self._log = structlog.get_logger("lwm2m_server.rollouts")
+        self.lease: Lease | None = None
+        """While set, rollout and device documents are written only while this lease is held."""
+        self.lease_margin_s = 0.0
+        """A fenced write needs the lease to hold this much longer (clock skew between nodes)."""
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """Read every rollout and device state from the store: the first thing :meth:`start`
+        does; a node that does not lead rollouts calls it to show the leader's progress."""
         store = self.server.store
+        rollouts: dict[str, Rollout] = {}
+        tables: dict[str, DeviceTable] = {}
         for rollout_id, data in (await store.list_documents(ROLLOUT)).items():
-            self._rollouts[rollout_id] = Rollout.from_dict(data)
+            rollouts[rollout_id] = Rollout.from_dict(data)
             devices = await store.list_documents(DEVICE, f"{rollout_id}/")
-            self._devices[rollout_id] = DeviceTable(DeviceRollout.from_dict(d) for d in devices.values())
+            tables[rollout_id] = DeviceTable(DeviceRollout.from_dict(d) for d in devices.values())
+        self._rollouts, self._devices = rollouts, tables
+
+    async def start(self) -> None:
+        await self.load()
         await self._settle_overlaps()  # before resuming: two deliveries to one device must not both go on
         enrolled = {endpoint for devices in self._devices.values() for endpoint in devices}
         for endpoint in enrolled | set(self.server.downloads.granted()):
@@ -126,16 +151,22 @@ class Orchestrator:
         self._log.info("orchestrator_started", rollouts=len(self._rollouts), resumed_devices=resumed)
 
     async def stop(self) -> None:
+        """Cancel the loop and the deliveries and wait for them to end; :meth:`start` may follow."""
         if self._loop is not None:
             self._loop.cancel()
-        for task in self._tasks.values():
+            await asyncio.gather(self._loop, return_exceptions=True)
+            self._loop = None
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
             try:
                 await self.tick()
+            except NotLeader as error:  # the leadership stops this loop next
+                self._log.warning("rollout_write_refused", reason=str(error))
             except Exception:  # keep rolling out whatever one bad tick did
                 self._log.exception("rollout_tick_failed")
             await asyncio.sleep(self._interval)
@@ -322,9 +353,15 @@ class Orchestrator:
         key = (rollout.id, endpoint)
         if key in self._tasks and not self._tasks[key].done():
             return
-        task = asyncio.create_task(self._deliver(rollout.id, endpoint, resume))
+        task = asyncio.create_task(self._deliver_while_leader(rollout.id, endpoint, resume))
         self._tasks[key] = task
         task.add_done_callback(lambda _: self._tasks.pop(key, None))
+
+    async def _deliver_while_leader(self, rollout_id: str, endpoint: str, resume: bool) -> None:
+        try:
+            await self._deliver(rollout_id, endpoint, resume)
+        except NotLeader as error:  # a write was refused: stop before the next device request
+            self._log.warning("delivery_stopped", ep=endpoint, reason=str(error))
 
     # -- one device ------------------------------------------------------------------------
 
@@ -508,7 +545,7 @@ class Orchestrator:
         before = self._devices[rollout_id].get(device.endpoint)
         self._devices[rollout_id][device.endpoint] = device
         await self._grant(device.endpoint)  # in memory before anything else sees the new status
-        await self.server.store.put_document(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict(), self._clock())
+        await self._put(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict())
         if before is None or before.status is not device.status:  # not at every job step
             summary = self._devices[rollout_id].summary()
             self.server.events.publish("rollout", endpoint=device.endpoint, rollout=rollout_id,
@@ -527,7 +564,16 @@ class Orchestrator:
 
     async def _save_rollout(self, rollout: Rollout) -> None:
         self._rollouts[rollout.id] = rollout
-        await self.server.store.put_document(ROLLOUT, rollout.id, rollout.to_dict(), self._clock())
+        await self._put(ROLLOUT, rollout.id, rollout.to_dict())
+
+    async def _put(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Save a document; with :attr:`lease` set only while it is held, else :class:`NotLeader`."""
+        now = self._clock()
+        if self.lease is None:
+            await self.server.store.put_document(kind, key, data, now)
+        elif not await self.server.store.put_document_if_lease(kind, key, data, now, self.lease,
+                                                               held_until=now + self.lease_margin_s):
+            raise NotLeader(f"{kind} {key} was not saved: this node no longer holds the {self.lease.name} lease")
 
 
 def _firmware_expected(strategy: Strategy, profile: DeviceProfile, version: str) -> Expected:

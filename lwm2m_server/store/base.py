@@ -1,13 +1,15 @@
 """The store interface: what the server persists, and the records it persists.
 
-Three kinds of state survive a restart:
+What survives a restart (besides JSON documents):
 
 * registrations (:class:`~lwm2m_server.core.registration.Registration`), at most one
   per endpoint;
 * observations (:class:`ObservationRecord`), keyed by CoAP token, belonging to
   a registration: deleting or replacing a registration deletes its observations;
 * queued requests for sleeping devices (:class:`QueueEntry`), keyed by id and
-  addressed to an endpoint (they outlive re-registration).
+  addressed to an endpoint (they outlive re-registration);
+* leases (:class:`Lease`): one holder at a time among the nodes sharing the store,
+  with a fencing epoch that fenced writes (:meth:`Store.put_document_if_lease`) check.
 
 A :class:`Store` is an async adapter (SQLite by default, Redis later). Every
 failure it reports is a :class:`StoreError`; no backend exception leaks out.
@@ -126,6 +128,25 @@ class QueueEntry:
         return self.state in FINISHED_STATES
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A named lease in the store: at most one holder at a time, until it expires."""
+
+    name: str
+    """What the lease is for (``rollouts``)."""
+    holder: str
+    """Who holds it (a node name)."""
+    expires_at: float
+    """Unix time from which another holder may take it."""
+    epoch: int
+    """Fencing counter: 1 at the first holder, one more at each new tenure (another
+    holder, or the same one after its lease had expired); a renewal keeps it."""
+
+    def held(self, now: float) -> bool:
+        """Whether it is still in force at ``now``."""
+        return now < self.expires_at
+
+
 class Store(abc.ABC):
     """Persistent server state. All methods are coroutines; all failures are StoreError.
 
@@ -237,6 +258,37 @@ class Store(abc.ABC):
     async def delete_document(self, kind: str, key: str) -> bool:
         """False when there was none."""
 
+    # -- leases ----------------------------------------------------------------
+    # One holder at a time across every process and node sharing the store (the
+    # rollout leader). Times are the callers' clocks: nodes need them in step (NTP).
+
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        """Take the lease ``name`` until ``now + ttl_s`` if it is free, expired or
+        ``holder``'s already (a renewal); None while another holder has it.
+
+        One atomic step, also against other processes and nodes: of holders racing
+        for a free lease exactly one gets it. The epoch goes up by one with each new
+        tenure and stays the same on a renewal.
+        """
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up at once (anyone may take it next); False unless ``holder`` had it."""
+
+    @abc.abstractmethod
+    async def get_lease(self, name: str) -> Lease | None:
+        """The lease as stored (its ``expires_at`` may be past); None if never taken or released."""
+
+    @abc.abstractmethod
+    async def put_document_if_lease(
+        self, kind: str, key: str, data: dict[str, Any], now: float, lease: Lease, *, held_until: float | None = None
+    ) -> bool:
+        """:meth:`put_document`, but only while ``lease`` is in force: the stored lease has its
+        holder and epoch and expires after ``held_until`` (default ``now``). Check and write
+        are one atomic step, so a node that lost the lease cannot overwrite what the new
+        holder writes. False (nothing written) otherwise."""
+
     # -- lifecycle -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -263,6 +315,15 @@ def check_state(state: str) -> str:
     if state not in QUEUE_STATES:
         raise StoreError(f"state {state!r} is not one of {', '.join(QUEUE_STATES)}")
     return state
+
+
+def check_lease_request(name: str, holder: str, ttl_s: float | None = None) -> None:
+    """StoreError unless ``name`` and ``holder`` are non-empty strings and ``ttl_s`` (if given) > 0."""
+    for what, value in (("lease name", name), ("lease holder", holder)):
+        if not isinstance(value, str) or not value:
+            raise StoreError(f"{what} must be a non-empty string, got {value!r}")
+    if ttl_s is not None and not ttl_s > 0:
+        raise StoreError(f"lease {name!r}: ttl_s must be > 0, got {ttl_s!r}")
 
 
 def dump_json(value: Any, what: str) -> str:

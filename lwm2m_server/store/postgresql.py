@@ -18,7 +18,9 @@ naming the server (``host:port/dbname``) and the operation.
 Concurrency across nodes: enqueue counts and inserts under a transaction-scoped
 advisory lock per (schema, endpoint), so no number of nodes exceeds ``max_pending``;
 Registers of one endpoint take a lock of the endpoint too, so that when two nodes
-save one at once, the later replaces the earlier, as on SQLite.
+save one at once, the later replaces the earlier, as on SQLite. A lease is taken in
+one conditional upsert; a fenced document write locks the lease row (FOR SHARE), so it
+and a takeover of the lease happen one after the other, never interleaved.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from lwm2m_server.core.registration import Registration
 from .base import (
     EXPIRED,
     PENDING,
+    Lease,
     ObservationRecord,
     QueueEntry,
     QueueFullError,
@@ -45,6 +48,7 @@ from .base import (
     StoreError,
     UnknownEntryError,
     UnknownRegistrationError,
+    check_lease_request,
     check_state,
     document_to_json,
     dump_json,
@@ -311,6 +315,26 @@ class PostgresqlStore(Store):
     async def delete_document(self, kind: str, key: str) -> bool:
         return await self._run(f"delete {kind}", _delete_document, kind, key)
 
+    async def put_document_if_lease(
+        self, kind: str, key: str, data: dict[str, Any], now: float, lease: Lease, *, held_until: float | None = None
+    ) -> bool:
+        text = document_to_json(kind, key, data)
+        fence = (lease.name, lease.holder, lease.epoch, now if held_until is None else held_until)
+        return await self._run(f"save {kind}", _put_document_if_lease, kind, key, text, now, fence)
+
+    # -- leases ------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        check_lease_request(name, holder, ttl_s)
+        return await self._run(f"acquire lease {name}", _acquire_lease, name, holder, now + ttl_s, now)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        check_lease_request(name, holder)
+        return await self._run(f"release lease {name}", _release_lease, name, holder)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        return await self._run(f"read lease {name}", _get_lease, name)
+
     # -- lifecycle -----------------------------------------------------------
 
     async def close(self) -> None:
@@ -530,3 +554,47 @@ async def _delete_document(connection: Connection, kind: str, key: str) -> bool:
         "DELETE FROM documents WHERE kind = %s AND key = %s", (kind, key)
     )).rowcount > 0
 
+
+
+async def _put_document_if_lease(connection: Connection, kind: str, key: str, text: str, now: float,
+                                 fence: tuple[str, str, int, float]) -> bool:
+    # FOR SHARE: a node taking the lease over (an UPDATE of its row) waits for this write
+    # to commit, or this write waits for the takeover and then finds the epoch changed.
+    return (await connection.execute(
+        "WITH fence AS (SELECT 1 FROM leases WHERE name = %s AND holder = %s AND epoch = %s "
+        "AND expires_at > %s FOR SHARE) "
+        "INSERT INTO documents (kind, key, data, updated_at) SELECT %s, %s, %s, %s FROM fence "
+        "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        (*fence, kind, key, text, now),
+    )).rowcount > 0
+
+
+async def _acquire_lease(connection: Connection, name: str, holder: str, expires_at: float,
+                         now: float) -> Lease | None:
+    # One statement. Holders racing for a free lease: one inserts, the others meet its
+    # row and, finding another holder's unexpired lease, change nothing. A new tenure
+    # (another holder, or the same one after expiry) counts the epoch up; a renewal keeps it.
+    rows = await (await connection.execute(
+        "INSERT INTO leases (name, holder, expires_at, epoch) VALUES (%(name)s, %(holder)s, %(expires_at)s, 1) "
+        "ON CONFLICT (name) DO UPDATE SET "
+        "epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > %(now)s "
+        "THEN leases.epoch ELSE leases.epoch + 1 END, "
+        "holder = excluded.holder, expires_at = excluded.expires_at "
+        "WHERE leases.holder = excluded.holder OR leases.expires_at <= %(now)s "
+        "RETURNING name, holder, expires_at, epoch",
+        {"name": name, "holder": holder, "expires_at": expires_at, "now": now},
+    )).fetchall()
+    return Lease(*rows[0]) if rows else None
+
+
+async def _release_lease(connection: Connection, name: str, holder: str) -> bool:
+    return (await connection.execute(
+        "UPDATE leases SET holder = '', expires_at = 0 WHERE name = %s AND holder = %s", (name, holder)
+    )).rowcount > 0
+
+
+async def _get_lease(connection: Connection, name: str) -> Lease | None:
+    rows = await _fetchall(
+        connection, "SELECT name, holder, expires_at, epoch FROM leases WHERE name = %s AND holder != ''", (name,)
+    )
+    return Lease(*rows[0]) if rows else None

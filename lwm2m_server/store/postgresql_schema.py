@@ -84,6 +84,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (kind, key)
         )""",
     ),
+    2: (
+        # holder '' = released; the row stays so that the epoch keeps counting up
+        """CREATE TABLE leases (
+            name TEXT COLLATE "C" PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            epoch BIGINT NOT NULL
+        )""",
+    ),
 }
 """Schema migrations: version → statements taking the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -32,6 +32,7 @@ from lwm2m_server.core.registration import Registration
 from .base import (
     EXPIRED,
     PENDING,
+    Lease,
     ObservationRecord,
     QueueEntry,
     QueueFullError,
@@ -39,6 +40,7 @@ from .base import (
     StoreError,
     UnknownEntryError,
     UnknownRegistrationError,
+    check_lease_request,
     check_state,
     document_to_json,
     dump_json,
@@ -234,8 +236,6 @@ class SqliteStore(Store):
     async def prune(self, before: float) -> int:
         return await self._run("prune queue", _prune, before)
 
-    # -- lifecycle -----------------------------------------------------------
-
     # -- documents -------------------------------------------------------------
 
     async def put_document(self, kind: str, key: str, data: dict[str, Any], now: float) -> None:
@@ -250,6 +250,28 @@ class SqliteStore(Store):
 
     async def delete_document(self, kind: str, key: str) -> bool:
         return await self._run(f"delete {kind}", _delete_document, kind, key)
+
+    async def put_document_if_lease(
+        self, kind: str, key: str, data: dict[str, Any], now: float, lease: Lease, *, held_until: float | None = None
+    ) -> bool:
+        text = document_to_json(kind, key, data)
+        fence = (lease.name, lease.holder, lease.epoch, now if held_until is None else held_until)
+        return await self._run(f"save {kind}", _put_document_if_lease, kind, key, text, now, fence)
+
+    # -- leases ------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float, now: float) -> Lease | None:
+        check_lease_request(name, holder, ttl_s)
+        return await self._run(f"acquire lease {name}", _acquire_lease, name, holder, now + ttl_s, now)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        check_lease_request(name, holder)
+        return await self._run(f"release lease {name}", _release_lease, name, holder)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        return await self._run(f"read lease {name}", _get_lease, name)
+
+    # -- lifecycle -----------------------------------------------------------
 
     async def close(self) -> None:
         if self._closed:
@@ -505,3 +527,50 @@ def _list_documents(connection: sqlite3.Connection, kind: str, prefix: str) -> d
 def _delete_document(connection: sqlite3.Connection, kind: str, key: str) -> bool:
     with transaction(connection):
         return connection.execute("DELETE FROM documents WHERE kind = ? AND key = ?", (kind, key)).rowcount > 0
+
+
+def _put_document_if_lease(connection: sqlite3.Connection, kind: str, key: str, text: str, now: float,
+                           fence: tuple[str, str, int, float]) -> bool:
+    # one statement in a write transaction: no other process takes the lease between check and write
+    with transaction(connection):
+        return connection.execute(
+            "INSERT INTO documents (kind, key, data, updated_at) SELECT ?, ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM leases WHERE name = ? AND holder = ? AND epoch = ? AND expires_at > ?) "
+            "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            (kind, key, text, now, *fence),
+        ).rowcount > 0
+
+
+# A new tenure (another holder, or the same one after expiry) counts the epoch up; a renewal keeps it.
+LEASE_UPSERT = (
+    "INSERT INTO leases (name, holder, expires_at, epoch) VALUES (:name, :holder, :expires_at, 1) "
+    "ON CONFLICT (name) DO UPDATE SET "
+    "epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > :now "
+    "THEN leases.epoch ELSE leases.epoch + 1 END, "
+    "holder = excluded.holder, expires_at = excluded.expires_at "
+    "WHERE leases.holder = excluded.holder OR leases.expires_at <= :now "
+    "RETURNING name, holder, expires_at, epoch"
+)
+
+
+def _acquire_lease(connection: sqlite3.Connection, name: str, holder: str, expires_at: float,
+                   now: float) -> Lease | None:
+    with transaction(connection):
+        rows = connection.execute(
+            LEASE_UPSERT, {"name": name, "holder": holder, "expires_at": expires_at, "now": now}
+        ).fetchall()  # all: the statement is done before the commit
+    return Lease(*rows[0]) if rows else None
+
+
+def _release_lease(connection: sqlite3.Connection, name: str, holder: str) -> bool:
+    with transaction(connection):
+        return connection.execute(
+            "UPDATE leases SET holder = '', expires_at = 0 WHERE name = ? AND holder = ?", (name, holder)
+        ).rowcount > 0
+
+
+def _get_lease(connection: sqlite3.Connection, name: str) -> Lease | None:
+    row = connection.execute(
+        "SELECT name, holder, expires_at, epoch FROM leases WHERE name = ? AND holder != ''", (name,)
+    ).fetchone()
+    return Lease(*row) if row is not None else None

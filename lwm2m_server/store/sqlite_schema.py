@@ -76,6 +76,15 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
     ),
     3: ("ALTER TABLE registrations ADD COLUMN identity TEXT",),
+    4: (
+        # holder '' = released; the row stays so that the epoch keeps counting up
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            epoch INTEGER NOT NULL
+        )""",
+    ),
 }
 """Schema migrations: version → statements taking the previous version to it."""
 SCHEMA_VERSION = max(MIGRATIONS)
