@@ -315,12 +315,12 @@ def test_a_request_to_a_sleeping_device_is_queued_and_shown_by_queue(stack, caps
     listener = threading.Thread(target=listen)
     listener.start()
     started = time.monotonic()
-    for _ in range(10):  # the device is awake for 1 s after each Update; catch it asleep
+    for _ in range(10):  # the device is awake for 1 s after each message; catch it asleep
         code, out, _ = stack.cli(capsys, "read", "m0p-0001", "/3/0/1")
         assert code == 0
         if "queued as" in out:
             break
-        time.sleep(0.7)
+        time.sleep(1.3)  # longer than the awake window: a read's answer keeps the device awake a while
     queue_id = re.search(r"queued as (\S+?):", out).group(1)
     code, out, _ = stack.cli(capsys, "queue", queue_id)
     assert code == 0 and json.loads(out)["id"] == queue_id
