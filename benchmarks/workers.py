@@ -1,0 +1,533 @@
+"""Scale-out benchmark (issue 15, item 5): the daemon with ``coap.workers: 1`` and ``2``
+registering the same devices, and 100,000 devices registered against 2 workers.
+
+    python benchmarks/workers.py                    # defaults: 3 x (1 vs 2 workers, 5,000 devices), then 100,000
+    python benchmarks/workers.py --quick            # CI smoke run (< 60 s); figures only roughly meaningful
+    python benchmarks/workers.py --count 10000 --runs 5 --devices 0      # phase 1 only
+    python benchmarks/workers.py --store sqlite --devices 200000 --timeout 900
+
+Each measurement starts a FRESH daemon (``tinymlaas serve --config FILE``, i.e. module
+``lwm2m_server.cli``) in a temporary folder: plain CoAP on a free loopback port, no
+CoAPS, no bootstrap, per-peer rate limiting off (thousands of devices share a source
+address), log level ``--log-level``, and the store ``--store``: PostgreSQL when it
+answers on 127.0.0.1:5432 (database ``test``, a fresh schema per daemon, dropped after),
+else SQLite (the output says which). With 2 workers the daemon also gets
+``cluster: {bus: nats://127.0.0.1:4222, name: <unique per daemon>}``; with 1 it runs as
+shipped, without a bus.
+
+The devices are ``register_load.c`` (beside this file), compiled with gcc into a
+temporary folder at every run: each device its own UDP socket and source port on
+127.0.77.x (``--per-addr`` devices an address), over as many processes as the
+open-files limit needs; CON Register with RFC 7252 retransmission, ``--window`` devices
+in flight. The server's capability discovery reads are answered 4.04 at once (as
+``speed.py``'s "notfound" mode), so a Register's cost includes one failed discovery read
+and storing the (empty) profile; a device holds its place in the window until it
+answered that read, and the phase ends when the store holds every profile.
+
+Figures, per phase:
+
+* registrations/s: profiles in the store / (last profile stored - go); the client's own
+  rate of 2.01 answers beside it;
+* CPU ms per Register (``/proc/<pid>/stat`` utime + stime, before and after): the server
+  (leader and every descendant: workers, multiprocessing's resource tracker), the
+  client (all its processes), the NATS server (shared: other clients' traffic counts
+  too), the PostgreSQL backends serving this daemon's connections, and every other
+  process on the machine (``/proc/stat`` busy time minus all of the above: other work
+  on a shared machine shows here, and takes cores the 2 workers would use);
+* losses: Registers with no answer after 4 retransmissions (timeouts), other codes,
+  retransmissions, devices never read by the server (``noread``).
+
+Phase 1 (``--runs`` times, the order of 1 and 2 workers alternating): ``--count``
+devices each; the table gives medians and the ratio (issue 15's target: >= 1.7), and
+the most 2 workers could do with every core to themselves at their measured CPU cost
+per Register (server + client + NATS + PostgreSQL), less sensitive to other work.
+Phase 2 (``--big-runs``, default once): ``--devices`` against 2 workers, bounded by
+``--timeout`` (no Register started after it, those in flight given 30 s more; the
+output says when it was hit): time,
+rate, the server's RSS after (VmRSS of every process, total and per process), and how
+many landed on each worker, counted from the workers' ``registered`` events on the bus
+(``<cluster name>.events``; a worker's ``{"op": "directory"}`` answer would pass NATS's
+1 MB message limit at this size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from process_cpu import CpuMeter, children, cmdline, cpu, named, postgres_backends
+from processes import vm_rss
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOAD_SOURCE = HERE / "register_load.c"
+NATS_URL = "nats://127.0.0.1:4222"
+PG_URL = "postgresql://127.0.0.1:5432/test"
+REGISTERED = b"\x6aregistered"  # the CBOR text string of a "registered" event
+ADDR_BASE = 77 << 8 | 1  # devices' source addresses: 127.0.77.1, 127.0.77.2, ...
+
+
+# --------------------------------------------------------------------------- stores
+
+
+class Store:
+    """Where a daemon keeps its state, and how the benchmark counts what is in it."""
+
+    def __init__(self, kind: str, folder: Path) -> None:
+        self.kind = kind
+        self.schema = f"wb_{uuid.uuid4().hex[:12]}"
+        self.path = folder / "data" / "store.sqlite3"
+        self._connection = None
+
+    def config(self) -> str:
+        if self.kind == "postgresql":
+            return f"store: {{kind: postgresql, url: '{PG_URL}?options=-csearch_path%3D{self.schema}'}}\n"
+        return f"store: {{kind: sqlite, path: '{self.path}'}}\n"
+
+    def _connect(self):
+        if self._connection is None:
+            if self.kind == "postgresql":
+                import psycopg
+
+                self._connection = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+            else:
+                import sqlite3
+
+                self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+        return self._connection
+
+    def count(self, what: str) -> int:
+        table = "documents WHERE kind = 'profile'" if what == "profiles" else "registrations"
+        prefix = f"{self.schema}." if self.kind == "postgresql" else ""
+        try:
+            return int(self._connect().execute(f"SELECT count(*) FROM {prefix}{table}").fetchone()[0])
+        except Exception:  # noqa: BLE001 - not created yet, or busy: counted at the next poll
+            if self.kind == "postgresql" and self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            return 0
+
+    def drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self.kind == "postgresql":
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as connection:
+                connection.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+
+def postgresql_answers() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL, connect_timeout=3) as connection:
+            connection.execute("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - not installed, not running, not reachable: SQLite then
+        return False
+
+
+def nats_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 4222), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """``tinymlaas serve --config server.yaml`` in ``folder``, ``workers`` processes."""
+
+    def __init__(self, folder: Path, workers: int, store: Store, cluster: str, log_level: str) -> None:
+        self.folder, self.workers, self.store = folder, workers, store
+        self.coap_port, self.api_port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+        bus = f"cluster: {{bus: '{NATS_URL}', name: {cluster}}}\n" if workers > 1 else ""
+        (folder / "server.yaml").write_text(
+            f'coap: {{host: "127.0.0.1", port: {self.coap_port}, secure_port: null, workers: {workers}, '
+            f"rate_limit_per_peer: 0}}\n"
+            f"bootstrap: {{enabled: false}}\napi: {{port: {self.api_port}}}\n"
+            f"logging: {{level: {log_level}, format: json}}\n{store.config()}{bus}")
+        self.process: subprocess.Popen | None = None
+
+    async def start(self, timeout: float = 120.0) -> None:
+        self.log = open(self.folder / "daemon.log", "wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "lwm2m_server.cli", "serve", "--config", "server.yaml"],
+                                        cwd=self.folder, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + timeout
+        while True:  # the API starts last, after every worker answered on the bus
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.process.returncode}: {self.tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.api_port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daemon not ready within {timeout:g} s: {self.tail()}")
+            await asyncio.sleep(0.1)
+        while len(self.processes()) < self.workers:  # the leader and its workers 1..N-1
+            await asyncio.sleep(0.1)
+
+    def tail(self) -> str:
+        return (self.folder / "daemon.log").read_text(errors="replace")[-2000:]
+
+    def pids(self) -> list[int]:
+        return [self.process.pid, *children(self.process.pid)]
+
+    def processes(self) -> dict[str, int]:
+        """``leader``, ``worker 1``, ... (in the order they started), and any other child."""
+        named_pids, worker = {"leader": self.process.pid}, 0
+        for pid in sorted(children(self.process.pid)):
+            line = cmdline(pid)
+            if "resource_tracker" in line:
+                named_pids["resource tracker"] = pid
+            elif "multiprocessing" in line:
+                worker += 1
+                named_pids[f"worker {worker}"] = pid
+            else:
+                named_pids[f"pid {pid}"] = pid
+        return named_pids
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        for _ in range(600):
+            if self.process.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            for pid in reversed(self.pids()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- the devices
+
+
+def compile_load(folder: Path) -> Path:
+    binary = folder / "register_load"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(LOAD_SOURCE)], check=True)
+    return binary
+
+
+class Devices:
+    """The C load generator: ``ready`` once every socket is open, then ``go`` and ``stop``."""
+
+    def __init__(self, process: asyncio.subprocess.Process, first: dict) -> None:
+        self.process, self.first = process, first
+
+    @classmethod
+    async def start(cls, binary: Path, port: int, count: int, prefix: str, args: argparse.Namespace) -> Devices:
+        process = await asyncio.create_subprocess_exec(
+            str(binary), "--server", f"127.0.0.1:{port}", "--devices", str(count), "--window", str(args.window),
+            "--per-addr", str(args.per_addr), "--addr-base", str(ADDR_BASE), "--prefix", prefix,
+            "--timeout", str(args.timeout), "--read-wait", "20",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        devices = cls(process, {})
+        devices.first = await devices._answer(300)
+        return devices
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.process.pid, *self.first.get("pids", [])]
+
+    async def _answer(self, timeout: float) -> dict:
+        import json
+
+        async with asyncio.timeout(timeout):
+            line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"register_load ended (status {await self.process.wait()})")
+        return json.loads(line)
+
+    async def go(self, timeout: float) -> dict:
+        self.process.stdin.write(b"go\n")
+        await self.process.stdin.drain()
+        return await self._answer(timeout)
+
+    async def stop(self) -> dict:
+        with contextlib.suppress(Exception):
+            self.process.stdin.write(b"stop\n")
+            await self.process.stdin.drain()
+            answer = await self._answer(60)
+            await self.process.wait()
+            return answer
+        self.process.kill()
+        await self.process.wait()
+        return {}
+
+
+class BusCount:
+    """Counts the workers' ``registered`` events on ``<cluster>.events``, by worker (the
+    other events are not decoded: this process shares the cores with the server)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter = collections.Counter()
+        self._nc = None
+
+    async def start(self, cluster: str) -> None:
+        import cbor2
+        import nats
+
+        self._nc = await nats.connect(NATS_URL, name=f"{cluster}-benchmark")
+
+        async def heard(msg) -> None:
+            if REGISTERED in msg.data:
+                with contextlib.suppress(Exception):
+                    message = cbor2.loads(msg.data)
+                    self.counts[str(message.get("worker")), str(message.get("kind"))] += 1
+
+        await self._nc.subscribe(f"{cluster}.events", cb=heard)
+
+    def per_worker(self, kind: str) -> dict[str, int]:
+        return {worker: n for (worker, k), n in sorted(self.counts.items()) if k == kind}
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.drain()
+
+
+# --------------------------------------------------------------------------- one phase
+
+
+async def wait_profiles(store: Store, expected: int, interval: float, quiet: float,
+                        deadline: float) -> tuple[int, float]:
+    """Poll the store until it holds ``expected`` profiles (or none came for ``quiet`` s,
+    or ``deadline``): how many, and when the last poll that saw more was (monotonic)."""
+    seen, seen_at = -1, time.monotonic()
+    while True:
+        count = store.count("profiles")
+        now = time.monotonic()
+        if count != seen:
+            seen, seen_at = count, now
+        if count >= expected or now - seen_at > quiet or now > deadline:
+            return count, seen_at
+        await asyncio.sleep(interval)
+
+
+async def phase(workers: int, count: int, args: argparse.Namespace, big: bool = False) -> dict:
+    """``count`` devices register with a fresh daemon of ``workers`` processes."""
+    folder = Path(tempfile.mkdtemp(prefix="tinymlaas-workers-"))
+    store = Store(args.store, folder)
+    cluster = f"wb{uuid.uuid4().hex[:12]}"
+    daemon = Daemon(folder, workers, store, cluster, args.log_level)
+    devices = bus = None
+    try:
+        await daemon.start()
+        devices = await Devices.start(args.binary, daemon.coap_port, count, cluster, args)
+        if big and workers > 1:
+            bus = BusCount()
+            await bus.start(cluster)
+        meter = CpuMeter({
+            "server": daemon.pids, "client": lambda: devices.pids, "nats": lambda: named("nats-server"),
+            "postgresql": lambda: postgres_backends(daemon.pids()) if store.kind == "postgresql" else [],
+            "benchmark": lambda: [os.getpid()],
+        })
+        per_process_before = {name: cpu(pid) for name, pid in daemon.processes().items()}
+        done = await devices.go(args.timeout + 200)
+        t_go = done["t_go"]
+        profiles, t_profiles = await wait_profiles(store, done["created"], 0.5 if big else 0.05,
+                                                   30 if big else 10, time.monotonic() + args.timeout + 120)
+        used = meter.read()
+        f = {"workers": workers, "count": count, "store": store.kind, "timeout": args.timeout, "done": done,
+             "profiles": profiles,
+             "seconds": t_profiles - t_go, "rate": profiles / max(t_profiles - t_go, 1e-9),
+             "created_rate": done["created"] / max(done["t_last_created"] - t_go, 1e-9),
+             "cpu": used, "per_process_cpu": {name: cpu(pid) - per_process_before.get(name, 0.0)
+                                              for name, pid in daemon.processes().items()}}
+        per_op = max(profiles, 1)
+        f["cpu_ms"] = {k: v / per_op * 1e3 for k, v in used.items() if k not in ("wall",)}
+        if big:
+            f["rss"] = {name: vm_rss(pid) for name, pid in daemon.processes().items()}
+            f["registrations"] = store.count("registrations")
+            if bus is not None:
+                await asyncio.sleep(1)  # the last events in flight
+                f["landed"] = bus.per_worker("registered")
+        f["answered"] = (await devices.stop()).get("answered")
+        devices = None
+        return f
+    finally:
+        if bus is not None:
+            await bus.close()
+        if devices is not None:
+            await devices.stop()
+        await daemon.stop()
+        with contextlib.suppress(Exception):
+            store.drop()
+        if args.keep:
+            print(f"  kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def losses(f: dict) -> str:
+    d = f["done"]
+    parts = [f"{d['created']}/{f['count']} 2.01", f"{f['profiles']} profiles"]
+    for key in ("timeouts", "other_codes", "resets", "abandoned", "not_started", "noread", "retransmissions",
+                "send_errors"):
+        if d.get(key):
+            parts.append(f"{key} {d[key]}")
+    if d.get("timed_out"):
+        parts.append(f"--timeout {f['timeout']:g} s HIT")
+    return ", ".join(parts)
+
+
+def run_line(f: dict) -> str:
+    ms = f["cpu_ms"]
+    per = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f["per_process_cpu"].items())
+    return (f"{f['workers']} worker{'s' if f['workers'] > 1 else ''}: {f['rate']:.0f} registrations/s "
+            f"({f['profiles']} in {f['seconds']:.2f} s; 2.01 at {f['created_rate']:.0f}/s); CPU ms per Register: "
+            f"server {ms['server']:.3f}, client {ms['client']:.3f}, nats {ms['nats']:.3f}, "
+            f"postgresql {ms['postgresql']:.3f}, benchmark {ms['benchmark']:.3f}, others {ms['others']:.3f}; "
+            f"machine busy {f['cpu']['machine'] / f['cpu']['wall'] / (os.cpu_count() or 1):.0%}; "
+            f"server processes: {per}; {losses(f)}")
+
+
+def median(values) -> float:
+    return statistics.median(list(values))
+
+
+def report(runs: dict[int, list[dict]], big: list[dict], args: argparse.Namespace) -> None:
+    if runs[1] and runs[2]:
+        one, two = runs[1], runs[2]
+        rate1, rate2 = median(f["rate"] for f in one), median(f["rate"] for f in two)
+        ratios = [b["rate"] / a["rate"] for a, b in zip(one, two)]
+
+        def ms(fs, key):
+            return median(f["cpu_ms"][key] for f in fs)
+
+        rows = [("figure", "1 worker", "2 workers", "ratio", "target")]
+        rows.append(("registrations/s (profile stored)", f"{rate1:.0f}", f"{rate2:.0f}", f"x{rate2 / rate1:.2f}",
+                     ">= 1.7"))
+        c1, c2 = median(f["created_rate"] for f in one), median(f["created_rate"] for f in two)
+        rows.append(("2.01 answers/s (client)", f"{c1:.0f}", f"{c2:.0f}", f"x{c2 / c1:.2f}", ""))
+        for key, label in (("server", "server CPU ms/Register"), ("client", "client CPU ms/Register"),
+                           ("nats", "nats-server CPU ms/Register"), ("postgresql", "PostgreSQL CPU ms/Register"),
+                           ("benchmark", "benchmark process CPU ms/Register"),
+                           ("others", "other processes CPU ms/Register"), ("machine", "whole machine CPU ms/Register")):
+            a, b = ms(one, key), ms(two, key)
+            rows.append((label, f"{a:.3f}", f"{b:.3f}", f"x{b / a:.2f}" if a > 0.0005 else "", ""))
+        busy1 = median(f["cpu"]["machine"] / f["cpu"]["wall"] for f in one)
+        busy2 = median(f["cpu"]["machine"] / f["cpu"]["wall"] for f in two)
+        rows.append(("machine busy (cores)", f"{busy1:.2f}", f"{busy2:.2f}", "", f"of {os.cpu_count()}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        print(f"\nmedians of {len(one)} run(s), {args.count} devices each, {args.window} in flight, "
+              f"store {args.store}:")
+        for row in rows:
+            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        met = "met" if rate2 / rate1 >= 1.7 else "NOT met"
+        print(f"  ratio per run: {', '.join(f'x{r:.2f}' for r in ratios)}; target x1.7 {met}")
+        ours = sum(ms(two, key) for key in ("server", "client", "nats", "postgresql"))
+        cores = os.cpu_count() or 1
+        print(f"  with all {cores} cores to themselves, 2 workers could do at most {cores}000 / {ours:.3f} ms "
+              f"(server + client + nats + postgresql CPU per Register) = {cores * 1000 / ours:.0f}/s: "
+              f"x{cores * 1000 / ours / rate1:.2f} of the 1 worker's measured rate")
+    for f in big:
+        rss = f["rss"]
+        total = sum(rss.values())
+        landed = f.get("landed", {})
+        spread = ", ".join(f"worker {w}: {n} ({n / max(sum(landed.values()), 1):.1%})" for w, n in landed.items())
+        print(f"\n{f['count']} devices against {f['workers']} workers (store {f['store']}): "
+              f"{f['profiles']} registered and discovered in {f['seconds']:.1f} s, {f['rate']:.0f}/s "
+              f"(2.01 at {f['created_rate']:.0f}/s); {f['registrations']} registrations in the store")
+        print(f"  server RSS after: {total / 2**20:.0f} MB total ("
+              + ", ".join(f"{name} {value / 2**20:.0f} MB" for name, value in rss.items()) + ")")
+        print(f"  landed on each worker (their 'registered' events on the bus): {spread or 'unknown'}")
+        ms = f["cpu_ms"]
+        print(f"  CPU ms per Register: server {ms['server']:.3f}, client {ms['client']:.3f}, nats {ms['nats']:.3f}, "
+              f"postgresql {ms['postgresql']:.3f}, benchmark {ms['benchmark']:.3f}, others {ms['others']:.3f}; "
+              f"server processes: " + ", ".join(f"{n} {s:.1f} s" for n, s in f["per_process_cpu"].items()))
+        print(f"  {losses(f)}; Register round trip p50 <= {f['done']['latency_p50_ms_le']:.1f} ms, "
+              f"p99 <= {f['done']['latency_p99_ms_le']:.1f} ms")
+    print("  devices answer the server's discovery reads 4.04 at once; a Register's CPU includes that read and "
+          "storing the (empty) profile")
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def main(args: argparse.Namespace) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="tinymlaas-load-"))
+    try:
+        args.binary = compile_load(folder)
+        why = "" if args.store_asked else " (PostgreSQL answers)" if args.store == "postgresql" else \
+            " (PostgreSQL does not answer)"
+        print(f"workers: store {args.store}{why}; "
+              f"phase 1: {args.runs} x ({args.count} devices with 1 and with 2 workers), {args.window} in flight; "
+              f"phase 2: {args.devices} devices against 2 workers x{args.big_runs} (--timeout {args.timeout:g} s); "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        for run in range(1, args.runs + 1):
+            for workers in ((1, 2) if run % 2 else (2, 1)):
+                f = await phase(workers, args.count, args)
+                runs[workers].append(f)
+                print(f"run {run}: {run_line(f)}", flush=True)
+        big = []
+        for run in range(1, args.big_runs + 1 if args.devices else 1):
+            f = await phase(2, args.devices, args, big=True)
+            big.append(f)
+            print(f"big run {run}: {run_line(f)}", flush=True)
+        report(runs, big, args)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=5000, help="devices in each phase-1 measurement")
+    parser.add_argument("--runs", type=int, default=3, help="phase-1 runs (1 and 2 workers each); medians")
+    parser.add_argument("--devices", type=int, default=100_000, help="devices of phase 2 (0: no phase 2)")
+    parser.add_argument("--big-runs", type=int, default=1, help="phase-2 runs")
+    parser.add_argument("--window", type=int, default=100, help="devices in flight (Register until discovery read)")
+    parser.add_argument("--per-addr", type=int, default=10_000, help="devices per loopback source address")
+    parser.add_argument("--timeout", type=float, default=1200, help="no Register is started later than this (s)")
+    parser.add_argument("--store", choices=("sqlite", "postgresql"),
+                        help="the daemon's store (default: postgresql if it answers on 127.0.0.1:5432, else sqlite)")
+    parser.add_argument("--log-level", default="warning", help="server log level (info logs every registration)")
+    parser.add_argument("--keep", action="store_true", help="keep each daemon's folder (its daemon.log)")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke size: --count 300 --runs 1 --devices 2000 --timeout 40")
+    args = parser.parse_args()
+    if args.quick:
+        args.count, args.runs, args.devices, args.timeout = 300, 1, 2000, 40
+    args.store_asked = args.store is not None
+    if args.store is None:
+        args.store = "postgresql" if postgresql_answers() else "sqlite"
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_arguments()
+    if shutil.which("gcc") is None:
+        sys.exit("workers.py: gcc is needed to build the load generator (benchmarks/register_load.c)")
+    if not nats_answers():
+        sys.exit("workers.py: no NATS server on 127.0.0.1:4222 (apt-get install nats-server; see README)")
+    asyncio.run(main(arguments))
