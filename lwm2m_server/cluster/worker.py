@@ -3,7 +3,7 @@ out operations the leader asks for on them.
 
 Subjects (``<prefix>`` is ``cluster.name``):
 
-* ``<prefix>.events``: every worker's device events (:data:`.wire.FORWARDED_EVENTS`);
+* ``<prefix>.events.<kind>``: every worker's device events (:data:`.wire.FORWARDED_EVENTS`);
   a worker that hears another took over an endpoint (the device registered again from
   an address the kernel hands to that worker) lets its own registration of it go;
 * ``<prefix>.grants``: pull deliveries the leader granted, with the signed module, so
@@ -57,8 +57,9 @@ def presence_subject(prefix: str) -> str:
     return f"{prefix}.presence"
 
 
-def events_subject(prefix: str) -> str:
-    return f"{prefix}.events"
+def events_subject(prefix: str, kind: str = ">") -> str:
+    """Events of one kind (``>``: all): a worker listens to ``registered`` only."""
+    return f"{prefix}.events.{kind}"
 
 
 def grants_subject(prefix: str) -> str:
@@ -84,7 +85,7 @@ class WorkerLink:
 
     async def start(self) -> None:
         await self.bus.serve(worker_subject(self.prefix, self.worker), self._answer)
-        await self.bus.subscribe(events_subject(self.prefix), self._heard)
+        await self.bus.subscribe(events_subject(self.prefix, "registered"), self._heard)
         await self.bus.subscribe(grants_subject(self.prefix), self._granted)
         await self.bus.serve(directory_subject(self.prefix), self._answer)
         loop = asyncio.get_running_loop()
@@ -117,7 +118,7 @@ class WorkerLink:
                 if "worker" in event.data:  # another worker's, republished here by the leader's gateway
                     continue
                 try:
-                    await self.bus.publish(events_subject(self.prefix),
+                    await self.bus.publish(events_subject(self.prefix, event.kind),
                                            event_to_wire(event.kind, event.endpoint, event.data, self.worker,
                                                          self.server.registry))
                 except BusError as error:  # the bus is down: the leader asks for the directory again
