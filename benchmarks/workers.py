@@ -46,7 +46,7 @@ Phase 2 (``--big-runs``, default once): ``--devices`` against 2 workers, bounded
 output says when it was hit): time,
 rate, the server's RSS after (VmRSS of every process, total and per process), and how
 many landed on each worker, counted from the workers' ``registered`` events on the bus
-(``<cluster name>.events``; a worker's ``{"op": "directory"}`` answer would pass NATS's
+(``<cluster name>.events.registered``; a worker's ``{"op": "directory"}`` answer would pass NATS's
 1 MB message limit at this size).
 """
 
@@ -283,7 +283,7 @@ class Devices:
 
 
 class BusCount:
-    """Counts the workers' ``registered`` events on ``<cluster>.events``, by worker (the
+    """Counts the workers' ``registered`` events on ``<cluster>.events.registered``, by worker (the
     other events are not decoded: this process shares the cores with the server)."""
 
     def __init__(self) -> None:
@@ -302,7 +302,7 @@ class BusCount:
                     message = cbor2.loads(msg.data)
                     self.counts[str(message.get("worker")), str(message.get("kind"))] += 1
 
-        await self._nc.subscribe(f"{cluster}.events", cb=heard)
+        await self._nc.subscribe(f"{cluster}.events.registered", cb=heard)
 
     def per_worker(self, kind: str) -> dict[str, int]:
         return {worker: n for (worker, k), n in sorted(self.counts.items()) if k == kind}
