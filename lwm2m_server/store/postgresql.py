@@ -51,13 +51,18 @@ from .base import (
     check_lease_request,
     check_state,
     document_to_json,
-    dump_json,
-    extra_from_json,
-    extra_to_json,
-    object_list_from_json,
-    object_list_to_json,
-    paths_from_json,
-    paths_to_json,
+)
+from .rows import (
+    OBSERVATION_COLUMNS,
+    QUEUE_COLUMNS,
+    REGISTRATION_COLUMNS,
+    entry_from_row,
+    observation_row,
+    observations_from_rows,
+    queue_row,
+    registration_from_row,
+    registration_row,
+    result_json,
 )
 from .postgresql_schema import FINISHED_SQL, SCHEMA_VERSION, Target, migrate
 
@@ -75,12 +80,6 @@ RECONNECT_S = 5.0
 up; the next call then starts a new attempt at once. This bounds how long calls still
 fail after the server is back to about 2 s, where the pool's default (300 s of
 doubling delays) would let it grow toward minutes after a long outage."""
-_REGISTRATION_COLUMNS = (
-    "id, endpoint, address, lifetime, lwm2m_version, binding, queue_mode, sms, "
-    "object_list, registered_at, updated_at, extra, identity"
-)
-_OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"
-_QUEUE_COLUMNS = "id, endpoint, created_at, expires_at, state, request, result"
 
 
 class PostgresqlStore(Store):
@@ -197,23 +196,7 @@ class PostgresqlStore(Store):
     # -- registrations -------------------------------------------------------
 
     async def save_registration(self, registration: Registration) -> None:
-        row = (
-            registration.id,
-            registration.endpoint,
-            registration.address,
-            registration.lifetime,
-            registration.lwm2m_version,
-            registration.binding,
-            registration.queue_mode,
-            registration.sms,
-            object_list_to_json(registration.object_list),
-            registration.registered_at,
-            registration.updated_at,
-            extra_to_json(registration.extra),
-            registration.identity,
-            registration.expires_at,
-        )
-        await self._run("save registration", _save_registration, row)
+        await self._run("save registration", _save_registration, registration_row(registration))
 
     async def delete_registration(self, registration_id: str) -> bool:
         return await self._run("delete registration", _delete, "registrations", "id", registration_id) > 0
@@ -224,15 +207,7 @@ class PostgresqlStore(Store):
     # -- observations --------------------------------------------------------
 
     async def save_observation(self, observation: ObservationRecord) -> None:
-        row = (
-            observation.token,
-            observation.endpoint,
-            observation.registration_id,
-            paths_to_json(observation.paths),
-            observation.content_format,
-            observation.created_at,
-        )
-        await self._run("save observation", _save_observation, row)
+        await self._run("save observation", _save_observation, observation_row(observation))
 
     async def delete_observation(self, token: bytes) -> bool:
         return await self._run("delete observation", _delete, "observations", "token", token) > 0
@@ -248,22 +223,7 @@ class PostgresqlStore(Store):
     # -- queued requests -----------------------------------------------------
 
     async def enqueue(self, entry: QueueEntry, max_pending: int) -> None:
-        if entry.state != PENDING:
-            raise StoreError(f"queue entry {entry.id!r} is {entry.state}, only pending entries queue")
-        if max_pending < 0:
-            raise StoreError(f"max_pending must be >= 0, got {max_pending}")
-        if not isinstance(entry.request, dict):
-            raise StoreError(f"request of queue entry {entry.id!r} must be a dict")
-        row = (
-            entry.id,
-            entry.endpoint,
-            entry.created_at,
-            entry.expires_at,
-            entry.state,
-            dump_json(entry.request, f"request of queue entry {entry.id!r}"),
-            _result_json(entry.id, entry.result),
-        )
-        await self._run("enqueue", _enqueue, row, max_pending)
+        await self._run("enqueue", _enqueue, queue_row(entry, max_pending), max_pending)
 
     async def pending(self, endpoint: str) -> list[QueueEntry]:
         return await self._run(
@@ -279,7 +239,7 @@ class PostgresqlStore(Store):
     ) -> QueueEntry:
         check_state(state)
         return await self._run(
-            "set queue entry state", _set_state, entry_id, state, _result_json(entry_id, result)
+            "set queue entry state", _set_state, entry_id, state, result_json(entry_id, result)
         )
 
     async def get_entry(self, entry_id: str) -> QueueEntry | None:
@@ -375,7 +335,7 @@ async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> No
         )
         # An upsert keeps the observations of a registration that is only updated.
         await connection.execute(
-            f"INSERT INTO registrations ({_REGISTRATION_COLUMNS}, expires_at) "
+            f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
             "address = excluded.address, lifetime = excluded.lifetime, "
@@ -389,34 +349,15 @@ async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> No
 
 
 async def _load_registrations(connection: Connection) -> list[Registration]:
-    rows = await _fetchall(connection, f"SELECT {_REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint")
-    return [_registration(row) for row in rows]
+    rows = await _fetchall(connection, f"SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint")
+    return [registration_from_row(row) for row in rows]
 
-
-def _registration(row: tuple[Any, ...]) -> Registration:
-    (id_, endpoint, address, lifetime, version, binding, queue_mode, sms,
-     object_list, registered_at, updated_at, extra, identity) = row
-    return Registration(
-        id=id_,
-        endpoint=endpoint,
-        address=address,
-        lifetime=lifetime,
-        lwm2m_version=version,
-        binding=binding,
-        queue_mode=bool(queue_mode),
-        sms=sms,
-        object_list=object_list_from_json(object_list),
-        registered_at=registered_at,
-        updated_at=updated_at,
-        extra=extra_from_json(extra),
-        identity=identity,
-    )
 
 
 async def _save_observation(connection: Connection, row: tuple[Any, ...]) -> None:
     try:
         await connection.execute(
-            f"INSERT INTO observations ({_OBSERVATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
+            f"INSERT INTO observations ({OBSERVATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (token) DO UPDATE SET endpoint = excluded.endpoint, "
             "registration_id = excluded.registration_id, paths = excluded.paths, "
             "content_format = excluded.content_format, created_at = excluded.created_at",
@@ -427,39 +368,10 @@ async def _save_observation(connection: Connection, row: tuple[Any, ...]) -> Non
 
 
 async def _load_observations(connection: Connection) -> list[ObservationRecord]:
-    rows = await _fetchall(connection, f"SELECT {_OBSERVATION_COLUMNS} FROM observations ORDER BY created_at, seq")
-    return [
-        ObservationRecord(
-            token=bytes(token),
-            endpoint=endpoint,
-            registration_id=registration_id,
-            paths=paths_from_json(paths),
-            content_format=content_format,
-            created_at=created_at,
-        )
-        for token, endpoint, registration_id, paths, content_format, created_at in rows
-    ]
+    rows = await _fetchall(connection, f"SELECT {OBSERVATION_COLUMNS} FROM observations ORDER BY created_at, seq")
+    return observations_from_rows(rows)
 
 
-def _result_json(entry_id: str, result: dict[str, Any] | None) -> str | None:
-    if result is None:
-        return None
-    if not isinstance(result, dict):
-        raise StoreError(f"result of queue entry {entry_id!r} must be a dict or None")
-    return dump_json(result, f"result of queue entry {entry_id!r}")
-
-
-def _entry(row: tuple[Any, ...]) -> QueueEntry:
-    id_, endpoint, created_at, expires_at, state, request, result = row
-    return QueueEntry(
-        id=id_,
-        endpoint=endpoint,
-        created_at=created_at,
-        expires_at=expires_at,
-        state=state,
-        request=json.loads(request),
-        result=json.loads(result) if result is not None else None,
-    )
 
 
 async def _enqueue(connection: Connection, row: tuple[Any, ...], max_pending: int) -> None:
@@ -481,15 +393,15 @@ async def _enqueue(connection: Connection, row: tuple[Any, ...], max_pending: in
             raise QueueFullError(endpoint, max_pending)
         try:
             await connection.execute(
-                f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", row
+                f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", row
             )
         except UniqueViolation:  # the same id queued for another endpoint at this moment
             raise StoreError(f"queue entry {entry_id!r} already exists") from None
 
 
 async def _entries_where(connection: Connection, condition: str, params: tuple[Any, ...]) -> list[QueueEntry]:
-    rows = await _fetchall(connection, f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE {condition}", params)
-    return [_entry(row) for row in rows]
+    rows = await _fetchall(connection, f"SELECT {QUEUE_COLUMNS} FROM queue WHERE {condition}", params)
+    return [entry_from_row(row) for row in rows]
 
 
 async def _count_pending(connection: Connection) -> int:
@@ -499,12 +411,12 @@ async def _count_pending(connection: Connection) -> int:
 async def _set_state(connection: Connection, entry_id: str, state: str, result: str | None) -> QueueEntry:
     rows = await _fetchall(
         connection,
-        f"UPDATE queue SET state = %s, result = %s WHERE id = %s RETURNING {_QUEUE_COLUMNS}",
+        f"UPDATE queue SET state = %s, result = %s WHERE id = %s RETURNING {QUEUE_COLUMNS}",
         (state, result, entry_id),
     )
     if not rows:
         raise UnknownEntryError(entry_id)
-    return _entry(rows[0])
+    return entry_from_row(rows[0])
 
 
 async def _expire_entries(connection: Connection, now: float) -> list[QueueEntry]:
@@ -512,11 +424,11 @@ async def _expire_entries(connection: Connection, now: float) -> list[QueueEntry
     rows = await _fetchall(
         connection,
         f"WITH expired AS (UPDATE queue SET state = %s WHERE state = %s AND expires_at < %s "
-        f"RETURNING seq, {_QUEUE_COLUMNS}) "
-        f"SELECT {_QUEUE_COLUMNS} FROM expired ORDER BY created_at, seq",
+        f"RETURNING seq, {QUEUE_COLUMNS}) "
+        f"SELECT {QUEUE_COLUMNS} FROM expired ORDER BY created_at, seq",
         (EXPIRED, PENDING, now),
     )
-    return [_entry(row) for row in rows]
+    return [entry_from_row(row) for row in rows]
 
 
 async def _prune(connection: Connection, before: float) -> int:

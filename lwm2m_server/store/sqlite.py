@@ -43,25 +43,24 @@ from .base import (
     check_lease_request,
     check_state,
     document_to_json,
-    dump_json,
-    extra_from_json,
-    extra_to_json,
-    object_list_from_json,
-    object_list_to_json,
-    paths_from_json,
-    paths_to_json,
+)
+from .rows import (
+    OBSERVATION_COLUMNS,
+    QUEUE_COLUMNS,
+    REGISTRATION_COLUMNS,
+    entry_from_row,
+    observation_row,
+    observations_from_rows,
+    queue_row,
+    registration_from_row,
+    registration_row,
+    result_json,
 )
 from .sqlite_schema import FINISHED_SQL, SCHEMA_VERSION, close_connection, open_connection, store_error, transaction
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-_REGISTRATION_COLUMNS = (
-    "id, endpoint, address, lifetime, lwm2m_version, binding, queue_mode, sms, "
-    "object_list, registered_at, updated_at, extra, identity"
-)
-_OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"
-_QUEUE_COLUMNS = "id, endpoint, created_at, expires_at, state, request, result"
 
 
 class SqliteStore(Store):
@@ -140,23 +139,7 @@ class SqliteStore(Store):
     # -- registrations -------------------------------------------------------
 
     async def save_registration(self, registration: Registration) -> None:
-        row = (
-            registration.id,
-            registration.endpoint,
-            registration.address,
-            registration.lifetime,
-            registration.lwm2m_version,
-            registration.binding,
-            int(registration.queue_mode),
-            registration.sms,
-            object_list_to_json(registration.object_list),
-            registration.registered_at,
-            registration.updated_at,
-            extra_to_json(registration.extra),
-            registration.identity,
-            registration.expires_at,
-        )
-        await self._run("save registration", _save_registration, row)
+        await self._run("save registration", _save_registration, registration_row(registration))
 
     async def delete_registration(self, registration_id: str) -> bool:
         return await self._run("delete registration", _delete_registration, registration_id)
@@ -167,15 +150,7 @@ class SqliteStore(Store):
     # -- observations --------------------------------------------------------
 
     async def save_observation(self, observation: ObservationRecord) -> None:
-        row = (
-            observation.token,
-            observation.endpoint,
-            observation.registration_id,
-            paths_to_json(observation.paths),
-            observation.content_format,
-            observation.created_at,
-        )
-        await self._run("save observation", _save_observation, row)
+        await self._run("save observation", _save_observation, observation_row(observation))
 
     async def delete_observation(self, token: bytes) -> bool:
         return await self._run("delete observation", _delete, "observations", "token", token) > 0
@@ -191,22 +166,7 @@ class SqliteStore(Store):
     # -- queued requests -----------------------------------------------------
 
     async def enqueue(self, entry: QueueEntry, max_pending: int) -> None:
-        if entry.state != PENDING:
-            raise StoreError(f"queue entry {entry.id!r} is {entry.state}, only pending entries queue")
-        if max_pending < 0:
-            raise StoreError(f"max_pending must be >= 0, got {max_pending}")
-        if not isinstance(entry.request, dict):
-            raise StoreError(f"request of queue entry {entry.id!r} must be a dict")
-        row = (
-            entry.id,
-            entry.endpoint,
-            entry.created_at,
-            entry.expires_at,
-            entry.state,
-            dump_json(entry.request, f"request of queue entry {entry.id!r}"),
-            _result_json(entry.id, entry.result),
-        )
-        await self._run("enqueue", _enqueue, row, max_pending)
+        await self._run("enqueue", _enqueue, queue_row(entry, max_pending), max_pending)
 
     async def pending(self, endpoint: str) -> list[QueueEntry]:
         return await self._run("read queue", _pending, endpoint)
@@ -219,7 +179,7 @@ class SqliteStore(Store):
     ) -> QueueEntry:
         check_state(state)
         return await self._run(
-            "set queue entry state", _set_state, entry_id, state, _result_json(entry_id, result)
+            "set queue entry state", _set_state, entry_id, state, result_json(entry_id, result)
         )
 
     async def get_entry(self, entry_id: str) -> QueueEntry | None:
@@ -325,7 +285,7 @@ def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> 
         # An upsert, not INSERT OR REPLACE: replacing would delete the row and
         # cascade to the observations of a registration that is only updated.
         connection.execute(
-            f"INSERT INTO registrations ({_REGISTRATION_COLUMNS}, expires_at) "
+            f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
             "address = excluded.address, lifetime = excluded.lifetime, "
@@ -344,29 +304,10 @@ def _delete_registration(connection: sqlite3.Connection, registration_id: str) -
 
 def _load_registrations(connection: sqlite3.Connection) -> list[Registration]:
     rows = connection.execute(
-        f"SELECT {_REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint"
+        f"SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint"
     ).fetchall()
-    return [_registration(row) for row in rows]
+    return [registration_from_row(row) for row in rows]
 
-
-def _registration(row: tuple[Any, ...]) -> Registration:
-    (id_, endpoint, address, lifetime, version, binding, queue_mode, sms,
-     object_list, registered_at, updated_at, extra, identity) = row
-    return Registration(
-        id=id_,
-        endpoint=endpoint,
-        address=address,
-        lifetime=lifetime,
-        lwm2m_version=version,
-        binding=binding,
-        queue_mode=bool(queue_mode),
-        sms=sms,
-        object_list=object_list_from_json(object_list),
-        registered_at=registered_at,
-        updated_at=updated_at,
-        extra=extra_from_json(extra),
-        identity=identity,
-    )
 
 
 def _save_observation(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
@@ -378,7 +319,7 @@ def _save_observation(connection: sqlite3.Connection, row: tuple[Any, ...]) -> N
         if known is None:
             raise UnknownRegistrationError(registration_id)
         connection.execute(
-            f"INSERT INTO observations ({_OBSERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO observations ({OBSERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (token) DO UPDATE SET endpoint = excluded.endpoint, "
             "registration_id = excluded.registration_id, paths = excluded.paths, "
             "content_format = excluded.content_format, created_at = excluded.created_at",
@@ -388,40 +329,11 @@ def _save_observation(connection: sqlite3.Connection, row: tuple[Any, ...]) -> N
 
 def _load_observations(connection: sqlite3.Connection) -> list[ObservationRecord]:
     rows = connection.execute(
-        f"SELECT {_OBSERVATION_COLUMNS} FROM observations ORDER BY created_at, rowid"
+        f"SELECT {OBSERVATION_COLUMNS} FROM observations ORDER BY created_at, rowid"
     ).fetchall()
-    return [
-        ObservationRecord(
-            token=bytes(token),
-            endpoint=endpoint,
-            registration_id=registration_id,
-            paths=paths_from_json(paths),
-            content_format=content_format,
-            created_at=created_at,
-        )
-        for token, endpoint, registration_id, paths, content_format, created_at in rows
-    ]
+    return observations_from_rows(rows)
 
 
-def _result_json(entry_id: str, result: dict[str, Any] | None) -> str | None:
-    if result is None:
-        return None
-    if not isinstance(result, dict):
-        raise StoreError(f"result of queue entry {entry_id!r} must be a dict or None")
-    return dump_json(result, f"result of queue entry {entry_id!r}")
-
-
-def _entry(row: tuple[Any, ...]) -> QueueEntry:
-    id_, endpoint, created_at, expires_at, state, request, result = row
-    return QueueEntry(
-        id=id_,
-        endpoint=endpoint,
-        created_at=created_at,
-        expires_at=expires_at,
-        state=state,
-        request=json.loads(request),
-        result=json.loads(result) if result is not None else None,
-    )
 
 
 def _enqueue(connection: sqlite3.Connection, row: tuple[Any, ...], max_pending: int) -> None:
@@ -436,16 +348,16 @@ def _enqueue(connection: sqlite3.Connection, row: tuple[Any, ...], max_pending: 
         ).fetchone()[0]
         if count >= max_pending:
             raise QueueFullError(endpoint, max_pending)
-        connection.execute(f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        connection.execute(f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
 
 def _pending(connection: sqlite3.Connection, endpoint: str) -> list[QueueEntry]:
     rows = connection.execute(
-        f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE endpoint = ? AND state = ? "
+        f"SELECT {QUEUE_COLUMNS} FROM queue WHERE endpoint = ? AND state = ? "
         "ORDER BY created_at, seq",
         (endpoint, PENDING),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [entry_from_row(row) for row in rows]
 
 
 def _count_pending(connection: sqlite3.Connection) -> int:
@@ -454,8 +366,8 @@ def _count_pending(connection: sqlite3.Connection) -> int:
 
 
 def _get_entry(connection: sqlite3.Connection, entry_id: str) -> QueueEntry | None:
-    row = connection.execute(f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE id = ?", (entry_id,)).fetchone()
-    return _entry(row) if row is not None else None
+    row = connection.execute(f"SELECT {QUEUE_COLUMNS} FROM queue WHERE id = ?", (entry_id,)).fetchone()
+    return entry_from_row(row) if row is not None else None
 
 
 def _set_state(
@@ -474,24 +386,24 @@ def _set_state(
 
 def _entries(connection: sqlite3.Connection, endpoint: str, limit: int) -> list[QueueEntry]:
     rows = connection.execute(
-        f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE endpoint = ? "
+        f"SELECT {QUEUE_COLUMNS} FROM queue WHERE endpoint = ? "
         "ORDER BY created_at DESC, seq DESC LIMIT ?",
         (endpoint, limit),
     ).fetchall()
-    return [_entry(row) for row in rows]
+    return [entry_from_row(row) for row in rows]
 
 
 def _expire_entries(connection: sqlite3.Connection, now: float) -> list[QueueEntry]:
     with transaction(connection):
         rows = connection.execute(
-            f"SELECT {_QUEUE_COLUMNS} FROM queue WHERE state = ? AND expires_at < ? "
+            f"SELECT {QUEUE_COLUMNS} FROM queue WHERE state = ? AND expires_at < ? "
             "ORDER BY created_at, seq",
             (PENDING, now),
         ).fetchall()
         connection.execute(
             "UPDATE queue SET state = ? WHERE state = ? AND expires_at < ?", (EXPIRED, PENDING, now)
         )
-    return [_entry(row[:4] + (EXPIRED,) + row[5:]) for row in rows]
+    return [entry_from_row(row[:4] + (EXPIRED,) + row[5:]) for row in rows]
 
 
 def _prune(connection: sqlite3.Connection, before: float) -> int:
