@@ -45,3 +45,17 @@ def _structlog_as_it_was():
     config = structlog.get_config()
     yield
     structlog.configure(**config)
+
+
+@pytest.fixture
+def pg_schema():
+    """A fresh PostgreSQL schema name (the store creates it), dropped after the test;
+    the test is skipped (or fails, see test_store_contract) without a server."""
+    import uuid
+
+    from test_store_contract import drop_schema, require_postgresql
+
+    require_postgresql()
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    yield schema
+    drop_schema(schema)

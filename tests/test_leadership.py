@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator
+from typing import Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -29,7 +28,7 @@ from lwm2m_server.ota.rollouts import RolloutState, Selector, Strategy
 from lwm2m_server.server import LwM2MServer
 from lwm2m_server.store import SqliteStore, Store
 from simulators.client import SimulatedDevice
-from test_store_contract import POSTGRESQL_URL, drop_schema, require_postgresql
+from test_store_contract import POSTGRESQL_URL, require_postgresql
 
 MODEL = Path(__file__).parent / "fixtures" / "models" / "dense_int8.tflite"
 TTL, RENEW, MARGIN = 1.5, 0.3, 0.3
@@ -37,14 +36,6 @@ TTL, RENEW, MARGIN = 1.5, 0.3, 0.3
 TOKEN = "leadership-test-token-0123"
 
 OpenStore = Callable[[], Awaitable[Store]]
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    require_postgresql()
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    yield schema
-    drop_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

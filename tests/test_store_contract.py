@@ -14,10 +14,9 @@ import asyncio
 import functools
 import importlib
 import os
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -132,13 +131,6 @@ def drop_schema(schema: str) -> None:
         connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A fresh schema name (the store creates it), dropped after the test."""
-    require_postgresql()
-    schema = f"test_{uuid.uuid4().hex[:16]}"
-    yield schema
-    drop_schema(schema)
 
 
 # -- the backends ----------------------------------------------------------------------
