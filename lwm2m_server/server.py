@@ -147,14 +147,16 @@ class LwM2MServer:
 
     async def start(self) -> None:
         now = self._clock()
-        for registration in await self.store.load_registrations() if self._restore else ():
-            self._book.restore(registration)
-            self._device(registration.endpoint).last_seen = registration.updated_at
-        for endpoint, data in (await self.store.list_documents("profile")).items() if self._restore else ():
-            self._profiles[endpoint] = DeviceProfile.from_dict(data)
         if not self._bootstrap_anchors_given:
             self._bootstrap.trust_anchors = tuple(signing_key_anchors(self.config.deployment.signing_key))
-        restored = await self.store.load_observations() if self._restore else []
+        restored: list[ObservationRecord] = []
+        if self._restore:
+            for registration in await self.store.load_registrations():
+                self._book.restore(registration)
+                self._device(registration.endpoint).last_seen = registration.updated_at
+            for endpoint, data in (await self.store.list_documents("profile")).items():
+                self._profiles[endpoint] = DeviceProfile.from_dict(data)
+            restored = await self.store.load_observations()
         # adopted before the first datagram is read: their notifications must not be reset
         to_observe_anew = self._observations.adopt(restored, self._book.by_endpoint)
         await self.downloads.load()  # likewise: a pull that resumes must not meet a 4.04
