@@ -43,7 +43,8 @@ Each run prints its phases; the table at the end has the medians of ``--runs``.
 ``FOLDER/rollout-<mode>-<devices>-run<r>.prof`` for the event-loop thread and
 ``...-sqlite.prof`` for the SQLite worker thread (``python -m pstats``; timer: the
 thread's CPU time, so waiting costs nothing), and prints
-where the time goes (our code, aiocoap, SQLite, asyncio, ...) and the top functions.
+where the time goes (our code, aiocoap, SQLite, asyncio, ...) and the top functions. Each
+device process leaves ``FOLDER/fleet-<pid>.prof`` (its whole life, wall-clock timer).
 CPU figures of a profiled run are inflated and not comparable.
 """
 
@@ -514,6 +515,11 @@ if __name__ == "__main__":
         asyncio.run(server_main(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
     elif len(sys.argv) > 1 and sys.argv[1] == "_fleet":  # _fleet PORT ANCHOR PROFILE FIRST COUNT LOG_LEVEL
         port, anchor, profile, first, count, level = sys.argv[2:8]
-        asyncio.run(fleet_main(int(port), anchor, profile, int(first), int(count), level))
+        fleet = fleet_main(int(port), anchor, profile, int(first), int(count), level)
+        if profile_dir := os.environ.get("ROLLOUT_SPEED_PROFILE_DIR"):  # the devices' side, whole life
+            import cProfile
+            cProfile.run("asyncio.run(fleet)", str(Path(profile_dir) / f"fleet-{os.getpid()}.prof"))
+        else:
+            asyncio.run(fleet)
     else:
         asyncio.run(main(parse_arguments()))

@@ -48,6 +48,7 @@ import aiocoap
 import aiocoap.resource
 import structlog
 from aiocoap import Code, Message
+from aiocoap.blockwise import ContinueException
 from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress, TransportOSCORE
@@ -58,6 +59,7 @@ from .download import BlockDownload, DownloadError
 from .fetch import fetch
 from .bootstrap import FINISHED, PSK, BootstrapInterface, OscoreAccount
 from .objects import DeviceObjects
+from lwm2m_server.transport.aiocoap_tuning import ServerContext
 from lwm2m_server.transport.dtls import DtlsUnavailable, tinydtls
 
 from .dtls import DtlsClientInterface
@@ -98,7 +100,19 @@ class _DeviceSite(aiocoap.resource.Resource):
             return
         if request.opt.observe == 1:
             self._device._cancel_observation(request)
-        await super().render_to_pipe(pipe)
+        if request.opt.block1 is None:
+            await super().render_to_pipe(pipe)
+            return
+        # aiocoap's Resource answers each Block1 block but the last by raising Continue
+        # through the pipe, which formats and logs the exception: answered here instead
+        try:
+            request = self._block1.feed_and_take(request)
+        except ContinueException as more:
+            pipe.add_response(more.to_message(), is_last=True)
+            return
+        response = await self._block2.extract_or_insert(request, lambda: self.render(request))
+        response.opt.block1 = request.opt.block1
+        pipe.add_response(response, is_last=True)
 
 
 class SimulatedDevice(DeviceServing, DeviceRegistration):
@@ -263,7 +277,7 @@ class SimulatedDevice(DeviceServing, DeviceRegistration):
 
     async def _open(self) -> None:
         with without_reuse_port():
-            self._context = await aiocoap.Context.create_server_context(
+            self._context = await ServerContext.create_server_context(
                 _DeviceSite(self), bind=(self.host, self._port), transports=["udp6"],
                 loggername="tinymlaas-sim.coap",
             )
