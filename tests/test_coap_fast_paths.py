@@ -10,7 +10,7 @@ on aiocoap's encoder or on our own.
   not answered twice;
 - requests to a device: piggybacked answer; empty ACK then a confirmable separate
   response, which is acknowledged (again when the device repeats it); a Reset; a
-  read answered with Block2 is still returned whole.
+  read answered with Block2 is still returned whole; a push goes block by block.
 """
 
 from __future__ import annotations
@@ -212,6 +212,31 @@ async def test_a_read_answered_block_by_block_comes_back_whole(registered):
         sock.sendto(_answer(2, 0x45, mid, token, b"\xc1" + b"\x2a" + bytes((0xb1,)) + block2, block),
                     ("127.0.0.1", adapter.port))
     assert (await asked).payload == body
+
+
+async def test_a_push_goes_block_by_block_with_exact_bytes(registered):
+    """PUT /9/0/2 (Content-Format 42) of 2,100 bytes in 1,024-byte blocks, RFC 7959 §2.5:
+    Uri-Path 9/0/2, Content-Format 42, Block1 (delta 15 after option 12), Size1 on block 0
+    only (delta 33 after 27); the device answers 2.31 Continue, then 2.04 on the last block."""
+    adapter, sock, address = registered
+    package = bytes(range(256)) * 8 + b"x" * 52
+    write = Read(method="PUT", uri_path=("9", "0", "2"), content_format=42, payload=package)
+    asked = asyncio.ensure_future(adapter.request(address, write, timeout=5))
+    path_and_format = bytes.fromhex("b139 0130 0132 112a")
+    expected_options = [
+        path_and_format + bytes.fromhex("d1020e" "d2140834"),  # block 0, more, SZX 6; Size1 2100
+        path_and_format + bytes.fromhex("d1021e"),                # block 1, more
+        path_and_format + bytes.fromhex("d10226"),                # block 2, last
+    ]
+    for number, options in enumerate(expected_options):
+        data = await _receive(sock)
+        kind, code, mid, token = _header(data)
+        assert (kind, code) == (0, 3)  # CON PUT
+        assert data[4 + len(token):] == options + b"\xff" + package[number * 1024:(number + 1) * 1024]
+        last = number == len(expected_options) - 1
+        block1 = bytes.fromhex("d10e") + bytes(((number << 4) | (0 if last else 8) | 6,))
+        sock.sendto(_answer(2, 0x44 if last else 0x5F, mid, token, block1), ("127.0.0.1", adapter.port))
+    assert (await asked).code == "2.04"
 
 
 async def test_a_fetch_answered_block_by_block_repeats_its_body_and_refuses_a_changed_etag(registered):

@@ -47,7 +47,7 @@ from .oscore import (
     split_address,
 )
 from .sockets import naming_port, resend_after_stale_errors
-from .fast_client import ExchangeFailed, FastClient
+from .fast_client import Block1Request, ExchangeFailed, FastClient
 from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import (
@@ -584,6 +584,31 @@ class CoapAdapter:
 
     async def _send_blocks(self, address: str, request: CoapRequest, identity: str | None, exp: int,
                            timeout: float) -> Message:
+        known = self._remotes.get(address)
+        if self._fast_client is not None and type(known) is UDP6EndpointAddress and request.observe is None \
+                and split_address(address) is None:
+            encoded = Block1Request(int(_METHODS[request.method]), request.uri_path, request.query,
+                                    request.content_format, request.accept)
+            size = len(request.payload)
+
+            async def block(number: int, more: bool, exp: int, chunk: bytes, remote) -> Message:
+                remote = remote or known  # the same source address for every block
+                options = encoded.options(number, more, exp, size if number == 0 else None)
+                return await self._bounded(address, self._fast_client.exchange_encoded(
+                    encoded.code, options, chunk, remote.sockaddr, remote.pktinfo), timeout)
+        else:
+            block = self._block_message_sender(address, request, identity, timeout)
+        try:
+            raw, blocks, sent = await send_in_blocks(block, request.payload, exp)
+        except UnexpectedBlock1 as error:
+            raise DeviceUnreachable(address, str(error)) from None
+        if raw.code != Code.REQUEST_ENTITY_TOO_LARGE:
+            self._moved[2] += blocks
+            self._moved[3] += sent
+        return raw
+
+    def _block_message_sender(self, address: str, request: CoapRequest, identity: str | None, timeout: float):
+        """Blocks as aiocoap messages: over DTLS or OSCORE, or to a device not heard from yet."""
         async def block(number: int, more: bool, exp: int, chunk: bytes, remote) -> Message:
             message = await self._message(address, request, identity)
             message.payload = chunk
@@ -593,15 +618,7 @@ class CoapAdapter:
             if remote is not None:
                 message.remote = remote  # the same source address for every block
             return (await self._exchange(address, message, timeout, whole=False))[1]
-
-        try:
-            raw, blocks, sent = await send_in_blocks(block, request.payload, exp)
-        except UnexpectedBlock1 as error:
-            raise DeviceUnreachable(address, str(error)) from None
-        if raw.code != Code.REQUEST_ENTITY_TOO_LARGE:
-            self._moved[2] += blocks
-            self._moved[3] += sent
-        return raw
+        return block
 
     async def _exchange(self, address: str, message: Message, timeout: float, *, whole: bool = True):
         """Send ``message``; the pending request and its first response (``whole``:
@@ -635,9 +652,15 @@ class CoapAdapter:
 
     async def _fast_exchange(self, address: str, message: Message, timeout: float) -> Message:
         remote = message.remote
+        return await self._bounded(address, self._fast_client.exchange(message, remote.sockaddr, remote.pktinfo),
+                                   timeout)
+
+    @staticmethod
+    async def _bounded(address: str, exchange: Awaitable[Message], timeout: float) -> Message:
+        """A fast client's exchange, its failures as DeviceUnreachable."""
         try:
             async with asyncio.timeout(timeout):
-                return await self._fast_client.exchange(message, remote.sockaddr, remote.pktinfo)
+                return await exchange
         except TimeoutError:
             raise DeviceUnreachable(address, f"no response within {timeout:g} s") from None
         except ExchangeFailed as error:

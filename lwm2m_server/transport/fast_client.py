@@ -21,10 +21,37 @@ from typing import Any, Callable
 
 from aiocoap import CON, Message
 
-from .fast_requests import Exchanges
+from .fast_requests import Exchanges, option_bytes, uint_bytes
 
 ACK_TIMEOUT_S, ACK_RANDOM_FACTOR, MAX_RETRANSMIT = 2.0, 1.5, 4
 _CON, _NON, _ACK, _RST = 0, 1, 2, 3
+_URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT, _BLOCK1, _SIZE1 = 11, 12, 15, 17, 27, 60
+
+
+class Block1Request:
+    """A request's datagram but for its Block1 and Size1 options and its payload, encoded
+    once: the blocks of a push differ only in those (aiocoap would build and encode a
+    message for each of a hundred blocks)."""
+
+    __slots__ = ("code", "_options", "_last")
+
+    def __init__(self, code: int, uri_path: tuple[str, ...], query: tuple[str, ...],
+                 content_format: int | None, accept: int | None) -> None:
+        self.code = code
+        options, last = bytearray(), 0
+        for number, values in ((_URI_PATH, [segment.encode() for segment in uri_path]),
+                               (_CONTENT_FORMAT, [] if content_format is None else [uint_bytes(content_format)]),
+                               (_URI_QUERY, [item.encode() for item in query]),
+                               (_ACCEPT, [] if accept is None else [uint_bytes(accept)])):
+            for value in values:
+                options += option_bytes(number, last, value)
+                last = number
+        self._options, self._last = bytes(options), last
+
+    def options(self, number: int, more: bool, exp: int, size1: int | None) -> bytes:
+        """The options of block ``number`` (``size1``: the whole payload's size, or None)."""
+        block1 = option_bytes(_BLOCK1, self._last, uint_bytes(number << 4 | more << 3 | exp))
+        return self._options + block1 + (b"" if size1 is None else option_bytes(_SIZE1, _BLOCK1, uint_bytes(size1)))
 
 
 class ExchangeFailed(Exception):
@@ -71,12 +98,22 @@ class FastClient:
     async def exchange(self, message: Message, sockaddr: Any, pktinfo: bytes | None) -> Message:
         """Send ``message`` (a request) confirmable to ``sockaddr``; its response. The caller
         bounds the wait; :class:`ExchangeFailed` on a Reset or when retransmissions run out."""
-        loop = asyncio.get_running_loop()
         message.mid, message.token = self._next_mid(), self._next_token()
         message.mtype = CON
+        return await self._exchange(message.encode(), message.mid, message.token, sockaddr, pktinfo)
+
+    async def exchange_encoded(self, code: int, options: bytes, payload: bytes, sockaddr: Any,
+                               pktinfo: bytes | None) -> Message:
+        """As :meth:`exchange`, for a request given as its code and encoded options."""
+        mid, token = self._next_mid(), self._next_token()
+        data = bytes((0x40 | len(token), code)) + mid.to_bytes(2, "big") + token + options
+        return await self._exchange(data + b"\xff" + payload if payload else data, mid, token, sockaddr, pktinfo)
+
+    async def _exchange(self, data: bytes, mid: int, token: bytes, sockaddr: Any, pktinfo: bytes | None) -> Message:
+        loop = asyncio.get_running_loop()
         peer = (sockaddr[0], sockaddr[1])
-        exchange = _Exchange(loop.create_future(), message.encode(), pktinfo, sockaddr, message.token,
-                             message.mid, ACK_TIMEOUT_S * self._random.uniform(1.0, ACK_RANDOM_FACTOR))
+        exchange = _Exchange(loop.create_future(), data, pktinfo, sockaddr, token, mid,
+                             ACK_TIMEOUT_S * self._random.uniform(1.0, ACK_RANDOM_FACTOR))
         self._by_mid[(peer, exchange.mid)] = exchange
         self._by_token[(peer, exchange.token)] = exchange
         self.exchanges += 1

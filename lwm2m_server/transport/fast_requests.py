@@ -146,7 +146,8 @@ def _parse_request(data: bytes) -> FastRequest | None:
                        content_format, bytes(data[position + 1:]) if position < end else b"", block2, size2)
 
 
-def _option(number: int, previous: int, value: bytes) -> bytes:
+def option_bytes(number: int, previous: int, value: bytes) -> bytes:
+    """One option, delta-encoded after option number ``previous`` (RFC 7252 §3.1)."""
     def nibble(n: int) -> tuple[int, bytes]:
         if n < 13:
             return n, b""
@@ -159,7 +160,7 @@ def _option(number: int, previous: int, value: bytes) -> bytes:
     return bytes(((delta << 4) | length,)) + delta_extra + length_extra + value
 
 
-def _uint_bytes(value: int) -> bytes:
+def uint_bytes(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
@@ -173,23 +174,23 @@ def encode_response(request: FastRequest, code: str, payload: bytes = b"", *, lo
     out += request.message_id.to_bytes(2, "big") + request.token
     previous = 0
     if etag:
-        out += _option(_ETAG, previous, etag)
+        out += option_bytes(_ETAG, previous, etag)
         previous = _ETAG
     for segment in location_path:
-        out += _option(_LOCATION_PATH, previous, segment.encode())
+        out += option_bytes(_LOCATION_PATH, previous, segment.encode())
         previous = _LOCATION_PATH
     if content_format is not None:
-        out += _option(_RESPONSE_CONTENT_FORMAT, previous, _uint_bytes(content_format))
+        out += option_bytes(_RESPONSE_CONTENT_FORMAT, previous, uint_bytes(content_format))
         previous = _RESPONSE_CONTENT_FORMAT
     if max_age is not None:
-        out += _option(_MAX_AGE, previous, _uint_bytes(max_age))
+        out += option_bytes(_MAX_AGE, previous, uint_bytes(max_age))
         previous = _MAX_AGE
     if block2 is not None:
         number, more, exponent = block2
-        out += _option(_BLOCK2, previous, _uint_bytes(number << 4 | more << 3 | exponent))
+        out += option_bytes(_BLOCK2, previous, uint_bytes(number << 4 | more << 3 | exponent))
         previous = _BLOCK2
     if size2 is not None:
-        out += _option(_SIZE2, previous, _uint_bytes(size2))
+        out += option_bytes(_SIZE2, previous, uint_bytes(size2))
     if payload:
         out += b"\xff" + payload
     return bytes(out)
