@@ -234,12 +234,19 @@ async def rollout(server, orchestrator, model: str, mode: str, max_in_flight: in
     stuck = [f"{d.endpoint} {d.status.value} phase={(d.job or {}).get('phase')} attempts={d.attempts} "
              f"unreachable={d.unreachable} {d.reason[:80]}" for d in devices if not d.final][:8]
     times = sorted(finished.values())
+    last = max(finished, key=finished.get, default=None)
+    slowest = None
+    if last is not None and len(times) >= 10 and finished[last] > 2 * times[len(times) // 2]:
+        # a straggler: how its job went, to tell a lost block from a slow device
+        job = next((d.job for d in devices if d.endpoint == last), None) or {}
+        slowest = f"{last} final after {finished[last]:.1f} s: " + "; ".join(job.get("log", []))[-600:]
 
     def until(share: float) -> float | None:  # seconds until ``share`` of the devices were final
         needed = max(1, round(share * expected))
         return times[needed - 1] if len(times) >= needed else None
     return {"seconds": seconds, "first_done": first_done, "state": current.state.value, "counts": counts,
             "enrolled": len(devices), "reasons": reasons, "paused_reason": current.paused_reason, "stuck": stuck,
+            "slowest": slowest,
             "t50": until(0.5), "t90": until(0.9), "t99": until(0.99)}
 
 
@@ -336,6 +343,8 @@ async def phase(devices: int, mode: str, run: int, model_file: Path, args: argpa
     if counts.get("done", 0) != devices:
         print(f"  warning: {label}: {counts} of {devices}, rollout {done['state']} {done['paused_reason']} "
               f"{done['reasons']}; not final: {done['stuck']}", file=sys.stderr)
+    if done["slowest"]:
+        print(f"  straggler: {done['slowest']}", file=sys.stderr)
     never = float("nan")
     return {
         "seconds": done["seconds"], "first_done": done["first_done"] or 0.0,
