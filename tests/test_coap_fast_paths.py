@@ -16,6 +16,7 @@ on aiocoap's encoder or on our own.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 from lwm2m_server.transport.coap import CoapAdapter, DeviceUnreachable, IncomingRequest, OutgoingResponse
+from lwm2m_server.transport.fast_client import MessageIds
 from lwm2m_server.transport.fast_requests import Exchanges, FastRequest, encode_response, parse_request
 
 # POST /rd?ep=dev1&lt=60, CON, MID 0x1234, token 0xABCD, Content-Format 40, payload </3/0>
@@ -71,6 +73,20 @@ def test_exchanges_forget_after_their_lifetime_and_beyond_their_limit():
     for mid in (1, 2, 3):
         exchanges.start(("a", 1, mid), now=20)
     assert exchanges.seen(("a", 1, 1), now=20) is None and len(exchanges) == 2
+
+
+def test_message_ids_count_per_peer_from_a_random_start_and_forget_the_least_recent_peer():
+    ids = MessageIds(limit=2, rng=random.Random(7))
+    first = ids.next("a")
+    assert [ids.next("a") for _ in range(3)] == [(first + n) & 0xFFFF for n in (1, 2, 3)]
+    other = ids.next("b")
+    assert ids.next("a") == (first + 4) & 0xFFFF  # b's messages take nothing from a's count
+    assert ids.next("b") == (other + 1) & 0xFFFF
+    ids.next("c")  # a third peer: "a", least recently used, is forgotten
+    assert len(ids) == 2 and ids.next("b") == (other + 2) & 0xFFFF
+    wrapped = MessageIds(rng=random.Random(1))
+    start = wrapped.next("d")
+    assert [wrapped.next("d") for _ in range(0xFFFF)][-1] == (start - 1) & 0xFFFF  # 65,536 before it repeats
 
 
 @dataclass
@@ -184,6 +200,32 @@ async def test_a_separate_response_is_acknowledged_also_when_the_device_repeats_
     assert (await asked).payload == b"late"
     sock.sendto(separate, ("127.0.0.1", adapter.port))  # our ACK was lost: acknowledged again
     assert await _receive(sock) == bytes.fromhex("60007777")
+
+
+async def test_a_device_is_not_sent_a_message_id_again_when_the_shared_counter_comes_round(registered):
+    """A device that deduplicates by Message ID (RFC 7252 §4.5) answers a request with a
+    known ID as a repeat: its old response, whose token the new request does not have. The
+    adapter's next request to it, after aiocoap's one counter came round (as after 65,536
+    messages to other devices), still carries a new ID and is answered."""
+    adapter, sock, address = registered
+    answered: dict[int, bytes] = {}
+
+    async def device() -> None:
+        while True:
+            data = await _receive(sock, timeout=10)
+            kind, code, mid, token = _header(data)
+            if mid not in answered:
+                answered[mid] = _answer(2, 0x45, mid, token, b"\xc0", f"read {len(answered)}".encode())
+            sock.sendto(answered[mid], ("127.0.0.1", adapter.port))
+
+    serving = asyncio.ensure_future(device())
+    try:
+        assert (await adapter.request(address, Read(), timeout=5)).payload == b"read 0"
+        adapter._udp.token_interface.message_id = next(iter(answered))  # aiocoap's counter, come round
+        assert (await adapter.request(address, Read(), timeout=5)).payload == b"read 1"
+        assert len(answered) == 2
+    finally:
+        serving.cancel()
 
 
 async def test_a_reset_makes_the_device_unreachable(registered):

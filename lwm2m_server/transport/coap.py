@@ -47,7 +47,7 @@ from .oscore import (
     split_address,
 )
 from .sockets import naming_port, resend_after_stale_errors
-from .fast_client import Block1Request, ExchangeFailed, FastClient
+from .fast_client import Block1Request, ExchangeFailed, FastClient, MessageIds
 from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import (
@@ -150,6 +150,8 @@ class CoapAdapter:
         self._bind = (host, port)
         self._receive_buffer_bytes = receive_buffer_bytes
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._message_ids = MessageIds()
+        """Message IDs of requests to devices, per peer (aiocoap's one counter comes round under load)."""
         self._per_device: dict[str, list] = {}  # address → [lock, requests using it]
         self._remotes: OrderedDict[str, object] = OrderedDict()  # least recently heard from first
         self._max_remotes = max_remotes
@@ -206,7 +208,7 @@ class CoapAdapter:
                 refusal=self._fast_refusal, download=self._fast_download, send=send, clock=time.monotonic,
                 log=self._logger())
             self._fast_client = FastClient(
-                send=send, next_mid=self._udp.token_interface._next_message_id, next_token=self._udp.next_token,
+                send=send, next_mid=self._message_ids.next, next_token=self._udp.next_token,
                 decode=lambda data, address, pktinfo: Message.decode(
                     data, UDP6EndpointAddress(address, interface, pktinfo=pktinfo)))
             self._route_datagrams()
@@ -482,6 +484,10 @@ class CoapAdapter:
             message.set_request_uri(f"coap://{address}/")
         else:
             message.remote = remote
+        if type(message.remote) is UDP6EndpointAddress:
+            message.mid = self._message_ids.next((message.remote.sockaddr[0], message.remote.sockaddr[1]))
+        elif isinstance(message.remote, DtlsSession):
+            message.mid = self._message_ids.next(("coaps", *message.remote.sockaddr[:2]))
         message.opt.uri_path = request.uri_path
         if request.query:
             message.opt.uri_query = request.query

@@ -7,8 +7,9 @@ RFC 7252 retransmission (§4.2: ACK_TIMEOUT 2 s × a random factor up to 1.5, do
 MAX_RETRANSMIT 4), and the answer matched by Message ID (a piggybacked response, an
 empty ACK, a Reset) or by token (a separate response, acknowledged when confirmable).
 
-Message IDs and tokens come from aiocoap's own allocators, so an exchange here never
-shares one with an exchange of aiocoap's. A datagram that matches nothing here goes on
+Tokens come from aiocoap's allocator, Message IDs from the adapter's per-peer counters
+(:class:`MessageIds`), which its requests through aiocoap use too, so an exchange here
+never shares either with an exchange of aiocoap's. A datagram that matches nothing here goes on
 to aiocoap. The adapter sends only what fits: plain UDP, no Observe, and it fetches the
 rest of a Block2 answer here too (:func:`.blockwise.receive_in_blocks`).
 """
@@ -54,6 +55,33 @@ class Block1Request:
         return self._options + block1 + (b"" if size1 is None else option_bytes(_SIZE1, _BLOCK1, uint_bytes(size1)))
 
 
+class MessageIds:
+    """Message IDs counted per peer, from a random start (RFC 7252 §4.4: an ID is not used
+    again with the same endpoint within EXCHANGE_LIFETIME, 247 s). One counter for every
+    peer, as aiocoap keeps, comes round after 65,536 messages: at 265 messages a second,
+    within the 247 s a device remembers an ID, and a device given an ID it remembers
+    answers the request as a repeat of the old one (its old response, or nothing), so the
+    request hangs until it times out. Counted per peer it takes 65,536 messages to one device.
+    The peers least recently sent to are forgotten beyond ``limit``."""
+
+    def __init__(self, limit: int = 200_000, rng: random.Random | None = None) -> None:
+        self._next: dict[Any, int] = {}  # in order of last use
+        self._limit = limit
+        self._random = rng or random.Random()
+
+    def __len__(self) -> int:
+        return len(self._next)
+
+    def next(self, peer: Any) -> int:
+        mid = self._next.pop(peer, None)
+        if mid is None:
+            mid = self._random.randrange(0x10000)
+            if len(self._next) >= self._limit:
+                del self._next[next(iter(self._next))]
+        self._next[peer] = (mid + 1) & 0xFFFF
+        return mid
+
+
 class ExchangeFailed(Exception):
     """The device reset the request, or never acknowledged it; ``reason`` says which."""
 
@@ -76,12 +104,13 @@ class _Exchange:
 class FastClient:
     """Confirmable requests and their answers, on the adapter's UDP socket.
 
-    ``send(data, pktinfo, sockaddr)`` sends one datagram; ``next_mid()`` and
-    ``next_token()`` are aiocoap's allocators; ``decode(data, sockaddr, pktinfo)`` makes
+    ``send(data, pktinfo, sockaddr)`` sends one datagram; ``next_mid(peer)`` gives a
+    Message ID for ``(host, port)`` (:class:`MessageIds`, shared with the adapter's other
+    requests), ``next_token()`` is aiocoap's token allocator; ``decode(data, sockaddr, pktinfo)`` makes
     the aiocoap :class:`Message` the adapter's callers take (with its remote).
     """
 
-    def __init__(self, *, send: Callable[[bytes, bytes | None, Any], None], next_mid: Callable[[], int],
+    def __init__(self, *, send: Callable[[bytes, bytes | None, Any], None], next_mid: Callable[[Any], int],
                  next_token: Callable[[], bytes], decode: Callable[[bytes, Any, bytes | None], Message],
                  rng: random.Random | None = None) -> None:
         self._send = send
@@ -98,14 +127,16 @@ class FastClient:
     async def exchange(self, message: Message, sockaddr: Any, pktinfo: bytes | None) -> Message:
         """Send ``message`` (a request) confirmable to ``sockaddr``; its response. The caller
         bounds the wait; :class:`ExchangeFailed` on a Reset or when retransmissions run out."""
-        message.mid, message.token = self._next_mid(), self._next_token()
+        if message.mid is None:
+            message.mid = self._next_mid((sockaddr[0], sockaddr[1]))
+        message.token = self._next_token()
         message.mtype = CON
         return await self._exchange(message.encode(), message.mid, message.token, sockaddr, pktinfo)
 
     async def exchange_encoded(self, code: int, options: bytes, payload: bytes, sockaddr: Any,
                                pktinfo: bytes | None) -> Message:
         """As :meth:`exchange`, for a request given as its code and encoded options."""
-        mid, token = self._next_mid(), self._next_token()
+        mid, token = self._next_mid((sockaddr[0], sockaddr[1])), self._next_token()
         data = bytes((0x40 | len(token), code)) + mid.to_bytes(2, "big") + token + options
         return await self._exchange(data + b"\xff" + payload if payload else data, mid, token, sockaddr, pktinfo)
 
