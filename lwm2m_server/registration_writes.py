@@ -21,7 +21,10 @@ registration's id, endpoint and identity are what every later message of the
 device is checked against. Held only in memory, a restart would forget a device
 that believes it is registered, or, for a re-Register, bring back the endpoint's
 replaced registration (an id the device no longer uses) with its observations.
-Refusing costs the device one retry; the disk is full either way. An Update or a
+Refusing costs the device one retry; the disk is full either way. Registers saved
+while nothing waits go to the store at once and share its transactions; while
+changes wait, a Register takes its turn after them (a flush under way may still
+have to write an endpoint's older registration, which would replace the new one). An Update or a
 De-register only changes a registration that is stored already: a restart before
 the flush brings back its older lifetime and address (the device's next Update
 renews them), or a de-registered registration until its lifetime ends.
@@ -71,10 +74,13 @@ class RegistrationWrites:
         """Save a new registration or raise StoreError. On success, waiting saves of
         the endpoint's earlier registrations are dropped: the store replaces them
         with this one, and writing one later would replace this one."""
-        async with self._lock:
-            await self._flush()
+        if self._pending:  # written first, and no flush may write an older one after this
+            async with self._lock:
+                await self._flush()
+                await self._store.save_registration(registration)
+        else:  # nothing to keep in order: concurrent Registers share the store's transaction
             await self._store.save_registration(registration)
-            self.forget(registration.endpoint)
+        self.forget(registration.endpoint)
 
     def forget(self, endpoint: str) -> None:
         """Drop waiting saves of ``endpoint``: another process stored a newer registration

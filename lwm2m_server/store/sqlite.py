@@ -3,10 +3,11 @@
 Every sqlite3 call runs on one dedicated worker thread that owns the
 connection, so the event loop never waits on the disk and the connection is
 never shared between threads. Calls run on that thread in the order they were
-made. The calls made in one turn of the event loop go to the thread together
-and commit as one transaction (group commit: one hop and one commit for a burst
-of Registers, not one each); each call is a savepoint in it, so a call that
-fails takes back only its own changes.
+made. Calls go to the thread together and commit as one transaction (group
+commit: one hop and one commit for a burst of Registers, not one each): those of
+one turn of the event loop, and, while a transaction runs on the thread, every
+call made meanwhile, which goes as the next one when it ends. Each call is a
+savepoint in it, so a call that fails takes back only its own changes.
 
 Durability: WAL journal with ``synchronous=NORMAL``. A commit is in the WAL
 file (in the OS page cache) before the call returns, so everything committed
@@ -72,7 +73,8 @@ class SqliteStore(Store):
         self._executor = executor
         self._connection = connection  # touched only on the executor's thread
         self._closed = False
-        self._batch: list[tuple[Callable[[], Any], asyncio.Future]] = []  # this loop turn's calls
+        self._batch: list[tuple[Callable[[], Any], asyncio.Future]] = []  # the next transaction's calls
+        self._running = False  # a transaction on the thread: calls wait for it to end, and go together
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r}{', closed' if self._closed else ''})"
@@ -96,23 +98,31 @@ class SqliteStore(Store):
     # -- plumbing ------------------------------------------------------------
 
     async def _run(self, operation: str, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function(connection, *args)`` on the worker thread, in this loop turn's
+        """Run ``function(connection, *args)`` on the worker thread, in the next
         transaction; sqlite3 errors → StoreError."""
         if self._closed:
             raise StoreError(f"SQLite store {self.path}: {operation} after close")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if not self._batch:
+        if not self._batch and not self._running:
             loop.call_soon(self._flush)
         self._batch.append((functools.partial(self._call, operation, function, *args), future))
         return await future
 
-    def _flush(self) -> None:
-        """Hand the calls gathered so far to the worker thread as one transaction."""
+    def _flush(self, *, now: bool = False) -> None:
+        """Hand the calls gathered so far to the worker thread as one transaction, unless
+        one runs there (``now``: all the same; the thread runs them after it)."""
+        if (self._running and not now) or not self._batch:
+            return
         batch, self._batch = self._batch, []
-        if batch:
-            done = asyncio.get_running_loop().run_in_executor(self._executor, self._call_batch, [c for c, _ in batch])
-            done.add_done_callback(functools.partial(_deliver, [f for _, f in batch]))
+        self._running = True
+        done = asyncio.get_running_loop().run_in_executor(self._executor, self._call_batch, [c for c, _ in batch])
+        done.add_done_callback(functools.partial(self._ended, [f for _, f in batch]))
+
+    def _ended(self, futures: list[asyncio.Future], done: asyncio.Future) -> None:
+        self._running = False
+        _deliver(futures, done)
+        self._flush()
 
     def _call(self, operation: str, function: Callable[..., T], *args: Any) -> T:
         try:
@@ -237,7 +247,7 @@ class SqliteStore(Store):
         if self._closed:
             return
         self._closed = True  # calls made from now on fail; calls already queued run first
-        self._flush()
+        self._flush(now=True)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, functools.partial(self._call, "close", close_connection))
