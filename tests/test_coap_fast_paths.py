@@ -202,7 +202,8 @@ async def test_a_separate_response_is_acknowledged_also_when_the_device_repeats_
     assert await _receive(sock) == bytes.fromhex("60007777")
 
 
-async def test_a_device_is_not_sent_a_message_id_again_when_the_shared_counter_comes_round(registered):
+@pytest.mark.parametrize("request_", [Read(), Read(method="POST", uri_path=("5", "0", "2"))], ids=["read", "execute"])
+async def test_a_device_is_not_sent_a_message_id_again_when_the_shared_counter_comes_round(registered, request_):
     """A device that deduplicates by Message ID (RFC 7252 §4.5) answers a request with a
     known ID as a repeat: its old response, whose token the new request does not have. The
     adapter's next request to it, after aiocoap's one counter came round (as after 65,536
@@ -220,9 +221,9 @@ async def test_a_device_is_not_sent_a_message_id_again_when_the_shared_counter_c
 
     serving = asyncio.ensure_future(device())
     try:
-        assert (await adapter.request(address, Read(), timeout=5)).payload == b"read 0"
+        assert (await adapter.request(address, request_, timeout=5)).payload == b"read 0"
         adapter._udp.token_interface.message_id = next(iter(answered))  # aiocoap's counter, come round
-        assert (await adapter.request(address, Read(), timeout=5)).payload == b"read 1"
+        assert (await adapter.request(address, request_, timeout=5)).payload == b"read 1"
         assert len(answered) == 2
     finally:
         serving.cancel()

@@ -484,10 +484,6 @@ class CoapAdapter:
             message.set_request_uri(f"coap://{address}/")
         else:
             message.remote = remote
-        if type(message.remote) is UDP6EndpointAddress:
-            message.mid = self._message_ids.next((message.remote.sockaddr[0], message.remote.sockaddr[1]))
-        elif isinstance(message.remote, DtlsSession):
-            message.mid = self._message_ids.next(("coaps", *message.remote.sockaddr[:2]))
         message.opt.uri_path = request.uri_path
         if request.query:
             message.opt.uri_query = request.query
@@ -630,8 +626,10 @@ class CoapAdapter:
         """Send ``message``; the pending request and its first response (``whole``:
         aiocoap reassembles a Block2 response; else ``message`` is one block)."""
         assert self._context is not None, "adapter not started"
+        # every request to a plain-UDP device but Observe: its Message IDs then come from one
+        # per-peer counter (aiocoap's request path would take them from its own, shared one)
         if self._fast_client is not None and type(message.remote) is UDP6EndpointAddress \
-                and message.opt.observe is None and (not whole or message.code in (Code.GET, Code.FETCH)):
+                and message.opt.observe is None:
             raw = await self._fast_exchange(address, message, timeout)
             if whole and raw.opt.block2 is not None:
                 try:

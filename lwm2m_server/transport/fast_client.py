@@ -7,11 +7,12 @@ RFC 7252 retransmission (§4.2: ACK_TIMEOUT 2 s × a random factor up to 1.5, do
 MAX_RETRANSMIT 4), and the answer matched by Message ID (a piggybacked response, an
 empty ACK, a Reset) or by token (a separate response, acknowledged when confirmable).
 
-Tokens come from aiocoap's allocator, Message IDs from the adapter's per-peer counters
-(:class:`MessageIds`), which its requests through aiocoap use too, so an exchange here
-never shares either with an exchange of aiocoap's. A datagram that matches nothing here goes on
-to aiocoap. The adapter sends only what fits: plain UDP, no Observe, and it fetches the
-rest of a Block2 answer here too (:func:`.blockwise.receive_in_blocks`).
+Tokens come from aiocoap's allocator; Message IDs from per-peer counters
+(:class:`MessageIds`). aiocoap replaces an ID set on a request it sends with one from its
+own counter, shared by every peer, so the adapter sends every request to a plain-UDP device
+here but Observe (rare: a collision with one of those stays possible, 1 in 65,536 per
+Observe and recent message). A datagram that matches nothing here goes on
+to aiocoap. It fetches the rest of a Block2 answer here too (:func:`.blockwise.receive_in_blocks`).
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ class FastClient:
     """Confirmable requests and their answers, on the adapter's UDP socket.
 
     ``send(data, pktinfo, sockaddr)`` sends one datagram; ``next_mid(peer)`` gives a
-    Message ID for ``(host, port)`` (:class:`MessageIds`, shared with the adapter's other
-    requests), ``next_token()`` is aiocoap's token allocator; ``decode(data, sockaddr, pktinfo)`` makes
+    Message ID for ``(host, port)`` (:meth:`MessageIds.next`), ``next_token()`` is aiocoap's
+    token allocator; ``decode(data, sockaddr, pktinfo)`` makes
     the aiocoap :class:`Message` the adapter's callers take (with its remote).
     """
 
@@ -127,8 +128,7 @@ class FastClient:
     async def exchange(self, message: Message, sockaddr: Any, pktinfo: bytes | None) -> Message:
         """Send ``message`` (a request) confirmable to ``sockaddr``; its response. The caller
         bounds the wait; :class:`ExchangeFailed` on a Reset or when retransmissions run out."""
-        if message.mid is None:
-            message.mid = self._next_mid((sockaddr[0], sockaddr[1]))
+        message.mid = self._next_mid((sockaddr[0], sockaddr[1]))
         message.token = self._next_token()
         message.mtype = CON
         return await self._exchange(message.encode(), message.mid, message.token, sockaddr, pktinfo)
