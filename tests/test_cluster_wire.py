@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cbor2
+import pytest
 
 from ipso_objects import LwM2MPath, ObjectRegistry
 from ipso_objects.codecs.base import TimestampedValues
@@ -68,3 +69,52 @@ def test_an_event_keeps_what_the_leaders_listeners_read():
 def test_an_artifact_comes_back_equal():
     artifact = Artifact("/data/modules/abc.suit", "abc", 10, "00" * 32, "11" * 32, 7, "cls", "tflm", 2048)
     assert wire.artifact_from_wire(through_cbor(wire.artifact_to_wire(artifact))) == artifact
+
+
+def events_of(count: int) -> list[dict]:
+    """``count`` events of alternating kinds, each naming its place in the sequence."""
+    kinds = ("registered", "profile", "updated", "deregistered")
+    return [wire.event_to_wire(kinds[i % 4], f"dev-{i}", {"registration": REGISTRATION}, "n1-1", REGISTRY)
+            for i in range(count)]
+
+
+def test_a_batch_of_events_comes_back_in_one_message_in_order():
+    events = events_of(40)
+    messages = wire.encode_batches("events", "n1-1", events)
+    assert len(messages) == 1
+    worker, again = wire.batch_items(cbor2.loads(messages[0]), "events")
+    assert worker == "n1-1" and again == events
+    assert [wire.registration_from_wire(e["registration"]) for e in again] == [REGISTRATION] * 40
+
+
+def test_a_batch_over_the_size_bound_is_split_in_order_and_every_part_fits():
+    events = events_of(100)
+    whole = len(wire.encode_batches("events", "n1-1", events)[0])
+    bound = whole // 5
+    messages = wire.encode_batches("events", "n1-1", events, max_bytes=bound)
+    assert len(messages) >= 5 and all(len(message) <= bound for message in messages)
+    parts = [wire.batch_items(cbor2.loads(message), "events") for message in messages]
+    assert {worker for worker, _ in parts} == {"n1-1"}
+    assert [event for _, items in parts for event in items] == events  # none lost, none twice, same order
+
+
+def test_an_event_bigger_than_the_bound_travels_alone():
+    small, big = events_of(2), {"kind": "send", "endpoint": "dev-big", "blob": b"x" * 5000}
+    messages = wire.encode_batches("events", "n1-1", [small[0], big, small[1]], max_bytes=2000)
+    items = [wire.batch_items(cbor2.loads(message), "events")[1] for message in messages]
+    assert [big] in items and [event for part in items for event in part] == [small[0], big, small[1]]
+
+
+def test_the_default_bound_stays_under_natss_default_max_payload():
+    assert wire.MAX_MESSAGE_BYTES <= 1024 * 1024
+    endpoints = [f"device-with-a-rather-long-endpoint-name-{i:07d}" for i in range(30_000)]
+    messages = wire.encode_batches("endpoints", "n1-1", endpoints)
+    assert len(messages) > 1 and all(len(message) <= wire.MAX_MESSAGE_BYTES for message in messages)
+    assert [e for message in messages for e in wire.batch_items(cbor2.loads(message), "endpoints")[1]] == endpoints
+
+
+@pytest.mark.parametrize("message", [{"events": []}, {"worker": 3, "events": []}, {"worker": "n1-1"},
+                                     {"worker": "n1-1", "events": {"kind": "registered"}}])
+def test_a_malformed_batch_is_refused_with_a_reason(message):
+    with pytest.raises(wire.MalformedBatch, match="a batch needs a text 'worker' and a list 'events'"):
+        wire.batch_items(message, "events")

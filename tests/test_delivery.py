@@ -3,7 +3,7 @@
 import pytest
 
 from ipso_objects import LwM2MPath, Resource
-from lwm2m_server.ota.delivery import DeliveryJob, Expected, Mode, Phase, StepKind, Target
+from lwm2m_server.ota.delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from lwm2m_server.core.responses import Result
 
 P = LwM2MPath.parse
@@ -137,3 +137,121 @@ def test_a_state_notification_ends_the_wait():
     assert job.next_step(0.1).kind is StepKind.WAIT and job.state_path == P("/9/0/7")
     job.state_changed(0.1)
     assert job.next_step(0.1).kind is StepKind.READ
+
+
+# -- resumed in SEND: the write may have reached the device before the job was saved ---------------
+
+RUNNING_KWS = {"/9/0/12": True, "/26241/0/10": "kws", "/26241/0/11": "1.0.0", "/26241/0/12": DIGEST}
+RUNNING_OLD = {"/9/0/12": True, "/26241/0/10": "kws", "/26241/0/11": "0.9.0", "/26241/0/12": bytes(32)}
+
+
+def resumed_in_send(job, now=100.0):
+    """``job`` as a restart finds it: saved before its package write was answered."""
+    assert job.phase is Phase.SEND
+    copy = DeliveryJob.from_dict(job.to_dict())
+    copy.resume(now)
+    return copy
+
+
+def check_send(job, answers, now=100.0):
+    """Answer the resumed job's first step, which must read the update state; its next step."""
+    step = job.next_step(now)
+    state_paths = (P("/9/0/7"), P("/9/0/9")) if job.target is Target.SOFTWARE else (P("/5/0/3"), P("/5/0/5"))
+    assert step.kind is StepKind.READ and step.paths[:2] == state_paths, step
+    job.on_result(step, answers, now)
+    return job.next_step(now)
+
+
+@pytest.mark.parametrize("mode, state, result, expected", [
+    (Mode.PUSH, 3, 3, (StepKind.EXECUTE, "/9/0/4")),           # delivered before the crash: Install, no write
+    (Mode.PULL, 3, 3, (StepKind.EXECUTE, "/9/0/4")),
+    (Mode.PUSH, 2, 1, (StepKind.READ, None)),                  # DOWNLOADED, being checked: wait for DELIVERED
+    (Mode.PULL, 1, 1, (StepKind.READ, None)),                  # fetching the URI it was given: wait, no 2nd URI
+    (Mode.PUSH, 1, 1, (StepKind.WRITE_PACKAGE, "/9/0/2")),     # a push cut off mid-transfer: write
+    (Mode.PUSH, 0, 0, (StepKind.WRITE_PACKAGE, "/9/0/2")),     # nothing arrived: write
+    (Mode.PULL, 0, 0, (StepKind.WRITE_URI, "/9/0/3")),
+    (Mode.PUSH, 0, 53, (StepKind.WRITE_PACKAGE, "/9/0/2")),    # refused (or an older refusal): write
+])
+def test_a_sota_job_resumed_in_send_writes_only_when_the_device_lacks_the_package(mode, state, result, expected):
+    job = resumed_in_send(sota(mode))
+    following = check_send(job, reads({"/9/0/7": state, "/9/0/9": result, **RUNNING_OLD}))
+    assert (following.kind, str(following.path) if following.path else None) == expected
+    assert job.resumed
+
+
+def test_a_resumed_sota_job_that_waits_for_the_download_goes_on_to_install():
+    job = resumed_in_send(sota(Mode.PULL))
+    check_send(job, reads({"/9/0/7": 1, "/9/0/9": 1, **RUNNING_OLD}))
+    steps, last = drive(job, [reads({"/9/0/7": 3, "/9/0/9": 3}), OK, reads({"/9/0/7": 4, "/9/0/9": 2}), OK,
+                              reads(RUNNING_KWS)], now=100.0)
+    assert [kind for kind, _ in steps] == [StepKind.READ, StepKind.EXECUTE, StepKind.READ, StepKind.EXECUTE,
+                                           StepKind.READ]  # no second URI write
+    assert steps[1][1] == P("/9/0/4") and last.kind is StepKind.DONE
+
+
+def test_installed_counts_as_done_only_when_the_expected_module_runs():
+    """INSTALLED may be an earlier package's: the module's identity decides."""
+    done = resumed_in_send(sota())
+    assert check_send(done, reads({"/9/0/7": 4, "/9/0/9": 2, **RUNNING_KWS})).kind is StepKind.DONE
+    older = resumed_in_send(sota())
+    following = check_send(older, reads({"/9/0/7": 4, "/9/0/9": 2, **RUNNING_OLD}))
+    assert following.kind is StepKind.WRITE_PACKAGE
+    unconfirmed = resumed_in_send(sota())  # the identity cannot be read: not known to run, so written
+    answers = {**reads({"/9/0/7": 4, "/9/0/9": 2, **RUNNING_KWS}), P("/26241/0/12"): Result(False, "4.04")}
+    assert check_send(unconfirmed, answers).kind is StepKind.WRITE_PACKAGE
+
+
+def test_a_resumed_job_never_writes_blindly_when_the_state_cannot_be_read():
+    job = resumed_in_send(sota(phase_timeout_s=10))
+    failed = {**reads(RUNNING_KWS), P("/9/0/7"): Result(False, "5.03"), P("/9/0/9"): Result(False, "5.03")}
+    seen = []
+    now = 100.0
+    while not job.finished:
+        step = job.next_step(now)
+        seen.append(step.kind)
+        if step.kind is StepKind.WAIT:
+            now = step.at
+        elif step.kind is StepKind.READ:
+            job.on_result(step, failed, now)
+    assert StepKind.WRITE_PACKAGE not in seen and seen.count(StepKind.READ) >= 5  # asked again each second
+    assert job.phase is Phase.FAILED and "no progress in check_send" in job.reason
+
+
+def test_a_job_resumed_again_while_checking_still_checks_first():
+    job = resumed_in_send(sota())
+    again = DeliveryJob.from_dict(job.to_dict())  # saved in check_send, then restarted once more
+    again.resume(200.0)
+    assert again.phase is Phase.CHECK_SEND and again.next_step(200.0).kind is StepKind.READ
+    assert check_send(again, reads({"/9/0/7": 3, "/9/0/9": 3, **RUNNING_OLD}), 200.0).kind is StepKind.EXECUTE
+
+
+def fota(expected=Expected(package_version="2.1.1"), mode=Mode.PUSH):
+    return DeliveryJob(Target.FIRMWARE, mode, expected, uri="coap://s/fw/abc", poll_interval_s=1.0)
+
+
+@pytest.mark.parametrize("job, values, expected", [
+    (fota(), {"/5/0/3": 2, "/5/0/5": 0, "/5/0/7": "2.1.1"}, (StepKind.EXECUTE, "/5/0/2")),  # Downloaded: Update
+    (fota(), {"/5/0/3": 0, "/5/0/5": 1, "/5/0/7": "2.1.1"}, (StepKind.DONE, None)),          # runs it already
+    (fota(), {"/5/0/3": 0, "/5/0/5": 1, "/5/0/7": "2.0.0"}, (StepKind.WRITE_PACKAGE, "/5/0/0")),  # an older one
+    (fota(Expected()), {"/5/0/3": 0, "/5/0/5": 1}, (StepKind.WRITE_PACKAGE, "/5/0/0")),      # cannot tell: write
+    (fota(), {"/5/0/3": 0, "/5/0/5": 0, "/5/0/7": ""}, (StepKind.WRITE_PACKAGE, "/5/0/0")),
+    (fota(mode=Mode.PULL), {"/5/0/3": 1, "/5/0/5": 0, "/5/0/7": ""}, (StepKind.READ, None)),  # downloading
+    (fota(mode=Mode.PUSH), {"/5/0/3": 1, "/5/0/5": 0, "/5/0/7": ""}, (StepKind.WRITE_PACKAGE, "/5/0/0")),
+])
+def test_a_fota_job_resumed_in_send_writes_only_when_the_device_lacks_the_image(job, values, expected):
+    job = resumed_in_send(job)
+    following = check_send(job, reads(values))
+    assert (following.kind, str(following.path) if following.path else None) == expected
+
+
+def test_a_write_still_queued_for_a_sleeping_device_is_not_checked_first():
+    """The caller found the package write unsent in the device's queue: nothing can have
+    arrived, and the next step is that write (which the caller finds queued and waits for)."""
+    job = resumed_in_send(sota())
+    job.write_queued(100.0)
+    assert job.next_step(100.0) == Step(StepKind.WRITE_PACKAGE, P("/9/0/2"))
+    installing = sota()
+    installing.phase = Phase.INSTALL
+    installing.resume(100.0)
+    installing.write_queued(100.0)  # only a job about to check what arrived is affected
+    assert installing.phase is Phase.AWAIT_DOWNLOAD

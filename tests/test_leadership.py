@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import aiohttp
+import jsonschema_rs
 import pytest
 
 from ipso_objects import ObjectRegistry
@@ -325,6 +326,45 @@ async def test_the_standby_finishes_a_dead_leaders_rollout_and_no_device_gets_th
         assert sota_counts(device) == (1, 1), f"{device.endpoint}: (package writes, installs)"
 
 
+async def test_a_package_the_device_took_before_the_leader_died_is_not_written_again(fleet, shared):
+    """The leader dies the instant the second device has taken the whole package write,
+    before it reads the answer or saves the job: the stored job still says `send`. The
+    standby reads the device's update state (DELIVERED) and goes on with Install."""
+    a, b = await two_nodes(fleet, shared, devices=3)
+    writes_seen: list[str] = []
+    for device in fleet.devices:
+        take_package = device.objects._write_hooks[(9, 2)]  # the simulated device's own package handling
+
+        def crash_after_second(objects, path, value, take_package=take_package, endpoint=device.endpoint):
+            take_package(objects, path, value)
+            writes_seen.append(endpoint)
+            if len(writes_seen) == 2:
+                a.crash()  # the device's 2.04 is on the way; node a never reads it
+
+        device.objects.set_write_hook(9, 2, crash_after_second)
+    model = await a.deployment.add_model(MODEL.read_bytes(), "dense", "1.0")
+    rollout = await a.orchestrator.create(model.key, Selector(endpoints=("m4f-*",)),
+                                          Strategy(max_in_flight=1, canary_fraction=0, mode="push"))
+    await wait_for(lambda: a.crashed, 15, "the leader dies mid-rollout")
+    await a.kill()
+    interrupted = writes_seen[1]
+    stored = await stored_devices(b.store, rollout.id)
+    assert stored[interrupted]["status"] == "in_flight" and stored[interrupted]["job"]["phase"] == "send"
+    assert next(d for d in fleet.devices if d.endpoint == interrupted).objects.get("/9/0/7") == 3  # DELIVERED
+
+    await wait_for(lambda: b.leadership.is_leader, TTL + 3, "the standby takes over")
+    async with asyncio.timeout(15):
+        while (await b.store.get_document(ROLLOUT, rollout.id))["state"] != "complete":
+            await asyncio.sleep(0.05)
+    _, devices = b.orchestrator.rollout(rollout.id)
+    assert [(d.endpoint, d.status.value) for d in devices] == [(f"m4f-{i}", "done") for i in range(3)]
+    for device in fleet.devices:
+        assert device.objects.get("/26241/0/10") == "dense"
+        assert sota_counts(device) == (1, 1), f"{device.endpoint}: (package writes, installs)"
+    job = {d.endpoint: d.job for d in devices}[interrupted]
+    assert job["resumed"] is True and any(line.endswith("check_send -> install") for line in job["log"])
+
+
 async def test_a_leader_that_lost_its_lease_unawares_cannot_write(fleet, shared):
     """Node b's clock runs a whole lease ahead (beyond what the margin covers): it takes the
     lease while node a still believes it leads. The fence refuses a's writes; a stops at its
@@ -395,6 +435,12 @@ async def test_rollout_changes_on_a_node_that_does_not_lead_are_503_naming_the_l
                 refused = await response.json()
             assert refused["leader"] == "node-a"
             assert "node-b" in refused["error"] and "node node-a leads rollouts: retry there" in refused["error"]
+            async with http.get(f"{api_b}/openapi.json") as response:  # the answer is the one documented
+                document = await response.json()
+            documented = document["paths"]["/api/v1/rollouts"]["post"]["responses"]["503"]
+            assert {"$ref": "#/components/schemas/NotLeader"} in documented["content"]["application/json"][
+                "schema"]["anyOf"]
+            jsonschema_rs.validate(document["components"]["schemas"]["NotLeader"], refused)
             async with http.post(f"{api_a}/rollouts", json=body) as response:
                 assert response.status == 201
             async with http.get(f"{api_b}/rollouts/r1") as response:  # reads: the store's state

@@ -101,9 +101,30 @@ def test_the_document_is_openapi_3_1_and_every_reference_resolves():
                         "#/components/schemas/Error", "#/components/schemas/DeviceFailure",
                         "#/components/schemas/CompileRefused",  # an Error with every plugin's verdict
                         [{"$ref": "#/components/schemas/Error"}, {"$ref": "#/components/schemas/DeviceFailure"}],
+                        # a rollout change at a node that does not lead rollouts: an Error naming the leader
+                        [{"$ref": "#/components/schemas/NotLeader"}, {"$ref": "#/components/schemas/Error"}],
                     ), (method, path, status)
     refused = document["components"]["schemas"]["CompileRefused"]
     assert "error" in refused["required"] and refused["properties"]["error"]["type"] == "string"
+
+
+def test_every_rollout_change_documents_the_503_of_a_node_that_does_not_lead():
+    """Where nodes share a store, only the leading node changes rollouts; the others answer
+    503 with the leader's name (``http.py``), and a client must be able to tell that 503
+    from a plain one by the document."""
+    document = openapi.DOCUMENT
+    changes = [("post", "/api/v1/rollouts")] + [("post", f"/api/v1/rollouts/{{id}}/{action}")
+                                                for action in ("pause", "resume", "cancel")]
+    for method, path in changes:
+        answer = document["paths"][path][method]["responses"]["503"]
+        assert {"$ref": "#/components/schemas/NotLeader"} in answer["content"]["application/json"]["schema"]["anyOf"]
+        assert answer["headers"]["Retry-After"]["schema"]["type"] == "integer", path
+    refused = document["components"]["schemas"]["NotLeader"]
+    assert refused["required"] == ["error", "leader"]
+    assert refused["properties"]["leader"]["anyOf"][1] == {"type": "null"}  # no node leads now
+    reads = [(m, p) for p, item in document["paths"].items() if p.startswith("/api/v1/rollouts") for m in item
+             if (m, p) not in changes]
+    assert reads and all("NotLeader" not in json.dumps(document["paths"][p][m]) for m, p in reads)
 
 
 def test_bodies_refuse_unknown_fields():

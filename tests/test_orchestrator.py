@@ -15,6 +15,7 @@ from ipso_objects import ObjectRegistry
 from lwm2m_server.config import DeclaredRollout, DeploymentConfig, ServerConfig
 from lwm2m_server.daemon import _declare
 from lwm2m_server.ota.deployment import Deployment
+from lwm2m_server.ota import orchestrator as orchestrator_module
 from lwm2m_server.ota.orchestrator import Orchestrator
 from lwm2m_server.ota.rollouts import RolloutState, Selector, Strategy
 from lwm2m_server.server import LwM2MServer
@@ -151,3 +152,29 @@ async def test_firmware_rollout_updates_the_device_firmware(stack, mode):
     assert devices[0].status.value == "done", devices[0].reason
     assert devices[0].job["target"] == "fota" and devices[0].job["mode"] == mode
     assert device.objects.get("/3/0/3") == "2.2.0"
+
+
+async def test_devices_that_come_later_are_enrolled_from_their_events_not_by_listing_every_tick(stack):
+    await stack.device("gw-1", "linux-gateway")
+    listed = []
+    registrations = stack.server.registrations
+    stack.server.registrations = lambda: listed.append(1) or registrations()
+    model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", "4.0")
+    rollout = await stack.orchestrator.create(model.key, Selector(endpoints=("gw-*",)),
+                                              Strategy(canary_fraction=0, mode="pull", follow=True))
+    await stack.wait(rollout.id, lambda r, ds: ds and ds[0].status.value == "done")
+    await stack.device("gw-2", "linux-gateway")
+    _, devices = await stack.wait(rollout.id, lambda r, ds: len(ds) == 2 and ds[1].status.value == "done")
+    assert [d.endpoint for d in devices] == ["gw-1", "gw-2"]
+    assert len(listed) == 1, "only the rollout's first tick lists every registration"
+
+
+async def test_a_device_whose_event_was_missed_is_enrolled_by_the_periodic_sweep(stack, monkeypatch):
+    monkeypatch.setattr(orchestrator_module, "FULL_SWEEP_S", 0.5)
+    model = await stack.deployment.add_model(MODEL.read_bytes(), "dense", "5.0")
+    rollout = await stack.orchestrator.create(model.key, Selector(endpoints=("gw-*",)),
+                                              Strategy(canary_fraction=0, mode="pull", follow=True))
+    stack.orchestrator._watching.cancel()  # as if its events were dropped (a full queue)
+    await stack.device("gw-3", "linux-gateway")
+    _, devices = await stack.wait(rollout.id, lambda r, ds: ds and ds[0].status.value == "done")
+    assert [d.endpoint for d in devices] == ["gw-3"]

@@ -78,6 +78,13 @@ _SELECTOR_PROPERTIES = {
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": {"type": "string", "description": "what went wrong, naming the field"}},
                   ("error",), closed=False, description="Every 4xx/5xx answer of the API (204 aside)."),
+    "NotLeader": _obj({
+        "error": {"type": "string", "description": "which node refused, and `node <leader> leads rollouts: "
+                                                   "retry there` or `no node leads rollouts now: retry soon`"},
+        "leader": _nullable({"type": "string", "description": "the node (its `cluster.node`) that leads "
+                                                              "rollouts; null when none does now"}),
+    }, ("error", "leader"), description="A rollout change refused by a node that does not lead rollouts "
+                                        "(nodes sharing a store): an Error naming the node to send it to."),
     "Health": _obj({"status": {"const": "ok"}, "registrations": {"type": "integer", "minimum": 0}},
                    ("status", "registrations")),
     "Registration": _obj({
@@ -207,6 +214,14 @@ SCHEMAS: dict[str, Any] = {
 
 UNKNOWN_ENDPOINT = _error("no such registered endpoint")
 NO_STORE = _error("the security store is not running or its storage is unavailable")
+NOT_LEADING = {
+    "description": "this node does not lead rollouts (`leader` names the node that does; with none now, "
+                   "`Retry-After: 5`), or model deployment is not running or its storage is unavailable",
+    "headers": {"Retry-After": {"description": "seconds to wait, when no node leads rollouts now",
+                                "schema": {"type": "integer", "minimum": 0}}},
+    "content": {"application/json": {"schema": {"anyOf": [_ref("NotLeader"), _ref("Error")]}}},
+}
+"""The 503 of a rollout change: nodes sharing a store change rollouts at the one leading them only."""
 EP = {"name": "ep", "in": "path", "required": True, "schema": {"type": "string", "examples": ["sensor-1"]},
       "description": "the device's endpoint client name"}
 ID = {"name": "id", "in": "path", "required": True, "schema": STRING}
@@ -311,7 +326,7 @@ def _rollout_action(action: str) -> dict[str, Any]:
         "requestBody": {"required": False, "description": "none, or an empty object",
                         "content": {"application/json": {"schema": _obj({})}}},
         "responses": {"200": _json(_ref("Rollout"), "the rollout after the change"), "400": BAD_REQUEST,
-                      "401": UNAUTHORIZED, "404": _error("no such rollout"), "503": NO_DEPLOYMENT},
+                      "401": UNAUTHORIZED, "404": _error("no such rollout"), "503": NOT_LEADING},
     }}
 
 
@@ -329,7 +344,9 @@ needs `Authorization: Bearer <token>` (the token is in `api.token_file`).
 that cannot be built (a body that is not a JSON object, a field of the wrong type or an
 unknown field), `401` no or a wrong token, `404` an unknown endpoint, rollout, queue entry
 or credential, `409` a conflicting credential, `429` a sleeping device's queue is full,
-`503` storage unavailable or the subsystem is not running. A `500` is a bug.
+`503` storage unavailable or the subsystem is not running, or a rollout change sent to a
+node that does not lead rollouts (`NotLeader`: its `leader` names the node to retry at). A
+`500` is a bug.
 
 **Device operations** (`POST /devices/{ep}/<operation>`) keep the device's CoAP code in
 `code` and map it to the HTTP status:
@@ -404,7 +421,7 @@ PATHS: dict[str, Any] = {
                  "requestBody": {"required": True, "content": {"application/json": {
                      "schema": _ref("RolloutRequest")}}},
                  "responses": {"201": _json(_ref("Rollout"), "created"), "400": BAD_REQUEST,
-                               "401": UNAUTHORIZED, "503": NO_DEPLOYMENT}}},
+                               "401": UNAUTHORIZED, "503": NOT_LEADING}}},
     "/api/v1/rollouts/{id}": {"get": {
         "operationId": "get_rollout", "tags": ["rollouts"], "summary": "A rollout with each device's status.",
         "parameters": [ID],

@@ -45,10 +45,14 @@ class NatsBus:
         return cls(url, connection)
 
     async def publish(self, subject: str, message: dict[str, Any]) -> None:
+        await self.publish_encoded(subject, cbor2.dumps(message))
+
+    async def publish_encoded(self, subject: str, payload: bytes) -> None:
+        """Publish a message already CBOR-encoded (a batch sized to fit, :func:`.wire.encode_batches`)."""
         try:
-            await self._nc.publish(subject, cbor2.dumps(message))
+            await self._nc.publish(subject, payload)
         except NatsError as error:
-            raise BusError(f"NATS {_where(self.url)}: publish to {subject}: {error}") from None
+            raise BusError(f"NATS {_where(self.url)}: publish to {subject}: {error or type(error).__name__}") from None
 
     async def subscribe(self, subject: str, handler: Handler) -> None:
         """Call ``handler`` with every message on ``subject`` (one at a time, in order)."""

@@ -31,8 +31,8 @@ from lwm2m_server.store.base import QueueFullError
 
 from .bus import BusError, NatsBus
 from .wire import (
-    artifact_to_wire, entries_from_wire, entry_from_wire, observed_request, paths_from_wire, profile_from_wire, registration_from_wire,
-    request_to_wire, result_from_wire,
+    MalformedBatch, artifact_to_wire, batch_items, entries_from_wire, entry_from_wire, observed_request, paths_from_wire,
+    profile_from_wire, registration_from_wire, request_to_wire, result_from_wire,
 )
 from .worker import (
     PRESENCE_INTERVAL_S, PRESENCE_TIMEOUT_S, NodeAddress, directory_subject, events_subject, grants_subject, presence_subject,
@@ -69,6 +69,7 @@ class ClusterGateway:
         self._lost: dict[str, asyncio.Event] = {}  # worker -> set when it is taken for dead
         self._clock = clock
         self._sweeping: asyncio.Task | None = None
+        self._catching_up: dict[str, asyncio.Task] = {}  # worker -> its directory being read
         self._rpc_timeout = server.config.coap.request_timeout_s + rpc_margin_s
         self._log = structlog.get_logger("lwm2m_server.cluster")
 
@@ -81,19 +82,41 @@ class ClusterGateway:
         await self.bus.subscribe(presence_subject(self.prefix), self._presence)
         self.server.downloads.on_grant.append(self._tell_grant)
         self.server.assign_bootstrapped(self.assign)
-        for answer in await self.bus.gather(directory_subject(self.prefix), {"op": "directory"}, directory_window_s):
+        for answer in await self.bus.gather(directory_subject(self.prefix), self._directory_request(),
+                                            directory_window_s):
             self._learn(answer)
         self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
 
     async def stop(self) -> None:
-        if self._sweeping is not None:
-            self._sweeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeping
+        for task in (self._sweeping, *self._catching_up.values()):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def add_worker(self, worker: str, timeout: float = 10.0) -> int:
-        """Learn what ``worker`` holds (after it started); returns how many devices it has."""
-        return self._learn(await self.bus.request(worker_subject(self.prefix, worker), {"op": "directory"}, timeout))
+        """Learn what ``worker`` holds (after it started); returns how many devices it has.
+        The worker sends its events from then on."""
+        return self._learn(await self.bus.request(worker_subject(self.prefix, worker), self._directory_request(),
+                                                  timeout))
+
+    def _directory_request(self) -> dict[str, Any]:
+        return {"op": "directory", "from": self.worker}
+
+    def _first_heard(self, worker: str) -> None:
+        """``worker`` started after this gateway, or speaks again after it was taken for dead:
+        read its directory (which also has it send its events from then on)."""
+        if worker in self._heard_at or worker in self._catching_up:
+            return
+        self._catching_up[worker] = asyncio.get_running_loop().create_task(self._catch_up(worker))
+
+    async def _catch_up(self, worker: str) -> None:
+        try:
+            await self.add_worker(worker, timeout=self._rpc_timeout)
+        except BusError as error:
+            self._log.warning("directory_not_read", worker=worker, error=str(error))
+        finally:
+            self._catching_up.pop(worker, None)
 
     def _learn(self, answer: dict[str, Any]) -> int:
         worker, devices = answer.get("worker"), answer.get("devices", [])
@@ -130,6 +153,7 @@ class ClusterGateway:
         if message.get("gone"):
             self.forget_worker(worker)
             return
+        self._first_heard(worker)
         now = self._heard_at[worker] = self._clock()
         if isinstance(node, str) and node != self.node:
             address = message.get("address")
@@ -287,10 +311,24 @@ class ClusterGateway:
     # -- events of other workers --------------------------------------------------------------
 
     async def _heard(self, message: dict[str, Any]) -> None:
-        worker, kind, endpoint = message.get("worker"), message.get("kind"), str(message.get("endpoint", ""))
-        if worker == self.worker or not isinstance(kind, str) or not isinstance(worker, str):
+        """A batch of another worker's events, applied in the order it happened."""
+        try:
+            worker, events = batch_items(message, "events")
+        except MalformedBatch as error:
+            self._log.warning("malformed_cluster_events", error=str(error))
             return
+        if worker == self.worker:
+            return
+        self._first_heard(worker)
         self._heard_at[worker] = self._clock()
+        for event in events:
+            if isinstance(event, dict):
+                self._apply(worker, event)
+
+    def _apply(self, worker: str, message: dict[str, Any]) -> None:
+        kind, endpoint = message.get("kind"), str(message.get("endpoint", ""))
+        if not isinstance(kind, str):
+            return
         try:
             data = self._event_data(message)
         except (KeyError, ValueError, TypeError, OperationError, IpsoError) as error:

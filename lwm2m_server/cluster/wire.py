@@ -2,11 +2,16 @@
 
 A registration, a device profile, a request to a device and its result each have a
 plain form; an event carries its kind, endpoint and whichever of those it holds.
+A worker's events travel in batches (:func:`encode_batches`): every event of a few
+milliseconds in one message, in the order they happened, split where a message would
+pass :data:`MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import cbor2
 
 from ipso_objects import LwM2MPath, ObjectRegistry
 from ipso_objects.codecs import senml_cbor
@@ -21,6 +26,43 @@ from lwm2m_server.store.base import QueueEntry, object_list_from_json, object_li
 FORWARDED_EVENTS = ("registered", "updated", "deregistered", "expired", "registration_ended", "profile",
                     "discovery_incomplete", "notification", "send", "queue")
 """Event kinds a worker tells the leader about (the rest stay where they happen)."""
+
+MAX_MESSAGE_BYTES = 512 * 1024
+"""A batch is split to stay under this: half of NATS's default ``max_payload`` (1 MB), so
+a server configured lower than the default still takes it."""
+
+
+class MalformedBatch(ValueError):
+    """A batch message is not what :func:`encode_batches` makes; ``str()`` says what is wrong."""
+
+
+def encode_batches(field: str, worker: str, items: Sequence[Any],
+                   max_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """``{"worker": worker, field: items}`` as CBOR messages of at most ``max_bytes`` each,
+    the items split in order over as few messages as the halving finds (``items`` are
+    small, so one message is the rule). An item too big alone travels alone: the bus
+    refuses it and the sender logs that."""
+    def encode(part: Sequence[Any]) -> bytes:
+        return cbor2.dumps({"worker": worker, field: list(part)})
+
+    return _fitting(items, encode, max_bytes)
+
+
+def _fitting(items: Sequence[Any], encode: Callable[[Sequence[Any]], bytes], max_bytes: int) -> list[bytes]:
+    message = encode(items)
+    if len(message) <= max_bytes or len(items) <= 1:
+        return [message]
+    half = len(items) // 2
+    return _fitting(items[:half], encode, max_bytes) + _fitting(items[half:], encode, max_bytes)
+
+
+def batch_items(message: Mapping[str, Any], field: str) -> tuple[str, list[Any]]:
+    """The sending worker and the items of one batch message (raises :class:`MalformedBatch`)."""
+    worker, items = message.get("worker"), message.get(field)
+    if not isinstance(worker, str) or not isinstance(items, list):
+        raise MalformedBatch(f"a batch needs a text 'worker' and a list {field!r}, "
+                             f"got {type(worker).__name__} and {type(items).__name__}")
+    return worker, items
 
 
 def registration_to_wire(registration: Registration) -> dict[str, Any]:

@@ -3,14 +3,21 @@ out operations the leader asks for on them.
 
 Subjects (``<prefix>`` is ``cluster.name``):
 
-* ``<prefix>.events.<kind>``: every worker's device events (:data:`.wire.FORWARDED_EVENTS`);
-  a worker that hears another took over an endpoint (the device registered again from
-  an address the kernel hands to that worker) lets its own registration of it go;
+* ``<prefix>.events``: every worker's device events (:data:`.wire.FORWARDED_EVENTS`) for
+  the leaders' gateways, in batches: what a worker's server published within
+  :data:`BATCH_WINDOW_S` of the first event, in order, in one message (split only past
+  :data:`.wire.MAX_MESSAGE_BYTES`); one subject, so a device's events keep their order.
+  A worker sends them once a gateway of another process asked for its directory (the
+  leader of a node alone has no one to tell); the directory answer covers what came before;
+* ``<prefix>.claims``: the endpoints each batch registered, for the workers: one that
+  hears another took over an endpoint (the device registered again from an address the
+  kernel hands to that worker) lets its own registration of it go. Endpoints only, so
+  a worker does not decode the others' registrations;
 * ``<prefix>.grants``: pull deliveries the leader granted, with the signed module, so
   the worker a device's GETs reach serves them;
 * ``<prefix>.worker.<n>``: requests to worker ``n``: ``perform`` (a request to one of
   its devices), ``rediscover``, ``observe``, ``cancel_observation``, ``directory``
-  (its registrations and profiles).
+  (its registrations and profiles; ``from``: the asking gateway's worker).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any
 
 import structlog
 
+from ipso_objects import IpsoError
+from lwm2m_server.core.events import Event
 from lwm2m_server.core.queue_mode import Queued
 from lwm2m_server.core.requests import OperationError
 from lwm2m_server.ota.deployment import Deployment
@@ -34,9 +43,13 @@ NodeAddress = tuple[str, int, int | None]
 
 PRESENCE_INTERVAL_S = 2.0
 PRESENCE_TIMEOUT_S = 7.0
+BATCH_WINDOW_S = 0.005
+"""How long a worker gathers events after the first before it sends them: one message
+for a burst instead of one each, whose cost (encoding aside) made two workers slower
+than one."""
 from .wire import (
-    FORWARDED_EVENTS, artifact_from_wire, event_to_wire, paths_from_wire, profile_to_wire, registration_to_wire,
-    request_from_wire, result_to_wire,
+    FORWARDED_EVENTS, MalformedBatch, artifact_from_wire, batch_items, encode_batches, event_to_wire, paths_from_wire,
+    profile_to_wire, registration_to_wire, request_from_wire, result_to_wire,
 )
 
 
@@ -57,9 +70,14 @@ def presence_subject(prefix: str) -> str:
     return f"{prefix}.presence"
 
 
-def events_subject(prefix: str, kind: str = ">") -> str:
-    """Events of one kind (``>``: all): a worker listens to ``registered`` only."""
-    return f"{prefix}.events.{kind}"
+def events_subject(prefix: str) -> str:
+    """Batches of every worker's events, for the leaders' gateways."""
+    return f"{prefix}.events"
+
+
+def claims_subject(prefix: str) -> str:
+    """Batches of the endpoints a worker registered, for the other workers."""
+    return f"{prefix}.claims"
 
 
 def grants_subject(prefix: str) -> str:
@@ -70,7 +88,8 @@ class WorkerLink:
     """Joins one worker's :class:`LwM2MServer` (and the modules it serves) to the bus."""
 
     def __init__(self, server: LwM2MServer, bus: NatsBus, *, prefix: str, worker: str, node: str,
-                 deployment: Deployment | None = None, advertise: NodeAddress | None = None) -> None:
+                 deployment: Deployment | None = None, advertise: NodeAddress | None = None,
+                 batch_window_s: float = BATCH_WINDOW_S) -> None:
         self.server = server
         self.node = node
         self.advertise = advertise
@@ -79,13 +98,16 @@ class WorkerLink:
         self.prefix = prefix
         self.worker = worker
         self.deployment = deployment
+        self.batch_window_s = batch_window_s
         self._forwarding: asyncio.Task | None = None
+        self.followed = False
+        """A gateway of another process asked for this worker's directory: it follows the events."""
         self._presence: asyncio.Task | None = None
         self._log = structlog.get_logger("lwm2m_server.cluster").bind(worker=worker)
 
     async def start(self) -> None:
         await self.bus.serve(worker_subject(self.prefix, self.worker), self._answer)
-        await self.bus.subscribe(events_subject(self.prefix, "registered"), self._heard)
+        await self.bus.subscribe(claims_subject(self.prefix), self._claimed)
         await self.bus.subscribe(grants_subject(self.prefix), self._granted)
         await self.bus.serve(directory_subject(self.prefix), self._answer)
         loop = asyncio.get_running_loop()
@@ -114,22 +136,50 @@ class WorkerLink:
     async def _forward(self) -> None:
         with self.server.events.subscribe(None, FORWARDED_EVENTS) as queue:
             while True:
-                event = await queue.get()
-                if "worker" in event.data:  # another worker's, republished here by the leader's gateway
-                    continue
-                try:
-                    await self.bus.publish(events_subject(self.prefix, event.kind),
-                                           event_to_wire(event.kind, event.endpoint, event.data, self.worker,
-                                                         self.server.registry))
-                except BusError as error:  # the bus is down: the leader asks for the directory again
-                    self._log.warning("event_not_forwarded", kind=event.kind, ep=event.endpoint, error=str(error))
+                events = [await queue.get()]
+                await asyncio.sleep(self.batch_window_s)
+                while not queue.empty():
+                    events.append(queue.get_nowait())
+                await self._send(events)
 
-    async def _heard(self, message: dict[str, Any]) -> None:
-        if message.get("kind") != "registered" or message.get("worker") == self.worker:
+    async def _send(self, events: list[Event]) -> None:
+        """One batch of this worker's events to the gateways (once one follows), and the
+        endpoints it registered to the workers."""
+        messages, claimed = [], []
+        for event in events:
+            if "worker" in event.data:  # another worker's, republished here by the leader's gateway
+                continue
+            if event.kind == "registered":
+                claimed.append(event.endpoint)
+            if not self.followed:
+                continue
+            try:
+                messages.append(event_to_wire(event.kind, event.endpoint, event.data, self.worker,
+                                              self.server.registry))
+            except (IpsoError, ValueError, TypeError) as error:
+                self._log.warning("event_not_forwarded", kind=event.kind, ep=event.endpoint, error=str(error))
+        batches = [(events_subject(self.prefix), payload)
+                   for payload in (encode_batches("events", self.worker, messages) if messages else ())]
+        batches += [(claims_subject(self.prefix), payload)
+                    for payload in (encode_batches("endpoints", self.worker, claimed) if claimed else ())]
+        for subject, payload in batches:
+            try:
+                await self.bus.publish_encoded(subject, payload)
+            except BusError as error:  # too big, or the bus is down: once this worker is heard again
+                # after its silence, the gateways read its directory again
+                self._log.warning("events_not_forwarded", subject=subject, bytes=len(payload), error=str(error))
+
+    async def _claimed(self, message: dict[str, Any]) -> None:
+        try:
+            worker, endpoints = batch_items(message, "endpoints")
+        except MalformedBatch as error:
+            self._log.warning("malformed_claims", error=str(error))
             return
-        endpoint = str(message.get("endpoint"))
-        if self.server.release(endpoint):
-            self._log.info("registration_moved", ep=endpoint, to_worker=message.get("worker"))
+        if worker == self.worker:
+            return
+        for endpoint in endpoints:
+            if self.server.release(str(endpoint)):
+                self._log.info("registration_moved", ep=endpoint, to_worker=worker)
 
     async def _granted(self, message: dict[str, Any]) -> None:
         try:
@@ -161,6 +211,8 @@ class WorkerLink:
             if operation == "rediscover":
                 return {"profile": profile_to_wire(await server.rediscover(endpoint))}
             if operation == "directory":
+                if request.get("from") != self.worker:  # before the answer: what follows it is sent
+                    self.followed = True
                 return {"worker": self.worker, "devices": [
                     {"registration": registration_to_wire(registration),
                      "profile": profile_to_wire(profile) if (profile := server.profile(registration.endpoint)) else None}

@@ -15,6 +15,12 @@ Update (/5/0/2) → State Idle with Update Result success (1) → the version ch
 the rollout chose: PkgVersion (/5/0/7) or Firmware Version (/3/0/3) equals the
 expected version exactly, or none (Idle with success is done). Many clients
 report their LwM2M stack's version in /3/0/3, never the package's.
+
+A job resumed in SEND (after a restart, a leader takeover, or a write whose answer was
+lost) does not write again at once: the write may have reached the device before the
+job's state was saved. It reads the update state first (:attr:`Phase.CHECK_SEND`) and
+writes only when the package is neither arriving nor delivered, so that a device never
+gets one package twice.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class Mode(enum.Enum):
 
 class Phase(enum.Enum):
     SEND = "send"
+    CHECK_SEND = "check_send"
+    """Resumed in SEND: read what the device has before writing (again)."""
     AWAIT_DOWNLOAD = "await_download"
     INSTALL = "install"
     AWAIT_INSTALL = "await_install"
@@ -124,7 +132,7 @@ class DeliveryJob:
     next_poll_at: float = 0.0
     reason: str = ""
     resumed: bool = False
-    """Set after a restart: an Install may already have run before it."""
+    """Set after a restart: a package write or an Install may already have run before it."""
     log: list[str] = field(default_factory=list)
 
     # -- paths -------------------------------------------------------------------
@@ -186,11 +194,14 @@ class DeliveryJob:
             return Step(StepKind.EXECUTE, self._p(4 if self.target is Target.SOFTWARE else 2))
         if self.phase is Phase.ACTIVATE:
             return Step(StepKind.EXECUTE, self._p(10))
-        # waiting phases: poll, with a deadline
+        # reading phases: poll, with a deadline
         if now - self.phase_started_at > self.phase_timeout_s:
             return self._fail(f"no progress in {self.phase.value} for {self.phase_timeout_s:g} s", now)
         if now < self.next_poll_at:
             return Step(StepKind.WAIT, at=self.next_poll_at)
+        if self.phase is Phase.CHECK_SEND:
+            # the module's identity too: an INSTALLED state alone may be an earlier package's
+            return Step(StepKind.READ, paths=self._state_paths() + self._verify_paths())
         paths = self._verify_paths() if self.phase is Phase.VERIFY else self._state_paths()
         return Step(StepKind.READ, paths=paths)
 
@@ -214,6 +225,9 @@ class DeliveryJob:
         self._enter(following[self.phase], now)
 
     def _on_read(self, results: dict[LwM2MPath, Result], now: float) -> None:
+        if self.phase is Phase.CHECK_SEND:
+            self._on_check_send(results, now)
+            return
         values: dict[LwM2MPath, Value] = {}
         for path, result in results.items():
             if not result.ok or result.node is None:
@@ -237,6 +251,30 @@ class DeliveryJob:
         else:
             self.next_poll_at = now + self.poll_interval_s
 
+    def _on_check_send(self, results: dict[LwM2MPath, Result], now: float) -> None:
+        """Decide, from what the device has, whether the package must be written."""
+        state_results = [results.get(path) for path in self._state_paths()]
+        if any(r is None or not r.ok or r.node is None for r in state_results):
+            self.next_poll_at = now + self.poll_interval_s  # unknown: ask again, never write blindly
+            return
+        state, outcome = (getattr(r.node, "value", None) for r in state_results)
+        verify = self._verify_paths()
+        running = {path: getattr(r.node, "value", None) for path in verify
+                   if (r := results.get(path)) is not None and r.ok and r.node is not None}
+        software = self.target is Target.SOFTWARE
+        if (self._already_installed(state, outcome) and verify and len(running) == len(verify)
+                and self._mismatch(running) is None):
+            self._enter(Phase.DONE, now)  # it runs the expected module already
+        elif state == (3 if software else 2):  # DELIVERED / Downloaded: it has the package
+            self._enter(Phase.INSTALL, now)
+        elif (software and state == 2) or (self.mode is Mode.PULL and state == 1):
+            # being checked (DOWNLOADED), or being fetched from the URI given before
+            self._enter(Phase.AWAIT_DOWNLOAD, now)
+        else:
+            # nothing arrived, a push cut off mid-transfer, a refused package, or an
+            # earlier package installed: write
+            self._enter(Phase.SEND, now)
+
     def _already_installed(self, state: Value | None, outcome: Value | None) -> bool:
         """After a restart the install step may already have happened."""
         if self.target is Target.SOFTWARE:
@@ -244,16 +282,25 @@ class DeliveryJob:
         return state == 0 and outcome == 1
 
     def resume(self, now: float) -> None:
-        """After a server restart: re-check instead of repeating an Execute that
-        may already have run; a push or URI write is simply sent again."""
+        """After a server restart: re-check instead of repeating a package write or
+        an Execute that may already have run."""
         self.resumed = True
-        if self.phase is Phase.INSTALL:
+        if self.phase is Phase.SEND:
+            self._enter(Phase.CHECK_SEND, now)
+        elif self.phase is Phase.INSTALL:
             self._enter(Phase.AWAIT_DOWNLOAD, now)
         elif self.phase is Phase.ACTIVATE:
             self._enter(Phase.AWAIT_INSTALL, now)
         elif not self.finished:
             self.phase_started_at = now
             self.next_poll_at = now
+
+    def write_queued(self, now: float) -> None:
+        """The caller found this job's package (or URI) write still waiting, unsent, in the
+        sleeping device's queue: the device cannot have it, so there is nothing to check;
+        that queued write is the one to wait for."""
+        if self.phase is Phase.CHECK_SEND:
+            self._enter(Phase.SEND, now)
 
     def _reached(self, state: Value | None, outcome: Value | None) -> bool:
         if self.target is Target.SOFTWARE:
@@ -264,6 +311,14 @@ class DeliveryJob:
         return state == 0 and outcome == 1  # Idle again, Update Result success
 
     def _verify(self, values: dict[LwM2MPath, Value], now: float) -> None:
+        mismatch = self._mismatch(values)
+        if mismatch is not None:
+            self._fail(mismatch, now)
+            return
+        self._enter(Phase.DONE, now)
+
+    def _mismatch(self, values: dict[LwM2MPath, Value]) -> str | None:
+        """Why the verify reads ``values`` do not show the expected module running; None when they do."""
         expected = self.expected
         if self.target is Target.FIRMWARE:
             if expected.package_version:
@@ -271,23 +326,19 @@ class DeliveryJob:
             else:
                 running, wanted, where = values.get(LwM2MPath.of(3, 0, 3)), expected.firmware_version, "firmware"
             if running != wanted:
-                self._fail(f"device reports {where} version {running!r}, expected {wanted!r}", now)
-                return
-        else:
-            t = TINYML_OBJECT_ID
-            activated = values.get(self._p(12))
-            running = (values.get(LwM2MPath.of(t, 0, 10)), values.get(LwM2MPath.of(t, 0, 11)),
-                       values.get(LwM2MPath.of(t, 0, 12)))
-            wanted = (expected.model_id, expected.model_version, expected.digest)
-            if activated is not True:
-                self._fail("package installed but not activated", now)
-                return
-            if running != wanted:
-                self._fail(f"device runs model {running[0]!r} {running[1]!r}, expected "
-                           f"{wanted[0]!r} {wanted[1]!r} (digest {'matches' if running[2] == wanted[2] else 'differs'})",
-                           now)
-                return
-        self._enter(Phase.DONE, now)
+                return f"device reports {where} version {running!r}, expected {wanted!r}"
+            return None
+        t = TINYML_OBJECT_ID
+        activated = values.get(self._p(12))
+        model = (values.get(LwM2MPath.of(t, 0, 10)), values.get(LwM2MPath.of(t, 0, 11)),
+                 values.get(LwM2MPath.of(t, 0, 12)))
+        wanted_model = (expected.model_id, expected.model_version, expected.digest)
+        if activated is not True:
+            return "package installed but not activated"
+        if model != wanted_model:
+            return (f"device runs model {model[0]!r} {model[1]!r}, expected {wanted_model[0]!r} {wanted_model[1]!r} "
+                    f"(digest {'matches' if model[2] == wanted_model[2] else 'differs'})")
+        return None
 
     def _enter(self, phase: Phase, now: float) -> None:
         self.log.append(f"{now:.3f} {self.phase.value} -> {phase.value}")

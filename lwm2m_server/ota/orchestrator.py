@@ -3,7 +3,9 @@
 server. Every step is persisted, so a restarted daemon resumes each rollout
 and each device's delivery where it stood.
 
-Each tick enrols matching devices in every active rollout, then settles
+Each tick enrols matching devices in every active rollout (those whose registration or
+profile came since the last tick; every registered device at a rollout's first tick and
+every :data:`FULL_SWEEP_S` after, as a safety net), then settles
 overlaps (a newer rollout for the same /9 instance or /5 supersedes an older
 one's delivery to that device: its task is stopped and its queued requests
 withdrawn before the newer one starts), then completes, pauses or starts
@@ -20,9 +22,10 @@ write raises :class:`NotLeader`, ending the delivery before its next device requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from dataclasses import replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import structlog
 
@@ -33,7 +36,7 @@ from ..compilers import CompilerError, Incompatible
 from .delivery import DeliveryJob, Expected, Mode, Phase, Step, StepKind, Target
 from .deployment import Deployment, DeploymentError, ModelRecord
 from .downloads import ModuleDownloads
-from ..core.operations import DeviceRequest
+from ..core.operations import DeviceRequest, Operation
 from ..core.responses import UNREACHABLE, Result, result_from_dict
 from .rollouts import (
     ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
@@ -50,6 +53,13 @@ _NOT_ACTIVATED = "package installed but not activated"
 _NO_ANSWER = (UNREACHABLE, "timeout")
 """Result codes of a request the device never answered (the server's ``UNREACHABLE``,
 and a queued request that was not delivered in time)."""
+ENROLMENT_EVENTS = ("registered", "profile")
+"""After these a device may match a rollout it did not (its registration or profile is new)."""
+FULL_SWEEP_S = 60.0
+"""How often enrolment looks at every registration, not only the devices of the events
+above: for devices learnt without an event (another node's worker answering the
+directory) or whose event a full queue dropped. Listing 100,000 registrations of every
+worker at each tick took 15 % of a cluster leader's CPU."""
 
 
 class NotLeader(Exception):
@@ -115,6 +125,11 @@ class Orchestrator:
         self._formats: dict[str, str] = {}
         self._ticking = asyncio.Lock()  # the loop's tick and create()'s never interleave
         self._loop: asyncio.Task | None = None
+        self._arrived: set[str] = set()  # endpoints of ENROLMENT_EVENTS since the last tick
+        self._swept: dict[str, float] = {}  # rollout id -> when enrolment last looked at every registration
+        self._started = False
+        self._watching: asyncio.Task | None = None  # notes ENROLMENT_EVENTS while a rollout is active
+        self._subscription = contextlib.ExitStack()
         self._log = structlog.get_logger("lwm2m_server.rollouts")
         self.lease: Lease | None = None
         """While set, rollout and device documents are written only while this lease is held."""
@@ -136,6 +151,7 @@ class Orchestrator:
         self._rollouts, self._devices = rollouts, tables
 
     async def start(self) -> None:
+        self._started = True
         await self.load()
         await self._settle_overlaps()  # before resuming: two deliveries to one device must not both go on
         enrolled = {endpoint for devices in self._devices.values() for endpoint in devices}
@@ -152,10 +168,14 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Cancel the loop and the deliveries and wait for them to end; :meth:`start` may follow."""
-        if self._loop is not None:
-            self._loop.cancel()
-            await asyncio.gather(self._loop, return_exceptions=True)
-            self._loop = None
+        self._started = False
+        watching = self._watching
+        self._unwatch()
+        for task in (self._loop, watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._loop = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -170,6 +190,30 @@ class Orchestrator:
             except Exception:  # keep rolling out whatever one bad tick did
                 self._log.exception("rollout_tick_failed")
             await asyncio.sleep(self._interval)
+
+    def _watch(self) -> None:
+        """Note the devices that register or get a profile from now on; every active rollout
+        then looks at every registration once, for those that came before."""
+        if self._watching is not None:
+            return
+        events = self._subscription.enter_context(self.server.events.subscribe(None, ENROLMENT_EVENTS))
+        self._watching = asyncio.create_task(self._watch_devices(events))
+        self._swept.clear()
+
+    def _unwatch(self) -> None:
+        """No rollout is active: no event is worth noting (the next one sweeps first)."""
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
+        self._subscription.close()
+        self._arrived.clear()
+
+    async def _watch_devices(self, events: asyncio.Queue) -> None:
+        """Note the devices that registered or got a profile, for the next tick's enrolment."""
+        while True:
+            self._arrived.add((await events.get()).endpoint)
+            while not events.empty():
+                self._arrived.add(events.get_nowait().endpoint)
 
     # -- operator side -------------------------------------------------------------
 
@@ -222,15 +266,20 @@ class Orchestrator:
             await self._tick()
 
     async def _tick(self) -> None:
-        for rollout in self.rollouts():  # oldest first
-            if rollout.state in ACTIVE:
-                await self._enrol(rollout)
+        active = [rollout for rollout in self.rollouts() if rollout.state in ACTIVE]  # oldest first
+        if not active:
+            self._unwatch()
+        elif self._started:
+            self._watch()
+        arrived, self._arrived = self._arrived, set()
+        for rollout in active:
+            await self._enrol(rollout, arrived)
         await self._settle_overlaps()
-        contacted = {r.endpoint: r.updated_at for r in self.server.registrations()}
         for rollout in self.rollouts():
             if rollout.state not in ACTIVE:
                 continue
             devices = self._devices[rollout.id]
+            contacted = self._last_contact(devices.values()) if rollout.state is RolloutState.RUNNING else {}
             if rollout.state is RolloutState.RUNNING:
                 reason = should_pause(rollout, devices.values())
                 if reason is not None:
@@ -304,13 +353,32 @@ class Orchestrator:
         self._log.info("delivery_superseded", rollout=rollout_id, ep=endpoint, by=newer_id, target=target,
                        withdrawn=withdrawn)
 
-    async def _enrol(self, rollout: Rollout) -> None:
-        """Add matching devices that have a profile; decide compatibility once."""
+    def _last_contact(self, devices: Iterable[DeviceRollout]) -> dict[str, float]:
+        """When each device that may start now (pending, or waiting to retry) last registered
+        or updated; absent when it is not registered. Looked up per device, not by listing
+        every registration."""
+        contacted = {}
+        for device in devices:
+            if device.status in (DeviceStatus.PENDING, DeviceStatus.RETRY_WAIT) \
+                    and (registration := self.server.registration(device.endpoint)) is not None:
+                contacted[device.endpoint] = registration.updated_at
+        return contacted
+
+    async def _enrol(self, rollout: Rollout, arrived: set[str]) -> None:
+        """Add matching devices that have a profile; decide compatibility once. Looks at the
+        devices in ``arrived``, or at every registration when the rollout's sweep is due (or
+        when no events are watched: ticked without :meth:`start`)."""
         devices = self._devices[rollout.id]
-        model = await self.deployment.model(rollout.model)
+        now = self._clock()
+        if self._watching is None or rollout.id not in self._swept or now - self._swept[rollout.id] >= FULL_SWEEP_S:
+            self._swept[rollout.id] = now
+            candidates = [registration.endpoint for registration in self.server.registrations()]
+        else:
+            candidates = sorted(endpoint for endpoint in arrived
+                                if endpoint not in devices and self.server.registration(endpoint) is not None)
+        model = await self.deployment.model(rollout.model) if candidates else None
         new: set[str] = set()
-        for registration in self.server.registrations():
-            endpoint = registration.endpoint
+        for endpoint in candidates:
             if endpoint in devices:
                 continue
             profile = self.server.profile(endpoint)
@@ -362,6 +430,14 @@ class Orchestrator:
             await self._deliver(rollout_id, endpoint, resume)
         except NotLeader as error:  # a write was refused: stop before the next device request
             self._log.warning("delivery_stopped", ep=endpoint, reason=str(error))
+        except Exception as error:  # unforeseen: logged, and the device is never left in flight for good
+            self._log.exception("delivery_crashed", rollout=rollout_id, ep=endpoint)
+            device = self._devices.get(rollout_id, {}).get(endpoint)
+            if device is not None and device.status is DeviceStatus.IN_FLIGHT:
+                try:  # waits like a device that did not answer, and resumes where its job stood
+                    await self._unreachable(rollout_id, endpoint, f"delivery stopped: {error!r}")
+                except Exception:  # the store or the lease: a restart (or the next leader) resumes it
+                    self._log.exception("delivery_not_released", rollout=rollout_id, ep=endpoint)
 
     # -- one device ------------------------------------------------------------------------
 
@@ -373,6 +449,8 @@ class Orchestrator:
                 # after a restart, or once a device that did not answer may be back: go on where it stood
                 job = DeliveryJob.from_dict(device.job)
                 job.resume(self._clock())
+                if job.phase is Phase.CHECK_SEND and await self._write_waiting(endpoint, job):
+                    job.write_queued(self._clock())
                 if device.status is not DeviceStatus.IN_FLIGHT:
                     device = replace(device, status=DeviceStatus.IN_FLIGHT, job=job.to_dict(), reason="",
                                      updated_at=self._clock())
@@ -424,7 +502,12 @@ class Orchestrator:
             # a sleeping device would hold the job for a whole request timeout: poll it instead
             observed = False
             if registration is not None and not registration.queue_mode:
-                first = await self.server.observe(endpoint, state_path)
+                try:
+                    first = await self.server.observe(endpoint, state_path)
+                except Exception as error:  # as for any request (_send): gone meanwhile, or not observable
+                    if self.server.registration(endpoint) is None:
+                        raise _Unreachable(f"{endpoint} is not registered") from None
+                    first = Result(False, "error", diagnostic=str(error))  # polled instead
                 if first.code in _NO_ANSWER:
                     raise _Unreachable(first.diagnostic or first.code)
                 observed = first.ok
@@ -433,7 +516,10 @@ class Orchestrator:
                     step = job.next_step(self._clock())
                     if step.kind is StepKind.DONE:
                         await self._finish(rollout_id, endpoint, status=DeviceStatus.DONE, job=job)
-                        await self.server.rediscover(endpoint)  # the profile now names the new model
+                        try:
+                            await self.server.rediscover(endpoint)  # the profile now names the new model
+                        except Exception as error:  # gone meanwhile: its next registration is discovered
+                            self._log.info("rediscovery_failed", ep=endpoint, reason=str(error))
                         return
                     if step.kind is StepKind.FAILED:
                         await self._failed(rollout_id, endpoint, step.reason, job)
@@ -447,7 +533,16 @@ class Orchestrator:
                     await self._save_job(rollout_id, endpoint, job)
             finally:
                 if observed:
-                    await self.server.cancel_observation(endpoint, state_path)
+                    await self._stop_observing(endpoint, state_path)
+
+    async def _stop_observing(self, endpoint: str, paths: list[LwM2MPath]) -> None:
+        """Cancel a delivery's observation. One that went with the device (registered at
+        another worker, or its worker gone: the cluster gateway then says it is not
+        registered) needs nothing, and must not hide how the delivery ended."""
+        try:
+            await self.server.cancel_observation(endpoint, paths)
+        except Exception as error:
+            self._log.info("observation_not_cancelled", ep=endpoint, reason=str(error))
 
     async def _already_running(self, endpoint: str, job: DeliveryJob) -> bool:
         """Whether the device already runs what ``job`` delivers (its verify reads pass)."""
@@ -491,6 +586,17 @@ class Orchestrator:
         if outcome.code in _NO_ANSWER:
             raise _Unreachable(outcome.diagnostic or outcome.code)
         return outcome
+
+    async def _write_waiting(self, endpoint: str, job: DeliveryJob) -> bool:
+        """Whether ``job``'s package (or URI) write waits, unsent, in the sleeping device's queue."""
+        registration = self.server.registration(endpoint)
+        if registration is None or not registration.queue_mode:
+            return False
+        for entry in await self.server.pending_requests(endpoint):
+            request = DeviceRequest.from_dict(entry.request)
+            if request.paths == (job.package_path,) and request.kind is Operation.WRITE_REPLACE:
+                return True
+        return False
 
     async def _queued_already(self, endpoint: str, build: Callable) -> str | None:
         """The id of the same request already waiting for this sleeping device (queued
