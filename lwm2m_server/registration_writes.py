@@ -24,8 +24,8 @@ replaced registration (an id the device no longer uses) with its observations.
 Refusing costs the device one retry; the disk is full either way. Registers saved
 while nothing waits go to the store at once and share its transactions; while
 changes wait, a Register takes its turn after them (a flush under way may still
-have to write an endpoint's older registration, which would replace the new one). An Update or a
-De-register only changes a registration that is stored already: a restart before
+have to write an endpoint's older registration, which would replace the new one).
+An Update or a De-register only changes a registration that is stored already: a restart before
 the flush brings back its older lifetime and address (the device's next Update
 renews them), or a de-registered registration until its lifetime ends.
 """

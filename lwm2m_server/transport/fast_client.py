@@ -11,8 +11,8 @@ Tokens come from aiocoap's allocator; Message IDs from per-peer counters
 (:class:`MessageIds`). aiocoap replaces an ID set on a request it sends with one from its
 own counter, shared by every peer, so the adapter sends every request to a plain-UDP device
 here but Observe (rare: a collision with one of those stays possible, 1 in 65,536 per
-Observe and recent message). A datagram that matches nothing here goes on
-to aiocoap. It fetches the rest of a Block2 answer here too (:func:`.blockwise.receive_in_blocks`).
+Observe and recent message). A datagram that matches nothing here goes on to aiocoap.
+The rest of a Block2 answer is fetched here too (:func:`.blockwise.receive_in_blocks`).
 """
 
 from __future__ import annotations
