@@ -456,10 +456,18 @@ def _read_token(path: Path) -> str:
     return token
 
 
+def new_api_token() -> str:
+    """A random URL-safe token that does not start with "-": operators pass it as
+    ``--token "$(cat data/api-token)"``, and argparse would take a leading "-" for an option."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
+
+
 def _create_token_file(source: str, path: Path) -> str:
     """Write a fresh token atomically: a 0600 temporary file, then a hard link that
     fails if another process created the file meanwhile (its token wins)."""
-    token = secrets.token_urlsafe(32)
+    token = new_api_token()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".api-token-")

@@ -340,6 +340,13 @@ def test_ensure_api_token_creates_a_private_file_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in token_file.parent.iterdir()) == ["api-token"]  # no temp file left
 
 
+def test_a_created_token_never_starts_like_an_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = iter(["-" + "a" * 42, "b" * 43])  # token_urlsafe starts with "-" once in 64
+    monkeypatch.setattr("lwm2m_server.config.secrets.token_urlsafe", lambda size: next(drawn))
+    config = ServerConfig(api=ApiConfig(token_file=tmp_path / "api-token"))
+    assert ensure_api_token(config) == "b" * 43  # one a shell passes to --token as its value
+
+
 def test_loading_config_does_not_create_the_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     load_config(SHIPPED)
