@@ -26,6 +26,8 @@ class ObjectRegistry:
     def __init__(self, objects: Iterable[ObjectDef] = ()) -> None:
         self._versions: dict[int, dict[str, ObjectDef]] = {}
         self._preferred: dict[int, ObjectDef] = {}
+        self.generation = 0
+        """Counts the changes (:meth:`add`): what a cache of lookups keys on."""
         for definition in objects:
             self.add(definition)
 
@@ -46,6 +48,7 @@ class ObjectRegistry:
         """Add (or replace) one object definition and make it the preferred version."""
         self._versions.setdefault(definition.id, {})[definition.version] = definition
         self._preferred[definition.id] = definition
+        self.generation += 1
 
     def load_folder(self, folder: str | Path) -> list[ObjectDef]:
         """Load every DDF (``*.xml`` with an ``<LWM2M>`` root) of ``folder``.

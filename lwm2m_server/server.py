@@ -9,6 +9,7 @@ sequences them, persists what they return and publishes events.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -466,8 +467,9 @@ class LwM2MServer:
         except StoreError as error:  # a full disk: used from memory, stored at a later discovery
             self._log.error("store_failed", error=str(error))
         self._profiles[registration.endpoint] = profile
-        self._log.info("discovered", ep=registration.endpoint, device_class=profile.device_class,
-                       problems=len(profile.problems))
+        if self._log.is_enabled_for(logging.INFO):  # naming the class hashes the whole profile
+            self._log.info("discovered", ep=registration.endpoint, device_class=profile.device_class,
+                           problems=len(profile.problems))
         self.events.publish("profile", endpoint=registration.endpoint, profile=profile)
         return profile
 

@@ -29,6 +29,7 @@ from ipso_objects import (
     ObjectRegistry,
     ObjLnk,
     Resource,
+    ResourceType,
 )
 from ipso_objects.codecs import ContentFormat, TimestampedValues, codec_module
 from ipso_objects.codecs import senml, senml_cbor, senml_json
@@ -947,3 +948,65 @@ cbor_documents = st.one_of(
 @given(document=cbor_documents)
 def test_cbor_of_any_shape_raises_only_decode_errors(registry, document):
     assert_only_decode_errors(senml_cbor, cbor2.dumps(document), registry)
+
+
+plain_names = st.sampled_from(
+    [f"/{ALL_TYPES_OBJECT}/0/{r}" for r in SINGLE_RESOURCE.values()]
+    + [f"/{ALL_TYPES_OBJECT}/0/{r}/{i}" for r in MULTIPLE_RESOURCE.values() for i in (0, 7)]
+    + [f"/{ALL_TYPES_OBJECT}/0/{SINGLE_RESOURCE[ResourceType.INTEGER]}/0", f"/{ALL_TYPES_OBJECT}/0",
+       f"/{ALL_TYPES_OBJECT}/0/{MULTIPLE_RESOURCE[ResourceType.STRING]}", "/3/0/0", "/3/0/9", "/32001/0/0", "x"]
+)
+plain_values = st.one_of(
+    st.booleans(), st.sampled_from([0, -1, 2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 1.0, 1.5]),
+    st.integers(), st.floats(), st.text(max_size=4), st.binary(max_size=4), st.sampled_from(["3:0", "x:y"]),
+)
+@st.composite
+def plain_records(draw) -> dict:
+    """Mostly a name and one value, of the resource's type or not; now and then a second
+    value, a time or no name."""
+    record = draw(st.fixed_dictionaries({}, optional={
+        "bn": plain_names | st.sampled_from(["/32000/0/", ""]), "n": plain_names | st.sampled_from(["1", "9/0"])}))
+    chance = draw(st.integers(0, 9))
+    if chance > 1:  # a value of the type a resource of 32000 takes
+        rtype = draw(st.sampled_from(TYPE_ORDER))
+        multiple = draw(st.booleans())
+        resource = f"{(MULTIPLE_RESOURCE if multiple else SINGLE_RESOURCE)[rtype]}" + ("/1" if multiple else "")
+        record = draw(st.sampled_from([{"n": f"/{ALL_TYPES_OBJECT}/0/{resource}"}, {"n": resource},
+                                       {"bn": f"/{ALL_TYPES_OBJECT}/0/", "n": resource},
+                                       {"bn": f"/{ALL_TYPES_OBJECT}/0/{resource}"}]))
+        value = draw(values_of(rtype) | st.sampled_from([2**64, -(2**63) - 1, 2**40, 2.0])
+                     if senml._LABEL_OF_TYPE[rtype] == "v" else values_of(rtype))
+        value = {datetime: lambda t: int(t.timestamp()), ObjLnk: str}.get(type(value), lambda v: v)(value)
+        record[senml._LABEL_OF_TYPE[rtype]] = value
+    elif chance:
+        record[draw(st.sampled_from(senml.VALUE_LABELS))] = draw(plain_values)
+    else:
+        record.update(draw(st.dictionaries(st.sampled_from([*senml.VALUE_LABELS, "t"]), plain_values, max_size=2)))
+    return record
+
+
+@FUZZ
+@given(pack=st.lists(plain_records(), max_size=3), under=st.sampled_from(["/", "/", "/32000", "/32000/0/1", "/3"]))
+def test_the_plain_records_shortcut_decodes_as_the_checked_way(registry, pack, under):
+    """The one-pass decoding of the usual records gives what the checked way gives, or
+    leaves the pack to it: never another value, and never a value where it refuses."""
+    under_path = P(under)
+    plain = senml._plain_leaves(pack, under_path, registry)
+    try:
+        checked = senml._checked_leaves(pack, under_path, registry)
+    except DecodeError:
+        assert plain is None
+        return
+    if plain is not None:
+        assert plain == checked
+        assert [type(value) for _, _, value in plain] == [type(value) for _, _, value in checked]
+
+
+def test_the_plain_records_shortcut_takes_a_discovery_answer(registry):
+    """The shortcut is taken for what devices send most (else it would only cost time)."""
+    pack = senml_cbor.load_pack(to_cbor([
+        {"n": "/3/0/0", "vs": "Open Mobile Alliance"}, {"n": "/3/0/9", "v": 100},
+        {"n": "/3/0/13", "v": 1367491215}, {"n": "/3/0/7/0", "v": 3800},
+        {"bn": "/32000/0/", "n": "3", "v": 1.5}, {"n": "3", "v": 2}, {"n": "4", "vb": True}, {"n": "5", "vd": b"\x01"},
+    ]))
+    assert senml._plain_leaves(pack, LwM2MPath(), registry) == senml._checked_leaves(pack, LwM2MPath(), registry)

@@ -29,6 +29,7 @@ Shapes written, as in the Core 1.1 §7.4.4 examples:
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -38,6 +39,9 @@ from ..nodes import Node, Object, ObjectInstance, Resource, ResourceInstance, bu
 from ..path import LwM2MPath
 from ..registry import ObjectRegistry
 from ..values import (
+    INT_MAX,
+    INT_MIN,
+    UINT_MAX,
     ObjLnk,
     Value,
     coerce,
@@ -365,6 +369,14 @@ def _typed_leaves(
 ) -> list[tuple[LwM2MPath, Number | None, Value]]:
     """(path, time, typed value) of every record, each checked against ``under`` and the model.
     With ``instances``, a record without a value naming an object instance adds its id there."""
+    plain = _plain_leaves(pack, under, registry)  # None where a record lacks a value, too
+    return plain if plain is not None else _checked_leaves(pack, under, registry, instances)
+
+
+def _checked_leaves(
+    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry,
+    instances: set[int] | None = None,
+) -> list[tuple[LwM2MPath, Number | None, Value]]:
     leaves = []
     for index, record in enumerate(resolve(pack)):
         path = _parse_name(record.name, index)
@@ -378,6 +390,99 @@ def _typed_leaves(
         except ModelError as error:
             raise DecodeError(f"record #{index}: {error.reason}") from None
         leaves.append((path, record.time, _typed_value(record, path, rtype)))
+    return leaves
+
+
+_PLAIN_FIELDS = frozenset({"bn", "n", *VALUE_LABELS})
+_AS_IS, _INTEGER, _UNSIGNED, _TIME, _FLOAT = range(5)
+_PLAIN_SLOTS: dict[ResourceType, tuple[str, tuple[type, ...], int]] = {
+    ResourceType.STRING: ("vs", (str,), _AS_IS), ResourceType.CORELNK: ("vs", (str,), _AS_IS),
+    ResourceType.BOOLEAN: ("vb", (bool,), _AS_IS), ResourceType.OPAQUE: ("vd", (bytes,), _AS_IS),
+    ResourceType.INTEGER: ("v", (int,), _INTEGER), ResourceType.UNSIGNED_INTEGER: ("v", (int,), _UNSIGNED),
+    ResourceType.TIME: ("v", (int,), _TIME), ResourceType.FLOAT: ("v", (float, int), _FLOAT),
+}
+"""By resource type: its value field, the Python types a plain record carries there (a
+client may write a whole Float as an integer), and how the value is made. Objlnk, and
+a whole number written as a float for an Integer, go the checked way."""
+_slots: weakref.WeakKeyDictionary[ObjectRegistry, tuple[int, dict[str, tuple | None]]] = \
+    weakref.WeakKeyDictionary()
+_SLOTS_LIMIT = 4096
+"""Names remembered per registry; devices choose names, so the memory is bounded."""
+
+
+def _plain_slot(name: str, registry: ObjectRegistry) -> tuple | None:
+    """(path, value field, Python type, how) for a plain value named ``name``: a
+    resource (instance) path the model knows, under its own multiplicity; else None."""
+    try:
+        path = LwM2MPath.parse(name)
+    except PathError:
+        return None
+    if len(path) < 3:
+        return None
+    definition = registry.resource_def(path)
+    if definition is None or definition.multiple != (len(path) == 4):
+        return None
+    slot = _PLAIN_SLOTS.get(definition.type)
+    return None if slot is None else (path, *slot)
+
+
+def _plain_leaves(
+    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry
+) -> list[tuple[LwM2MPath, Number | None, Value]] | None:
+    """:func:`_typed_leaves` for the usual answer, in one pass: every record a name (``bn``,
+    ``n``) and one value of the type the model gives its resource, no times or base values.
+    None for anything else, well formed or not, which the checked way then decodes or
+    refuses in its own words. (A discovery answer is dozens of such records, and every
+    notification and Send is decoded here: this is the server's hot path.)"""
+    generation, slots = _slots.get(registry, (-1, {}))
+    if generation != registry.generation or len(slots) > _SLOTS_LIMIT:
+        slots = {}
+        _slots[registry] = (registry.generation, slots)
+    leaves = []
+    base_name = ""
+    for record in pack:
+        if not record.keys() <= _PLAIN_FIELDS:
+            return None
+        bn, n = record.get("bn"), record.get("n")
+        named = 0
+        if bn is not None:
+            if type(bn) is not str:
+                return None
+            base_name, named = bn, 1
+        if n is not None:
+            if type(n) is not str:
+                return None
+            name, named = base_name + n, named + 1
+        else:
+            name = base_name
+        if len(record) != named + 1:
+            return None  # no value, or several
+        slot = slots.get(name, False)
+        if slot is False:
+            slot = slots[name] = _plain_slot(name, registry)
+        if slot is None:
+            return None
+        path, label, kinds, how = slot
+        raw = record.get(label)
+        if type(raw) not in kinds or (under.ids and not path.startswith(under)):
+            return None
+        if how is _INTEGER:
+            if not INT_MIN <= raw <= INT_MAX:
+                return None
+        elif how is _UNSIGNED:
+            if not 0 <= raw <= UINT_MAX:
+                return None
+        elif how is _TIME:
+            try:
+                raw = time_from_seconds(raw)
+            except DecodeError:
+                return None
+        elif how is _FLOAT and type(raw) is int:
+            try:
+                raw = float(raw)
+            except OverflowError:
+                return None
+        leaves.append((path, None, raw))
     return leaves
 
 

@@ -66,10 +66,16 @@ def load_pack(data: bytes) -> list[senml.Record]:
         raise DecodeError(f"{len(data) - stream.tell()} bytes after the CBOR pack")
     if not isinstance(document, list):
         raise DecodeError("a SenML CBOR pack is an array of records")
-    return [_record(item, f"record #{index}") for index, item in enumerate(document)]
+    return [_record(item, index) for index, item in enumerate(document)]
 
 
-def _record(item: object, where: str) -> senml.Record:
+def _record(item: object, index: int) -> senml.Record:
+    if type(item) is dict:  # the usual record: Table 4 labels only, no decimal fractions
+        record = {_NAMES[key]: value for key, value in item.items()
+                  if type(key) is int and key in _NAMES and type(value) is not Decimal}
+        if len(record) == len(item):
+            return record
+    where = f"record #{index}"
     if not isinstance(item, dict):
         raise DecodeError(f"{where} is not a CBOR map")
     record: senml.Record = {}

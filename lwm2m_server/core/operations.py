@@ -456,11 +456,17 @@ def _fetch(reg: Registration, kind: Operation, paths: Sequence[LwM2MPath],
     fmt, accept = choose_format(reg, kind, LwM2MPath(), _registry(registry))
     assert fmt is not None
     try:
-        payload = codecs.encode_paths(fmt, paths)
+        payload = _encoded_paths(fmt, paths)
     except (IpsoError, ImportError) as error:
         raise OperationError(f"cannot encode the path list as {format_name(fmt)}: {error}") from None
     return DeviceRequest(kind, "FETCH", _uri(reg, LwM2MPath()), content_format=fmt, accept=accept,
                          payload=payload, observe=observe_option, paths=paths)
+
+
+@lru_cache(maxsize=256)
+def _encoded_paths(fmt: int, paths: tuple[LwM2MPath, ...]) -> bytes:
+    """A fleet is asked for the same few path lists (discovery, rollout state) over and over."""
+    return codecs.encode_paths(fmt, paths)
 
 
 def write_composite(reg: Registration, values: Mapping[LwM2MPath, Value], *,
