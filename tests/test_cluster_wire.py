@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import cbor2
 import pytest
 
@@ -30,6 +31,22 @@ def through_cbor(value):
 
 def test_a_registration_comes_back_equal():
     assert wire.registration_from_wire(through_cbor(wire.registration_to_wire(REGISTRATION))) == REGISTRATION
+
+
+@pytest.mark.parametrize("objects", [[["/3/0", ["1.1"]]], [["/3/0", 1]], [["3/0", None]], "x"])
+def test_a_malformed_object_list_is_refused_every_time(objects):
+    """Object lists are decoded once per distinct text; a refusal is not remembered as an answer."""
+    message = through_cbor(wire.registration_to_wire(REGISTRATION))
+    message["object_list"] = json.dumps({"root_path": "/", "content_formats": [], "objects": objects})
+    for _ in range(2):
+        with pytest.raises((KeyError, ValueError, TypeError)):
+            wire.registration_from_wire(message)
+
+
+def test_registrations_of_one_object_list_share_it():
+    first, second = (wire.registration_from_wire(through_cbor(wire.registration_to_wire(REGISTRATION)))
+                     for _ in range(2))
+    assert first.object_list is second.object_list == REGISTRATION.object_list
 
 
 def test_a_request_and_its_result_come_back_and_decode_with_the_leaders_model():

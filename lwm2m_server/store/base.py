@@ -350,7 +350,9 @@ def document_to_json(kind: str, key: str, data: dict[str, Any]) -> str:
 
 
 @functools.lru_cache(maxsize=1024)  # an object list is shared by a class of devices and written at every Update
+@functools.lru_cache(maxsize=1024)
 def object_list_to_json(object_list: ObjectList) -> str:
+    """(A fleet's devices advertise a few object lists between them: each is encoded once.)"""
     return json.dumps(
         {
             "root_path": object_list.root_path,
@@ -362,10 +364,12 @@ def object_list_to_json(object_list: ObjectList) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def object_list_from_json(text: str) -> ObjectList:
-    """Raises ValueError, KeyError or TypeError when the document is malformed."""
+    """Raises ValueError, KeyError or TypeError when the document is malformed. (Decoded
+    once per distinct list: registrations share the immutable result.)"""
     data = json.loads(text)
-    objects = tuple(ObjectLink(_path(path), version) for path, version in data["objects"])
+    objects = tuple(ObjectLink(_path(path), _version(version)) for path, version in data["objects"])
     return ObjectList(
         root_path=str(data["root_path"]),
         content_formats=tuple(int(cf) for cf in data["content_formats"]),
@@ -390,6 +394,12 @@ def extra_from_json(text: str) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ValueError("extra parameters are not a JSON object")
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _version(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"an object version is text, got {type(value).__name__}")
+    return value
 
 
 def _path(text: str) -> LwM2MPath:
