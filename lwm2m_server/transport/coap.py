@@ -47,7 +47,7 @@ from .oscore import (
     split_address,
 )
 from .sockets import naming_port, resend_after_stale_errors
-from .fast_client import Block1Request, ExchangeFailed, FastClient, MessageIds
+from .fast_client import Block1Request, ExchangeFailed, FastClient, MessageIds, share_message_ids
 from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import (
@@ -211,6 +211,8 @@ class CoapAdapter:
                 send=send, next_mid=self._message_ids.next, next_token=self._udp.next_token,
                 decode=lambda data, address, pktinfo: Message.decode(
                     data, UDP6EndpointAddress(address, interface, pktinfo=pktinfo)))
+            # Observe and Cancel Observation go through aiocoap: numbered by the same per-peer counters
+            share_message_ids(self._udp.token_interface, self._message_ids.next)
             self._route_datagrams()
             resend_after_stale_errors(self._udp.token_interface.message_interface.transport)
             set_receive_buffer(self._socket(), self._receive_buffer_bytes)

@@ -8,10 +8,14 @@ MAX_RETRANSMIT 4), and the answer matched by Message ID (a piggybacked response,
 empty ACK, a Reset) or by token (a separate response, acknowledged when confirmable).
 
 Tokens come from aiocoap's allocator; Message IDs from per-peer counters
-(:class:`MessageIds`). aiocoap replaces an ID set on a request it sends with one from its
+(:class:`MessageIds`). aiocoap replaces an ID set on a message it sends with one from its
 own counter, shared by every peer, so the adapter sends every request to a plain-UDP device
-here but Observe (rare: a collision with one of those stays possible, 1 in 65,536 per
-Observe and recent message). A datagram that matches nothing here goes on to aiocoap.
+here but Observe and Cancel Observation, and :func:`share_message_ids` makes aiocoap take
+the IDs of those from the same per-peer counters: two counters to one device would collide
+(an Observe given the ID of a block of the push that follows it, or the reverse, is to the
+device a repeat of the other, RFC 7252 §4.5: answered with the other's response, so the
+request goes unanswered until its retransmissions run out; ~1 device in 600 per rollout).
+A datagram that matches nothing here goes on to aiocoap.
 The rest of a Block2 answer is fetched here too (:func:`.blockwise.receive_in_blocks`).
 """
 
@@ -81,6 +85,32 @@ class MessageIds:
                 del self._next[next(iter(self._next))]
         self._next[peer] = (mid + 1) & 0xFFFF
         return mid
+
+
+def share_message_ids(manager: Any, next_mid: Callable[[Any], int]) -> None:
+    """Make aiocoap's message manager ``manager`` (the udp6 transport's) number each new
+    message it sends to a ``(host, port)`` with ``next_mid(peer)``, the counter the fast
+    path numbers its requests to that peer with (RFC 7252 §4.4: one endpoint never gives
+    another the same ID within EXCHANGE_LIFETIME). Acknowledgements, Resets and
+    piggybacked responses keep the ID they answer; a message without a peer address
+    takes aiocoap's own counter."""
+    send_message, own_counter = manager.send_message, manager._next_message_id
+    sending_to: list[Any] = [None]  # the peer of the message being sent (aiocoap asks synchronously)
+
+    def next_message_id() -> int:
+        peer = sending_to[0]
+        return own_counter() if peer is None else next_mid(peer)
+
+    def send(message: Message, messageerror_monitor: Any) -> Any:
+        sockaddr = getattr(message.remote, "sockaddr", None)
+        sending_to[0] = (sockaddr[0], sockaddr[1]) if sockaddr else None
+        try:
+            return send_message(message, messageerror_monitor)
+        finally:
+            sending_to[0] = None
+
+    manager._next_message_id = next_message_id
+    manager.send_message = send
 
 
 class ExchangeFailed(Exception):
