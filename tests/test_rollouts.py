@@ -112,9 +112,9 @@ def test_unreachable_devices_hold_no_slot_and_come_back_when_heard_from():
     fleet = away + [DeviceRollout("b0"), DeviceRollout("b1")]
     assert next_devices(rollout, fleet, 101.0) == ["b0", "b1"]
     # a0 sent an Update after it was given up on; a1's last Update is older
-    assert next_devices(rollout, fleet, 101.0, {"a0": 100.5, "a1": 99.0}) == ["a0", "b0"]
+    assert next_devices(rollout, fleet, 101.0, {"a0": 100.5, "a1": 99.0}.get) == ["a0", "b0"]
     failed = after_failure(DeviceRollout("c", S.IN_FLIGHT, attempts=1), Strategy(retry_backoff_s=10), "refused", 100.0)
-    assert next_devices(rollout, [failed], 101.0, {"c": 100.5}) == []  # a refusal waits its backoff out
+    assert next_devices(rollout, [failed], 101.0, {"c": 100.5}.get) == []  # a refusal waits its backoff out
 
 
 def test_a_rollout_completes_when_every_device_is_final_unless_it_follows():
@@ -174,3 +174,10 @@ def test_a_device_table_counts_statuses_as_they_change():
     table["d09"] = replace(DeviceRollout("d09"), status=S.INCOMPATIBLE)
     assert table.summary() == summarize(table.values())
     assert dict(table.summary().counts) == {"pending": 2, "done": 2, "incompatible": 1}
+    table["d02"] = replace(table["d02"], canary=True)
+    table["d03"] = replace(table["d03"], status=S.RETRY_WAIT)
+    assert {status: sorted(table.endpoints_with(status)) for status in S if table.endpoints_with(status)} == {
+        S.PENDING: ["d02"], S.RETRY_WAIT: ["d03"], S.DONE: ["d00", "d01"], S.INCOMPATIBLE: ["d09"]}
+    assert [d.endpoint for d in table.canaries()] == ["d02"]
+    table["d02"] = replace(table["d02"], canary=False)
+    assert table.canaries() == []

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import secrets
 from dataclasses import replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import structlog
 
@@ -55,6 +55,8 @@ _NO_ANSWER = (UNREACHABLE, "timeout")
 and a queued request that was not delivered in time)."""
 ENROLMENT_EVENTS = ("registered", "profile")
 """After these a device may match a rollout it did not (its registration or profile is new)."""
+OWNS_NOTHING = (DeviceStatus.INCOMPATIBLE, DeviceStatus.SUPERSEDED)
+"""A device record in these states does not decide which rollout owns the device (:func:`superseded`)."""
 FULL_SWEEP_S = 60.0
 """How often enrolment looks at every registration, not only the devices of the events
 above: for devices learnt without an event (another node's worker answering the
@@ -127,6 +129,8 @@ class Orchestrator:
         self._loop: asyncio.Task | None = None
         self._arrived: set[str] = set()  # endpoints of ENROLMENT_EVENTS since the last tick
         self._swept: dict[str, float] = {}  # rollout id -> when enrolment last looked at every registration
+        self._overlaps_changed = True  # a device enrolled or a rollout saved since overlaps were settled
+        self._overlaps_settled_at = float("-inf")
         self._started = False
         self._watching: asyncio.Task | None = None  # notes ENROLMENT_EVENTS while a rollout is active
         self._subscription = contextlib.ExitStack()
@@ -149,6 +153,7 @@ class Orchestrator:
             devices = await store.list_documents(DEVICE, f"{rollout_id}/")
             tables[rollout_id] = DeviceTable(DeviceRollout.from_dict(d) for d in devices.values())
         self._rollouts, self._devices = rollouts, tables
+        self._overlaps_changed = True
 
     async def start(self) -> None:
         self._started = True
@@ -279,28 +284,34 @@ class Orchestrator:
             if rollout.state not in ACTIVE:
                 continue
             devices = self._devices[rollout.id]
-            contacted = self._last_contact(devices.values()) if rollout.state is RolloutState.RUNNING else {}
             if rollout.state is RolloutState.RUNNING:
-                reason = should_pause(rollout, devices.values())
+                reason = should_pause(rollout, devices)
                 if reason is not None:
                     rollout = replace(rollout, state=RolloutState.PAUSED, paused_reason=reason)
                     await self._save_rollout(rollout)
                     self._log.warning("rollout_paused", id=rollout.id, reason=reason)
                     continue
-                if is_complete(rollout, devices.values()):
+                if is_complete(rollout, devices):
                     await self._save_rollout(replace(rollout, state=RolloutState.COMPLETE))
                     self._log.info("rollout_complete", id=rollout.id,
                                    counts=dict(devices.summary().counts))
                     continue
-            for endpoint in next_devices(rollout, devices.values(), self._clock(), contacted):
-                if endpoint not in contacted:
+            for endpoint in next_devices(rollout, devices, self._clock(), self._last_contact):
+                if self.server.registration(endpoint) is None:
                     continue  # gone for now; stays pending
                 self._start_task(rollout, endpoint, resume=False)
 
     # -- overlapping rollouts ---------------------------------------------------------
 
     async def _settle_overlaps(self) -> None:
-        """Supersede older deliveries to a device that a newer rollout for the same target has."""
+        """Supersede older deliveries to a device that a newer rollout for the same target has.
+        Looks at every device of every rollout: done after an enrolment or a rollout's change
+        of state, and once per FULL_SWEEP_S (a profile's new software instance may make two
+        deliveries meet), not at every tick."""
+        now = self._clock()
+        if not self._overlaps_changed and now - self._overlaps_settled_at < FULL_SWEEP_S:
+            return
+        self._overlaps_changed, self._overlaps_settled_at = False, now
         seen: dict[str, int] = {}
         for rollout_id, devices in self._devices.items():
             if self._rollouts[rollout_id].state is not RolloutState.CANCELLED:
@@ -353,16 +364,10 @@ class Orchestrator:
         self._log.info("delivery_superseded", rollout=rollout_id, ep=endpoint, by=newer_id, target=target,
                        withdrawn=withdrawn)
 
-    def _last_contact(self, devices: Iterable[DeviceRollout]) -> dict[str, float]:
-        """When each device that may start now (pending, or waiting to retry) last registered
-        or updated; absent when it is not registered. Looked up per device, not by listing
-        every registration."""
-        contacted = {}
-        for device in devices:
-            if device.status in (DeviceStatus.PENDING, DeviceStatus.RETRY_WAIT) \
-                    and (registration := self.server.registration(device.endpoint)) is not None:
-                contacted[device.endpoint] = registration.updated_at
-        return contacted
+    def _last_contact(self, endpoint: str) -> float | None:
+        """When the device last registered or updated; None when it is not registered."""
+        registration = self.server.registration(endpoint)
+        return registration.updated_at if registration is not None else None
 
     async def _enrol(self, rollout: Rollout, arrived: set[str]) -> None:
         """Add matching devices that have a profile; decide compatibility once. Looks at the
@@ -396,6 +401,7 @@ class Orchestrator:
             if device.status is DeviceStatus.INCOMPATIBLE:
                 self._log.info("device_incompatible", rollout=rollout.id, ep=endpoint, reason=device.reason)
         if new:
+            self._overlaps_changed = True
             for device in assign_canaries(list(devices.values()), rollout.strategy.canary_fraction):
                 if device.endpoint in new or device != devices[device.endpoint]:
                     await self._save_device(rollout.id, device)
@@ -650,6 +656,8 @@ class Orchestrator:
     async def _save_device(self, rollout_id: str, device: DeviceRollout) -> None:
         before = self._devices[rollout_id].get(device.endpoint)
         self._devices[rollout_id][device.endpoint] = device
+        if before is None or before.status in OWNS_NOTHING or device.status in OWNS_NOTHING:
+            self._overlaps_changed = True
         await self._grant(device.endpoint)  # in memory before anything else sees the new status
         await self._put(DEVICE, f"{rollout_id}/{device.endpoint}", device.to_dict())
         if before is None or before.status is not device.status:  # not at every job step
@@ -670,6 +678,7 @@ class Orchestrator:
 
     async def _save_rollout(self, rollout: Rollout) -> None:
         self._rollouts[rollout.id] = rollout
+        self._overlaps_changed = True
         await self._put(ROLLOUT, rollout.id, rollout.to_dict())
 
     async def _put(self, kind: str, key: str, data: dict[str, Any]) -> None:

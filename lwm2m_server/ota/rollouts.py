@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import heapq
+import itertools
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..core.capabilities import DeviceProfile
 
@@ -238,12 +240,15 @@ class Summary:
 
 
 class DeviceTable(dict):
-    """A rollout's devices by endpoint, counted by status as they change: its progress
-    is asked at every status change, and counting it anew cost O(devices) each time."""
+    """A rollout's devices by endpoint, counted and indexed by status as they change: its
+    progress is asked at every status change, and the orchestrator's every tick looks for
+    the devices to start; scanning them all each time cost O(devices) per tick."""
 
     def __init__(self, devices: Iterable[DeviceRollout] = ()) -> None:
         super().__init__()
         self._counts: dict[str, int] = {}
+        self._by_status: dict[DeviceStatus, dict[str, None]] = {}  # insertion-ordered sets
+        self._canaries: dict[str, None] = {}
         for device in devices:
             self[device.endpoint] = device
 
@@ -251,14 +256,30 @@ class DeviceTable(dict):
         old = self.get(endpoint)
         if old is not None:
             self._counts[old.status.value] -= 1
+            del self._by_status[old.status][endpoint]
+            self._canaries.pop(endpoint, None)
         super().__setitem__(endpoint, device)
         self._counts[device.status.value] = self._counts.get(device.status.value, 0) + 1
+        self._by_status.setdefault(device.status, {})[endpoint] = None
+        if device.canary:
+            self._canaries[endpoint] = None
 
     def summary(self) -> Summary:
         return Summary(len(self), {status: n for status, n in self._counts.items() if n})
 
+    def endpoints_with(self, status: DeviceStatus) -> Iterable[str]:
+        return self._by_status.get(status, {}).keys()
+
+    def with_status(self, status: DeviceStatus) -> list[DeviceRollout]:
+        return [self[endpoint] for endpoint in self.endpoints_with(status)]
+
+    def canaries(self) -> list[DeviceRollout]:
+        return [self[endpoint] for endpoint in self._canaries]
+
 
 def summarize(devices: Iterable[DeviceRollout]) -> Summary:
+    if isinstance(devices, DeviceTable):
+        return devices.summary()
     counts: dict[str, int] = {}
     total = 0
     for device in devices:
@@ -283,9 +304,9 @@ def assign_canaries(devices: list[DeviceRollout], fraction: float) -> list[Devic
 
 def should_pause(rollout: Rollout, devices: Iterable[DeviceRollout]) -> str | None:
     """The reason to pause, or None."""
-    devices = list(devices)
-    failed = sum(1 for d in devices if d.status in (DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK))
-    finished = sum(1 for d in devices if d.status in (DeviceStatus.DONE, DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK))
+    counts = summarize(devices).counts
+    failed = sum(counts.get(s.value, 0) for s in (DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK))
+    finished = failed + counts.get(DeviceStatus.DONE.value, 0)
     if failed and finished and failed / finished >= rollout.strategy.failure_threshold:
         return f"{failed} of {finished} finished devices failed (threshold {rollout.strategy.failure_threshold:.0%})"
     return None
@@ -294,36 +315,39 @@ def should_pause(rollout: Rollout, devices: Iterable[DeviceRollout]) -> str | No
 def is_complete(rollout: Rollout, devices: Iterable[DeviceRollout]) -> bool:
     """True when a running rollout that does not follow has matched devices and all
     of them are final. One that has matched no device yet waits for its first."""
-    devices = list(devices)
+    summary = summarize(devices)
     return (rollout.state is RolloutState.RUNNING and not rollout.strategy.follow
-            and bool(devices) and all(d.final for d in devices))
+            and summary.total > 0 and sum(summary.counts.get(s.value, 0) for s in FINAL) == summary.total)
 
 
 def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float,
-                 contacted: Mapping[str, float] | None = None) -> list[str]:
+                 last_contact: Callable[[str], float | None] | None = None) -> list[str]:
     """Endpoints to start now: canaries first, never more than max_in_flight at once.
 
-    ``contacted`` maps endpoints to the time each last registered or updated: a
-    device waiting out an unreachable backoff is ready as soon as it has been heard from.
+    ``last_contact(endpoint)`` is when the device last registered or updated (None when
+    it is not registered): a device waiting out an unreachable backoff is ready as soon
+    as it has been heard from. Only the devices waiting to start are looked at when
+    ``devices`` is a :class:`DeviceTable`.
     """
     if rollout.state is not RolloutState.RUNNING:
         return []
-    devices = list(devices)
-    contacted = contacted or {}
-    in_flight = sum(1 for d in devices if d.status is DeviceStatus.IN_FLIGHT)
-    room = rollout.strategy.max_in_flight - in_flight
-    canaries = [d for d in devices if d.canary]
-    canaries_done = all(d.status is DeviceStatus.DONE for d in canaries)
-    ready = [
-        d for d in devices
-        if d.status is DeviceStatus.PENDING
-        or (d.status is DeviceStatus.RETRY_WAIT and (
-            d.next_attempt_at <= now or (d.unreachable and contacted.get(d.endpoint, 0.0) > d.updated_at)))
-    ]
-    if not canaries_done:
-        ready = [d for d in ready if d.canary]
-    ready.sort(key=lambda d: (not d.canary, d.endpoint))
-    return [d.endpoint for d in ready[: max(0, room)]]
+    table = devices if isinstance(devices, DeviceTable) else DeviceTable(devices)
+    room = rollout.strategy.max_in_flight - table.summary().counts.get(DeviceStatus.IN_FLIGHT.value, 0)
+    if room <= 0:
+        return []
+    def retry_due(device: DeviceRollout) -> bool:
+        if device.next_attempt_at <= now:
+            return True
+        heard = last_contact(device.endpoint) if device.unreachable and last_contact is not None else None
+        return heard is not None and heard > device.updated_at
+
+    canaries = table.canaries()
+    if not all(d.status is DeviceStatus.DONE for d in canaries):  # the canaries go first, alone
+        ready = [d.endpoint for d in canaries
+                 if d.status is DeviceStatus.PENDING or (d.status is DeviceStatus.RETRY_WAIT and retry_due(d))]
+        return sorted(ready)[:room]
+    retrying = (d.endpoint for d in table.with_status(DeviceStatus.RETRY_WAIT) if retry_due(d))
+    return heapq.nsmallest(room, itertools.chain(table.endpoints_with(DeviceStatus.PENDING), retrying))
 
 
 def after_failure(device: DeviceRollout, strategy: Strategy, reason: str, now: float) -> DeviceRollout:
