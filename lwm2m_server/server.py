@@ -12,15 +12,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import structlog
 
-from ipso_objects import LwM2MPath, ObjectRegistry
+from ipso_objects import LwM2MPath, ObjectRegistry, Value
 
 from .core import operations
 from .core.capabilities import (
-    DeviceProfile, build_profile, discovery_paths, needs_discovery, reads_from_composite,
+    DeviceProfile, build_profile, discovery_paths, needs_discovery, profile_from_composite,
 )
 from .bootstrap_server import BootstrapListener, BootstrapService, StoreCredentials, signing_key_anchors
 from .transport.coap import CoapAdapter
@@ -444,9 +444,11 @@ class LwM2MServer:
     async def _discover(self, registration: Registration) -> DeviceProfile:
         """Read what the device can run and store its profile."""
         paths = discovery_paths(registration)
-        reads, composite_unanswered = await self._read_in_one(registration, paths)
-        if reads is None:
-            reads = {}
+        values, composite_unanswered = await self._read_in_one(registration, paths)
+        reads: dict[LwM2MPath, object] = {}
+        if values is not None:
+            profile = profile_from_composite(registration.endpoint, paths, values, self._clock())
+        else:
             for path in paths:
                 request = operations.read(registration, path, registry=self.registry)
                 result = await self._exchange(registration, request)
@@ -454,7 +456,7 @@ class LwM2MServer:
                 reads[path] = result.node if ok else f"{result.code} {result.diagnostic}".strip()
                 if ok and composite_unanswered:  # it answers Reads, not Read-Composite
                     self._device(registration.endpoint).composite_refused = True
-        profile = build_profile(registration.endpoint, reads, self._clock())
+            profile = build_profile(registration.endpoint, reads, self._clock())
         if self._book.by_endpoint(registration.endpoint) is None:
             return profile  # de-registered meanwhile
         if any(isinstance(outcome, str) and outcome.startswith(UNREACHABLE) for outcome in reads.values()):
@@ -474,11 +476,11 @@ class LwM2MServer:
         return profile
 
     async def _read_in_one(self, registration: Registration,
-                           paths: list[LwM2MPath]) -> tuple[dict[LwM2MPath, object] | None, bool]:
+                           paths: list[LwM2MPath]) -> tuple[Mapping[LwM2MPath, Value] | None, bool]:
         """The discovery reads as one Read-Composite (LwM2M 1.1+): one round trip instead
-        of one per object. None where the device cannot: read path by path (also after
-        no answer, which may be a device that leaves Read-Composite unanswered); and
-        whether it went unanswered."""
+        of one per object; its leaf values. None where the device cannot: read path by path
+        (also after no answer, which may be a device that leaves Read-Composite
+        unanswered); and whether it went unanswered."""
         device = self._device(registration.endpoint)
         if len(paths) < 2 or device.composite_refused:
             return None, False
@@ -494,7 +496,7 @@ class LwM2MServer:
             self._log.debug("read_composite_refused", ep=registration.endpoint, code=result.code,
                             reason=result.diagnostic)
             return None, False
-        return reads_from_composite(paths, result.values), False
+        return result.values, False
 
     def profile(self, endpoint: str) -> DeviceProfile | None:
         return self._profiles.get(endpoint)

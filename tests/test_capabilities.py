@@ -86,14 +86,14 @@ def test_rediscovery_when_the_object_list_changes():
     assert needs_discovery(before, registration(b"</3/0>,</26241/0>"))
 
 
-def test_a_read_composite_answer_is_split_by_the_paths_asked_for():
-    from lwm2m_server.core.capabilities import reads_from_composite
+def test_a_read_composite_answer_is_taken_under_the_paths_asked_for():
+    from lwm2m_server.core.capabilities import profile_from_composite
     P = LwM2MPath.parse
-    values = {P("/3/0/0"): "Acme", P("/3/0/3"): "1.0", P("/26241/0/0"): "tflite-micro"}
-    reads = reads_from_composite([P("/3/0"), P("/5/0"), P("/9"), P("/26241/0")], values)
-    assert reads[P("/3/0")] == {P("/3/0/0"): "Acme", P("/3/0/3"): "1.0"}
-    assert reads[P("/5/0")] == "4.04 not in the Read-Composite answer"  # as a Read of it would fail
-    assert reads[P("/9")] == {}  # an object with no instances reads as empty
-    profile = build_profile("dev", reads, 1.0)
-    assert profile.manufacturer == "Acme" and profile.tinyml.runtime == "tflite-micro"
-    assert profile.problems == ("/5/0: 4.04 not in the Read-Composite answer",)
+    values = {P("/3/0/0"): "Acme", P("/3/0/3"): "1.0", P("/26241/0/0"): "tflite-micro", P("/3/1/0"): "Other",
+              P("/5/1/3"): 2}
+    profile = profile_from_composite("dev", [P("/3/0"), P("/5/0"), P("/9"), P("/26241/0")], values, 1.0)
+    assert profile.manufacturer == "Acme" and profile.firmware_version == "1.0"
+    assert profile.tinyml.runtime == "tflite-micro"
+    assert profile.software_packages == ()  # an object with no instances reads as empty
+    assert not profile.firmware_object  # /5/1 was not asked for: not the device's to add
+    assert profile.problems == ("/5/0: 4.04 not in the Read-Composite answer",)  # as a Read of it would fail

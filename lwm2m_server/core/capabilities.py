@@ -232,20 +232,25 @@ def discovery_paths(registration: Registration) -> list[LwM2MPath]:
     return paths
 
 
-def reads_from_composite(paths: list[LwM2MPath], values: Mapping[LwM2MPath, Value]) -> dict[LwM2MPath, object]:
-    """Split a Read-Composite answer by the paths asked for: the leaves under each, or
-    a reason where a Read of it would have failed (an instance left out reads as 4.04)."""
-    under: dict[tuple[int, ...], dict[LwM2MPath, Value]] = {path.ids: {} for path in paths}
+def profile_from_composite(endpoint: str, paths: list[LwM2MPath], values: Mapping[LwM2MPath, Value],
+                           now: float) -> DeviceProfile:
+    """The profile from one Read-Composite of ``paths``: the leaves under them (an instance
+    left out reads as a 4.04 problem, as its Read would; an object without instances as
+    empty); leaves under no path asked for are not the device's to add."""
+    wanted = {path.ids for path in paths}
     lengths = sorted({len(path) for path in paths})
+    by_ids: dict[tuple[int, ...], Value] = {}
+    found = set()
     for leaf, value in values.items():  # one pass: an answer has dozens of leaves
+        ids = leaf.ids
         for length in lengths:
-            found = under.get(leaf.ids[:length])
-            if found is not None:
-                found[leaf] = value
-    return {
-        path: under[path.ids] if under[path.ids] or len(path) == 1 else "4.04 not in the Read-Composite answer"
-        for path in paths
-    }
+            if ids[:length] in wanted:
+                by_ids[ids] = value
+                found.add(ids[:length])
+                break
+    problems = [f"{path}: 4.04 not in the Read-Composite answer"
+                for path in paths if len(path) > 1 and path.ids not in found]
+    return _profile(endpoint, by_ids, problems, now)
 
 
 def needs_discovery(previous: Registration | None, current: Registration) -> bool:
@@ -259,7 +264,7 @@ def build_profile(
     """The profile from discovery reads: each path maps to the decoded node (or its
     leaves by path, as a Read-Composite gives them), or to a string saying why the
     read failed."""
-    by_ids: dict[tuple[int, ...], Value] = {}  # leaf values by ids: looked up ~40 times below
+    by_ids: dict[tuple[int, ...], Value] = {}
     problems = []
     for path, outcome in reads.items():
         if isinstance(outcome, str):
@@ -268,7 +273,11 @@ def build_profile(
         leaves = outcome if isinstance(outcome, Mapping) else flatten(outcome, path)
         for leaf, value in leaves.items():
             by_ids[leaf.ids] = value
+    return _profile(endpoint, by_ids, problems, now)
 
+
+def _profile(endpoint: str, by_ids: dict[tuple[int, ...], Value], problems: list[str], now: float) -> DeviceProfile:
+    """The profile from the leaf values by ids (looked up ~40 times here)."""
     objects = {ids[0] for ids in by_ids}
 
     def get(*ids: int, default: Any = None) -> Any:
