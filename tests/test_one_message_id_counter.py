@@ -17,27 +17,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from dataclasses import dataclass
 
 import pytest
 
 from lwm2m_server.transport.coap import CoapAdapter, IncomingRequest, OutgoingResponse
+from test_coap_fast_paths import REGISTER, Read
 
-# POST /rd?ep=dev1&lt=60, CON, MID 0x1234, token 0xABCD, Content-Format 40, payload </3/0>
-REGISTER = bytes.fromhex("42021234abcd") + bytes.fromhex("b2 7264 11 28 37 65703d64657631 05 6c743d3630".replace(" ", "")) \
-    + b"\xff</3/0>"
 _OBSERVE = 6
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str = "GET"
-    uri_path: tuple[str, ...] = ("3", "0", "0")
-    query: tuple[str, ...] = ()
-    content_format: int | None = None
-    accept: int | None = None
-    payload: bytes = b""
-    observe: int | None = None
 
 
 async def _registered_handler(request: IncomingRequest) -> OutgoingResponse:
@@ -119,12 +105,12 @@ async def test_an_observe_and_the_requests_after_it_never_share_a_message_id(dev
     and the read is answered (before: the read repeated the Observe's ID and got no
     answer it could take)."""
     adapter, fake, address = device
-    assert (await adapter.request(address, Request(), timeout=5)).payload == b"answer 0"
+    assert (await adapter.request(address, Read(), timeout=5)).payload == b"answer 0"
     (first_mid,) = fake.responses
     adapter._udp.token_interface.message_id = (first_mid + 1) & 0xFFFF  # where the peer's counter stands
-    first, observation = await adapter.observe(address, Request(uri_path=("9", "0", "7"), observe=0), timeout=5)
+    first, observation = await adapter.observe(address, Read(uri_path=("9", "0", "7"), observe=0), timeout=5)
     assert first.payload == b"answer 1" and observation is not None
-    read = await adapter.request(address, Request(uri_path=("9", "0", "2")), timeout=3)
+    read = await adapter.request(address, Read(uri_path=("9", "0", "2")), timeout=3)
     assert read.payload == b"answer 2"
     assert all(len(tokens) == 1 for tokens in fake.tokens.values()), fake.tokens
     assert sorted(fake.responses) == [(first_mid + k) & 0xFFFF for k in range(3)]  # one counter, in order
@@ -135,13 +121,13 @@ async def test_the_writes_after_an_observe_are_all_answered(device):
     """The delivery's order: Observe /9/0/7, then writes to /9/0/2 (as a push's blocks), aiocoap's
     counter standing where the device's counter stands."""
     adapter, fake, address = device
-    await adapter.request(address, Request(), timeout=5)
+    await adapter.request(address, Read(), timeout=5)
     (first_mid,) = fake.responses
     adapter._udp.token_interface.message_id = (first_mid + 2) & 0xFFFF  # a block's ID, not the Observe's
-    first, observation = await adapter.observe(address, Request(uri_path=("9", "0", "7"), observe=0), timeout=5)
+    first, observation = await adapter.observe(address, Read(uri_path=("9", "0", "7"), observe=0), timeout=5)
     assert observation is not None
     for block in range(3):  # three one-block writes: each a new request and ID
-        write = Request(method="PUT", uri_path=("9", "0", "2"), content_format=42, payload=bytes([block]) * 10)
+        write = Read(method="PUT", uri_path=("9", "0", "2"), content_format=42, payload=bytes([block]) * 10)
         assert (await adapter.request(address, write, timeout=3)).code == "2.05"
     assert all(len(tokens) == 1 for tokens in fake.tokens.values()), fake.tokens
     adapter.release_observation(observation)
