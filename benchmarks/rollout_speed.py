@@ -195,32 +195,45 @@ async def rollout(server, orchestrator, model: str, mode: str, max_in_flight: in
                                             Strategy(canary_fraction=0, mode=mode, max_in_flight=max_in_flight))
         reported = checked = began
         deadline = time.monotonic() + timeout
+
+        def note(event, now: float) -> None:
+            nonlocal first_done
+            if event.data.get("rollout") != created.id:
+                return
+            status = event.data.get("status")
+            if status == "done" and first_done is None:
+                first_done = now - began
+            if status in final_statuses:
+                finished.setdefault(event.endpoint, now - began)
+            else:
+                finished.pop(event.endpoint, None)  # retried: not final after all
+
         while True:
             try:
                 event = await asyncio.wait_for(events.get(), 0.2)
             except TimeoutError:
                 event = None
             now = time.perf_counter()
-            if event is not None and event.data.get("rollout") == created.id:
-                status = event.data.get("status")
-                if status == "done" and first_done is None:
-                    first_done = now - began
-                if status in final_statuses:
-                    finished.setdefault(event.endpoint, now - began)
-                else:
-                    finished.pop(event.endpoint, None)  # retried: not final after all
+            if event is not None:
+                note(event, now)
             if now - checked < 1 and len(finished) < expected:
                 continue
             checked = now
-            current, devices = orchestrator.rollout(created.id)
-            final = sum(1 for device in devices if device.final)
-            if (len(devices) >= expected and final == len(devices)) or current.state is RolloutState.PAUSED \
+            current, summary = orchestrator.summary(created.id)  # counts, not a scan of the devices
+            if (summary.total >= expected and summary.finished == summary.total) \
+                    or current.state is RolloutState.PAUSED \
                     or current.state is RolloutState.COMPLETE or time.monotonic() > deadline:
+                current, devices = orchestrator.rollout(created.id)
+                while not events.empty():  # the table showed them final before these were read
+                    note(events.get_nowait(), now)
+                for device in devices:  # an event the hub's bounded queue dropped: final by now
+                    if device.final:
+                        finished.setdefault(device.endpoint, now - began)
                 break
             if now - reported > 10:  # progress on stderr, for long runs
                 reported = now
                 statuses: dict[str, int] = {}
-                for device in devices:
+                for device in orchestrator.rollout(created.id)[1]:
                     key = device.status.value + (f"/{device.job.get('phase')}" if device.job and not device.final else "")
                     statuses[key] = statuses.get(key, 0) + 1
                 print(f"  ... {reported - began:.0f} s: {dict(sorted(statuses.items()))}", file=sys.stderr, flush=True)

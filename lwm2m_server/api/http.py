@@ -50,7 +50,7 @@ from ..ota.deployment import Deployment, DeploymentError
 from ..ota.leadership import RolloutLeadership
 from ..ota.orchestrator import NotLeader, Orchestrator
 from ..core.registration import Registration
-from ..ota.rollouts import RolloutError, RolloutState, summarize
+from ..ota.rollouts import RolloutError, RolloutState
 from ..core.queue_mode import Queued
 from ..server import DeviceNotRegistered, LwM2MServer
 from ..store.base import QueueEntry, QueueFullError, StoreError
@@ -416,19 +416,18 @@ class ManagementApi:
 
     def _rollout_json(self, rollout_id: str, devices: bool = False) -> dict[str, Any]:
         _, orchestrator = self._deploying()
-        found = orchestrator.rollout(rollout_id)
+        found = orchestrator.summary(rollout_id)
         if found is None:
             raise ApiError(404, f"no rollout {rollout_id}")
-        rollout, states = found
+        rollout, summary = found
         body = rollout.to_dict()
-        summary = summarize(states)
         body["summary"] = {"total": summary.total, "finished": summary.finished, "counts": dict(summary.counts)}
         if devices:
             body["devices"] = [
                 {"endpoint": d.endpoint, "status": d.status.value, "attempts": d.attempts, "canary": d.canary,
                  "reason": d.reason, "phase": (d.job or {}).get("phase"), "mode": (d.job or {}).get("mode"),
                  "package": d.package}
-                for d in states
+                for d in orchestrator.rollout(rollout_id)[1]
             ]
         return body
 

@@ -39,7 +39,7 @@ from .downloads import ModuleDownloads
 from ..core.operations import DeviceRequest, Operation
 from ..core.responses import UNREACHABLE, Result, result_from_dict
 from .rollouts import (
-    ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy,
+    ACTIVE, Claim, DeviceRollout, DeviceStatus, Rollout, RolloutError, RolloutState, Selector, Strategy, Summary,
     DeviceTable, after_failure, after_unreachable, assign_canaries, is_complete, next_devices, should_pause, superseded,
 )
 from ..core.capabilities import DeviceProfile
@@ -251,6 +251,11 @@ class Orchestrator:
         if rollout is None:
             return None
         return rollout, sorted(self._devices[rollout_id].values(), key=lambda d: d.endpoint)
+
+    def summary(self, rollout_id: str) -> tuple[Rollout, Summary] | None:
+        """The rollout and its counts by status, without listing its devices."""
+        rollout = self._rollouts.get(rollout_id)
+        return None if rollout is None else (rollout, self._devices[rollout_id].summary())
 
     async def set_state(self, rollout_id: str, state: RolloutState) -> Rollout:
         rollout = self._rollouts.get(rollout_id)

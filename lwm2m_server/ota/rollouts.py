@@ -335,6 +335,7 @@ def next_devices(rollout: Rollout, devices: Iterable[DeviceRollout], now: float,
     room = rollout.strategy.max_in_flight - table.summary().counts.get(DeviceStatus.IN_FLIGHT.value, 0)
     if room <= 0:
         return []
+
     def retry_due(device: DeviceRollout) -> bool:
         if device.next_attempt_at <= now:
             return True
