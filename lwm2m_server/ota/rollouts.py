@@ -32,7 +32,7 @@ import fnmatch
 import heapq
 import itertools
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..core.capabilities import DeviceProfile
@@ -180,7 +180,9 @@ class DeviceRollout:
         return self.status in FINAL
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """JSON-safe; the job is the record's own dict, not a copy (records are replaced,
+        never changed in place, and this is saved at every job step)."""
+        data = {name: getattr(self, name) for name in _DEVICE_FIELDS}
         data["status"] = self.status.value
         return data
 
@@ -189,6 +191,9 @@ class DeviceRollout:
         values = dict(data)
         values["status"] = DeviceStatus(values["status"])
         return cls(**values)
+
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(DeviceRollout))
 
 
 @dataclass(frozen=True, slots=True)
