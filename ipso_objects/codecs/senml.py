@@ -466,18 +466,18 @@ def _plain_leaves(
         raw = record.get(label)
         if type(raw) not in kinds or (under.ids and not path.startswith(under)):
             return None
-        if how is _INTEGER:
+        if how == _INTEGER:
             if not INT_MIN <= raw <= INT_MAX:
                 return None
-        elif how is _UNSIGNED:
+        elif how == _UNSIGNED:
             if not 0 <= raw <= UINT_MAX:
                 return None
-        elif how is _TIME:
+        elif how == _TIME:
             try:
                 raw = time_from_seconds(raw)
             except DecodeError:
                 return None
-        elif how is _FLOAT and type(raw) is int:
+        elif how == _FLOAT and type(raw) is int:
             try:
                 raw = float(raw)
             except OverflowError:
