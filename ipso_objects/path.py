@@ -32,6 +32,9 @@ class LwM2MPath:
             if not 0 <= value <= MAX_ID:
                 raise PathError(f"path id {value} out of range 0..{MAX_ID}")
 
+    def __hash__(self) -> int:  # equal paths have equal ids (the generated hash wraps them in a tuple first)
+        return hash(self.ids)
+
     @classmethod
     def of(cls, *ids: int) -> LwM2MPath:
         """``LwM2MPath.of(3, 0, 1)`` is ``/3/0/1``."""

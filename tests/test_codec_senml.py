@@ -991,22 +991,37 @@ def test_the_plain_records_shortcut_decodes_as_the_checked_way(registry, pack, u
     """The one-pass decoding of the usual records gives what the checked way gives, or
     leaves the pack to it: never another value, and never a value where it refuses."""
     under_path = P(under)
-    plain = senml._plain_leaves(pack, under_path, registry)
+    plain = senml._plain_values(pack, under_path, registry, senml.TEXT_LABELS)
+    records, labels = senml_cbor.load_records(to_cbor(pack))
+    by_integer_labels = senml._plain_values(records, under_path, registry, labels)
+    assert repr(by_integer_labels) == repr(plain)  # repr: NaN is not equal to itself
     try:
         checked = senml._checked_leaves(pack, under_path, registry)
     except DecodeError:
         assert plain is None
         return
     if plain is not None:
-        assert plain == checked
-        assert [type(value) for _, _, value in plain] == [type(value) for _, _, value in checked]
+        assert [(path, None, value) for path, value in plain.items()] == checked
+        assert [type(value) for value in plain.values()] == [type(value) for _, _, value in checked]
 
 
 def test_the_plain_records_shortcut_takes_a_discovery_answer(registry):
     """The shortcut is taken for what devices send most (else it would only cost time)."""
-    pack = senml_cbor.load_pack(to_cbor([
+    payload = to_cbor([
         {"n": "/3/0/0", "vs": "Open Mobile Alliance"}, {"n": "/3/0/9", "v": 100},
         {"n": "/3/0/13", "v": 1367491215}, {"n": "/3/0/7/0", "v": 3800},
-        {"bn": "/32000/0/", "n": "3", "v": 1.5}, {"n": "3", "v": 2}, {"n": "4", "vb": True}, {"n": "5", "vd": b"\x01"},
-    ]))
-    assert senml._plain_leaves(pack, LwM2MPath(), registry) == senml._checked_leaves(pack, LwM2MPath(), registry)
+        {"bn": "/32000/0/", "n": "3", "v": 1.5}, {"n": "4", "vb": True}, {"n": "5", "vd": b"\x01"},
+    ])
+    records, labels = senml_cbor.load_records(payload)
+    assert labels is not senml.TEXT_LABELS  # read by their integer labels, not renamed first
+    plain = senml._plain_values(records, LwM2MPath(), registry, labels)
+    checked = senml._checked_leaves(senml_cbor.load_pack(payload), LwM2MPath(), registry)
+    assert plain is not None and [(path, None, value) for path, value in plain.items()] == checked
+
+
+def test_a_cbor_false_label_is_not_the_name_label_0(registry):
+    """``false`` equals 0 as a dict key: a record labelled by it is refused, not taken for ``n``."""
+    payload = cbor2.dumps([{False: "/3/0/0", 3: "Open Mobile Alliance"}])
+    with pytest.raises(DecodeError, match="neither an integer nor text"):
+        senml_cbor.decode_composite(payload, registry)
+    assert senml_cbor.decode_composite(cbor2.dumps([{0: "/3/0/0", 3: "x"}]), registry) == {P("/3/0/0"): "x"}

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from ..errors import DecodeError, EncodeError, ModelError, PathError
 from ..model import ResourceType
@@ -258,34 +258,47 @@ def timestamped_records(
     return records
 
 
-def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry) -> Node:
+def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry,
+                   labels: Labels | None = None) -> Node:
     """The node at ``path``; a leaf given several times keeps its newest value. A record
     without a value that names an object instance (``/o/i/``) stands for that instance,
-    also when it has no resources."""
+    also when it has no resources. (``labels``: how the records name their fields, for
+    a serialisation that hands them over undecoded; text labels by default.)"""
+    labels = labels or TEXT_LABELS
     with decode_errors():
         if not 1 <= len(path) <= 4:
             raise DecodeError(f"no node can be read at {path}")
         instances: set[int] = set()
-        node = build(path, _newest(_typed_leaves(pack, path, registry, instances)), registry)
+        values = _plain_values(pack, path, registry, labels)
+        if values is None:
+            values = _newest(_checked_leaves(labels.to_text(pack), path, registry, instances))
+        node = build(path, values, registry)
         if isinstance(node, Object) and not instances <= set(node.instances):
             every = {iid: ObjectInstance(iid, {}) for iid in instances} | dict(node.instances)
             node = Object(node.id, dict(sorted(every.items())))
         return node
 
 
-def composite_from_pack(pack: Sequence[Record], registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
+def composite_from_pack(pack: Sequence[Record], registry: ObjectRegistry,
+                        labels: Labels | None = None) -> dict[LwM2MPath, Value]:
     """Leaf values by full path; a leaf given several times keeps its newest value."""
+    labels = labels or TEXT_LABELS
     with decode_errors():
-        return _newest(_typed_leaves(pack, LwM2MPath(), registry))
+        values = _plain_values(pack, _ROOT, registry, labels)
+        return values if values is not None else _newest(_checked_leaves(labels.to_text(pack), _ROOT, registry))
 
 
 def timestamped_from_pack(
-    pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry
+    pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry, labels: Labels | None = None
 ) -> list[TimestampedValues]:
     """One entry per distinct time, in payload order; time 0 ("now") is None."""
+    labels = labels or TEXT_LABELS
     groups: dict[Number | None, dict[LwM2MPath, Value]] = {}
     with decode_errors():
-        for leaf, time, value in _typed_leaves(pack, path, registry):
+        values = _plain_values(pack, path, registry, labels)
+        if values is not None:
+            return [TimestampedValues(None, values)] if values else []
+        for leaf, time, value in _checked_leaves(labels.to_text(pack), path, registry):
             group = groups.setdefault(time or None, {})
             if leaf in group:
                 raise DecodeError(f"{leaf} has two values at time {time}")
@@ -363,16 +376,6 @@ def _value_fields(path: LwM2MPath, value: Value, registry: ObjectRegistry) -> Re
     return {_LABEL_OF_TYPE[rtype]: value}
 
 
-def _typed_leaves(
-    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry,
-    instances: set[int] | None = None,
-) -> list[tuple[LwM2MPath, Number | None, Value]]:
-    """(path, time, typed value) of every record, each checked against ``under`` and the model.
-    With ``instances``, a record without a value naming an object instance adds its id there."""
-    plain = _plain_leaves(pack, under, registry)  # None where a record lacks a value, too
-    return plain if plain is not None else _checked_leaves(pack, under, registry, instances)
-
-
 def _checked_leaves(
     pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry,
     instances: set[int] | None = None,
@@ -393,7 +396,22 @@ def _checked_leaves(
     return leaves
 
 
-_PLAIN_FIELDS = frozenset({"bn", "n", *VALUE_LABELS})
+class Labels(NamedTuple):
+    """How a serialisation's records, as it loaded them, name the fields that
+    :func:`_plain_values` reads, and how they become records with text labels."""
+
+    base_name: object
+    name: object
+    plain: frozenset
+    """the fields a plain record may have"""
+    value: Mapping[str, object]
+    """each value label's key"""
+    to_text: Callable[[Sequence[dict]], list[Record]]
+
+
+TEXT_LABELS = Labels("bn", "n", frozenset({"bn", "n", *VALUE_LABELS}), {label: label for label in VALUE_LABELS},
+                     list)
+_ROOT = LwM2MPath()
 _AS_IS, _INTEGER, _UNSIGNED, _TIME, _FLOAT = range(5)
 _PLAIN_SLOTS: dict[ResourceType, tuple[str, tuple[type, ...], int]] = {
     ResourceType.STRING: ("vs", (str,), _AS_IS), ResourceType.CORELNK: ("vs", (str,), _AS_IS),
@@ -426,24 +444,26 @@ def _plain_slot(name: str, registry: ObjectRegistry) -> tuple | None:
     return None if slot is None else (path, *slot)
 
 
-def _plain_leaves(
-    pack: Sequence[Record], under: LwM2MPath, registry: ObjectRegistry
-) -> list[tuple[LwM2MPath, Number | None, Value]] | None:
-    """:func:`_typed_leaves` for the usual answer, in one pass: every record a name (``bn``,
-    ``n``) and one value of the type the model gives its resource, no times or base values.
-    None for anything else, well formed or not, which the checked way then decodes or
-    refuses in its own words. (A discovery answer is dozens of such records, and every
-    notification and Send is decoded here: this is the server's hot path.)"""
+def _plain_values(
+    pack: Sequence[dict], under: LwM2MPath, registry: ObjectRegistry, labels: Labels
+) -> dict[LwM2MPath, Value] | None:
+    """The leaf values of the usual answer, in one pass: every record a name (``bn``,
+    ``n``) and one value of the type the model gives its resource, no times or base
+    values, no leaf twice. None for anything else, well formed or not, which the checked
+    way then decodes or refuses in its own words. (A discovery answer is dozens of such
+    records, and every notification and Send is decoded here: this is the server's hot
+    path; ``labels`` lets SenML CBOR's records be read with their integer labels.)"""
     generation, slots = _slots.get(registry, (-1, {}))
     if generation != registry.generation or len(slots) > _SLOTS_LIMIT:
         slots = {}
         _slots[registry] = (registry.generation, slots)
-    leaves = []
+    base_name_key, name_key, plain_fields, value_keys = labels[:4]
+    values = {}
     base_name = ""
     for record in pack:
-        if not record.keys() <= _PLAIN_FIELDS:
+        if not record.keys() <= plain_fields:
             return None
-        bn, n = record.get("bn"), record.get("n")
+        bn, n = record.get(base_name_key), record.get(name_key)
         named = 0
         if bn is not None:
             if type(bn) is not str:
@@ -463,7 +483,7 @@ def _plain_leaves(
         if slot is None:
             return None
         path, label, kinds, how = slot
-        raw = record.get(label)
+        raw = record.get(value_keys[label])
         if type(raw) not in kinds or (under.ids and not path.startswith(under)):
             return None
         if how == _INTEGER:
@@ -482,8 +502,8 @@ def _plain_leaves(
                 raw = float(raw)
             except OverflowError:
                 return None
-        leaves.append((path, None, raw))
-    return leaves
+        values[path] = raw
+    return values if len(values) == len(pack) else None
 
 
 def _typed_value(record: ResolvedRecord, path: LwM2MPath, rtype: ResourceType | None) -> Value:
@@ -560,37 +580,41 @@ def _newest(leaves: list[tuple[LwM2MPath, Number | None, Value]]) -> dict[LwM2MP
 
 class Serialisation:
     """The codec contract of one SenML serialisation (JSON, CBOR), given how it turns
-    bytes into a pack of records and back; the serialisation modules export its
-    bound methods as their module functions."""
+    bytes into records (with the :class:`Labels` they use) and a pack back into bytes;
+    the serialisation modules export its bound methods as their module functions."""
 
     def __init__(
         self,
-        load_pack: Callable[[bytes], list[Record]],
+        load_records: Callable[[bytes], tuple[list[dict], Labels]],
         dump_pack: Callable[[Sequence[Record]], bytes],
     ) -> None:
-        self.load_pack = load_pack
+        self.load_records = load_records
         self.dump_pack = dump_pack
 
     def encode(self, node: Node, path: LwM2MPath, registry: ObjectRegistry) -> bytes:
         return self.dump_pack(node_records(node, path, registry))
 
     def decode(self, data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> Node:
-        return node_from_pack(self.load_pack(data), path, registry)
+        records, labels = self.load_records(data)
+        return node_from_pack(records, path, registry, labels)
 
     def encode_composite(self, values: Mapping[LwM2MPath, Value], registry: ObjectRegistry) -> bytes:
         return self.dump_pack(composite_records(values, registry))
 
     def decode_composite(self, data: bytes, registry: ObjectRegistry) -> dict[LwM2MPath, Value]:
-        return composite_from_pack(self.load_pack(data), registry)
+        records, labels = self.load_records(data)
+        return composite_from_pack(records, registry, labels)
 
     def encode_paths(self, paths: Sequence[LwM2MPath]) -> bytes:
         return self.dump_pack(path_records(paths))
 
     def decode_paths(self, data: bytes) -> list[LwM2MPath]:
-        return paths_from_pack(self.load_pack(data))
+        records, labels = self.load_records(data)
+        return paths_from_pack(labels.to_text(records))
 
     def encode_timestamped(self, entries: Sequence[TimestampedValues], registry: ObjectRegistry) -> bytes:
         return self.dump_pack(timestamped_records(entries, registry))
 
     def decode_timestamped(self, data: bytes, path: LwM2MPath, registry: ObjectRegistry) -> list[TimestampedValues]:
-        return timestamped_from_pack(self.load_pack(data), path, registry)
+        records, labels = self.load_records(data)
+        return timestamped_from_pack(records, path, registry, labels)

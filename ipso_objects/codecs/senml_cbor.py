@@ -20,6 +20,7 @@ import io
 import math
 import struct
 from decimal import Decimal
+from itertools import chain
 from typing import Sequence
 
 import cbor2
@@ -52,6 +53,20 @@ _RAW_TAGS = {
 
 def load_pack(data: bytes) -> list[senml.Record]:
     """Parse a SenML CBOR payload into records keyed by the SenML text labels."""
+    return _text_records(_document(data))
+
+
+def load_records(data: bytes) -> tuple[list[dict], senml.Labels]:
+    """The records as cbor2 gave them, read by their integer labels, where every record
+    is a map with no boolean key (``false`` equals the label 0 in a dict); else with text
+    labels, or the refusal that names the faulty record."""
+    document = _document(data)
+    if set(map(type, document)) <= {dict} and bool not in set(map(type, chain.from_iterable(document))):
+        return document, _INTEGER_LABELS
+    return _text_records(document), senml.TEXT_LABELS
+
+
+def _document(data: bytes) -> list:
     if not data:
         return []
     stream = io.BytesIO(bytes(data))
@@ -66,6 +81,10 @@ def load_pack(data: bytes) -> list[senml.Record]:
         raise DecodeError(f"{len(data) - stream.tell()} bytes after the CBOR pack")
     if not isinstance(document, list):
         raise DecodeError("a SenML CBOR pack is an array of records")
+    return document
+
+
+def _text_records(document: Sequence[object]) -> list[senml.Record]:
     return [_record(item, index) for index, item in enumerate(document)]
 
 
@@ -158,7 +177,11 @@ def _float(value: float) -> bytes:
     return b"\xfb" + struct.pack(">d", value)
 
 
-_SERIALISATION = senml.Serialisation(load_pack, dump_pack)
+_INTEGER_LABELS = senml.Labels(
+    LABELS["bn"], LABELS["n"], frozenset(LABELS[label] for label in ("bn", "n", "v", "vs", "vb", "vd")),
+    {label: LABELS.get(label, label) for label in senml.VALUE_LABELS}, _text_records,
+)
+_SERIALISATION = senml.Serialisation(load_records, dump_pack)
 encode = _SERIALISATION.encode
 decode = _SERIALISATION.decode
 encode_composite = _SERIALISATION.encode_composite

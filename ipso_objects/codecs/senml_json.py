@@ -132,7 +132,7 @@ def _from_base64(text: object, where: str) -> bytes:
         raise DecodeError(f"{where}: 'vd' is not base64: {error}") from None
 
 
-_SERIALISATION = senml.Serialisation(load_pack, dump_pack)
+_SERIALISATION = senml.Serialisation(lambda data: (load_pack(data), senml.TEXT_LABELS), dump_pack)
 encode = _SERIALISATION.encode
 decode = _SERIALISATION.decode
 encode_composite = _SERIALISATION.encode_composite

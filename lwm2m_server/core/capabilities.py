@@ -196,8 +196,8 @@ def _field_names(kind: type) -> tuple[str, ...]:
 def _json_safe(value: Any) -> Any:
     """Dataclasses as dicts, tuples as lists, bytes as hex (what ``asdict`` and a JSON round
     trip gave, at a fraction of the cost: a profile is stored at every discovery)."""
-    if isinstance(value, tuple):
-        return [_json_safe(item) for item in value]
+    if isinstance(value, tuple):  # mostly of strings (operators, formats): no call for those
+        return [item if type(item) is str else _json_safe(item) for item in value]
     if isinstance(value, bytes):
         return value.hex()
     if hasattr(value, "__dataclass_fields__"):

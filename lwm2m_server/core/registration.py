@@ -64,6 +64,11 @@ class ObjectList:
     """Content formats from the root link's ``ct=``, in the client's order."""
     objects: tuple[ObjectLink, ...] = ()
     """Objects and instances in payload order."""
+    object_ids: frozenset[int] = field(init=False, repr=False, compare=False)
+    """The objects named (asked several times per discovery)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "object_ids", frozenset(link.path.ids[0] for link in self.objects))
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +158,7 @@ class Registration:
         return None
 
     def supports(self, object_id: int) -> bool:
-        return any(link.path.ids[0] == object_id for link in self.object_list.objects)
+        return object_id in self.object_list.object_ids
 
     def instances(self, object_id: int) -> list[int]:
         """Instance ids advertised for ``object_id``."""
