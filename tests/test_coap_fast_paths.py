@@ -189,6 +189,25 @@ async def test_a_read_answered_piggybacked(registered):
     assert (response.code, response.content_format, response.payload) == ("2.05", 0, b"Acme")
 
 
+@pytest.mark.parametrize("request_, options", [
+    # Uri-Path 3/0/0 (11), Uri-Query pmin=10 (delta 4)
+    (Read(method="PUT", query=("pmin=10",)), bytes.fromhex("b133 0130 0130 47") + b"pmin=10"),
+    # no Uri-Path (the root), Content-Format 112 (12), Accept 112 (delta 5)
+    (Read(method="FETCH", uri_path=(), content_format=112, accept=112, payload=b"\x81\xa1\x00d/3/0"),
+     bytes.fromhex("c170 5170")),
+], ids=["write-attributes", "read-composite"])
+async def test_a_request_goes_with_exact_bytes(registered, request_, options):
+    """RFC 7252 §3.1: options in order of their numbers, each as a delta from the last."""
+    adapter, sock, address = registered
+    asked = asyncio.ensure_future(adapter.request(address, request_, timeout=5))
+    data = await _receive(sock)
+    kind, code, mid, token = _header(data)
+    assert (kind, code) == (0, {"PUT": 3, "FETCH": 5}[request_.method])
+    assert data[4 + len(token):] == options + (b"\xff" + request_.payload if request_.payload else b"")
+    sock.sendto(_answer(2, 0x44, mid, token), ("127.0.0.1", adapter.port))
+    assert (await asked).code == "2.04"
+
+
 async def test_a_separate_response_is_acknowledged_also_when_the_device_repeats_it(registered):
     adapter, sock, address = registered
     asked = asyncio.ensure_future(adapter.request(address, Read(), timeout=5))

@@ -542,7 +542,8 @@ async def until(condition, timeout: float = TIMEOUT) -> None:
 
 async def test_pull_resumes_after_a_reboot_mid_download(files, client, silent):
     server, port = files
-    sim = await started(silent, download_attempts=2, download_timeout=1.0)
+    # a block waits for no timeout here; 5 s leaves room for a loaded machine (1 s once failed in CI-like runs)
+    sim = await started(silent, download_attempts=2, download_timeout=5.0)
     try:
         sim.objects.updates.block_exp = 2  # 64 B blocks: an envelope is ~40 of them
         server.set_content(module(sim.objects, sequence=3))

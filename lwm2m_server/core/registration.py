@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
@@ -18,6 +17,8 @@ from typing import Iterable, Mapping, Sequence
 from ipso_objects import DecodeError, LwM2MPath
 from ipso_objects.codecs import ContentFormat
 from ipso_objects.codecs import link_format
+
+from ..security.random_bytes import random_bytes
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
 DEFAULT_LIFETIME = 86400
@@ -325,24 +326,7 @@ def parse_update(
 def new_registration_id() -> str:
     """A short random id (8 random bytes, URL-safe base64): unguessable, so another client
     cannot update or delete it."""
-    return _registration_ids.next()
-
-
-class _RandomIds:
-    """8-byte random ids read from the OS 512 at a time (a read per id costs more than the
-    rest of making one), read anew in a forked child so two processes never share ids."""
-
-    def __init__(self) -> None:
-        self._pool, self._position, self._pid = b"", 0, 0
-
-    def next(self) -> str:
-        if self._position == len(self._pool) or self._pid != os.getpid():
-            self._pool, self._position, self._pid = os.urandom(8 * 512), 0, os.getpid()
-        start, self._position = self._position, self._position + 8
-        return base64.urlsafe_b64encode(self._pool[start:self._position]).rstrip(b"=").decode()
-
-
-_registration_ids = _RandomIds()
+    return base64.urlsafe_b64encode(random_bytes(8)).rstrip(b"=").decode()
 
 
 class RegistrationBook:

@@ -1,1 +1,1 @@
-"""Credentials: the PSK and OSCORE store, key files, OSCORE contexts."""
+"""Credentials: the PSK and OSCORE store, key files, OSCORE contexts; unguessable ids and tokens."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -47,7 +48,7 @@ from .oscore import (
     split_address,
 )
 from .sockets import naming_port, resend_after_stale_errors
-from .fast_client import Block1Request, ExchangeFailed, FastClient, MessageIds, share_message_ids
+from .fast_client import EncodedRequest, ExchangeFailed, FastClient, MessageIds, share_message_ids
 from .fast_requests import FastRequest, FastRequests, Refusal
 from .block1 import Block1Limits, Block1Refused, Block1Stats, BoundedBlock1Spool, smaller_block_exp
 from .blockwise import (
@@ -114,6 +115,13 @@ class _Root(resource.Resource):
 
 
 _UNKNOWN = object()
+
+
+@functools.lru_cache(maxsize=1024)
+def _encoded(method: str, uri_path: tuple[str, ...], query: tuple[str, ...], content_format: int | None,
+             accept: int | None) -> EncodedRequest:
+    """(A fleet's devices are sent the same few requests: each is encoded once.)"""
+    return EncodedRequest(int(_METHODS[method]), uri_path, query, content_format, accept)
 
 
 class CoapAdapter:
@@ -574,7 +582,7 @@ class CoapAdapter:
                 remote_exp = getattr(self._remotes.get(address), "maximum_block_size_exp", self._block_exp)
                 exp = min(remote_exp, self._block_exp, self._block_limits.get(address, self._block_exp))
                 if len(request.payload) <= 1 << (exp + 4):
-                    _, raw = await self._exchange(address, await self._message(address, request, identity), timeout)
+                    raw = await self._send_whole(address, request, identity, timeout)
                 else:
                     raw = await self._send_blocks(address, request, identity, exp, timeout)
                 if raw.code != Code.REQUEST_ENTITY_TOO_LARGE or len(request.payload) <= 16:
@@ -586,13 +594,36 @@ class CoapAdapter:
                 self._block_limits[address] = retry_exp
                 self._remember(address, raw.remote)
 
-    async def _send_blocks(self, address: str, request: CoapRequest, identity: str | None, exp: int,
-                           timeout: float) -> Message:
+    def _fast_remote(self, address: str, request: CoapRequest) -> UDP6EndpointAddress | None:
+        """The device's plain-UDP address where the request may go the fast client's way:
+        a device heard from, no Observe (aiocoap keeps observations), no OSCORE."""
         known = self._remotes.get(address)
         if self._fast_client is not None and type(known) is UDP6EndpointAddress and request.observe is None \
                 and split_address(address) is None:
-            encoded = Block1Request(int(_METHODS[request.method]), request.uri_path, request.query,
-                                    request.content_format, request.accept)
+            return known
+        return None
+
+    async def _send_whole(self, address: str, request: CoapRequest, identity: str | None, timeout: float) -> Message:
+        known = self._fast_remote(address, request)
+        if known is None:
+            return (await self._exchange(address, await self._message(address, request, identity), timeout))[1]
+        encoded = _encoded(request.method, request.uri_path, request.query, request.content_format, request.accept)
+        raw = await self._bounded(address, self._fast_client.exchange_encoded(
+            encoded.code, encoded.whole, request.payload, known.sockaddr, known.pktinfo), timeout)
+        if raw.opt.block2 is None:
+            return raw
+        message = await self._message(address, request, identity)  # the first of the follow-ups' requests
+        try:
+            return await receive_in_blocks(lambda follow: self._fast_exchange(address, follow, timeout), message, raw)
+        except UnexpectedBlock2 as error:
+            raise DeviceUnreachable(address, str(error)) from None
+
+    async def _send_blocks(self, address: str, request: CoapRequest, identity: str | None, exp: int,
+                           timeout: float) -> Message:
+        known = self._fast_remote(address, request)
+        if known is not None:
+            encoded = _encoded(request.method, request.uri_path, request.query, request.content_format,
+                               request.accept)
             size = len(request.payload)
 
             async def block(number: int, more: bool, exp: int, chunk: bytes, remote) -> Message:

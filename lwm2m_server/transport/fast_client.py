@@ -34,10 +34,10 @@ _CON, _NON, _ACK, _RST = 0, 1, 2, 3
 _URI_PATH, _CONTENT_FORMAT, _URI_QUERY, _ACCEPT, _BLOCK1, _SIZE1 = 11, 12, 15, 17, 27, 60
 
 
-class Block1Request:
-    """A request's datagram but for its Block1 and Size1 options and its payload, encoded
-    once: the blocks of a push differ only in those (aiocoap would build and encode a
-    message for each of a hundred blocks)."""
+class EncodedRequest:
+    """A request's options but for Block1 and Size1, encoded once: the blocks of a push
+    differ only in those (aiocoap would build and encode a message for each of a hundred
+    blocks), and a fleet's devices are sent the same few requests."""
 
     __slots__ = ("code", "_options", "_last")
 
@@ -53,6 +53,11 @@ class Block1Request:
                 options += option_bytes(number, last, value)
                 last = number
         self._options, self._last = bytes(options), last
+
+    @property
+    def whole(self) -> bytes:
+        """The options of the request sent in one message."""
+        return self._options
 
     def options(self, number: int, more: bool, exp: int, size1: int | None) -> bytes:
         """The options of block ``number`` (``size1``: the whole payload's size, or None)."""

@@ -22,7 +22,6 @@ notifications one observation delivers. Part of the CoAP adapter.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -33,6 +32,7 @@ from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.numbers.codes import EMPTY
 from aiocoap.numbers.types import ACK, CON, NON, RST
 
+from ..security.random_bytes import random_bytes
 from .messages import CoapRequest, CoapResponse
 
 OBSERVE_WRAP = 1 << 23
@@ -152,9 +152,9 @@ class NotificationScreen:
             # come again. Random 8-byte tokens (also RFC 7252 §5.3.1's advice against
             # spoofed responses) are unique across transports and restarts, so a stored
             # observation is keyed by its wire token and adopted by it.
-            token = secrets.token_bytes(8)
+            token = random_bytes(8)
             while self._in_use(token):
-                token = secrets.token_bytes(8)
+                token = random_bytes(8)
             return token
 
         token_manager.next_token = next_token
