@@ -5,6 +5,7 @@ store does is in test_store_contract.py, run on this backend too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lwm2m_server.store import SqliteStore, StoreError, UnknownRegistrationError
+from lwm2m_server.store import sqlite as sqlite_store
 from test_store_contract import entry, observation, registration
 
 REPO = Path(__file__).parent.parent
@@ -99,6 +101,47 @@ async def test_event_loop_runs_while_the_database_is_locked(db_path: Path, store
     other.execute("COMMIT")
     other.close()
     await asyncio.wait_for(save, 10)
+    assert await store.load_registrations() == [registration()]
+
+
+@contextlib.asynccontextmanager
+async def another_process_in_its_turn(db_path: Path):
+    """A process holding the lock file beside the database until the block ends."""
+    script = textwrap.dedent(f"""
+        import fcntl, os, sys
+        fd = os.open({str(db_path) + "-lock"!r}, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("holding", flush=True)
+        sys.stdin.readline()
+    """)
+    other = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE,
+                                                 stdout=asyncio.subprocess.PIPE)
+    try:
+        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"holding\n"
+        yield
+        other.stdin.write(b"done\n")
+    finally:
+        if other.returncode is None:
+            other.kill()
+        await other.wait()
+
+
+async def test_writes_take_turns_with_the_other_processes_on_the_file(db_path: Path, store: SqliteStore):
+    """Workers sharing the file queue on a lock file beside it (asked again every 0.2 ms,
+    not after SQLite's busy handler's next sleep of up to 100 ms): a write waits its turn."""
+    async with another_process_in_its_turn(db_path):
+        save = asyncio.create_task(store.save_registration(registration()))
+        await asyncio.sleep(0.3)
+        assert not save.done()
+    await asyncio.wait_for(save, 10)
+    assert await store.load_registrations() == [registration()]
+
+
+async def test_a_process_stopped_in_its_turn_delays_writes_by_the_busy_timeout_only(
+        db_path: Path, store: SqliteStore, monkeypatch):
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT", 0.3)
+    async with another_process_in_its_turn(db_path):
+        await asyncio.wait_for(store.save_registration(registration()), 10)  # SQLite's own lock is free
     assert await store.load_registrations() == [registration()]
 
 

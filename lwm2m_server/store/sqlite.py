@@ -19,9 +19,12 @@ left corrupt either way.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import json
+import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from os import PathLike
 from typing import Any, Callable, TypeVar
@@ -57,21 +60,27 @@ from .rows import (
     registration_row,
     result_json,
 )
-from .sqlite_schema import FINISHED_SQL, SCHEMA_VERSION, close_connection, open_connection, store_error, transaction
+from .sqlite_schema import (
+    BUSY_TIMEOUT, FINISHED_SQL, LOCK_SUFFIX, MEMORY, SCHEMA_VERSION, close_connection, open_connection, store_error, transaction,
+)
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+TURN_POLL_S = 0.0002
+"""How often a writer asks for its turn while another process has it."""
 
 
 class SqliteStore(Store):
     """State in one SQLite file; create with ``await SqliteStore.open(path)``."""
 
-    def __init__(self, path: str, executor: ThreadPoolExecutor, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: str, executor: ThreadPoolExecutor, connection: sqlite3.Connection,
+                 turns: int | None = None) -> None:
         self.path = path
         """The database file (or ``:memory:``)."""
         self._executor = executor
         self._connection = connection  # touched only on the executor's thread
+        self._turns = turns  # the lock file's descriptor (see _call_batch)
         self._closed = False
         self._batch: list[tuple[Callable[[], Any], asyncio.Future]] = []  # the next transaction's calls
         self._running = False  # a transaction on the thread: calls wait for it to end, and go together
@@ -92,8 +101,16 @@ class SqliteStore(Store):
         except BaseException:
             executor.shutdown(wait=False)
             raise
+        turns = None
+        if name != MEMORY:
+            try:
+                turns = os.open(name + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as error:
+                await loop.run_in_executor(executor, close_connection, connection)
+                executor.shutdown(wait=False)
+                raise StoreError(f"SQLite store {name}: cannot open its lock file: {error}") from error
         log.info("store opened", path=name, schema=SCHEMA_VERSION, migrated_from=migrated_from)
-        return cls(name, executor, connection)
+        return cls(name, executor, connection, turns)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -136,6 +153,31 @@ class SqliteStore(Store):
             ) from error
 
     def _call_batch(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """The calls as one transaction, in turn with the other processes on the file (the
+        workers): a lock file asked every 0.2 ms, where SQLite's busy handler sleeps 1, 2,
+        5 … 100 ms between tries (two workers, paired runs: ×1.52–1.84 → ×1.69–1.89 the
+        Registers of one; the machine 1.69–1.74 → 1.84–1.86 cores busy)."""
+        if self._turns is None or not self._take_turn():
+            return self._call_batch_in_turn(calls)
+        try:
+            return self._call_batch_in_turn(calls)
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
+    def _take_turn(self) -> bool:
+        """The lock file, asked again every TURN_POLL_S; False after BUSY_TIMEOUT (a process
+        stopped in its turn: then SQLite's own wait decides, and names the failure)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(self._turns, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(TURN_POLL_S)
+
+    def _call_batch_in_turn(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         if len(calls) == 1:
             return [_outcome(calls[0])]
         try:
@@ -253,6 +295,8 @@ class SqliteStore(Store):
             await loop.run_in_executor(self._executor, functools.partial(self._call, "close", close_connection))
         finally:
             self._executor.shutdown(wait=False)
+            if self._turns is not None:
+                os.close(self._turns)
             log.info("store closed", path=self.path)
 
 

@@ -17,6 +17,8 @@ log = structlog.get_logger("lwm2m_server.store.sqlite")
 
 MEMORY = ":memory:"
 """Pass as the path for a throw-away in-memory store (tests)."""
+LOCK_SUFFIX = "-lock"
+"""Beside the database file: the processes sharing it take their turns to write on it."""
 BUSY_TIMEOUT = 5.0
 """Seconds to wait for another process's write lock before failing."""
 
