@@ -61,7 +61,8 @@ from .rows import (
     result_json,
 )
 from .sqlite_schema import (
-    BUSY_TIMEOUT, FINISHED_SQL, LOCK_SUFFIX, MEMORY, SCHEMA_VERSION, close_connection, open_connection, store_error, transaction,
+    BUSY_TIMEOUT, FINISHED_SQL, LOCK_SUFFIX, MEMORY, SCHEMA_VERSION, close_connection, open_connection, store_error,
+    transaction,
 )
 
 log = structlog.get_logger(__name__)
