@@ -11,12 +11,13 @@ import json
 import signal
 import socket
 import uuid
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import pytest
 
 from lwm2m_server.config import ConfigError, ServerConfig, StoreConfig, config_to_dict, parse_config
-from lwm2m_server.store import QueueFullError, StoreError
+from lwm2m_server.store import QueueFullError, StoreError, UnknownEntryError, UnknownRegistrationError
 from test_store_contract import drop_schema, entry, observation, registration, require_postgresql
 
 ALL_VERSIONS = [(1,), (2,)]
@@ -118,6 +119,17 @@ async def test_racing_registers_of_one_endpoint_on_two_stores_leave_the_last_one
         assert len(await a.load_registrations()) == 1
 
 
+async def test_batched_registers_of_two_stores_in_opposite_orders_all_succeed(url, new_schema):
+    # each store's Registers of one loop turn are one transaction, taking the endpoints'
+    # locks in opposite orders: PostgreSQL breaks the deadlock, the loser's calls run again
+    schema = new_schema()
+    async with await open_store(url, schema) as a, await open_store(url, schema) as b:
+        saves = [*(a.save_registration(registration(f"a{i}", f"dev{i}")) for i in range(10)),
+                 *(b.save_registration(registration(f"b{i}", f"dev{i}")) for i in reversed(range(10)))]
+        assert await asyncio.gather(*saves) == [None] * 20
+        assert len(await a.load_registrations()) == 10
+
+
 # -- connections ---------------------------------------------------------------------
 
 
@@ -127,7 +139,7 @@ async def test_the_next_call_works_after_the_server_drops_every_session(url, new
         await asyncio.gather(*(store.save_registration(registration(f"r{i}", f"dev{i}")) for i in range(5)))
         loop = asyncio.get_running_loop()
         for _ in range(2):
-            await asyncio.gather(*(store.load_registrations() for _ in range(8)))  # several pooled sessions
+            await in_two_sessions(url, store)
             terminated = await sql(
                 url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,))
             assert len(terminated) > 1 and all(ok for (ok,) in terminated)
@@ -137,6 +149,24 @@ async def test_the_next_call_works_after_the_server_drops_every_session(url, new
             assert loop.time() - started < 1  # dead sessions are skipped, not waited out
             found = await asyncio.gather(*(store.load_registrations() for _ in range(3)))
             assert all(len(registrations) == 5 for registrations in found)
+
+
+async def in_two_sessions(url: str, store) -> None:
+    """Two transactions of the store under way at once (calls of one loop turn share one),
+    so that its pool holds two sessions after: the first waits for a lock held here."""
+    import psycopg
+
+    async def wait_for_the_lock(connection) -> None:
+        await connection.execute("SELECT pg_advisory_xact_lock(7366)")
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as holder:
+        await holder.execute("SELECT pg_advisory_lock(7366)")
+        first = asyncio.ensure_future(store._run("wait", wait_for_the_lock))
+        await asyncio.sleep(0.1)
+        second = asyncio.ensure_future(store._run("wait", wait_for_the_lock))
+        await asyncio.sleep(0.1)
+        await holder.execute("SELECT pg_advisory_unlock(7366)")
+        await asyncio.gather(first, second)
 
 
 class Proxy:
@@ -291,6 +321,46 @@ async def test_a_failed_write_loses_nothing(url, new_schema):
         assert store.server in str(caught.value)
         assert [r.id for r in await store.load_registrations()] == ["old"]
         assert await store.load_observations() == [observation(registration_id="old")]
+
+
+async def test_calls_of_one_loop_turn_commit_together_and_a_failing_one_takes_back_only_its_own(url, new_schema):
+    schema = new_schema()
+    async with await open_store(url, schema) as store:
+        await store.save_registration(registration("old3", "dev3"))
+        lease = await store.acquire_lease("rollouts", "me", 60, now=1000.0)
+        # every registration row written records the transaction that wrote it; a save
+        # of registration "bad" fails after its DELETE of "old3" (same endpoint)
+        await sql(url, f"CREATE TABLE {schema}.written (id TEXT, txid BIGINT)")
+        await sql(url, f"""CREATE FUNCTION {schema}.written() RETURNS trigger LANGUAGE plpgsql AS
+                          $$ BEGIN INSERT INTO {schema}.written VALUES (NEW.id, txid_current()); RETURN NEW; END $$""")
+        await sql(url, f"CREATE TRIGGER written AFTER INSERT ON {schema}.registrations FOR EACH ROW "
+                       f"EXECUTE FUNCTION {schema}.written()")
+        await sql(url, f"""CREATE FUNCTION {schema}.fail() RETURNS trigger LANGUAGE plpgsql AS
+                          $$ BEGIN RAISE EXCEPTION 'simulated failure'; END $$""")
+        await sql(url, f"CREATE TRIGGER fail BEFORE INSERT ON {schema}.registrations FOR EACH ROW "
+                       f"WHEN (NEW.id = 'bad') EXECUTE FUNCTION {schema}.fail()")
+        outcomes = await asyncio.gather(
+            store.save_registration(registration("r1", "dev1")),
+            store.save_observation(observation(registration_id="gone")),  # refused: no such registration
+            store.save_registration(registration("bad", "dev3")),  # fails after deleting old3
+            store.save_registration(registration("r2", "dev2")),
+            store.save_observation(observation(b"\x07", registration_id="r2")),  # sees r2, saved before it
+            store.set_state("no-such-entry", "delivered"),
+            store.put_document_if_lease("rollout", "x", {"a": 1}, 1001.0, replace(lease, epoch=lease.epoch + 1)),
+            store.put_document_if_lease("rollout", "y", {"b": 2}, 1001.0, lease),
+            return_exceptions=True,
+        )
+        assert outcomes[0] is None and outcomes[3] is None and outcomes[4] is None
+        assert isinstance(outcomes[1], UnknownRegistrationError)
+        assert isinstance(outcomes[2], StoreError) and "save registration failed: simulated failure" in str(outcomes[2])
+        assert isinstance(outcomes[5], UnknownEntryError)
+        assert outcomes[6] is False and outcomes[7] is True  # a fence refused; a fence held
+        written = await sql(url, f"SELECT id, txid FROM {schema}.written ORDER BY id")
+        assert [id_ for id_, _ in written] == ["r1", "r2"]
+        assert written[0][1] == written[1][1]  # one transaction
+        assert sorted(r.id for r in await store.load_registrations()) == ["old3", "r1", "r2"]
+        assert [o.token for o in await store.load_observations()] == [b"\x07"]
+        assert await store.list_documents("rollout") == {"y": {"b": 2}}
 
 
 # -- configuration and the daemon ----------------------------------------------------

@@ -8,12 +8,18 @@ else the first one of the connection's ``search_path``; a URL can pick it the li
 ``postgresql://host/db?options=-csearch_path%3Dtinymlaas``. A password goes in the URL
 or in libpq's ``PGPASSWORD``/``~/.pgpass``; no message or log line carries it.
 
-Calls run concurrently, each on a pooled connection, each in its own transaction
-(autocommit for single statements): unlike SQLite, calls not awaited one after the
-other may run in any order. A connection is checked (an empty query) before each
-use, so after the server restarts, or an administrator terminates our sessions, the
-next call gets a fresh one. Every psycopg or pool error becomes a :class:`StoreError`
-naming the server (``host:port/dbname``) and the operation.
+Group commit, as on SQLite: the calls made in one turn of the event loop run in order
+as one transaction on one pooled connection, each in a savepoint of its own, so that a
+call that fails (an unknown registration, a full queue, a trigger) takes back only its
+own writes and gets its own error while the others commit; no call is answered before
+its transaction committed, and a call whose caller is cancelled meanwhile still runs
+(as on SQLite). At most MAX_BATCHES such transactions run at once; calls
+made while they do wait and go together in the next one, so the busier the store, the
+more calls a transaction takes. Calls of different transactions, like calls of other
+nodes, may run in any order. A connection is not checked before use: one the server
+dropped (a restart, an administrator terminating our sessions) fails at the BEGIN, and
+the transaction runs again at once on another. Every psycopg or pool error becomes a
+:class:`StoreError` naming the server (``host:port/dbname``) and the operation.
 
 Concurrency across nodes: enqueue counts and inserts under a transaction-scoped
 advisory lock per (schema, endpoint), so no number of nodes exceeds ``max_pending``;
@@ -26,13 +32,13 @@ and a takeover of the lease happen one after the other, never interleaved.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import psycopg
 import structlog
 from psycopg.errors import ForeignKeyViolation, UniqueViolation
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from lwm2m_server.core.registration import Registration
@@ -82,6 +88,20 @@ fail after the server is back to about 2 s, where the pool's default (300 s of
 doubling delays) would let it grow toward minutes after a long outage."""
 
 
+MAX_BATCH = 50
+"""Calls one transaction takes at most: each is a savepoint (a subtransaction), and a
+transaction's first 64 subtransactions that write are the ones PostgreSQL keeps in
+shared memory, beyond which every session's snapshots get slower."""
+MAX_BATCHES = 2
+"""Transactions of one store under way at once (each on a connection of its own): a
+call made meanwhile waits for one to end and goes with the others made meanwhile, so
+that the busier the store, the more calls a transaction takes; two, so that one slow
+call (a lock another node holds) does not hold up all the others."""
+
+_Call = tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...], "asyncio.Future[Any]"]
+"""A call waiting for its transaction: operation, function, arguments, the caller's future."""
+
+
 class PostgresqlStore(Store):
     """State in a PostgreSQL schema; create with ``await PostgresqlStore.open(url)``."""
 
@@ -94,9 +114,14 @@ class PostgresqlStore(Store):
         self._pool = pool
         self._max_connections = max_connections
         self._closed = False
-        self._busy = 0  # calls under way: close waits for them
+        self._busy = 0  # calls made and not yet answered: close waits for them
         self._idle = asyncio.Event()
         self._idle.set()
+        self._queue: list[_Call] = []  # calls for the next transaction
+        self._flush_due = False  # a _flush is scheduled for the end of this loop turn
+        self._running = 0  # transactions under way
+        self._max_batches = min(MAX_BATCHES, max_connections)
+        self._batches: set[asyncio.Task[None]] = set()  # (strong references to the tasks)
 
     def __repr__(self) -> str:
         return f"PostgresqlStore({self.server!r}, schema={self.schema!r}{', closed' if self._closed else ''})"
@@ -147,51 +172,156 @@ class PostgresqlStore(Store):
     # -- plumbing ------------------------------------------------------------
 
     async def _run(self, operation: str, function: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await function(connection, *args)`` on a pooled connection; errors → StoreError."""
+        """``await function(connection, *args)`` in the next transaction (see _flush);
+        errors → StoreError."""
         if self._closed:
             raise StoreError(f"PostgreSQL store {self.server}: {operation} after close")
-        self._busy += 1
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((operation, function, args, future))
+        self._busy += 1  # given back when the call's transaction has ended (_run_batch)
         self._idle.clear()
+        if not self._flush_due and self._running < self._max_batches:
+            self._flush_due = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        """Start a transaction for the calls gathered so far (at most MAX_BATCH each) while
+        fewer than MAX_BATCHES run; the calls left wait for one to end, and go together."""
+        self._flush_due = False
+        while self._queue and self._running < self._max_batches:
+            calls, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._run_batch(calls))
+            self._batches.add(task)
+            task.add_done_callback(self._batch_ended)
+
+    def _batch_ended(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._running -= 1
+        self._flush()
+
+    async def _run_batch(self, calls: list[_Call]) -> None:
+        """The calls as one transaction, then each call's outcome to its caller. When one
+        of them loses a deadlock to another node's transaction (both batched calls whose
+        locks they took in opposite orders), the calls before it commit, and it and the
+        ones after it run each alone, in order: alone, a call holds no lock another call
+        of its transaction took before it, and waits its turn instead of deadlocking."""
+        outcomes: list[tuple[bool, Any]] = []
         try:
-            async with self._connection() as connection:
-                return await function(connection, *args)
-        except StoreError:
-            raise
-        except psycopg.Error as error:
-            raise self._target.error(operation, error) from error
-        except UnicodeError as error:  # a str with lone surrogates cannot be sent as UTF-8
-            raise StoreError(
-                f"PostgreSQL store {self.server}: {operation}: text is not valid Unicode ({error})"
-            ) from error
-        except (ValueError, KeyError, TypeError, IndexError) as error:
-            # decoding a row that is not what this code writes
-            raise StoreError(
-                f"PostgreSQL store {self.server}: {operation}: unreadable row ({error!r})"
-            ) from error
-        finally:
-            self._busy -= 1
+            outcomes = await self._transaction(calls)
+            while len(outcomes) < len(calls):
+                outcomes += await self._transaction([calls[len(outcomes)]])
+        except Exception as error:  # a bug: no caller waits forever
+            outcomes = [(False, error)] * len(calls)
+        finally:  # cancelled (the loop ends): the callers left are cancelled too
+            outcomes += [(False, None)] * (len(calls) - len(outcomes))
+            for (*_, future), (ok, value) in zip(calls, outcomes):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                elif value is None:
+                    future.cancel()
+                else:
+                    future.set_exception(value)
+            self._busy -= len(calls)
             if not self._busy:
                 self._idle.set()
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection that answered just now. One the server dropped (a restart,
-        pg_terminate_backend) goes back to the pool, which replaces it, and the next is
-        tried at once: the pool's own check would wait 1, 2, 4 ... s between dead ones."""
+    async def _transaction(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
+        """Run the calls in one transaction on a pooled connection: BEGIN, each call in a
+        savepoint of its own (when there are several), so that a failing call takes back
+        only its own writes, then COMMIT. Outcomes, (True, result) or (False, StoreError),
+        in call order; none holds before the COMMIT succeeded. Fewer outcomes than calls:
+        the first call without one lost a deadlock, and it and the rest did not run.
+
+        No connection is checked before use (that was a round trip per call): one the
+        server dropped (a restart, pg_terminate_backend) fails at the BEGIN, which goes
+        with the first call's statements, goes back to the pool, which replaces it, and
+        the transaction runs again at once on the next connection; so does one lost at
+        any point before its COMMIT was sent (the server rolled the transaction back).
+        The pool's own check would wait 1, 2, 4 ... s between dead ones."""
         for attempt in range(self._max_connections + 1):
-            connection = await self._pool.getconn()
             try:
-                await connection.execute("")  # an empty query: one round trip, no work
-            except BaseException as error:  # a cancelled call must give its connection back too
-                await self._pool.putconn(connection)
-                if isinstance(error, psycopg.OperationalError) and attempt < self._max_connections:
-                    continue
-                raise
+                connection = await self._pool.getconn()
+            except psycopg.Error as error:  # no connection in time: the server is down
+                return [(False, self._error(operation, error)) for operation, *_ in calls]
+            committing = False
             try:
-                yield connection
+                outcomes: list[tuple[bool, Any]] = []
+                several = len(calls) > 1
+                # Statements sent with the next call: its savepoint (a savepoint of the
+                # same name in the one before: ROLLBACK TO takes back the latest only).
+                ahead: tuple[str, ...] = ("BEGIN", "SAVEPOINT call") if several else ("BEGIN",)
+                for index, (operation, function, args, _) in enumerate(calls):
+                    outcome = await self._call(connection, ahead, operation, function, args)
+                    last = index == len(calls) - 1
+                    if several and not outcome[0] and _lost_a_lock_race(outcome[1]):
+                        committing = True  # the calls before it, and none after it
+                        await connection.execute("ROLLBACK TO call; COMMIT")
+                        return outcomes
+                    outcomes.append(outcome)
+                    if outcome[0]:
+                        ahead = ("SAVEPOINT call",)
+                        if last:
+                            committing = True
+                            await connection.execute("COMMIT")
+                    elif several:
+                        ahead = ()  # the next call starts from the savepoint this one rolled back to
+                        committing = last
+                        await connection.execute("ROLLBACK TO call; COMMIT" if last else "ROLLBACK TO call")
+                    else:
+                        await connection.execute("ROLLBACK")
+                return outcomes
+            except psycopg.Error as error:
+                if not committing and connection.broken and attempt < self._max_connections:
+                    continue  # nothing of it was committed: again, on another connection
+                # none of it was committed: a call that failed keeps its own error
+                outcomes += [(True, None)] * (len(calls) - len(outcomes))
+                return [outcome if not outcome[0] else (False, self._error(
+                    "commit" if committing else operation, error)) for outcome, (operation, *_) in zip(outcomes, calls)]
             finally:
-                await self._pool.putconn(connection)
-            return
+                await self._pool.putconn(connection)  # rolls back a transaction left open
+        raise AssertionError("unreachable")
+
+    async def _call(self, connection: Connection, ahead: tuple[str, ...], operation: str,
+                    function: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """One call's outcome, the statements ``ahead`` sent before it (in its pipeline,
+        if it is a PIPELINED function: one round trip for all); a lost connection raises
+        (the whole transaction is gone)."""
+        try:
+            if function in PIPELINED:
+                async with connection.pipeline():
+                    for statement in ahead:
+                        await connection.execute(statement)
+                    result = await function(connection, *args)
+            else:
+                if ahead:
+                    await connection.execute("; ".join(ahead))
+                result = await function(connection, *args)
+        except StoreError as error:
+            return False, error
+        except psycopg.Error as error:
+            if connection.broken:
+                raise
+            return False, self._error(operation, error)
+        except UnicodeError as error:  # a str with lone surrogates cannot be sent as UTF-8
+            return False, _caused(StoreError(
+                f"PostgreSQL store {self.server}: {operation}: text is not valid Unicode ({error})"
+            ), error)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            # decoding a row that is not what this code writes
+            return False, _caused(StoreError(
+                f"PostgreSQL store {self.server}: {operation}: unreadable row ({error!r})"
+            ), error)
+        if connection.pgconn.transaction_status == TransactionStatus.INERROR:  # a failure swallowed
+            return False, StoreError(f"PostgreSQL store {self.server}: {operation} failed: transaction aborted")
+        return True, result
+
+    def _error(self, operation: str, error: BaseException) -> StoreError:
+        return _caused(self._target.error(operation, error), error)
 
     # -- registrations -------------------------------------------------------
 
@@ -306,7 +436,17 @@ class PostgresqlStore(Store):
         log.info("store closed", server=self.server, schema=self.schema)
 
 
-# -- queries: plain coroutines of a connection -----------------------------------
+def _lost_a_lock_race(error: BaseException) -> bool:
+    """A deadlock (or serialization failure) with another transaction: the call may succeed alone."""
+    return getattr(error.__cause__, "sqlstate", None) in ("40P01", "40001")
+
+
+def _caused(error: StoreError, cause: BaseException) -> StoreError:
+    error.__cause__ = cause  # as ``raise error from cause`` would
+    return error
+
+
+# -- queries: plain coroutines of a connection, each run inside a transaction ------------
 
 
 async def _fetchall(connection: Connection, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -319,33 +459,32 @@ async def _delete(connection: Connection, table: str, column: str, key: object) 
 
 
 async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> None:
-    # One pipelined round trip. The endpoint's lock makes Registers of one endpoint at
+    # PIPELINED: one round trip. The endpoint's lock makes Registers of one endpoint at
     # two nodes take turns: the later one's DELETE sees the earlier one committed and
     # replaces it, where it would otherwise fail on the endpoint's UNIQUE constraint.
-    async with connection.pipeline(), connection.transaction():
-        await connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended("
-            "'tinymlaas registration ' || current_schema() || '/' || %s::text, 0))",
-            (row[1],),
-        )
-        # A new Register of the endpoint replaces its old registration (and,
-        # through the foreign key, that registration's observations).
-        await connection.execute(
-            "DELETE FROM registrations WHERE endpoint = %s AND id != %s", (row[1], row[0])
-        )
-        # An upsert keeps the observations of a registration that is only updated.
-        await connection.execute(
-            f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
-            "address = excluded.address, lifetime = excluded.lifetime, "
-            "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
-            "queue_mode = excluded.queue_mode, sms = excluded.sms, "
-            "object_list = excluded.object_list, registered_at = excluded.registered_at, "
-            "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
-            "extra = excluded.extra, identity = excluded.identity",
-            row,
-        )
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended("
+        "'tinymlaas registration ' || current_schema() || '/' || %s::text, 0))",
+        (row[1],),
+    )
+    # A new Register of the endpoint replaces its old registration (and,
+    # through the foreign key, that registration's observations).
+    await connection.execute(
+        "DELETE FROM registrations WHERE endpoint = %s AND id != %s", (row[1], row[0])
+    )
+    # An upsert keeps the observations of a registration that is only updated.
+    await connection.execute(
+        f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
+        "address = excluded.address, lifetime = excluded.lifetime, "
+        "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
+        "queue_mode = excluded.queue_mode, sms = excluded.sms, "
+        "object_list = excluded.object_list, registered_at = excluded.registered_at, "
+        "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+        "extra = excluded.extra, identity = excluded.identity",
+        row,
+    )
 
 
 async def _load_registrations(connection: Connection) -> list[Registration]:
@@ -376,27 +515,26 @@ async def _load_observations(connection: Connection) -> list[ObservationRecord]:
 
 async def _enqueue(connection: Connection, row: tuple[Any, ...], max_pending: int) -> None:
     entry_id, endpoint = row[0], row[1]
-    async with connection.transaction():
-        # One enqueue per endpoint at a time, whichever node makes it: count and insert
-        # are atomic. The lock is the transaction's; commit or rollback releases it.
+    # One enqueue per endpoint at a time, whichever node makes it: count and insert
+    # are atomic. The lock is the transaction's; commit or rollback releases it.
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended("
+        "'tinymlaas queue ' || current_schema() || '/' || %s::text, 0))",
+        (endpoint,),
+    )
+    if await _fetchall(connection, "SELECT 1 FROM queue WHERE id = %s", (entry_id,)):
+        raise StoreError(f"queue entry {entry_id!r} already exists")
+    count = (await _fetchall(
+        connection, "SELECT count(*) FROM queue WHERE endpoint = %s AND state = %s", (endpoint, PENDING)
+    ))[0][0]
+    if count >= max_pending:
+        raise QueueFullError(endpoint, max_pending)
+    try:
         await connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended("
-            "'tinymlaas queue ' || current_schema() || '/' || %s::text, 0))",
-            (endpoint,),
+            f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", row
         )
-        if await _fetchall(connection, "SELECT 1 FROM queue WHERE id = %s", (entry_id,)):
-            raise StoreError(f"queue entry {entry_id!r} already exists")
-        count = (await _fetchall(
-            connection, "SELECT count(*) FROM queue WHERE endpoint = %s AND state = %s", (endpoint, PENDING)
-        ))[0][0]
-        if count >= max_pending:
-            raise QueueFullError(endpoint, max_pending)
-        try:
-            await connection.execute(
-                f"INSERT INTO queue ({QUEUE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", row
-            )
-        except UniqueViolation:  # the same id queued for another endpoint at this moment
-            raise StoreError(f"queue entry {entry_id!r} already exists") from None
+    except UniqueViolation:  # the same id queued for another endpoint at this moment
+        raise StoreError(f"queue entry {entry_id!r} already exists") from None
 
 
 async def _entries_where(connection: Connection, condition: str, params: tuple[Any, ...]) -> list[QueueEntry]:
@@ -438,6 +576,7 @@ async def _prune(connection: Connection, before: float) -> int:
 
 
 async def _put_document(connection: Connection, kind: str, key: str, text: str, now: float) -> None:
+    # PIPELINED
     await connection.execute(
         "INSERT INTO documents (kind, key, data, updated_at) VALUES (%s, %s, %s, %s) "
         "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
@@ -510,3 +649,9 @@ async def _get_lease(connection: Connection, name: str) -> Lease | None:
         connection, "SELECT name, holder, expires_at, epoch FROM leases WHERE name = %s AND holder != ''", (name,)
     )
     return Lease(*rows[0]) if rows else None
+
+
+PIPELINED = frozenset({_save_registration, _put_document})
+"""Query functions that only send statements, read no result and catch no error: the
+store runs them in pipeline mode, with the statements before them (BEGIN, a
+savepoint), all in one round trip; their errors come at the pipeline's end."""
