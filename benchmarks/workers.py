@@ -1,9 +1,12 @@
 """Scale-out benchmark (issue 15, item 5): the daemon with ``coap.workers: 1`` and ``2``
-registering the same devices, and 100,000 devices registered against 2 workers.
+registering the same devices, 100,000 devices registered against 2 workers, and a
+model rolled out with 1 and with 2 workers.
 
-    python benchmarks/workers.py                    # defaults: 3 x (1 vs 2 workers, 5,000 devices), then 100,000
+    python benchmarks/workers.py                    # defaults: 3 x (1 vs 2 workers, 5,000 devices), then 100,000,
+                                                    # then 3 x (rollout to 200 devices, 1 vs 2 workers)
     python benchmarks/workers.py --quick            # CI smoke run (< 60 s); figures only roughly meaningful
-    python benchmarks/workers.py --count 10000 --runs 5 --devices 0      # phase 1 only
+    python benchmarks/workers.py --count 10000 --runs 5 --devices 0 --rollout-devices 0   # phase 1 only
+    python benchmarks/workers.py --count 2000 --runs 3 --devices 0 --rollout-devices 400  # phases 1 and 3
     python benchmarks/workers.py --store sqlite --devices 200000 --timeout 900
 
 Each measurement starts a FRESH daemon (``tinymlaas serve --config FILE``, i.e. module
@@ -48,6 +51,32 @@ rate, the server's RSS after (VmRSS of every process, total and per process), an
 many landed on each worker, counted from the endpoints each worker claims on the bus
 (``<cluster name>.claims``, one message per batch of its registrations; a worker's
 ``{"op": "directory"}`` answer would pass NATS's 1 MB message limit at this size).
+
+Phase 3 (``--runs`` times, 1 and 2 workers alternating; ``--rollout-devices``, 0 skips
+it): rollout time. A fresh daemon as above (plain CoAP; with 2 workers the bus), and
+``--rollout-devices`` simulated devices that really install the module:
+``simulators.client.SimulatedDevice`` s (profile ``--device-profile``, default
+``linux-gateway``), run by ``rollout_speed.py``'s ``_fleet`` over
+``--rollout-processes`` processes (:class:`processes.Child`), each device its own UDP
+port on 127.0.0.1, with the daemon's public signing key
+(``data/keys/signing-es256.pub.pem``, made at its start) as SUIT trust anchor. They
+register (``--register-concurrency`` at once per process) and are discovered (every
+profile in the store); through the management API (bearer token from
+``data/api-token``) the model is added (``rollout_speed.py``'s ~100 KB MLP,
+``POST /models``) and compiled for the devices' class (``POST /compile``: the one-time
+compile is kept out of the measurement, it lands in the compile cache the rollout uses);
+then, measured, ``POST /rollouts`` (push, ``--rollout-max-in-flight`` 64, canary
+fraction 0, every device), polling ``GET /rollouts`` (per-status counts only) every
+``--rollout-poll`` s until every enrolled device is final (done, failed, ...), the
+rollout paused, or ``--rollout-timeout``. Figures, medians over the runs, side by side
+with the ratio (2 workers / 1):
+
+* wall time from just before ``POST /rollouts`` to the first poll that sees every device
+  final (so up to one poll interval late), and devices done per second;
+* devices done and not done (a device not done, a paused rollout, a timeout or a device
+  that did not register are printed with the statuses and reasons, never hidden);
+* CPU ms per device over the rollout, as in phase 1: the server (every daemon process),
+  the device processes, NATS, the PostgreSQL backends, the other processes, the machine.
 """
 
 from __future__ import annotations
@@ -78,6 +107,8 @@ NATS_URL = "nats://127.0.0.1:4222"
 PG_URL = "postgresql://127.0.0.1:5432/test"
 ADDR_BASE = 77 << 8 | 1  # devices' source addresses: 127.0.77.1, 127.0.77.2, ...
 PORT_ATTEMPTS = 3  # daemon starts on fresh free ports when the chosen one was taken meanwhile
+ROLLOUT_SPEED = HERE / "rollout_speed.py"  # its ``_fleet`` runs the simulated devices of the rollout phase
+FINAL_STATUSES = ("done", "failed", "incompatible", "rolled_back", "superseded")  # lwm2m_server.ota.rollouts.FINAL
 
 
 # --------------------------------------------------------------------------- stores
@@ -335,23 +366,32 @@ async def wait_profiles(store: Store, expected: int, interval: float, quiet: flo
         await asyncio.sleep(interval)
 
 
+async def start_daemon(folder: Path, workers: int, store: Store, cluster: str, log_level: str) -> Daemon:
+    """A started daemon; on fresh ports when the chosen ones were taken meanwhile."""
+    for attempt in range(PORT_ATTEMPTS):
+        daemon = Daemon(folder, workers, store, cluster, log_level)
+        try:
+            await daemon.start()
+            return daemon
+        except PortTaken as error:  # tests running beside the benchmark bind ephemeral ports too
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+            print(f"  {error.args[0].splitlines()[-1]}: trying other ports", file=sys.stderr)
+        except BaseException:
+            await daemon.stop()
+            raise
+    raise AssertionError("unreachable")
+
+
 async def phase(workers: int, count: int, args: argparse.Namespace, big: bool = False) -> dict:
     """``count`` devices register with a fresh daemon of ``workers`` processes."""
     folder = Path(tempfile.mkdtemp(prefix="tinymlaas-workers-"))
     store = Store(args.store, folder)
     cluster = f"wb{uuid.uuid4().hex[:12]}"
-    daemon = Daemon(folder, workers, store, cluster, args.log_level)
+    daemon = None
     devices = bus = None
     try:
-        for attempt in range(PORT_ATTEMPTS):
-            try:
-                await daemon.start()
-                break
-            except PortTaken as error:  # tests running beside the benchmark bind ephemeral ports too
-                if attempt == PORT_ATTEMPTS - 1:
-                    raise
-                print(f"  {error.args[0].splitlines()[-1]}: trying other ports", file=sys.stderr)
-                daemon = Daemon(folder, workers, store, cluster, args.log_level)
+        daemon = await start_daemon(folder, workers, store, cluster, args.log_level)
         devices = await Devices.start(args.binary, daemon.coap_port, count, cluster, args)
         if big and workers > 1:
             bus = BusCount()
@@ -389,13 +429,221 @@ async def phase(workers: int, count: int, args: argparse.Namespace, big: bool = 
             await bus.close()
         if devices is not None:
             await devices.stop()
-        await daemon.stop()
+        if daemon is not None:
+            await daemon.stop()
         with contextlib.suppress(Exception):
             store.drop()
         if args.keep:
             print(f"  kept {folder}", file=sys.stderr)
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the rollout phase
+
+
+class Api:
+    """The daemon's management API (``/api/v1``, the bearer token from its data folder)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        import aiohttp
+
+        token = (daemon.folder / "data" / "api-token").read_text().strip()
+        self.url = f"http://127.0.0.1:{daemon.api_port}/api/v1"
+        self.session = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
+                                             timeout=aiohttp.ClientTimeout(total=300))
+
+    async def call(self, method: str, path: str, json_body=None, data: bytes | None = None, params=None):
+        async with self.session.request(method, self.url + path, json=json_body, data=data, params=params) as answer:
+            body = await answer.json(content_type=None)
+            if answer.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {answer.status} {str(body)[:400]}")
+            return body
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def start_fleets(port: int, anchor: Path, count: int, args: argparse.Namespace) -> list:
+    """``count`` :class:`simulators.client.SimulatedDevice` s (``roll-00000``...) over
+    ``--rollout-processes`` processes, as ``rollout_speed.py`` runs them (its ``_fleet``)."""
+    from processes import Child
+
+    processes = max(1, min(args.rollout_processes, count))
+    shares = [count // processes + (1 if k < count % processes else 0) for k in range(processes)]
+    starts = [sum(shares[:k]) for k in range(processes)]
+    fleets = []
+    try:
+        for first, share in zip(starts, shares):
+            fleets.append(await Child.start(ROLLOUT_SPEED, "_fleet", str(port), str(anchor), args.device_profile,
+                                            str(first), str(share), args.log_level, timeout=args.rollout_timeout + 300,
+                                            first_timeout=120, stop_timeout=60, cwd=ROOT))
+    except BaseException:
+        for fleet in fleets:
+            await fleet.stop()
+        raise
+    return fleets
+
+
+async def rollout_phase(workers: int, count: int, model: bytes, run: int, args: argparse.Namespace) -> dict:
+    """A fresh daemon of ``workers`` processes; ``count`` simulated devices register and
+    are discovered; the model is added and compiled for their class (outside the
+    measurement); then, measured, a push rollout to every device through the API until
+    every device is final."""
+    folder = Path(tempfile.mkdtemp(prefix="tinymlaas-wroll-"))
+    store = Store(args.store, folder)
+    cluster = f"wr{uuid.uuid4().hex[:12]}"
+    daemon = api = None
+    fleets: list = []
+    label = f"rollout run {run}, {workers} worker{'s' if workers > 1 else ''}"
+    try:
+        daemon = await start_daemon(folder, workers, store, cluster, args.log_level)
+        anchor = folder / "data" / "keys" / "signing-es256.pub.pem"  # the daemon's own SUIT signing key, made at start
+        if not anchor.is_file():
+            raise RuntimeError(f"the daemon made no public signing key at {anchor}")
+        api = Api(daemon)
+        fleets = await start_fleets(daemon.coap_port, anchor, count, args)
+        began = time.monotonic()
+        started = await asyncio.gather(*(f.ask("start", args.register_concurrency) for f in fleets))
+        registered = sum(s["registered"] for s in started)
+        profiles, _ = await wait_profiles(store, count, 0.1, 30, time.monotonic() + args.rollout_timeout)
+        print(f"  {label}: {registered}/{count} registered, {profiles} discovered in "
+              f"{time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
+        if registered != count or profiles != count:
+            errors = [e for s in started for e in s["errors"]][:3]
+            print(f"  WARNING {label}: {registered}/{count} registered, {profiles}/{count} discovered {errors}",
+                  file=sys.stderr, flush=True)
+        version = f"{run}.{workers}"
+        added = await api.call("POST", "/models", data=model, params={"name": "wbench", "version": version})
+        key = added.get("key", f"wbench@{version}")
+        compiled = await api.call("POST", "/compile", {"model": key, "endpoint": "roll-00000"})
+        await asyncio.sleep(0.5)  # the last discovery writes
+
+        meter = CpuMeter({
+            "server": daemon.pids, "devices": lambda: [f.pid for f in fleets], "nats": lambda: named("nats-server"),
+            "postgresql": lambda: postgres_backends(daemon.pids()) if store.kind == "postgresql" else [],
+            "benchmark": lambda: [os.getpid()],
+        })
+        per_process_before = {name: cpu(pid) for name, pid in daemon.processes().items()}
+        t_create = time.monotonic()
+        created = await api.call("POST", "/rollouts", {
+            "model": key, "selector": {},
+            "strategy": {"canary_fraction": 0, "mode": "push", "max_in_flight": args.rollout_max_in_flight}})
+        rollout_id = created["id"]
+        deadline = t_create + args.rollout_timeout
+        reported = t_create
+        while True:
+            summaries = {r["id"]: r for r in await api.call("GET", "/rollouts")}  # counts, not every device
+            current = summaries[rollout_id]
+            now = time.monotonic()
+            summary = current["summary"]
+            if (summary["total"] >= count and summary["finished"] == summary["total"]) \
+                    or current["state"] in ("paused", "complete", "cancelled") or now > deadline:
+                break
+            if now - reported > 10:
+                reported = now
+                print(f"  ... {label}: {now - t_create:.0f} s: {summary['counts']}", file=sys.stderr, flush=True)
+            await asyncio.sleep(args.rollout_poll)
+        t_final = now
+        used = meter.read()
+        per_process = {name: cpu(pid) - per_process_before.get(name, 0.0)
+                       for name, pid in daemon.processes().items()}
+        whole = await api.call("GET", f"/rollouts/{rollout_id}")  # each device's status, once, after the measurement
+        counts = collections.Counter(d["status"] for d in whole["devices"])
+        reasons = sorted({d["reason"][:160] for d in whole["devices"] if d["reason"] and d["status"] != "done"})[:5]
+        not_final = [f"{d['endpoint']} {d['status']} phase={d['phase']}" for d in whole["devices"]
+                     if d["status"] not in FINAL_STATUSES][:5]
+        stats = await asyncio.gather(*(f.ask("stats") for f in fleets))
+        f = {"workers": workers, "count": count, "store": store.kind, "registered": registered, "profiles": profiles,
+             "seconds": t_final - t_create, "timed_out": t_final > deadline, "rollout_timeout": args.rollout_timeout,
+             "state": whole["state"],
+             "paused_reason": whole.get("paused_reason", ""), "enrolled": len(whole["devices"]),
+             "counts": dict(counts), "done": counts.get("done", 0), "failed": count - counts.get("done", 0),
+             "reasons": reasons, "not_final": not_final, "cpu": used, "per_process_cpu": per_process,
+             "active": sum(s["active"] for s in stats), "processes": len(fleets),
+             "plugin": compiled.get("plugin"), "payload_bytes": compiled["module"]["payload"]["size"],
+             "cache_hit": compiled.get("cache_hit")}
+        f["cpu_ms"] = {k: v / count * 1e3 for k, v in used.items() if k != "wall"}
+        return f
+    finally:
+        if api is not None:
+            await api.close()
+        for fleet in fleets:
+            await fleet.stop()
+        if daemon is not None:
+            await daemon.stop()
+        with contextlib.suppress(Exception):
+            store.drop()
+        if args.keep:
+            print(f"  kept {folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def rollout_line(f: dict) -> str:
+    ms = f["cpu_ms"]
+    per = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f["per_process_cpu"].items())
+    problems = []
+    if f["failed"]:
+        problems.append(f"{f['failed']} NOT done: {f['counts']}, reasons {f['reasons']}, not final {f['not_final']}")
+    if f["registered"] != f["count"] or f["profiles"] != f["count"]:
+        problems.append(f"only {f['registered']} registered, {f['profiles']} discovered")
+    if f["enrolled"] != f["count"]:
+        problems.append(f"{f['enrolled']} enrolled in the rollout")
+    if f["timed_out"]:
+        problems.append(f"--rollout-timeout {f['rollout_timeout']:g} s HIT")
+    if f["state"] in ("paused", "cancelled"):
+        problems.append(f"rollout {f['state']} {f['paused_reason']}")
+    return (f"{f['workers']} worker{'s' if f['workers'] > 1 else ''}: push rollout to {f['count']} devices in "
+            f"{f['seconds']:.2f} s, {f['done']} done, {f['failed']} not ({f['active']} devices run the model); "
+            f"CPU ms per device: server {ms['server']:.2f}, devices {ms['devices']:.2f}, nats {ms['nats']:.3f}, "
+            f"postgresql {ms['postgresql']:.3f}, benchmark {ms['benchmark']:.3f}, others {ms['others']:.3f}; "
+            f"machine busy {f['cpu']['machine'] / f['cpu']['wall'] / (os.cpu_count() or 1):.0%}; "
+            f"server processes: {per}" + ("; " + "; ".join(problems) if problems else ""))
+
+
+def rollout_report(runs: dict[int, list[dict]], model_bytes: int, args: argparse.Namespace) -> None:
+    one, two = runs[1], runs[2]
+    if not one or not two:
+        return
+    any_run = one[0]
+
+    def med(fs, get) -> float:
+        return median(get(f) for f in fs)
+
+    rows = [("figure", "1 worker", "2 workers", "ratio")]
+
+    def row(label: str, get, digits: int = 2, ratio: bool = True) -> None:
+        a, b = med(one, get), med(two, get)
+        # no ratio of a figure near nothing (NATS with 1 worker: other clients' traffic only)
+        rows.append((label, f"{a:.{digits}f}", f"{b:.{digits}f}", f"x{b / a:.2f}" if ratio and a >= 0.1 else ""))
+
+    row("rollout wall s (create -> last final)", lambda f: f["seconds"])
+    row("devices done per s", lambda f: f["done"] / f["seconds"], 1)
+    rows.append(("devices done / not done",
+                 f"{med(one, lambda f: f['done']):.0f}/{med(one, lambda f: f['failed']):.0f}",
+                 f"{med(two, lambda f: f['done']):.0f}/{med(two, lambda f: f['failed']):.0f}", ""))
+    for key, label in (("server", "server CPU ms/device (all processes)"),
+                       ("devices", "device processes CPU ms/device"),
+                       ("nats", "nats-server CPU ms/device"), ("postgresql", "PostgreSQL CPU ms/device"),
+                       ("others", "other processes CPU ms/device"), ("machine", "whole machine CPU ms/device")):
+        row(label, lambda f, key=key: f["cpu_ms"][key], 3 if key in ("nats", "postgresql") else 2)
+    row("machine busy (cores)", lambda f: f["cpu"]["machine"] / f["cpu"]["wall"], 2, ratio=False)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"\nrollout time (phase 3), the median of {len(one)} run(s): push to {args.rollout_devices} "
+          f"{args.device_profile} devices (simulated, {any_run['processes']} processes), max_in_flight "
+          f"{args.rollout_max_in_flight}, canary 0, {model_bytes:,}-byte model, {any_run['payload_bytes']:,}-byte "
+          f"compiled payload ({any_run['plugin']}; compiled before the measurement), store {args.store}; wall "
+          f"time polled every {args.rollout_poll:g} s; ratio = 2 workers / 1:")
+    for r in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip())
+    bad = [f for f in one + two if f["failed"] or f["enrolled"] != f["count"] or f["timed_out"]
+           or f["state"] in ("paused", "cancelled")]
+    if bad:
+        print(f"  WARNING: {len(bad)} of {len(one) + len(two)} rollout run(s) did not bring the model to every device: "
+              + "; ".join(f"{f['workers']} worker(s): {f['counts']} {f['state']} {f['reasons']}" for f in bad))
+    else:
+        print(f"  every device of every rollout run done ({len(one) + len(two)} runs)")
 
 
 # --------------------------------------------------------------------------- report
@@ -509,8 +757,26 @@ async def main(args: argparse.Namespace) -> None:
             big.append(f)
             print(f"big run {run}: {run_line(f)}", flush=True)
         report(runs, big, args)
+        if args.rollout_devices:
+            await rollouts(args)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def rollouts(args: argparse.Namespace) -> None:
+    """Phase 3: ``--runs`` x (a push rollout to ``--rollout-devices`` with 1 and with 2 workers)."""
+    from rollout_speed import MODEL_SIZES, build_model
+
+    model = build_model()
+    print(f"\nphase 3: {args.runs} x (push rollout of a {len(model):,}-byte model (mlp_float(1, {MODEL_SIZES})) "
+          f"to {args.rollout_devices} {args.device_profile} devices with 1 and with 2 workers)", flush=True)
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for run in range(1, args.runs + 1):
+        for workers in ((1, 2) if run % 2 else (2, 1)):
+            f = await rollout_phase(workers, args.rollout_devices, model, run, args)
+            runs[workers].append(f)
+            print(f"rollout run {run}: {rollout_line(f)}", flush=True)
+    rollout_report(runs, len(model), args)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -526,11 +792,25 @@ def parse_arguments() -> argparse.Namespace:
                         help="the daemon's store (default: postgresql if it answers on 127.0.0.1:5432, else sqlite)")
     parser.add_argument("--log-level", default="warning", help="server log level (info logs every registration)")
     parser.add_argument("--keep", action="store_true", help="keep each daemon's folder (its daemon.log)")
+    parser.add_argument("--rollout-devices", type=int, default=200,
+                        help="simulated devices of each phase-3 rollout measurement (0: no phase 3)")
+    parser.add_argument("--rollout-processes", type=int, default=4, help="processes the phase-3 devices run in")
+    parser.add_argument("--rollout-max-in-flight", type=int, default=64, help="phase 3: the rollout's max_in_flight")
+    parser.add_argument("--rollout-timeout", type=float, default=300,
+                        help="phase 3: longest wait for the registrations and for the rollout, seconds each")
+    parser.add_argument("--rollout-poll", type=float, default=0.1,
+                        help="phase 3: interval of the rollout's status polls (GET /rollouts), seconds")
+    parser.add_argument("--device-profile", default="linux-gateway", help="phase 3: simulator profile of the devices")
+    parser.add_argument("--register-concurrency", type=int, default=32,
+                        help="phase 3: devices of one process registering at once")
     parser.add_argument("--quick", action="store_true",
-                        help="CI smoke size: --count 300 --runs 1 --devices 2000 --timeout 40")
+                        help="CI smoke size: --count 300 --runs 1 --devices 2000 --timeout 40 --rollout-devices 30 "
+                             "--rollout-processes 2 --rollout-timeout 120")
     args = parser.parse_args()
     if args.quick:
         args.count, args.runs, args.devices, args.timeout = 300, 1, 2000, 40
+        args.rollout_devices, args.rollout_timeout = 30, 120
+        args.rollout_processes = min(args.rollout_processes, 2)
     args.store_asked = args.store is not None
     if args.store is None:
         args.store = "postgresql" if postgresql_answers() else "sqlite"
