@@ -10,7 +10,8 @@ _POOL_BYTES = 4096
 
 class RandomBytes:
     """Slices of a pool of OS randomness; refilled when used up, and anew in a forked
-    child so two processes never hand out the same bytes."""
+    child so two processes never hand out the same bytes. For one thread (the event
+    loop's): two threads taking at once could be handed the same slice."""
 
     def __init__(self) -> None:
         self._pool, self._position, self._pid = b"", 0, 0
