@@ -366,6 +366,16 @@ async def wait_profiles(store: Store, expected: int, interval: float, quiet: flo
         await asyncio.sleep(interval)
 
 
+def discard(store: Store, folder: Path, keep: bool) -> None:
+    """Drop a phase's schema (PostgreSQL); remove its folder, unless ``keep`` (then it is named)."""
+    with contextlib.suppress(Exception):
+        store.drop()
+    if keep:
+        print(f"  kept {folder}", file=sys.stderr)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 async def start_daemon(folder: Path, workers: int, store: Store, cluster: str, log_level: str) -> Daemon:
     """A started daemon; on fresh ports when the chosen ones were taken meanwhile."""
     for attempt in range(PORT_ATTEMPTS):
@@ -431,12 +441,7 @@ async def phase(workers: int, count: int, args: argparse.Namespace, big: bool = 
             await devices.stop()
         if daemon is not None:
             await daemon.stop()
-        with contextlib.suppress(Exception):
-            store.drop()
-        if args.keep:
-            print(f"  kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+        discard(store, folder, args.keep)
 
 
 # --------------------------------------------------------------------------- the rollout phase
@@ -572,12 +577,7 @@ async def rollout_phase(workers: int, count: int, model: bytes, run: int, args: 
             await fleet.stop()
         if daemon is not None:
             await daemon.stop()
-        with contextlib.suppress(Exception):
-            store.drop()
-        if args.keep:
-            print(f"  kept {folder}", file=sys.stderr)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+        discard(store, folder, args.keep)
 
 
 def rollout_line(f: dict) -> str:

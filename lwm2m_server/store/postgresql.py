@@ -68,6 +68,7 @@ from .rows import (
     queue_row,
     registration_from_row,
     registration_row,
+    registration_upsert,
     result_json,
 )
 from .postgresql_schema import FINISHED_SQL, SCHEMA_VERSION, Target, migrate
@@ -458,6 +459,9 @@ async def _delete(connection: Connection, table: str, column: str, key: object) 
     return (await connection.execute(f"DELETE FROM {table} WHERE {column} = %s", (key,))).rowcount
 
 
+_UPSERT_REGISTRATION = registration_upsert("%s")
+
+
 async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> None:
     # PIPELINED: one round trip. The endpoint's lock makes Registers of one endpoint at
     # two nodes take turns: the later one's DELETE sees the earlier one committed and
@@ -472,19 +476,7 @@ async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> No
     await connection.execute(
         "DELETE FROM registrations WHERE endpoint = %s AND id != %s", (row[1], row[0])
     )
-    # An upsert keeps the observations of a registration that is only updated.
-    await connection.execute(
-        f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
-        "address = excluded.address, lifetime = excluded.lifetime, "
-        "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
-        "queue_mode = excluded.queue_mode, sms = excluded.sms, "
-        "object_list = excluded.object_list, registered_at = excluded.registered_at, "
-        "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
-        "extra = excluded.extra, identity = excluded.identity",
-        row,
-    )
+    await connection.execute(_UPSERT_REGISTRATION, row)
 
 
 async def _load_registrations(connection: Connection) -> list[Registration]:

@@ -27,6 +27,25 @@ REGISTRATION_COLUMNS = (
     "object_list, registered_at, updated_at, extra, identity"
 )
 """What a registration row holds; a save adds ``expires_at`` after them."""
+
+
+def registration_upsert(placeholder: str) -> str:
+    """The statement saving a :func:`registration_row`, with the driver's ``placeholder``
+    (``?``, ``%s``): an upsert, not a delete and insert, which would cascade to the
+    observations of a registration that is only updated."""
+    values = ", ".join([placeholder] * (REGISTRATION_COLUMNS.count(",") + 2))  # and expires_at
+    return (
+        f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) VALUES ({values}) "
+        "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
+        "address = excluded.address, lifetime = excluded.lifetime, "
+        "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
+        "queue_mode = excluded.queue_mode, sms = excluded.sms, "
+        "object_list = excluded.object_list, registered_at = excluded.registered_at, "
+        "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
+        "extra = excluded.extra, identity = excluded.identity"
+    )
+
+
 OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"
 QUEUE_COLUMNS = "id, endpoint, created_at, expires_at, state, request, result"
 

@@ -58,6 +58,7 @@ from .rows import (
     queue_row,
     registration_from_row,
     registration_row,
+    registration_upsert,
     result_json,
 )
 from .sqlite_schema import (
@@ -158,12 +159,12 @@ class SqliteStore(Store):
         workers): a lock file asked every 0.2 ms, where SQLite's busy handler sleeps 1, 2,
         5 … 100 ms between tries (two workers, paired runs: ×1.52–1.84 → ×1.69–1.89 the
         Registers of one; the machine 1.69–1.74 → 1.84–1.86 cores busy)."""
-        if self._turns is None or not self._take_turn():
-            return self._call_batch_in_turn(calls)
+        taken = self._turns is not None and self._take_turn()
         try:
             return self._call_batch_in_turn(calls)
         finally:
-            fcntl.flock(self._turns, fcntl.LOCK_UN)
+            if taken:
+                fcntl.flock(self._turns, fcntl.LOCK_UN)
 
     def _take_turn(self) -> bool:
         """The lock file, asked again every TURN_POLL_S; False after BUSY_TIMEOUT (a process
@@ -330,6 +331,9 @@ def _delete(connection: sqlite3.Connection, table: str, column: str, key: object
         return connection.execute(f"DELETE FROM {table} WHERE {column} = ?", (key,)).rowcount
 
 
+_UPSERT_REGISTRATION = registration_upsert("?")
+
+
 def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> None:
     with transaction(connection):
         # A new Register of the endpoint replaces its old registration (and,
@@ -337,20 +341,7 @@ def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> 
         connection.execute(
             "DELETE FROM registrations WHERE endpoint = ? AND id != ?", (row[1], row[0])
         )
-        # An upsert, not INSERT OR REPLACE: replacing would delete the row and
-        # cascade to the observations of a registration that is only updated.
-        connection.execute(
-            f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
-            "address = excluded.address, lifetime = excluded.lifetime, "
-            "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
-            "queue_mode = excluded.queue_mode, sms = excluded.sms, "
-            "object_list = excluded.object_list, registered_at = excluded.registered_at, "
-            "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
-            "extra = excluded.extra, identity = excluded.identity",
-            row,
-        )
+        connection.execute(_UPSERT_REGISTRATION, row)
 
 
 def _delete_registration(connection: sqlite3.Connection, registration_id: str) -> bool:
