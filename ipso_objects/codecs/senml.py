@@ -258,13 +258,30 @@ def timestamped_records(
     return records
 
 
+class Labels(NamedTuple):
+    """How a serialisation's records, as it loaded them, name the fields that
+    :func:`_plain_values` reads, and how they become records with text labels."""
+
+    base_name: object
+    name: object
+    plain: frozenset
+    """the fields a plain record may have"""
+    value: Mapping[str, object]
+    """each value label's key"""
+    to_text: Callable[[Sequence[dict]], list[Record]]
+
+
+TEXT_LABELS = Labels("bn", "n", frozenset({"bn", "n", *VALUE_LABELS}), {label: label for label in VALUE_LABELS},
+                     list)
+_ROOT = LwM2MPath()
+
+
 def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry,
-                   labels: Labels | None = None) -> Node:
+                   labels: Labels = TEXT_LABELS) -> Node:
     """The node at ``path``; a leaf given several times keeps its newest value. A record
     without a value that names an object instance (``/o/i/``) stands for that instance,
     also when it has no resources. (``labels``: how the records name their fields, for
     a serialisation that hands them over undecoded; text labels by default.)"""
-    labels = labels or TEXT_LABELS
     with decode_errors():
         if not 1 <= len(path) <= 4:
             raise DecodeError(f"no node can be read at {path}")
@@ -280,19 +297,17 @@ def node_from_pack(pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegi
 
 
 def composite_from_pack(pack: Sequence[Record], registry: ObjectRegistry,
-                        labels: Labels | None = None) -> dict[LwM2MPath, Value]:
+                        labels: Labels = TEXT_LABELS) -> dict[LwM2MPath, Value]:
     """Leaf values by full path; a leaf given several times keeps its newest value."""
-    labels = labels or TEXT_LABELS
     with decode_errors():
         values = _plain_values(pack, _ROOT, registry, labels)
         return values if values is not None else _newest(_checked_leaves(labels.to_text(pack), _ROOT, registry))
 
 
 def timestamped_from_pack(
-    pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry, labels: Labels | None = None
+    pack: Sequence[Record], path: LwM2MPath, registry: ObjectRegistry, labels: Labels = TEXT_LABELS
 ) -> list[TimestampedValues]:
     """One entry per distinct time, in payload order; time 0 ("now") is None."""
-    labels = labels or TEXT_LABELS
     groups: dict[Number | None, dict[LwM2MPath, Value]] = {}
     with decode_errors():
         values = _plain_values(pack, path, registry, labels)
@@ -396,22 +411,6 @@ def _checked_leaves(
     return leaves
 
 
-class Labels(NamedTuple):
-    """How a serialisation's records, as it loaded them, name the fields that
-    :func:`_plain_values` reads, and how they become records with text labels."""
-
-    base_name: object
-    name: object
-    plain: frozenset
-    """the fields a plain record may have"""
-    value: Mapping[str, object]
-    """each value label's key"""
-    to_text: Callable[[Sequence[dict]], list[Record]]
-
-
-TEXT_LABELS = Labels("bn", "n", frozenset({"bn", "n", *VALUE_LABELS}), {label: label for label in VALUE_LABELS},
-                     list)
-_ROOT = LwM2MPath()
 _AS_IS, _INTEGER, _UNSIGNED, _TIME, _FLOAT = range(5)
 _PLAIN_SLOTS: dict[ResourceType, tuple[str, tuple[type, ...], int]] = {
     ResourceType.STRING: ("vs", (str,), _AS_IS), ResourceType.CORELNK: ("vs", (str,), _AS_IS),

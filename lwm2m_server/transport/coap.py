@@ -612,11 +612,8 @@ class CoapAdapter:
             encoded.code, encoded.whole, request.payload, known.sockaddr, known.pktinfo), timeout)
         if raw.opt.block2 is None:
             return raw
-        message = await self._message(address, request, identity)  # the first of the follow-ups' requests
-        try:
-            return await receive_in_blocks(lambda follow: self._fast_exchange(address, follow, timeout), message, raw)
-        except UnexpectedBlock2 as error:
-            raise DeviceUnreachable(address, str(error)) from None
+        # the request as a message: what the follow-ups for the other blocks are made from
+        return await self._rest_of(address, await self._message(address, request, identity), raw, timeout)
 
     async def _send_blocks(self, address: str, request: CoapRequest, identity: str | None, exp: int,
                            timeout: float) -> Message:
@@ -664,13 +661,7 @@ class CoapAdapter:
         if self._fast_client is not None and type(message.remote) is UDP6EndpointAddress \
                 and message.opt.observe is None:
             raw = await self._fast_exchange(address, message, timeout)
-            if whole and raw.opt.block2 is not None:
-                try:
-                    raw = await receive_in_blocks(lambda follow: self._fast_exchange(address, follow, timeout),
-                                                  message, raw)
-                except UnexpectedBlock2 as error:
-                    raise DeviceUnreachable(address, str(error)) from None
-            return None, raw
+            return None, await self._rest_of(address, message, raw, timeout) if whole else raw
         pending = self._context.request(message, handle_blockwise=whole)
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
@@ -686,6 +677,17 @@ class CoapAdapter:
         if address not in self._remotes:
             self._remember(address, raw.remote)
         return pending, raw
+
+    async def _rest_of(self, address: str, message: Message, first: Message, timeout: float) -> Message:
+        """``first`` (the fast path's answer to ``message``) with the rest of a Block2
+        answer fetched the same way and joined."""
+        if first.opt.block2 is None:
+            return first
+        try:
+            return await receive_in_blocks(lambda follow: self._fast_exchange(address, follow, timeout),
+                                           message, first)
+        except UnexpectedBlock2 as error:
+            raise DeviceUnreachable(address, str(error)) from None
 
     async def _fast_exchange(self, address: str, message: Message, timeout: float) -> Message:
         remote = message.remote
