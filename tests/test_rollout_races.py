@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from lwm2m_server.core.operations import DeviceRequest
+from lwm2m_server.ota.orchestrator import Orchestrator
 from lwm2m_server.ota.rollouts import DeviceStatus, RolloutState, Selector, Strategy
 from simulators.profiles import get_profile
 from test_orchestrator import MODEL, Stack
@@ -195,6 +196,23 @@ async def test_a_rollout_completes_unless_it_follows(stack):
     assert [d.endpoint for d in devices] == ["a-1"] and late_a.objects.get("/26241/0/10") == ""
     with pytest.raises(Exception, match="complete"):
         await stack.orchestrator.set_state(once.id, RolloutState.RUNNING)
+
+
+async def test_a_device_heard_of_after_a_tick_took_the_noted_ones_is_noted_for_the_next(stack):
+    """Enrolment looks at the devices noted since the last tick: one whose event comes while
+    the watcher waits, after a tick took the set, must be in the new set (it once went into
+    the taken one and its rollout never enrolled it, until the next full sweep a minute on)."""
+    orchestrator = Orchestrator(stack.server, stack.deployment, clock=time.time, interval=3600)
+    orchestrator._watch()
+    try:
+        await asyncio.sleep(0)  # the watcher waits for an event
+        taken, orchestrator._arrived = orchestrator._arrived, set()  # what a tick does
+        stack.server.events.publish("profile", endpoint="late-1")
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert orchestrator._arrived == {"late-1"} and taken == set()
+    finally:
+        orchestrator._unwatch()
 
 
 # -- a restart while a request waits for a sleeping device ---------------------------------------------

@@ -216,7 +216,10 @@ class Orchestrator:
     async def _watch_devices(self, events: asyncio.Queue) -> None:
         """Note the devices that registered or got a profile, for the next tick's enrolment."""
         while True:
-            self._arrived.add((await events.get()).endpoint)
+            # the event first: a tick may take the noted set while this waits, and the
+            # endpoint belongs in the set that is current when the event comes
+            endpoint = (await events.get()).endpoint
+            self._arrived.add(endpoint)
             while not events.empty():
                 self._arrived.add(events.get_nowait().endpoint)
 
