@@ -473,6 +473,7 @@ async def reads(server, ops: int, concurrency: int) -> dict:
 async def lwm2m_server_main(log_level: str) -> None:
     from ipso_objects import ObjectRegistry
     from lwm2m_server.config import ServerConfig
+    from lwm2m_server.heap import tune_for_serving
     from lwm2m_server.logging_setup import configure_logging
     from lwm2m_server.server import LwM2MServer
     from lwm2m_server.store.sqlite import SqliteStore
@@ -485,6 +486,7 @@ async def lwm2m_server_main(log_level: str) -> None:
         store = await SqliteStore.open(Path(folder) / "state.sqlite3")
         server = LwM2MServer(config, ObjectRegistry.default(), store)
         await server.start()
+        tune_for_serving()  # as the daemon does once started
         profiles = Profiles(server)
         gc.collect()
         reply(port=server.port, pid=os.getpid(), rss=vm_rss())

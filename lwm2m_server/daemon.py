@@ -25,6 +25,7 @@ from .config import ConfigError, DeclaredRollout, ServerConfig, ensure_api_token
 from .security.credentials import CredentialError, CredentialStore
 from .ota.deployment import Deployment, DeploymentError
 from .folder_lock import FolderInUse, FolderLock
+from .heap import tune_for_serving
 from .logging_setup import configure_logging
 from .ota.leadership import RolloutLeadership, remember_modules
 from .ota.orchestrator import Orchestrator
@@ -176,6 +177,7 @@ async def _declare(orchestrator: Orchestrator, deployment: Deployment, declared:
 async def _serve(config: ServerConfig) -> None:
     daemon = Daemon(config)
     await daemon.start()
+    tune_for_serving()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

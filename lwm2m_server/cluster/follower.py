@@ -13,6 +13,7 @@ import structlog
 
 from ipso_objects import ObjectRegistry
 from lwm2m_server.config import ServerConfig
+from lwm2m_server.heap import tune_for_serving
 from lwm2m_server.logging_setup import configure_logging
 from lwm2m_server.ota.deployment import Deployment
 from lwm2m_server.security.credentials import CredentialStore
@@ -63,6 +64,7 @@ async def _serve(config: ServerConfig, worker: str) -> None:
         link = WorkerLink(server, bus, prefix=config.cluster.name, worker=worker, node=config.cluster.node_id,
                           deployment=deployment, advertise=advertised(config, server.port, server.secure_port))
         await link.start()
+        tune_for_serving()
         structlog.get_logger("tinymlaas").info("worker_ready", worker=worker, coap_port=server.port)
         await stopping.wait()
     finally:
