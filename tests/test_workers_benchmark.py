@@ -42,7 +42,7 @@ def test_quick_run_prints_the_ratio_rss_and_each_workers_share():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = run.stdout
 
-    table = out.partition("medians of")[2]
+    table = out.partition("interleaved bursts of")[2]
     assert table, out
     rate = re.search(r"registrations/s \(profile stored\)\s+(\d+)\s+(\d+)\s+x(\d+\.\d\d)\s+>= 1\.7", table)
     assert rate, table
