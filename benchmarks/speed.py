@@ -486,9 +486,8 @@ async def lwm2m_server_main(log_level: str) -> None:
         store = await SqliteStore.open(Path(folder) / "state.sqlite3")
         server = LwM2MServer(config, ObjectRegistry.default(), store)
         await server.start()
-        tune_for_serving()  # as the daemon does once started
         profiles = Profiles(server)
-        gc.collect()
+        tune_for_serving()  # as the daemon does once started (it collects first, for the RSS below)
         reply(port=server.port, pid=os.getpid(), rss=vm_rss())
         try:
             async for command in commands():
