@@ -65,7 +65,7 @@ from lwm2m_server.transport.dtls import DtlsUnavailable, tinydtls
 from .dtls import DtlsClientInterface
 from . import oscore as device_oscore
 from .profiles import DeviceProfile, get_profile
-from .registration import _BINDING, _LIFETIME, DeviceRegistration, RegistrationFailed
+from .registration import _BINDING, _LIFETIME, RETRY_COUNT, RETRY_TIMER, DeviceRegistration, RegistrationFailed
 from .serving import DeviceServing
 from .transport import (
     DeviceStats, LiveObservation, is_request, wait_event, without_reuse_port,
@@ -143,6 +143,7 @@ class SimulatedDevice(DeviceServing, DeviceRegistration):
         bootstrap_timeout: float = 60.0,
         oscore: str | os.PathLike[str] | None = None,
         oscore_storage: str | os.PathLike[str] | None = None,
+        communication_retry: tuple[int, int] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.oscore_context = device_oscore.load(oscore) if oscore is not None else None
@@ -163,6 +164,9 @@ class SimulatedDevice(DeviceServing, DeviceRegistration):
             trust_anchors=trust_anchors, vendor_id=vendor_id,
         )
         """The device's object tree; tests and hooks may read and change it."""
+        if communication_retry is not None:  # Register, Update, De-register retry when unanswered
+            self.objects.set(RETRY_COUNT, communication_retry[0])
+            self.objects.set(RETRY_TIMER, communication_retry[1])
         self.host = host
         self.sensor_interval = sensor_interval or self.profile.sensor_interval
         self.request_timeout = request_timeout

@@ -9,7 +9,7 @@ which owns the socket, the object tree, the security set-up and the timers.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import aiocoap
 import aiocoap.error
@@ -30,6 +30,10 @@ log = structlog.get_logger("simulators.client")
 
 _LIFETIME = LwM2MPath.of(1, 0, 1)
 _BINDING = LwM2MPath.of(1, 0, 7)
+RETRY_COUNT = LwM2MPath.of(1, 0, 17)
+RETRY_TIMER = LwM2MPath.of(1, 0, 18)
+DEFAULT_RETRY_TIMER = 60
+"""Seconds: the Communication Retry Timer's default (LwM2M Core 1.1 §6.2.1.1)."""
 
 
 BOOTSTRAP_AFTER_FAILURES = 2
@@ -40,6 +44,11 @@ bootstraps again: LwM2M 1.1 Core §6.2.1.1, "Bootstrap on Registration Failure"
 
 class RegistrationFailed(Exception):
     """Register, Update or De-register got an error response or no response."""
+
+
+class NoResponse(RegistrationFailed):
+    """The server did not answer: no response in time, CoAP retransmissions exhausted,
+    or a network error."""
 
 
 class DeviceRegistration:
@@ -100,9 +109,30 @@ class DeviceRegistration:
                 async with asyncio.timeout(self.request_timeout):
                     return await self._context.request(retry).response
         except TimeoutError:
-            raise RegistrationFailed(f"no response within {self.request_timeout:g} s") from None
+            raise NoResponse(f"no response within {self.request_timeout:g} s") from None
         except aiocoap.error.Error as error:
-            raise RegistrationFailed(f"{type(error).__name__}: {error}") from None
+            raise NoResponse(f"{type(error).__name__}: {error}") from None
+
+    async def _sequence(self, build: Callable[[], Message]) -> Message:
+        """One communication sequence (LwM2M Core 1.1 §6.2.1.1): while the server does not
+        answer, up to Communication Retry Count (/1/0/17) attempts, the n-th retry after
+        Communication Retry Timer (/1/0/18) × 2^(n-1) s; an error response is final. Without
+        /1/0/17 the device makes one attempt (the spec's default is 5 × 60 s: a simulated
+        fleet gives up at once unless asked to retry)."""
+        attempts = max(1, int(self.objects.get(RETRY_COUNT) or 1))
+        timer = float(self.objects.get(RETRY_TIMER) or DEFAULT_RETRY_TIMER)
+        attempt = 1
+        while True:
+            try:
+                return await self._request(build())  # a new message each time: new MID and token
+            except NoResponse as error:
+                if attempt >= attempts or self._closing:
+                    raise
+                wait = timer * 2 ** (attempt - 1)
+                log.info("no_response", ep=self.endpoint, attempt=attempt, of=attempts, retry_in=wait,
+                         reason=str(error))
+                await asyncio.sleep(wait)
+                attempt += 1
 
     def _message(self, code: Code, path: Sequence[str], query: Sequence[str] = (), payload: bytes = b"") -> Message:
         message = Message(code=code, uri=self.server_uri, payload=payload)
@@ -120,7 +150,7 @@ class DeviceRegistration:
         if self.profile.queue_mode and version != "1.0":
             query.append("Q")
         payload = link_format.encode(self.objects.registration_links())
-        response = await self._request(self._message(Code.POST, ("rd",), query, payload))
+        response = await self._sequence(lambda: self._message(Code.POST, ("rd",), query, payload))
         if response.code != Code.CREATED:
             raise RegistrationFailed(f"Register answered {response.code.dotted} {response.payload[:100]!r}")
         self.location = tuple(response.opt.location_path)
@@ -143,7 +173,8 @@ class DeviceRegistration:
             query.append(f"b={binding}")
         links = link_format.encode(self.objects.registration_links())
         payload = links if send_objects or links != self._sent.get("links") else b""
-        response = await self._request(self._message(Code.POST, self.location, query, payload))
+        location = self.location
+        response = await self._sequence(lambda: self._message(Code.POST, location, query, payload))
         if response.code == Code.NOT_FOUND:
             log.info("registration_lost", ep=self.endpoint)
             self.location = None
@@ -161,7 +192,7 @@ class DeviceRegistration:
         if self.location is None:
             return
         location, self.location = self.location, None
-        response = await self._request(self._message(Code.DELETE, location))
+        response = await self._sequence(lambda: self._message(Code.DELETE, location))
         if not response.code.is_successful():
             raise RegistrationFailed(f"De-register answered {response.code.dotted}")
         log.info("deregistered", ep=self.endpoint)

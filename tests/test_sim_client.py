@@ -12,12 +12,14 @@ import asyncio
 from dataclasses import dataclass, field, replace
 
 import aiocoap
+import aiocoap.numbers.constants
 import aiocoap.resource
 import pytest
 from aiocoap import Code, Message
 
 from ipso_objects import LwM2MPath, ObjectInstance, Resource, codecs
 from ipso_objects.codecs import link_format
+from netem import LossyRelay
 from simulators.client import RegistrationFailed, SimulatedDevice
 from simulators.profiles import builtin_profiles
 
@@ -52,6 +54,8 @@ class MiniServer(aiocoap.resource.Resource):
         self.events: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.context: aiocoap.Context | None = None
         self.port = 0
+        self.refuse_registers = False
+        self.refused = 0
 
     @property
     def uri(self) -> str:
@@ -59,6 +63,9 @@ class MiniServer(aiocoap.resource.Resource):
 
     async def render(self, request: Message) -> Message:
         path = request.opt.uri_path
+        if request.code == Code.POST and path == ("rd",) and self.refuse_registers:
+            self.refused += 1
+            return Message(code=Code.FORBIDDEN)
         if request.code == Code.POST and path == ("rd",):
             number = str(len(self.registrations) + 1)
             query = list(request.opt.uri_query)
@@ -364,6 +371,74 @@ async def test_register_without_server_fails(registry):
     with pytest.raises(RegistrationFailed):
         await device.start()
     assert not device.registered
+
+
+class RegisterAttempts:
+    """Relay hooks: the Register datagrams (POST /rd) going up, by message ID and when,
+    and drops for all of them or for every datagram of the first attempt."""
+
+    def __init__(self, lose: str) -> None:
+        self.lose = lose  # "first attempt" or "all"
+        self.sent: dict[int, list[float]] = {}  # message ID -> when each copy went up
+
+    @staticmethod
+    def is_register(direction: str, datagram: bytes) -> bool:
+        return direction == "up" and datagram[1] == int(Code.POST) and b"\xb2rd" in datagram
+
+    def tap(self, direction: str, client, datagram: bytes) -> None:
+        if self.is_register(direction, datagram):
+            mid = int.from_bytes(datagram[2:4], "big")
+            self.sent.setdefault(mid, []).append(asyncio.get_running_loop().time())
+
+    def drop(self, direction: str, client, datagram: bytes) -> bool:
+        if not self.is_register(direction, datagram):
+            return False
+        return self.lose == "all" or int.from_bytes(datagram[2:4], "big") == next(iter(self.sent))
+
+
+@pytest.fixture
+def quick_retransmission(monkeypatch):
+    """CoAP's ACK_TIMEOUT at 20 ms: an unanswered exchange gives up within 0.62-0.93 s."""
+    monkeypatch.setattr(aiocoap.numbers.constants.TransportTuning, "ACK_TIMEOUT", 0.02)
+
+
+async def test_unanswered_register_is_retried_after_the_communication_retry_timer(server, registry,
+                                                                                   quick_retransmission):
+    attempts = RegisterAttempts("first attempt")
+    async with LossyRelay(("127.0.0.1", server.port), tap=attempts.tap, drop=attempts.drop) as relay:
+        device = SimulatedDevice("m4f-retry", "cortex-m4f", f"coap://127.0.0.1:{relay.port}", registry,
+                                 communication_retry=(3, 1))
+        await device.start()
+        try:
+            assert device.registered and device.stats.registrations == 1
+            (first, *retransmissions), (second, *_) = attempts.sent.values()  # two messages, new MID
+            assert len(retransmissions) == 4  # the first exchange ran out of CoAP retransmissions
+            assert second - retransmissions[-1] >= 1  # then the Communication Retry Timer
+            assert list(server.registrations) == ["1"]
+        finally:
+            await device.stop()
+
+
+async def test_a_register_sequence_gives_up_after_the_communication_retry_count(server, registry,
+                                                                                quick_retransmission):
+    attempts = RegisterAttempts("all")
+    async with LossyRelay(("127.0.0.1", server.port), tap=attempts.tap, drop=attempts.drop) as relay:
+        device = SimulatedDevice("m4f-gone", "cortex-m4f", f"coap://127.0.0.1:{relay.port}", registry,
+                                 communication_retry=(3, 1))
+        with pytest.raises(RegistrationFailed, match="ConRetransmitsExceeded"):
+            await device.start()
+    assert not device.registered and len(attempts.sent) == 3
+    first, second, third = attempts.sent.values()
+    assert second[0] - first[-1] >= 1 and third[0] - second[-1] >= 2  # the timer doubles
+    assert device.objects.get("/1/0/17") == 3 and device.objects.get("/1/0/18") == 1
+
+
+async def test_a_refused_register_is_not_retried(server, registry):
+    server.refuse_registers = True
+    device = SimulatedDevice("m4f-refused", "cortex-m4f", server.uri, registry, communication_retry=(5, 1))
+    with pytest.raises(RegistrationFailed, match="Register answered 4.03"):
+        await device.start()
+    assert server.refused == 1
 
 
 # -- fleet and command line -------------------------------------------------------------------------
