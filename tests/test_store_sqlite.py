@@ -278,3 +278,67 @@ async def test_calls_of_one_loop_turn_commit_together_and_a_failing_one_takes_ba
     async with await SqliteStore.open(db_path) as again:
         assert {r.id for r in await again.load_registrations()} == {"r1", "r2"}
         assert [o.token for o in await again.load_observations()] == [b"\x07"]
+
+
+async def traced(store: SqliteStore) -> list[str]:
+    """The statements the store's connection runs from now on."""
+    statements: list[str] = []
+    await store._run("test: trace", lambda connection: connection.set_trace_callback(statements.append))
+    return statements
+
+
+async def test_saves_in_a_row_go_as_one_statement_per_kind_and_do_what_they_do_one_by_one(store: SqliteStore):
+    await store.save_registration(registration("old", "dev0"))
+    await store.save_observation(observation(registration_id="old"))
+    statements = await traced(store)
+    count = 70  # statements of 64, 4, 1 and 1 rows
+    await asyncio.gather(
+        *(store.save_registration(registration(f"r{i}", f"dev{i}")) for i in range(count)),
+        *(store.put_document("profile", f"dev{i}", {"n": i}, 1.0) for i in range(count)),
+    )
+    saves = [s for s in statements if s.startswith("INSERT INTO registrations")]
+    assert [s.count("), (") + 1 for s in saves] == [64, 4, 1, 1]
+    assert len([s for s in statements if s.startswith("INSERT INTO documents")]) == 4
+    assert sorted(r.id for r in await store.load_registrations()) == sorted(f"r{i}" for i in range(count))
+    assert await store.load_observations() == []  # "old" was replaced by r0, and its observation with it
+    documents = await store.list_documents("profile")
+    assert {key: data["n"] for key, data in documents.items()} == {f"dev{i}": i for i in range(count)}
+
+
+async def test_a_failing_save_among_others_fails_alone(store: SqliteStore):
+    outcomes = await asyncio.gather(
+        store.save_registration(registration("r1", "dev1")),
+        store.save_registration(registration("r2", "dev2", address=None)),  # NOT NULL
+        store.save_registration(registration("r3", "dev3")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], StoreError) and "NOT NULL" in str(outcomes[1])
+    assert sorted(r.id for r in await store.load_registrations()) == ["r1", "r3"]
+
+
+async def test_saves_of_one_endpoint_in_a_row_keep_the_last(store: SqliteStore):
+    await asyncio.gather(
+        store.save_registration(registration("a", "dev1")),
+        store.save_registration(registration("b", "dev1")),  # a new Register of dev1 replaces "a"
+        store.put_document("profile", "dev1", {"n": 1}, 1.0),
+        store.put_document("profile", "dev1", {"n": 2}, 2.0),
+    )
+    assert [r.id for r in await store.load_registrations()] == ["b"]
+    assert await store.get_document("profile", "dev1") == {"n": 2}
+
+
+async def test_saves_of_registrations_and_documents_interleaved_go_one_statement_per_kind(store: SqliteStore):
+    statements = await traced(store)
+    outcomes = await asyncio.gather(
+        *(call for i in range(16) for call in (store.save_registration(registration(f"r{i}", f"dev{i}")),
+                                                store.put_document("profile", f"dev{i}", {"n": i}, 1.0))),
+        store.save_observation(observation(registration_id="r15")),  # saved in its place: after r15
+        store.save_registration(registration("r16", "dev16")),
+    )
+    assert outcomes == [None] * 34
+    inserts = [s.split(" (")[0] for s in statements if s.startswith("INSERT")]
+    assert inserts == ["INSERT INTO registrations", "INSERT INTO documents", "INSERT INTO observations",
+                       "INSERT INTO registrations"]
+    assert len(await store.load_registrations()) == 17 and len(await store.list_documents("profile")) == 16
+    assert [o.registration_id for o in await store.load_observations()] == ["r15"]

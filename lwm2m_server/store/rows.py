@@ -29,13 +29,13 @@ REGISTRATION_COLUMNS = (
 """What a registration row holds; a save adds ``expires_at`` after them."""
 
 
-def registration_upsert(placeholder: str) -> str:
-    """The statement saving a :func:`registration_row`, with the driver's ``placeholder``
-    (``?``, ``%s``): an upsert, not a delete and insert, which would cascade to the
-    observations of a registration that is only updated."""
-    values = ", ".join([placeholder] * (REGISTRATION_COLUMNS.count(",") + 2))  # and expires_at
+def registration_upsert(placeholder: str, rows: int = 1) -> str:
+    """The statement saving ``rows`` :func:`registration_row` s, with the driver's
+    ``placeholder`` (``?``, ``%s``): an upsert, not a delete and insert, which would
+    cascade to the observations of a registration that is only updated."""
+    row = "(" + ", ".join([placeholder] * (REGISTRATION_COLUMNS.count(",") + 2)) + ")"  # and expires_at
     return (
-        f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) VALUES ({values}) "
+        f"INSERT INTO registrations ({REGISTRATION_COLUMNS}, expires_at) VALUES {', '.join([row] * rows)} "
         "ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, "
         "address = excluded.address, lifetime = excluded.lifetime, "
         "lwm2m_version = excluded.lwm2m_version, binding = excluded.binding, "
