@@ -342,3 +342,29 @@ async def test_saves_of_registrations_and_documents_interleaved_go_one_statement
                        "INSERT INTO registrations"]
     assert len(await store.load_registrations()) == 17 and len(await store.list_documents("profile")) == 16
     assert [o.registration_id for o in await store.load_observations()] == ["r15"]
+
+
+async def test_a_write_that_fills_the_disk_takes_back_its_whole_transaction_and_nothing_runs_outside_it(
+        store: SqliteStore):
+    await store.save_registration(registration("old", "dev0"))
+
+    def cap(connection: sqlite3.Connection) -> None:  # the file may not grow any more
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    await store._run("test: cap size", cap)
+    # SQLite rolls back the whole transaction on this failure; the small writes after it
+    # would fit, but run on their own they would be kept while told they failed
+    outcomes = await asyncio.gather(
+        store.put_document("profile", "dev0", {"payload": "x" * 100_000}, 1.0),
+        *(store.put_document("profile", f"dev{i}", {"n": i}, 1.0) for i in range(1, 4)),
+        *(store.save_registration(registration(f"r{i}", f"dev{i}")) for i in range(4)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(outcome, StoreError) and "full" in str(outcome) for outcome in outcomes), outcomes
+    assert "were all taken back" in str(outcomes[-1])
+    assert [r.id for r in await store.load_registrations()] == ["old"]
+    assert await store.list_documents("profile") == {}
+    await store._run("test: uncap size", lambda c: c.execute("PRAGMA max_page_count = 1073741823").fetchone())
+    await store.save_registration(registration("r1", "dev1"))  # the store works again
+    assert sorted(r.id for r in await store.load_registrations()) == ["old", "r1"]

@@ -83,6 +83,14 @@ BULK_ROWS = (64, 16, 4, 1)
 keeps them prepared; 64 x 14 values stay within the 999 variables of old SQLite)."""
 
 
+class _TransactionLost(Exception):
+    """SQLite rolled the whole transaction back on a call's failure (``failure``)."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
 class _Call(NamedTuple):
     """A store call waiting for the thread: ``function(connection, *args)``."""
 
@@ -205,8 +213,16 @@ class SqliteStore(Store):
             with transaction(self._connection):
                 outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
                 for group in _groups(calls):
-                    for index, outcome in zip(group, self._call_group([calls[i] for i in group])):
+                    results = self._call_group([calls[i] for i in group])
+                    if not self._connection.in_transaction:
+                        # SQLite took back the whole transaction (a full disk may): nothing of it
+                        # was kept, and the calls after it must not run outside of it
+                        raise _TransactionLost(next(value for ok, value in results if not ok))
+                    for index, outcome in zip(group, results):
                         outcomes[index] = outcome
+        except _TransactionLost as lost:
+            failure = StoreError(f"{lost.failure} (the {len(calls)} writes of its transaction were all taken back)")
+            return [(False, failure)] * len(calls)
         except sqlite3.Error as error:  # the COMMIT failed (e.g. a full disk): none of it was kept
             failure = store_error(self.path, "commit", error)
             return [(False, failure)] * len(calls)
@@ -222,11 +238,16 @@ class SqliteStore(Store):
                     for rows in _pieces([call.args for call in group]):
                         save_all(self._connection, rows)
                 return [(True, None)] * len(group)
-            except sqlite3.Error:
+            except sqlite3.Error as error:
                 if not self._connection.in_transaction:  # SQLite took back the whole transaction
-                    raise
+                    return [(False, store_error(self.path, group[0].operation, error))] * len(group)
                 # the calls again, one by one: the failing one gets the error, the others are saved
-        return [self._outcome(call) for call in group]
+        outcomes = []
+        for call in group:
+            outcomes.append(self._outcome(call))
+            if not self._connection.in_transaction:  # lost: no call may run outside of it
+                break
+        return outcomes
 
     def _outcome(self, call: _Call) -> tuple[bool, Any]:
         try:

@@ -180,8 +180,9 @@ def transaction(connection: sqlite3.Connection) -> Iterator[None]:
         try:
             yield
         except BaseException:
-            connection.execute("ROLLBACK TO part")
-            connection.execute("RELEASE part")
+            if connection.in_transaction:  # else SQLite took back the whole transaction (a full disk)
+                connection.execute("ROLLBACK TO part")
+                connection.execute("RELEASE part")
             raise
         connection.execute("RELEASE part")
         return
