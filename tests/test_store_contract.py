@@ -526,3 +526,44 @@ async def test_leases_survive_reopen(backend: Backend):
     async with await backend.open() as again:
         assert await again.get_lease("rollouts") == lease
         assert await again.acquire_lease("rollouts", "node-b", 10.0, now=200.0) is None
+
+# -- saves in bulk (registrations and profiles of a burst of Registers share statements) ----------
+
+
+async def test_saves_made_together_are_each_what_they_are_alone(store: Store):
+    await store.save_registration(registration("old", "dev0"))
+    await store.save_observation(observation(registration_id="old"))
+    count = 70
+    outcomes = await asyncio.gather(
+        *(call for i in range(count) for call in (store.save_registration(registration(f"r{i}", f"dev{i}")),
+                                                   store.put_document("profile", f"dev{i}", {"n": i}, 1.0))),
+        store.save_observation(observation(b"\x07", registration_id="r5")),  # after r5, in its place
+    )
+    assert outcomes == [None] * (2 * count + 1)
+    assert sorted(r.id for r in await store.load_registrations()) == sorted(f"r{i}" for i in range(count))
+    assert [o.token for o in await store.load_observations()] == [b"\x07"]  # "old" and its own went with dev0
+    documents = await store.list_documents("profile")
+    assert {key: data["n"] for key, data in documents.items()} == {f"dev{i}": i for i in range(count)}
+
+
+async def test_a_failing_save_among_others_fails_alone(store: Store):
+    outcomes = await asyncio.gather(
+        store.save_registration(registration("r1", "dev1")),
+        store.save_registration(registration("r2", "dev2", address=None)),  # NOT NULL
+        store.save_registration(registration("r3", "dev3")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], StoreError) and "address" in str(outcomes[1])  # names the column
+    assert sorted(r.id for r in await store.load_registrations()) == ["r1", "r3"]
+
+
+async def test_saves_of_one_endpoint_in_a_row_keep_the_last(store: Store):
+    await asyncio.gather(
+        store.save_registration(registration("a", "dev1")),
+        store.save_registration(registration("b", "dev1")),  # a new Register of dev1 replaces "a"
+        store.put_document("profile", "dev1", {"n": 1}, 1.0),
+        store.put_document("profile", "dev1", {"n": 2}, 2.0),
+    )
+    assert [r.id for r in await store.load_registrations()] == ["b"]
+    assert await store.get_document("profile", "dev1") == {"n": 2}

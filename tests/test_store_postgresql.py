@@ -363,6 +363,26 @@ async def test_calls_of_one_loop_turn_commit_together_and_a_failing_one_takes_ba
         assert await store.list_documents("rollout") == {"y": {"b": 2}}
 
 
+async def test_the_saves_of_a_burst_go_as_a_few_statements(url, new_schema):
+    schema = new_schema()
+    async with await open_store(url, schema) as store:
+        await store.save_registration(registration("init", "dev-init"))  # the tables exist
+        await sql(url, f"CREATE TABLE {schema}.statements (target TEXT)")
+        await sql(url, f"""CREATE FUNCTION {schema}.counted() RETURNS trigger LANGUAGE plpgsql AS
+                          $$ BEGIN INSERT INTO {schema}.statements VALUES (TG_TABLE_NAME); RETURN NULL; END $$""")
+        for table in ("registrations", "documents"):
+            await sql(url, f"CREATE TRIGGER counted AFTER INSERT ON {schema}.{table} "
+                           f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.counted()")
+        count = 40
+        await asyncio.gather(*(call for i in range(count) for call in (
+            store.save_registration(registration(f"r{i}", f"dev{i}")),
+            store.put_document("profile", f"dev{i}", {"n": i}, 1.0))))
+        statements = await sql(url, f"SELECT target, count(*) FROM {schema}.statements GROUP BY target")
+        assert all(n <= 12 for _, n in statements) and len(statements) == 2, statements  # not 40 each
+        assert len(await store.load_registrations()) == count + 1
+        assert len(await store.list_documents("profile")) == count
+
+
 # -- configuration and the daemon ----------------------------------------------------
 
 

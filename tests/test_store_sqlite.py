@@ -305,28 +305,6 @@ async def test_saves_in_a_row_go_as_one_statement_per_kind_and_do_what_they_do_o
     assert {key: data["n"] for key, data in documents.items()} == {f"dev{i}": i for i in range(count)}
 
 
-async def test_a_failing_save_among_others_fails_alone(store: SqliteStore):
-    outcomes = await asyncio.gather(
-        store.save_registration(registration("r1", "dev1")),
-        store.save_registration(registration("r2", "dev2", address=None)),  # NOT NULL
-        store.save_registration(registration("r3", "dev3")),
-        return_exceptions=True,
-    )
-    assert outcomes[0] is None and outcomes[2] is None
-    assert isinstance(outcomes[1], StoreError) and "NOT NULL" in str(outcomes[1])
-    assert sorted(r.id for r in await store.load_registrations()) == ["r1", "r3"]
-
-
-async def test_saves_of_one_endpoint_in_a_row_keep_the_last(store: SqliteStore):
-    await asyncio.gather(
-        store.save_registration(registration("a", "dev1")),
-        store.save_registration(registration("b", "dev1")),  # a new Register of dev1 replaces "a"
-        store.put_document("profile", "dev1", {"n": 1}, 1.0),
-        store.put_document("profile", "dev1", {"n": 2}, 2.0),
-    )
-    assert [r.id for r in await store.load_registrations()] == ["b"]
-    assert await store.get_document("profile", "dev1") == {"n": 2}
-
 
 async def test_saves_of_registrations_and_documents_interleaved_go_one_statement_per_kind(store: SqliteStore):
     statements = await traced(store)

@@ -32,6 +32,7 @@ and a takeover of the lease happen one after the other, never interleaved.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -58,6 +59,7 @@ from .base import (
     check_state,
     document_to_json,
 )
+from .bulk import Bulk, document_key, groups, pieces, registration_key
 from .rows import (
     OBSERVATION_COLUMNS,
     QUEUE_COLUMNS,
@@ -210,6 +212,8 @@ class PostgresqlStore(Store):
         ones after it run each alone, in order: alone, a call holds no lock another call
         of its transaction took before it, and waits its turn instead of deadlocking."""
         outcomes: list[tuple[bool, Any]] = []
+        calls = [calls[index] for group in groups([(function, args) for _, function, args, _ in calls], _BULK)
+                 for index in group]  # in the order they run: saves of a kind together (see .bulk)
         try:
             outcomes = await self._transaction(calls)
             while len(outcomes) < len(calls):
@@ -256,14 +260,29 @@ class PostgresqlStore(Store):
                 # Statements sent with the next call: its savepoint (a savepoint of the
                 # same name in the one before: ROLLBACK TO takes back the latest only).
                 ahead: tuple[str, ...] = ("BEGIN", "SAVEPOINT call") if several else ("BEGIN",)
-                for index, (operation, function, args, _) in enumerate(calls):
-                    outcome = await self._call(connection, ahead, operation, function, args)
-                    last = index == len(calls) - 1
+                index = 0
+                alone = 0  # the calls before this one run one by one (their group's statement failed)
+                while index < len(calls):
+                    operation, function, args, _ = calls[index]
+                    size = _bulk_size(calls, index) if index >= alone else 1
+                    if size > 1:  # this call and the next ones of its kind, as one statement
+                        outcome = await self._call(connection, ahead, operation, _BULK[function][0],
+                                                   ([call[2] for call in calls[index:index + size]],))
+                        if not outcome[0] and not _lost_a_lock_race(outcome[1]):
+                            # one of them is refused: each on its own names which
+                            await connection.execute("ROLLBACK TO call")
+                            ahead = ()
+                            alone = index + size
+                            continue
+                    else:
+                        outcome = await self._call(connection, ahead, operation, function, args)
+                    last = index + size == len(calls)
                     if several and not outcome[0] and _lost_a_lock_race(outcome[1]):
                         committing = True  # the calls before it, and none after it
                         await connection.execute("ROLLBACK TO call; COMMIT")
                         return outcomes
-                    outcomes.append(outcome)
+                    outcomes += [outcome] * size
+                    index += size
                     if outcome[0]:
                         ahead = ("SAVEPOINT call",)
                         if last:
@@ -479,6 +498,32 @@ async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> No
     await connection.execute(_UPSERT_REGISTRATION, row)
 
 
+async def _save_registrations(connection: Connection, calls: list[tuple[Any, ...]]) -> None:
+    """:func:`_save_registration` for the rows of ``calls`` (their arguments), endpoints
+    distinct: the endpoints' locks in one statement, in their order, then the other
+    registrations of the endpoints deleted and the rows saved."""
+    # PIPELINED
+    rows = [row for row, in calls]
+    await connection.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended("
+        "'tinymlaas registration ' || current_schema() || '/' || endpoint, 0)) "
+        "FROM unnest(%s::text[]) AS endpoint",
+        (sorted(row[1] for row in rows),),
+    )
+    await connection.execute(
+        "DELETE FROM registrations r USING unnest(%s::text[], %s::text[]) AS new (endpoint, id) "
+        "WHERE r.endpoint = new.endpoint AND r.id != new.id",
+        ([row[1] for row in rows], [row[0] for row in rows]),
+    )
+    for piece in pieces(rows):
+        await connection.execute(_upsert_registrations(len(piece)), [value for row in piece for value in row])
+
+
+@functools.lru_cache(maxsize=None)
+def _upsert_registrations(rows: int) -> str:
+    return registration_upsert("%s", rows)
+
+
 async def _load_registrations(connection: Connection) -> list[Registration]:
     rows = await _fetchall(connection, f"SELECT {REGISTRATION_COLUMNS} FROM registrations ORDER BY endpoint")
     return [registration_from_row(row) for row in rows]
@@ -576,6 +621,18 @@ async def _put_document(connection: Connection, kind: str, key: str, text: str, 
     )
 
 
+async def _put_documents(connection: Connection, calls: list[tuple[str, str, str, float]]) -> None:
+    """:func:`_put_document` for the arguments of ``calls``, keys distinct."""
+    # PIPELINED
+    for piece in pieces(calls):
+        await connection.execute(
+            "INSERT INTO documents (kind, key, data, updated_at) VALUES "
+            + ", ".join(["(%s, %s, %s, %s)"] * len(piece))
+            + " ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            [value for call in piece for value in call],
+        )
+
+
 async def _get_document(connection: Connection, kind: str, key: str) -> dict[str, Any] | None:
     rows = await _fetchall(connection, "SELECT data FROM documents WHERE kind = %s AND key = %s", (kind, key))
     return json.loads(rows[0][0]) if rows else None
@@ -643,7 +700,27 @@ async def _get_lease(connection: Connection, name: str) -> Lease | None:
     return Lease(*rows[0]) if rows else None
 
 
-PIPELINED = frozenset({_save_registration, _put_document})
+_BULK: Bulk = {
+    _save_registration: (_save_registrations, registration_key),
+    _put_document: (_put_documents, document_key),
+}
+
+
+def _bulk_size(calls: list[_Call], start: int) -> int:
+    """How many calls from ``start`` on go as one statement of a bulk form (1: alone)."""
+    function = calls[start][1]
+    form = _BULK.get(function)
+    if form is None:
+        return 1
+    keys: set[Any] = set()
+    end = start
+    while end < len(calls) and calls[end][1] is function and form[1](calls[end][2]) not in keys:
+        keys.add(form[1](calls[end][2]))
+        end += 1
+    return end - start
+
+
+PIPELINED = frozenset({_save_registration, _put_document, _save_registrations, _put_documents})
 """Query functions that only send statements, read no result and catch no error: the
 store runs them in pipeline mode, with the statements before them (BEGIN, a
 savepoint), all in one round trip; their errors come at the pipeline's end."""

@@ -9,7 +9,7 @@ one turn of the event loop, and, while a transaction runs on the thread, every
 call made meanwhile, which goes as the next one when it ends. Each call is a
 savepoint in it, so a call that fails takes back only its own changes. The saves of
 registrations and of profiles (documents) in a transaction go as one statement per kind
-(up to :data:`BULK_ROWS` rows) in one savepoint: this thread releases the GIL around
+(see :mod:`.bulk`) in one savepoint: this thread releases the GIL around
 every statement and waits for the busy event loop to hand it back (a daemon taking
 20,000 new devices, one worker, three paired runs: 72,000–80,000 such waits of this
 thread with a statement per call, 18,000–22,000 in bulk; its CPU 1.19–1.22 s → 0.68–1.12 s).
@@ -55,6 +55,7 @@ from .base import (
     check_state,
     document_to_json,
 )
+from .bulk import Bulk, document_key, groups, pieces, registration_key
 from .rows import (
     OBSERVATION_COLUMNS,
     QUEUE_COLUMNS,
@@ -78,10 +79,6 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 TURN_POLL_S = 0.0002
 """How often a writer asks for its turn while another process has it."""
-BULK_ROWS = (64, 16, 4, 1)
-"""Rows of the statements a group of saves is cut into (few statement texts: SQLite
-keeps them prepared; 64 x 14 values stay within the 999 variables of old SQLite)."""
-
 
 class _TransactionLost(Exception):
     """SQLite rolled the whole transaction back on a call's failure (``failure``)."""
@@ -212,7 +209,7 @@ class SqliteStore(Store):
         try:
             with transaction(self._connection):
                 outcomes: list[tuple[bool, Any]] = [(False, None)] * len(calls)
-                for group in _groups(calls):
+                for group in groups([(call.function, call.args) for call in calls], _BULK):
                     results = self._call_group([calls[i] for i in group])
                     if not self._connection.in_transaction:
                         # SQLite took back the whole transaction (a full disk may): nothing of it
@@ -229,13 +226,13 @@ class SqliteStore(Store):
         return outcomes
 
     def _call_group(self, group: list[_Call]) -> list[tuple[bool, Any]]:
-        """Calls of one function with a bulk form (:data:`_BULK`) as one savepoint; any
+        """Calls of one function with a bulk form (:data:`_BULK`) in one savepoint; any
         other call, or any failure, one by one."""
         if len(group) > 1:
             save_all, _ = _BULK[group[0].function]
             try:
                 with transaction(self._connection):
-                    for rows in _pieces([call.args for call in group]):
+                    for rows in pieces([call.args for call in group]):
                         save_all(self._connection, rows)
                 return [(True, None)] * len(group)
             except sqlite3.Error as error:
@@ -548,45 +545,10 @@ def _upsert_documents(rows: int) -> str:
             " ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at")
 
 
-_BULK: dict[Callable[..., Any], tuple[Callable[..., None], Callable[[tuple[Any, ...]], Any]]] = {
-    _save_registration: (_save_registrations, lambda args: args[0][1]),  # endpoint
-    _put_document: (_put_documents, lambda args: args[:2]),  # kind, key
+_BULK: Bulk = {
+    _save_registration: (_save_registrations, registration_key),
+    _put_document: (_put_documents, document_key),
 }
-"""Functions whose calls in one transaction go as one statement: their bulk form, and the
-key that must differ between the calls of one statement (a repeated key starts another)."""
-
-
-def _groups(calls: list[_Call]) -> list[list[int]]:
-    """The indices of ``calls`` in the order they run, in groups: a call without a bulk
-    form alone, in its place; between two such, the calls of each bulk function together,
-    in their order (the functions of :data:`_BULK` write tables of their own, so they
-    need not keep their order among one another's), a new group where a key repeats."""
-    groups: list[list[int]] = []
-    runs: dict[Callable[..., Any], tuple[list[int], set[Any]]] = {}  # function -> its open group, its keys
-    for index, call in enumerate(calls):
-        bulk = _BULK.get(call.function)
-        if bulk is None:
-            runs.clear()
-            groups.append([index])
-            continue
-        key = bulk[1](call.args)
-        run = runs.get(call.function)
-        if run is None or key in run[1]:
-            run = runs[call.function] = ([], set())
-            groups.append(run[0])
-        run[0].append(index)
-        run[1].add(key)
-    return groups
-
-
-def _pieces(rows: list[Any]) -> list[list[Any]]:
-    """``rows`` cut into pieces of the sizes in :data:`BULK_ROWS`, largest first."""
-    pieces, start = [], 0
-    for size in BULK_ROWS:
-        while len(rows) - start >= size:
-            pieces.append(rows[start:start + size])
-            start += size
-    return pieces
 
 
 def _get_document(connection: sqlite3.Connection, kind: str, key: str) -> dict[str, Any] | None:
