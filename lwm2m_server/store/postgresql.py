@@ -15,7 +15,11 @@ own writes and gets its own error while the others commit; no call is answered b
 its transaction committed, and a call whose caller is cancelled meanwhile still runs
 (as on SQLite). At most MAX_BATCHES such transactions run at once; calls
 made while they do wait and go together in the next one, so the busier the store, the
-more calls a transaction takes. Calls of different transactions, like calls of other
+more calls a transaction takes. The saves of registrations and of profiles among
+them go as a few statements, one pipeline each, in a savepoint per group (see
+:mod:`.bulk`); a group that fails goes back to its savepoint and its calls run one by
+one (a burst of Registers: 0.50 → 0.28 ms of the server's CPU and 0.13 → 0.08 ms of
+PostgreSQL's per Register). Calls of different transactions, like calls of other
 nodes, may run in any order. A connection is not checked before use: one the server
 dropped (a restart, an administrator terminating our sessions) fails at the BEGIN, and
 the transaction runs again at once on another. Every psycopg or pool error becomes a
