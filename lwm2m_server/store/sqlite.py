@@ -80,6 +80,7 @@ T = TypeVar("T")
 TURN_POLL_S = 0.0002
 """How often a writer asks for its turn while another process has it."""
 
+
 class _TransactionLost(Exception):
     """SQLite rolled the whole transaction back on a call's failure (``failure``)."""
 
@@ -214,11 +215,12 @@ class SqliteStore(Store):
                     if not self._connection.in_transaction:
                         # SQLite took back the whole transaction (a full disk may): nothing of it
                         # was kept, and the calls after it must not run outside of it
-                        raise _TransactionLost(next(value for ok, value in results if not ok))
+                        raise _TransactionLost(next((value for ok, value in results if not ok), StoreError(
+                            f"SQLite store {self.path}: the transaction ended unexpectedly")))
                     for index, outcome in zip(group, results):
                         outcomes[index] = outcome
         except _TransactionLost as lost:
-            failure = StoreError(f"{lost.failure} (the {len(calls)} writes of its transaction were all taken back)")
+            failure = StoreError(f"{lost.failure} (the {len(calls)} calls of its transaction were all taken back)")
             return [(False, failure)] * len(calls)
         except sqlite3.Error as error:  # the COMMIT failed (e.g. a full disk): none of it was kept
             failure = store_error(self.path, "commit", error)
