@@ -122,6 +122,9 @@ class Lookup:
     def for_endpoint(self, endpoint, scope="server"):
         return next((c for c in self.credentials if c.endpoint == endpoint and c.scope == scope), None)
 
+    def has_any(self, endpoint):
+        return any(c.endpoint == endpoint for c in self.credentials)
+
 
 def test_plain_coap_is_refused_to_an_endpoint_with_a_credential_of_any_kind():
     lookup = Lookup(PskCredential("bs-only", "bs-only-bs", KEY, "bootstrap"), PskCredential("psk", "psk", KEY),

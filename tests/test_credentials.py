@@ -210,6 +210,15 @@ def test_round_trip_sorted_and_reopened(db_path: Path):
         assert store.by_identity("nobody") is None
 
 
+def test_has_any_sees_every_scope_and_mechanism(store):
+    from lwm2m_server.security.oscore import OscoreCredential
+
+    store.add(cred("psk-server"))
+    store.add(cred("psk-bootstrap", "bs-id", scope="bootstrap"))
+    store.add_oscore(OscoreCredential("osc", sender_id=b"\x01", recipient_id=b"\x02", master_secret=bytes(16)))
+    assert [store.has_any(ep) for ep in ("psk-server", "psk-bootstrap", "osc", "nobody")] == [True, True, True, False]
+
+
 def test_created_comes_from_the_credential_without_now(store):
     store.add(cred(created=1234.5))
     assert store.for_endpoint("dev1").created == 1234.5

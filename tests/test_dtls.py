@@ -315,6 +315,9 @@ class Store:
     def for_endpoint(self, endpoint, scope="server"):
         return next((c for c in self.credentials if c.endpoint == endpoint and c.scope == scope), None)
 
+    def has_any(self, endpoint):
+        return any(c.endpoint == endpoint for c in self.credentials)
+
 
 def forbidden(call) -> str:
     with pytest.raises(RegistrationError) as raised:

@@ -50,6 +50,10 @@ class CredentialLookup(Protocol):
 
     def for_endpoint(self, endpoint: str, scope: str = SERVER_SCOPE) -> Credential | None: ...
 
+    def has_any(self, endpoint: str) -> bool:
+        """True when ``endpoint`` has a credential of any scope."""
+        ...
+
 
 def forbidden(reason: str) -> RegistrationError:
     return RegistrationError("4.03", reason)
@@ -66,7 +70,7 @@ class RegistrationEnded(RegistrationError):
 def plain_refusal(endpoint: str, credentials: CredentialLookup | None) -> str | None:
     """Why ``endpoint`` may not use plain CoAP (it has a credential of either scope),
     or None when it may."""
-    if credentials is None:
+    if credentials is None or not credentials.has_any(endpoint):  # most devices: one lookup
         return None
     server = credentials.for_endpoint(endpoint, SERVER_SCOPE)
     if server is not None:

@@ -257,6 +257,15 @@ class CredentialStore:
             return self.oscore_for_endpoint(endpoint)
         return found
 
+    def has_any(self, endpoint: str) -> bool:
+        """True when the endpoint has a credential of any scope or mechanism: one query,
+        where the lookups of each take three (a plain-CoAP Register asks this)."""
+        with self._using("lookup") as db:
+            return db.execute(
+                "SELECT EXISTS (SELECT 1 FROM credentials WHERE endpoint = ?) "
+                "OR EXISTS (SELECT 1 FROM oscore_credentials WHERE endpoint = ?)", (endpoint, endpoint),
+            ).fetchone()[0] == 1
+
     def psk_for_endpoint(self, endpoint: str, scope: str = "server") -> PskCredential | None:
         """The endpoint's PSK credential of ``scope``, or None."""
         _scope(scope)
