@@ -36,7 +36,6 @@ and a takeover of the lease happen one after the other, never interleaved.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -74,6 +73,7 @@ from .rows import (
     queue_row,
     registration_from_row,
     registration_row,
+    document_upsert,
     registration_upsert,
     result_json,
 )
@@ -216,12 +216,13 @@ class PostgresqlStore(Store):
         ones after it run each alone, in order: alone, a call holds no lock another call
         of its transaction took before it, and waits its turn instead of deadlocking."""
         outcomes: list[tuple[bool, Any]] = []
-        calls = [calls[index] for group in groups([(function, args) for _, function, args, _ in calls], _BULK)
-                 for index in group]  # in the order they run: saves of a kind together (see .bulk)
+        units = [[calls[index] for index in group]
+                 for group in groups([(function, args) for _, function, args, _ in calls], _BULK)]
+        calls = [call for unit in units for call in unit]  # in the order they run (see .bulk)
         try:
-            outcomes = await self._transaction(calls)
+            outcomes = await self._transaction(units)
             while len(outcomes) < len(calls):
-                outcomes += await self._transaction([calls[len(outcomes)]])
+                outcomes += await self._transaction([[calls[len(outcomes)]]])
         except Exception as error:  # a bug: no caller waits forever
             outcomes = [(False, error)] * len(calls)
         finally:  # cancelled (the loop ends): the callers left are cancelled too
@@ -239,10 +240,12 @@ class PostgresqlStore(Store):
             if not self._busy:
                 self._idle.set()
 
-    async def _transaction(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
-        """Run the calls in one transaction on a pooled connection: BEGIN, each call in a
-        savepoint of its own (when there are several), so that a failing call takes back
-        only its own writes, then COMMIT. Outcomes, (True, result) or (False, StoreError),
+    async def _transaction(self, units: list[list[_Call]]) -> list[tuple[bool, Any]]:
+        """Run the calls in one transaction on a pooled connection: BEGIN, each unit in a
+        savepoint of its own (when there are several calls), so that a failing call takes
+        back only its own writes, then COMMIT. A unit is one call, or saves of one kind
+        sent as one statement of their bulk form (see .bulk); when that statement is
+        refused, its calls run one by one. Outcomes, (True, result) or (False, StoreError),
         in call order; none holds before the COMMIT succeeded. Fewer outcomes than calls:
         the first call without one lost a deadlock, and it and the rest did not run.
 
@@ -252,6 +255,7 @@ class PostgresqlStore(Store):
         the transaction runs again at once on the next connection; so does one lost at
         any point before its COMMIT was sent (the server rolled the transaction back).
         The pool's own check would wait 1, 2, 4 ... s between dead ones."""
+        calls = [call for unit in units for call in unit]
         for attempt in range(self._max_connections + 1):
             try:
                 connection = await self._pool.getconn()
@@ -264,29 +268,27 @@ class PostgresqlStore(Store):
                 # Statements sent with the next call: its savepoint (a savepoint of the
                 # same name in the one before: ROLLBACK TO takes back the latest only).
                 ahead: tuple[str, ...] = ("BEGIN", "SAVEPOINT call") if several else ("BEGIN",)
-                index = 0
-                alone = 0  # the calls before this one run one by one (their group's statement failed)
-                while index < len(calls):
-                    operation, function, args, _ = calls[index]
-                    size = _bulk_size(calls, index) if index >= alone else 1
-                    if size > 1:  # this call and the next ones of its kind, as one statement
+                pending = list(units)
+                while pending:
+                    unit = pending.pop(0)
+                    operation, function, args, _ = unit[0]
+                    if len(unit) > 1:
                         outcome = await self._call(connection, ahead, operation, _BULK[function][0],
-                                                   ([call[2] for call in calls[index:index + size]],))
+                                                   ([call[2] for call in unit],))
                         if not outcome[0] and not _lost_a_lock_race(outcome[1]):
                             # one of them is refused: each on its own names which
                             await connection.execute("ROLLBACK TO call")
                             ahead = ()
-                            alone = index + size
+                            pending[:0] = [[call] for call in unit]
                             continue
                     else:
                         outcome = await self._call(connection, ahead, operation, function, args)
-                    last = index + size == len(calls)
+                    last = not pending
                     if several and not outcome[0] and _lost_a_lock_race(outcome[1]):
                         committing = True  # the calls before it, and none after it
                         await connection.execute("ROLLBACK TO call; COMMIT")
                         return outcomes
-                    outcomes += [outcome] * size
-                    index += size
+                    outcomes += [outcome] * len(unit)
                     if outcome[0]:
                         ahead = ("SAVEPOINT call",)
                         if last:
@@ -482,31 +484,18 @@ async def _delete(connection: Connection, table: str, column: str, key: object) 
     return (await connection.execute(f"DELETE FROM {table} WHERE {column} = %s", (key,))).rowcount
 
 
-_UPSERT_REGISTRATION = registration_upsert("%s")
-
-
 async def _save_registration(connection: Connection, row: tuple[Any, ...]) -> None:
-    # PIPELINED: one round trip. The endpoint's lock makes Registers of one endpoint at
-    # two nodes take turns: the later one's DELETE sees the earlier one committed and
-    # replaces it, where it would otherwise fail on the endpoint's UNIQUE constraint.
-    await connection.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended("
-        "'tinymlaas registration ' || current_schema() || '/' || %s::text, 0))",
-        (row[1],),
-    )
-    # A new Register of the endpoint replaces its old registration (and,
-    # through the foreign key, that registration's observations).
-    await connection.execute(
-        "DELETE FROM registrations WHERE endpoint = %s AND id != %s", (row[1], row[0])
-    )
-    await connection.execute(_UPSERT_REGISTRATION, row)
+    # PIPELINED
+    await _save_registrations(connection, [(row,)])
 
 
 async def _save_registrations(connection: Connection, calls: list[tuple[Any, ...]]) -> None:
-    """:func:`_save_registration` for the rows of ``calls`` (their arguments), endpoints
+    """The rows of ``calls`` (the arguments of :func:`_save_registration`), endpoints
     distinct: the endpoints' locks in one statement, in their order, then the other
     registrations of the endpoints deleted and the rows saved."""
-    # PIPELINED
+    # PIPELINED: one round trip. The endpoint's lock makes Registers of one endpoint at
+    # two nodes take turns: the later one's DELETE sees the earlier one committed and
+    # replaces it, where it would otherwise fail on the endpoint's UNIQUE constraint.
     rows = [row for row, in calls]
     await connection.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended("
@@ -514,18 +503,15 @@ async def _save_registrations(connection: Connection, calls: list[tuple[Any, ...
         "FROM unnest(%s::text[]) AS endpoint",
         (sorted(row[1] for row in rows),),
     )
+    # A new Register of the endpoint replaces its old registration (and,
+    # through the foreign key, that registration's observations).
     await connection.execute(
         "DELETE FROM registrations r USING unnest(%s::text[], %s::text[]) AS new (endpoint, id) "
         "WHERE r.endpoint = new.endpoint AND r.id != new.id",
         ([row[1] for row in rows], [row[0] for row in rows]),
     )
     for piece in pieces(rows):
-        await connection.execute(_upsert_registrations(len(piece)), [value for row in piece for value in row])
-
-
-@functools.lru_cache(maxsize=None)
-def _upsert_registrations(rows: int) -> str:
-    return registration_upsert("%s", rows)
+        await connection.execute(registration_upsert("%s", len(piece)), [value for row in piece for value in row])
 
 
 async def _load_registrations(connection: Connection) -> list[Registration]:
@@ -618,23 +604,14 @@ async def _prune(connection: Connection, before: float) -> int:
 
 async def _put_document(connection: Connection, kind: str, key: str, text: str, now: float) -> None:
     # PIPELINED
-    await connection.execute(
-        "INSERT INTO documents (kind, key, data, updated_at) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-        (kind, key, text, now),
-    )
+    await _put_documents(connection, [(kind, key, text, now)])
 
 
 async def _put_documents(connection: Connection, calls: list[tuple[str, str, str, float]]) -> None:
-    """:func:`_put_document` for the arguments of ``calls``, keys distinct."""
+    """The documents of ``calls`` (the arguments of :func:`_put_document`), keys distinct."""
     # PIPELINED
     for piece in pieces(calls):
-        await connection.execute(
-            "INSERT INTO documents (kind, key, data, updated_at) VALUES "
-            + ", ".join(["(%s, %s, %s, %s)"] * len(piece))
-            + " ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-            [value for call in piece for value in call],
-        )
+        await connection.execute(document_upsert("%s", len(piece)), [value for call in piece for value in call])
 
 
 async def _get_document(connection: Connection, kind: str, key: str) -> dict[str, Any] | None:
@@ -708,20 +685,6 @@ _BULK: Bulk = {
     _save_registration: (_save_registrations, registration_key),
     _put_document: (_put_documents, document_key),
 }
-
-
-def _bulk_size(calls: list[_Call], start: int) -> int:
-    """How many calls from ``start`` on go as one statement of a bulk form (1: alone)."""
-    function = calls[start][1]
-    form = _BULK.get(function)
-    if form is None:
-        return 1
-    keys: set[Any] = set()
-    end = start
-    while end < len(calls) and calls[end][1] is function and form[1](calls[end][2]) not in keys:
-        keys.add(form[1](calls[end][2]))
-        end += 1
-    return end - start
 
 
 PIPELINED = frozenset({_save_registration, _put_document, _save_registrations, _put_documents})

@@ -3,6 +3,7 @@ same columns in the same order, so each backend only says how to run its SQL."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -29,6 +30,7 @@ REGISTRATION_COLUMNS = (
 """What a registration row holds; a save adds ``expires_at`` after them."""
 
 
+@functools.lru_cache(maxsize=None)
 def registration_upsert(placeholder: str, rows: int = 1) -> str:
     """The statement saving ``rows`` :func:`registration_row` s, with the driver's
     ``placeholder`` (``?``, ``%s``): an upsert, not a delete and insert, which would
@@ -44,6 +46,15 @@ def registration_upsert(placeholder: str, rows: int = 1) -> str:
         "updated_at = excluded.updated_at, expires_at = excluded.expires_at, "
         "extra = excluded.extra, identity = excluded.identity"
     )
+
+
+@functools.lru_cache(maxsize=None)
+def document_upsert(placeholder: str, rows: int = 1) -> str:
+    """The statement saving ``rows`` documents (kind, key, data, updated_at), with the
+    driver's ``placeholder``."""
+    row = "(" + ", ".join([placeholder] * 4) + ")"
+    return (f"INSERT INTO documents (kind, key, data, updated_at) VALUES {', '.join([row] * rows)} "
+            "ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at")
 
 
 OBSERVATION_COLUMNS = "token, endpoint, registration_id, paths, content_format, created_at"

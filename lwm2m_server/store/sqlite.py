@@ -66,6 +66,7 @@ from .rows import (
     queue_row,
     registration_from_row,
     registration_row,
+    document_upsert,
     registration_upsert,
     result_json,
 )
@@ -234,8 +235,7 @@ class SqliteStore(Store):
             save_all, _ = _BULK[group[0].function]
             try:
                 with transaction(self._connection):
-                    for rows in pieces([call.args for call in group]):
-                        save_all(self._connection, rows)
+                    save_all(self._connection, [call.args for call in group])
                 return [(True, None)] * len(group)
             except sqlite3.Error as error:
                 if not self._connection.in_transaction:  # SQLite took back the whole transaction
@@ -395,13 +395,13 @@ def _save_registration(connection: sqlite3.Connection, row: tuple[Any, ...]) -> 
 
 def _save_registrations(connection: sqlite3.Connection, calls: list[tuple[Any, ...]]) -> None:
     """The rows of ``calls`` (the arguments of :func:`_save_registration`, endpoints distinct)."""
-    rows = [row for row, in calls]
-    # A new Register of the endpoint replaces its old registration (and,
-    # through the foreign key, that registration's observations).
-    endpoints = [row[1] for row in rows]
-    pairs = [value for row in rows for value in (row[1], row[0])]
-    connection.execute(_delete_replaced(len(rows)), endpoints + pairs)
-    connection.execute(_upsert_registrations(len(rows)), [value for row in rows for value in row])
+    for rows in pieces([row for row, in calls]):
+        # A new Register of the endpoint replaces its old registration (and,
+        # through the foreign key, that registration's observations).
+        endpoints = [row[1] for row in rows]
+        pairs = [value for row in rows for value in (row[1], row[0])]
+        connection.execute(_delete_replaced(len(rows)), endpoints + pairs)
+        connection.execute(registration_upsert("?", len(rows)), [value for row in rows for value in row])
 
 
 @functools.lru_cache(maxsize=None)
@@ -409,11 +409,6 @@ def _delete_replaced(rows: int) -> str:
     """Deletes the other registrations of the endpoints of ``rows`` (endpoint, id) pairs."""
     return (f"DELETE FROM registrations WHERE endpoint IN ({', '.join(['?'] * rows)}) "
             f"AND (endpoint, id) NOT IN (VALUES {', '.join(['(?, ?)'] * rows)})")
-
-
-@functools.lru_cache(maxsize=None)
-def _upsert_registrations(rows: int) -> str:
-    return registration_upsert("?", rows)
 
 
 def _delete_registration(connection: sqlite3.Connection, registration_id: str) -> bool:
@@ -533,18 +528,13 @@ def _prune(connection: sqlite3.Connection, before: float) -> int:
 
 def _put_document(connection: sqlite3.Connection, kind: str, key: str, text: str, now: float) -> None:
     with transaction(connection):
-        connection.execute(_upsert_documents(1), (kind, key, text, now))
+        _put_documents(connection, [(kind, key, text, now)])
 
 
 def _put_documents(connection: sqlite3.Connection, calls: list[tuple[str, str, str, float]]) -> None:
     """The documents of ``calls`` (the arguments of :func:`_put_document`, keys distinct)."""
-    connection.execute(_upsert_documents(len(calls)), [value for call in calls for value in call])
-
-
-@functools.lru_cache(maxsize=None)
-def _upsert_documents(rows: int) -> str:
-    return ("INSERT INTO documents (kind, key, data, updated_at) VALUES " + ", ".join(["(?, ?, ?, ?)"] * rows) +
-            " ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at")
+    for piece in pieces(calls):
+        connection.execute(document_upsert("?", len(piece)), [value for call in piece for value in call])
 
 
 _BULK: Bulk = {
